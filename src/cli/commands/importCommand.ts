@@ -1,0 +1,20 @@
+import type { Command } from "commander";
+import { importModel } from "../../importer/importModel.js";
+
+export function registerImport(program: Command): void {
+  program
+    .command("import")
+    .description("import a Hugging Face MoE checkpoint (config.json, *.safetensors, tokenizer.json) into a moe-run model directory")
+    .argument("<hf-dir>", "folder of the Hugging Face checkpoint")
+    .argument("<model-dir>", "moe-run model directory to create")
+    .option("--force", "replace <model-dir> if it exists", false)
+    .option("--no-progress", "no progress bar")
+    .action(async (hfDir: string, modelDir: string, opts: { force: boolean; progress: boolean }) => {
+      const result = await importModel(hfDir, modelDir, { force: opts.force, progress: opts.progress });
+      const d = result.manifest.dims;
+      process.stderr.write(
+        `imported ${d.modelType}: ${d.numLayers} layers, ${d.numExperts} experts x ${d.expertFfn} (top-${d.topK}), ` +
+          `hidden ${d.hiddenSize}, vocab ${d.vocabSize} -> ${result.modelDir} in ${result.seconds.toFixed(1)} s\n`
+      );
+    });
+}

@@ -1,0 +1,107 @@
+/**
+ * Typed, actionable errors. Every error moe-run raises on bad input is a MoeRunError with a stable
+ * `code`, so the CLI can print the message alone and exit non-zero, and library users can switch
+ * on the code.
+ */
+export type MoeRunErrorCode =
+  | "CHECKPOINT_MISSING"
+  | "CHECKPOINT_CORRUPT"
+  | "SHAPE_MISMATCH"
+  | "UNKNOWN_ARCHITECTURE"
+  | "UNSUPPORTED_CONFIG"
+  | "TOKENIZER_MISSING"
+  | "MODEL_DIR_INVALID"
+  | "MODEL_DIR_INCOMPLETE"
+  | "MODEL_DIR_EXISTS"
+  | "STORE_CORRUPT"
+  | "CONTEXT_OVERFLOW"
+  | "INVALID_OPTION"
+  | "DISPOSED";
+
+export class MoeRunError extends Error {
+  readonly code: MoeRunErrorCode;
+  constructor(code: MoeRunErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "MoeRunError";
+    this.code = code;
+  }
+}
+
+/** A Hugging Face checkpoint file or tensor that should be there is not. */
+export class CheckpointMissingError extends MoeRunError {
+  constructor(message: string) {
+    super("CHECKPOINT_MISSING", message);
+    this.name = "CheckpointMissingError";
+  }
+}
+
+/** A checkpoint file exists but cannot be read as what it claims to be (bad header, truncated). */
+export class CheckpointCorruptError extends MoeRunError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("CHECKPOINT_CORRUPT", message, options);
+    this.name = "CheckpointCorruptError";
+  }
+}
+
+/** A tensor's shape disagrees with what config.json implies. */
+export class ShapeMismatchError extends MoeRunError {
+  constructor(tensor: string, expected: readonly number[], actual: readonly number[], file: string) {
+    super(
+      "SHAPE_MISMATCH",
+      `tensor "${tensor}" in ${file} has shape [${actual.join(", ")}] but config.json implies ` +
+        `[${expected.join(", ")}]; the checkpoint and config.json do not belong together`
+    );
+    this.name = "ShapeMismatchError";
+  }
+}
+
+export class UnknownArchitectureError extends MoeRunError {
+  constructor(modelType: string, supported: readonly string[]) {
+    super(
+      "UNKNOWN_ARCHITECTURE",
+      `model_type "${modelType}" is not supported; supported model types: ${supported.join(", ")}`
+    );
+    this.name = "UnknownArchitectureError";
+  }
+}
+
+export class UnsupportedConfigError extends MoeRunError {
+  constructor(message: string) {
+    super("UNSUPPORTED_CONFIG", message);
+    this.name = "UnsupportedConfigError";
+  }
+}
+
+export class TokenizerMissingError extends MoeRunError {
+  constructor(message: string) {
+    super("TOKENIZER_MISSING", message);
+    this.name = "TokenizerMissingError";
+  }
+}
+
+export class ContextOverflowError extends MoeRunError {
+  readonly tokens: number;
+  readonly contextSize: number;
+  constructor(tokens: number, contextSize: number) {
+    super(
+      "CONTEXT_OVERFLOW",
+      `the prompt has ${tokens} tokens but the context holds ${contextSize}; shorten the prompt ` +
+        `(and leave room for the tokens to generate)`
+    );
+    this.name = "ContextOverflowError";
+    this.tokens = tokens;
+    this.contextSize = contextSize;
+  }
+}
+
+export class InvalidOptionError extends MoeRunError {
+  constructor(message: string) {
+    super("INVALID_OPTION", message);
+    this.name = "InvalidOptionError";
+  }
+}
+
+/** Asserts an internal invariant; a failure is a bug in moe-run, not bad input. */
+export function invariant(condition: unknown, message: string): asserts condition {
+  if (!condition) throw new Error(`moe-run invariant violated: ${message}`);
+}

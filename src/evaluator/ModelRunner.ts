@@ -1,0 +1,142 @@
+/**
+ * One forward pass over a sequence chunk: embedding -> per layer (attention graph, router top-k,
+ * experts, combine) -> final norm + LM head. Experts come from an ExpertSource (the cache
+ * manager's interface) and run on the shared expert graph, each expert once per chunk with all the
+ * tokens routed to it.
+ */
+import * as path from "node:path";
+import { OnnxSession, type HostTensor } from "../backends/onnx.js";
+import type { ModelDims } from "../architectures/ModelDims.js";
+import { invariant } from "../errors.js";
+import { IO } from "../importer/modelGraphs.js";
+import type { ModelManifest } from "../model/manifest.js";
+import type { ExpertWeights } from "../store/ExpertStore.js";
+import type { KvCache } from "./KvCache.js";
+import { causalMask, ropeTables } from "./rope.js";
+import { groupByExpert, routeTokens, type Routing } from "./routing.js";
+
+/** Where expert weights come from; the cache manager implements this. */
+export interface ExpertSource {
+  acquire(layer: number, expert: number): ExpertWeights | Promise<ExpertWeights>;
+}
+
+/** Called once per layer per forward with the router's decision; profilers and predictors listen here. */
+export type RoutingObserver = (layer: number, routing: Routing, gateInput: HostTensor) => void;
+
+export interface ModelRunnerOptions {
+  /** Intra-op threads per onnxruntime session. Default 1. */
+  threads?: number;
+}
+
+export class ModelRunner {
+  readonly dims: ModelDims;
+  private readonly embed: OnnxSession;
+  private readonly layers: OnnxSession[];
+  private readonly head: OnnxSession;
+  private readonly expert: OnnxSession;
+  observers: RoutingObserver[] = [];
+
+  private constructor(dims: ModelDims, embed: OnnxSession, layers: OnnxSession[], head: OnnxSession, expert: OnnxSession, private readonly experts: ExpertSource) {
+    this.dims = dims;
+    this.embed = embed;
+    this.layers = layers;
+    this.head = head;
+    this.expert = expert;
+  }
+
+  static async create(modelDir: string, manifest: ModelManifest, experts: ExpertSource, options: ModelRunnerOptions = {}): Promise<ModelRunner> {
+    const open = (rel: string) => OnnxSession.create(path.join(modelDir, rel), { threads: options.threads ?? 1 });
+    const sessions: OnnxSession[] = [];
+    try {
+      const track = async (p: Promise<OnnxSession>) => {
+        const s = await p;
+        sessions.push(s);
+        return s;
+      };
+      const embed = await track(open(manifest.graphs.embed));
+      const head = await track(open(manifest.graphs.head));
+      const expert = await track(open(manifest.graphs.expert));
+      const layers: OnnxSession[] = [];
+      for (const rel of manifest.graphs.layers) layers.push(await track(open(rel)));
+      return new ModelRunner(manifest.dims, embed, layers, head, expert, experts);
+    } catch (err) {
+      await Promise.all(sessions.map((s) => s.dispose()));
+      throw err;
+    }
+  }
+
+  /**
+   * Runs `ids` (T tokens) at positions kv.length.., appends to the KV cache, and returns logits:
+   * [T, V] with `allLogits`, else [1, V] for the last token.
+   */
+  async forward(ids: readonly number[], kv: KvCache, options: { allLogits?: boolean } = {}): Promise<HostTensor> {
+    const d = this.dims;
+    const T = ids.length;
+    invariant(T > 0, "forward needs at least one token");
+    const past = kv.length;
+    const { cos, sin } = ropeTables(past, T, d.headDim, d.ropeTheta);
+    const mask = causalMask(past, T);
+    const rope = { cos: { data: cos, dims: [T, d.headDim] }, sin: { data: sin, dims: [T, d.headDim] } };
+
+    const emb = await this.embed.run({ [IO.embed.ids]: { data: BigInt64Array.from(ids, (i) => BigInt(i)), dims: [T] } });
+    let hidden = emb[IO.embed.hidden]!; // [T, H]
+    const L = IO.layer;
+    for (let l = 0; l < d.numLayers; l++) {
+      const out = await this.layers[l]!.run({
+        [L.hidden]: hidden,
+        [L.cos]: rope.cos,
+        [L.sin]: rope.sin,
+        [L.mask]: { data: mask, dims: [T, past + T] },
+        [L.pastKey]: kv.keys[l]!,
+        [L.pastValue]: kv.values[l]!,
+      });
+      kv.keys[l] = out[L.presentKey]!;
+      kv.values[l] = out[L.presentValue]!;
+      const moeIn = out[L.moeIn]!;
+      const routing = routeTokens(out[L.routerLogits]!.data, T, d.numExperts, d.topK, d.normTopkProb);
+      for (const observe of this.observers) observe(l, routing, moeIn);
+      const moeOut = await this.runExperts(l, routing, moeIn.data);
+      // Residual: attn_out + (sum of weighted experts [+ gated shared expert]), in fp32.
+      const next = out[L.attnOut]!.data;
+      const shared = out[L.sharedOut]?.data;
+      if (shared) for (let i = 0; i < moeOut.length; i++) moeOut[i] = moeOut[i]! + shared[i]!;
+      for (let i = 0; i < next.length; i++) next[i] = next[i]! + moeOut[i]!;
+      hidden = { data: next, dims: [T, d.hiddenSize] };
+    }
+    kv.length = past + T;
+    const headIn = options.allLogits ? hidden : { data: hidden.data.subarray((T - 1) * d.hiddenSize), dims: [1, d.hiddenSize] };
+    return (await this.head.run({ [IO.head.hidden]: headIn }))[IO.head.logits]!;
+  }
+
+  /** Weighted sum of the routed experts' outputs, [T, H]; each expert runs once on its tokens. */
+  private async runExperts(layer: number, routing: Routing, x: Float32Array): Promise<Float32Array> {
+    const H = this.dims.hiddenSize;
+    const F = this.dims.expertFfn;
+    const out = new Float32Array(routing.tokens * H);
+    for (const [e, group] of groupByExpert(routing)) {
+      const n = group.rows.length;
+      const rows = new Float32Array(n * H); // [n, H] tokens routed to e
+      group.rows.forEach((t, i) => rows.set(x.subarray(t * H, (t + 1) * H), i * H));
+      const w = await this.experts.acquire(layer, e);
+      const E = IO.expert;
+      const y = (
+        await this.expert.run({
+          [E.x]: { data: rows, dims: [n, H] },
+          [E.gate]: { data: w.gate, dims: [F, H] },
+          [E.up]: { data: w.up, dims: [F, H] },
+          [E.down]: { data: w.down, dims: [H, F] },
+        })
+      )[E.y]!.data;
+      for (let i = 0; i < n; i++) {
+        const wt = group.weights[i]!;
+        const base = group.rows[i]! * H;
+        for (let h = 0; h < H; h++) out[base + h] = out[base + h]! + Math.fround(y[i * H + h]! * wt);
+      }
+    }
+    return out;
+  }
+
+  async dispose(): Promise<void> {
+    await Promise.all([this.embed, this.head, this.expert, ...this.layers].map((s) => s.dispose()));
+  }
+}

@@ -1,0 +1,174 @@
+/**
+ * Reader and writer for the safetensors format: an 8-byte little-endian header length, a JSON
+ * header {name: {dtype, shape, data_offsets: [begin, end]}}, then the raw tensor bytes. The reader
+ * validates the whole header against the file size before anything is read, so a truncated or
+ * corrupt file is reported by name instead of producing garbage weights.
+ */
+import * as fs from "node:fs";
+import { CheckpointCorruptError } from "../errors.js";
+import { BYTES_PER_ELEMENT, decodeToFloat32, type FloatDType } from "../util/dtype.js";
+
+export interface SafetensorsEntry {
+  name: string;
+  dtype: FloatDType;
+  shape: number[];
+  /** Absolute byte offset of the tensor's data in the file. */
+  offset: number;
+  byteLength: number;
+}
+
+const SUPPORTED_DTYPES = new Set<string>(["F32", "F16", "BF16"]);
+/** Headers larger than this are not plausible and would only exhaust memory. */
+const MAX_HEADER_BYTES = 100 * 1024 * 1024;
+
+export class SafetensorsFile {
+  readonly path: string;
+  readonly entries: ReadonlyMap<string, SafetensorsEntry>;
+  readonly metadata: Record<string, string>;
+  private fd: number | undefined;
+
+  private constructor(path: string, fd: number, entries: Map<string, SafetensorsEntry>, metadata: Record<string, string>) {
+    this.path = path;
+    this.fd = fd;
+    this.entries = entries;
+    this.metadata = metadata;
+  }
+
+  /** Opens and validates a safetensors file; throws CheckpointCorruptError naming the problem. */
+  static open(path: string): SafetensorsFile {
+    const fd = fs.openSync(path, "r");
+    try {
+      const fileSize = fs.fstatSync(fd).size;
+      if (fileSize < 8) throw new CheckpointCorruptError(`${path} is truncated: ${fileSize} bytes, shorter than the 8-byte header length`);
+      const lenBuf = Buffer.alloc(8);
+      fs.readSync(fd, lenBuf, 0, 8, 0);
+      const headerLen = Number(lenBuf.readBigUInt64LE(0));
+      if (headerLen > MAX_HEADER_BYTES || 8 + headerLen > fileSize) {
+        throw new CheckpointCorruptError(
+          `${path} is truncated or not a safetensors file: header claims ${headerLen} bytes but the file has ${fileSize}`
+        );
+      }
+      const headerBuf = Buffer.alloc(headerLen);
+      fs.readSync(fd, headerBuf, 0, headerLen, 8);
+      let header: Record<string, unknown>;
+      try {
+        header = JSON.parse(headerBuf.toString("utf8")) as Record<string, unknown>;
+      } catch (cause) {
+        throw new CheckpointCorruptError(`${path} has a corrupt safetensors header (not valid JSON)`, { cause });
+      }
+      const dataStart = 8 + headerLen;
+      const entries = new Map<string, SafetensorsEntry>();
+      let metadata: Record<string, string> = {};
+      for (const [name, raw] of Object.entries(header)) {
+        if (name === "__metadata__") {
+          metadata = (raw ?? {}) as Record<string, string>;
+          continue;
+        }
+        const info = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+        if (typeof info.dtype !== "string" || !Array.isArray(info.shape) || !Array.isArray(info.data_offsets) || info.data_offsets.length !== 2) {
+          throw new CheckpointCorruptError(`${path}: header entry "${name}" lacks dtype, shape or data_offsets`);
+        }
+        if (!SUPPORTED_DTYPES.has(info.dtype)) {
+          throw new CheckpointCorruptError(`${path}: tensor "${name}" has dtype ${info.dtype}; moe-run imports F32, F16 and BF16 checkpoints`);
+        }
+        const dtype = info.dtype as FloatDType;
+        const shape = (info.shape as unknown[]).map(Number);
+        const [begin, end] = (info.data_offsets as unknown[]).map(Number) as [number, number];
+        const elements = shape.reduce((a, b) => a * b, 1);
+        if (!(end >= begin) || end - begin !== elements * BYTES_PER_ELEMENT[dtype]) {
+          throw new CheckpointCorruptError(
+            `${path}: tensor "${name}" header mismatch: shape [${shape.join(", ")}] ${dtype} needs ` +
+              `${elements * BYTES_PER_ELEMENT[dtype]} bytes but data_offsets span ${end - begin}`
+          );
+        }
+        if (dataStart + end > fileSize) {
+          throw new CheckpointCorruptError(
+            `${path} is truncated: tensor "${name}" needs bytes up to ${dataStart + end} but the file has ${fileSize}`
+          );
+        }
+        entries.set(name, { name, dtype, shape, offset: dataStart + begin, byteLength: end - begin });
+      }
+      return new SafetensorsFile(path, fd, entries, metadata);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
+  /** Raw bytes of one tensor, as stored. */
+  readBytes(name: string): Uint8Array {
+    const entry = this.entry(name);
+    const buf = new Uint8Array(entry.byteLength);
+    let done = 0;
+    while (done < entry.byteLength) {
+      const n = fs.readSync(this.handle(), buf, done, entry.byteLength - done, entry.offset + done);
+      if (n === 0) throw new CheckpointCorruptError(`${this.path} ended early while reading "${name}"`);
+      done += n;
+    }
+    return buf;
+  }
+
+  /** One tensor decoded to fp32 (row-major, shape as in the header). */
+  readFloat32(name: string): Float32Array {
+    return decodeToFloat32(this.readBytes(name), this.entry(name).dtype);
+  }
+
+  entry(name: string): SafetensorsEntry {
+    const entry = this.entries.get(name);
+    if (!entry) throw new CheckpointCorruptError(`${this.path} has no tensor "${name}"`);
+    return entry;
+  }
+
+  close(): void {
+    if (this.fd !== undefined) fs.closeSync(this.fd);
+    this.fd = undefined;
+  }
+
+  private handle(): number {
+    if (this.fd === undefined) throw new Error(`${this.path} is closed`);
+    return this.fd;
+  }
+}
+
+export interface SafetensorsWriteEntry {
+  name: string;
+  dtype: FloatDType;
+  shape: number[];
+}
+
+/**
+ * Writes a safetensors file tensor by tensor: `data(name)` is called once per entry, in order, so
+ * multi-gigabyte synthetic checkpoints never need to be in memory at once.
+ */
+export function writeSafetensors(
+  path: string,
+  entries: readonly SafetensorsWriteEntry[],
+  data: (entry: SafetensorsWriteEntry) => Uint8Array,
+  metadata: Record<string, string> = { format: "pt" }
+): void {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  for (const e of entries) {
+    const bytes = e.shape.reduce((a, b) => a * b, 1) * BYTES_PER_ELEMENT[e.dtype];
+    header[e.name] = { dtype: e.dtype, shape: e.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  let json = JSON.stringify(header);
+  json += " ".repeat((8 - (json.length % 8)) % 8); // keeps tensor data 8-byte aligned
+  const headerBytes = Buffer.from(json, "utf8");
+  const fd = fs.openSync(path, "w");
+  try {
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(headerBytes.length));
+    fs.writeSync(fd, len);
+    fs.writeSync(fd, headerBytes);
+    for (const e of entries) {
+      const bytes = data(e);
+      const expected = e.shape.reduce((a, b) => a * b, 1) * BYTES_PER_ELEMENT[e.dtype];
+      if (bytes.byteLength !== expected) throw new Error(`writeSafetensors: ${e.name} has ${bytes.byteLength} bytes, expected ${expected}`);
+      fs.writeSync(fd, bytes);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}

@@ -1,0 +1,250 @@
+/**
+ * A loaded model: tokenizer, graphs and expert store, with text generation and perplexity.
+ * Create with loadModel(); call dispose() when done.
+ */
+import * as os from "node:os";
+import * as path from "node:path";
+import type { ModelDims } from "../architectures/ModelDims.js";
+import { ResidentExpertSource } from "../cache/ResidentExpertSource.js";
+import { ContextOverflowError, InvalidOptionError, MoeRunError } from "../errors.js";
+import { KvCache } from "../evaluator/KvCache.js";
+import { ModelRunner } from "../evaluator/ModelRunner.js";
+import { Sampler, type SamplingOptions } from "../evaluator/sampler.js";
+import { ExpertStore } from "../store/ExpertStore.js";
+import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
+import { readManifest, type ModelManifest } from "./manifest.js";
+
+export interface LoadModelOptions {
+  /** onnxruntime intra-op threads. Default: the machine's available parallelism. */
+  threads?: number;
+  /** Longest sequence (prompt + generated). Default and maximum: the model's max positions. */
+  contextSize?: number;
+  /** Check every file's sha256 against the manifest before loading. Default false (sizes only). */
+  verify?: boolean;
+}
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Most tokens to generate. Default 128. */
+  maxTokens?: number;
+  /** Treat the prompt as a user message and apply the model's chat template. Default false. */
+  chat?: boolean;
+  /** Stop at the model's end-of-sequence token. Default true. */
+  stopAtEos?: boolean;
+  /** Aborts generation; the iterator then throws the signal's reason. */
+  signal?: AbortSignal;
+  /** Receives timings once generation ends (also on abort). */
+  onStats?: (stats: GenerationStats) => void;
+  /** Receives each generated token id. */
+  onToken?: (id: number) => void;
+  /** Receives the logits [V] each sampled token was drawn from (valid during the call only). */
+  onLogits?: (logits: Float32Array) => void;
+}
+
+export interface GenerationStats {
+  promptTokens: number;
+  generatedTokens: number;
+  prefillSeconds: number;
+  decodeSeconds: number;
+  prefillTokensPerSecond: number;
+  /** Decode speed over the tokens after the first (each needs one forward of one token). */
+  decodeTokensPerSecond: number;
+  finishReason: "eos" | "length" | "context" | "abort";
+}
+
+export interface PerplexityResult {
+  perplexity: number;
+  /** Total negative log-likelihood, nats. */
+  nll: number;
+  /** Tokens predicted. */
+  tokens: number;
+}
+
+export class MoeModel {
+  readonly dir: string;
+  readonly manifest: ModelManifest;
+  readonly dims: ModelDims;
+  readonly tokenizer: TextTokenizer;
+  readonly contextSize: number;
+  private runner: ModelRunner | undefined;
+  private readonly store: ExpertStore;
+  readonly experts: ResidentExpertSource;
+
+  private constructor(dir: string, manifest: ModelManifest, tokenizer: TextTokenizer, contextSize: number, runner: ModelRunner, store: ExpertStore, experts: ResidentExpertSource) {
+    this.dir = dir;
+    this.manifest = manifest;
+    this.dims = manifest.dims;
+    this.tokenizer = tokenizer;
+    this.contextSize = contextSize;
+    this.runner = runner;
+    this.store = store;
+    this.experts = experts;
+  }
+
+  static async load(modelDir: string, options: LoadModelOptions = {}): Promise<MoeModel> {
+    const dir = path.resolve(modelDir);
+    const manifest = readManifest(dir, { verify: options.verify });
+    const d = manifest.dims;
+    const contextSize = options.contextSize ?? d.maxPositions;
+    if (!Number.isInteger(contextSize) || contextSize < 2 || contextSize > d.maxPositions) {
+      throw new InvalidOptionError(`context size must be a whole number from 2 to ${d.maxPositions} (the model's limit), got ${options.contextSize}`);
+    }
+    const tokenizer = TextTokenizer.load(path.join(dir, manifest.tokenizer.json), manifest.tokenizer.config && path.join(dir, manifest.tokenizer.config));
+    const store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn });
+    try {
+      const experts = new ResidentExpertSource(store);
+      const threads = options.threads ?? os.availableParallelism();
+      const runner = await ModelRunner.create(dir, manifest, experts, { threads });
+      return new MoeModel(dir, manifest, tokenizer, contextSize, runner, store, experts);
+    } catch (err) {
+      store.close();
+      throw err;
+    }
+  }
+
+  /** Prompt text -> token ids (chat template applied when asked). */
+  tokenize(prompt: string | readonly ChatMessage[], chat = false): number[] {
+    if (typeof prompt !== "string" || chat) {
+      const messages = typeof prompt === "string" ? [{ role: "user", content: prompt }] : prompt;
+      return this.tokenizer.encode(this.tokenizer.applyChatTemplate(messages), { addSpecialTokens: false });
+    }
+    return this.tokenizer.encode(prompt);
+  }
+
+  /** Streams generated text pieces; the generator's return value is the run's stats. */
+  async *generate(prompt: string | readonly ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<string, GenerationStats> {
+    const runner = this.live();
+    const maxTokens = options.maxTokens ?? 128;
+    if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new InvalidOptionError(`max tokens must be a whole number >= 0, got ${options.maxTokens}`);
+    const sampler = new Sampler(options);
+    const promptIds = this.tokenize(prompt, options.chat);
+    if (promptIds.length === 0) throw new InvalidOptionError("the prompt is empty after tokenization");
+    if (promptIds.length > this.contextSize) throw new ContextOverflowError(promptIds.length, this.contextSize);
+    const eos = new Set(this.eosIds());
+    const kv = new KvCache(this.dims.numLayers, this.dims.numKvHeads, this.dims.headDim);
+    const stats: GenerationStats = {
+      promptTokens: promptIds.length,
+      generatedTokens: 0,
+      prefillSeconds: 0,
+      decodeSeconds: 0,
+      prefillTokensPerSecond: 0,
+      decodeTokensPerSecond: 0,
+      finishReason: "length",
+    };
+    const generated: number[] = [];
+    let emitted = "";
+    try {
+      if (maxTokens === 0) return stats;
+      throwIfAborted(options.signal);
+      let t0 = performance.now();
+      let logits = (await runner.forward(promptIds, kv)).data;
+      stats.prefillSeconds = (performance.now() - t0) / 1000;
+      t0 = performance.now();
+      for (;;) {
+        options.onLogits?.(logits);
+        const id = sampler.sample(logits);
+        if (options.stopAtEos !== false && eos.has(id)) {
+          stats.finishReason = "eos";
+          break;
+        }
+        generated.push(id);
+        stats.generatedTokens = generated.length;
+        options.onToken?.(id);
+        const text = this.tokenizer.decode(generated);
+        // Hold back an incomplete UTF-8 sequence until its last byte arrives.
+        if (!text.endsWith("\uFFFD") && text.length > emitted.length) {
+          const piece = text.slice(emitted.length);
+          emitted = text;
+          yield piece;
+        }
+        if (generated.length >= maxTokens) break;
+        if (kv.length >= this.contextSize) {
+          stats.finishReason = "context";
+          break;
+        }
+        // Let the caller's event loop run between tokens.
+        await new Promise((r) => setImmediate(r));
+        throwIfAborted(options.signal);
+        logits = (await runner.forward([id], kv)).data;
+      }
+      stats.decodeSeconds = (performance.now() - t0) / 1000;
+      return stats;
+    } catch (err) {
+      if (options.signal?.aborted) stats.finishReason = "abort";
+      throw err;
+    } finally {
+      stats.prefillTokensPerSecond = stats.prefillSeconds > 0 ? stats.promptTokens / stats.prefillSeconds : 0;
+      stats.decodeTokensPerSecond = stats.decodeSeconds > 0 && stats.generatedTokens > 1 ? (stats.generatedTokens - 1) / stats.decodeSeconds : 0;
+      options.onStats?.(stats);
+    }
+  }
+
+  /** Logits for every position of `ids`, from an empty cache: [T, V]. For tests and evaluation. */
+  async logits(ids: readonly number[]): Promise<{ data: Float32Array; dims: readonly number[] }> {
+    if (ids.length > this.contextSize) throw new ContextOverflowError(ids.length, this.contextSize);
+    const kv = new KvCache(this.dims.numLayers, this.dims.numKvHeads, this.dims.headDim);
+    return this.live().forward(ids, kv, { allLogits: true });
+  }
+
+  /**
+   * Perplexity of a text: ids = tokenize(text) (BOS as the tokenizer adds it); windows of `window`
+   * predictions, ids[s .. s+window], s = 0, window, 2*window, ...; each window from an empty cache.
+   */
+  async perplexity(text: string, options: { window?: number; signal?: AbortSignal } = {}): Promise<PerplexityResult> {
+    const window = options.window ?? Math.min(256, this.contextSize);
+    if (!Number.isInteger(window) || window < 1 || window > this.contextSize) {
+      throw new InvalidOptionError(`window must be a whole number from 1 to the context size ${this.contextSize}, got ${options.window}`);
+    }
+    const ids = this.tokenizer.encode(text);
+    if (ids.length < 2) throw new InvalidOptionError("the text is too short to score (needs at least 2 tokens)");
+    const V = this.dims.vocabSize;
+    let nll = 0;
+    let count = 0;
+    for (let s = 0; s + 1 < ids.length; s += window) {
+      throwIfAborted(options.signal);
+      const chunk = ids.slice(s, s + window + 1);
+      const logits = (await this.logits(chunk.slice(0, -1))).data;
+      for (let i = 0; i + 1 < chunk.length; i++) {
+        const row = logits.subarray(i * V, (i + 1) * V);
+        let max = -Infinity;
+        for (let v = 0; v < V; v++) max = Math.max(max, row[v]!);
+        let sum = 0;
+        for (let v = 0; v < V; v++) sum += Math.exp(row[v]! - max);
+        nll += Math.log(sum) + max - row[chunk[i + 1]!]!;
+        count++;
+      }
+      await new Promise((r) => setImmediate(r));
+    }
+    return { perplexity: Math.exp(nll / count), nll, tokens: count };
+  }
+
+  eosIds(): number[] {
+    const ids = new Set(this.dims.eosTokenIds);
+    const t = this.tokenizer.eosToken;
+    const id = t === undefined ? undefined : this.tokenizer.tokenId(t);
+    if (id !== undefined) ids.add(id);
+    return [...ids];
+  }
+
+  async dispose(): Promise<void> {
+    const runner = this.runner;
+    this.runner = undefined;
+    if (runner) {
+      await runner.dispose();
+      this.store.close();
+    }
+  }
+
+  private live(): ModelRunner {
+    if (!this.runner) throw new MoeRunError("DISPOSED", "this model has been disposed");
+    return this.runner;
+  }
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw signal.reason ?? new DOMException("generation aborted", "AbortError");
+}
+
+/** Loads an imported model directory (see `moe-run import`). */
+export function loadModel(modelDir: string, options: LoadModelOptions = {}): Promise<MoeModel> {
+  return MoeModel.load(modelDir, options);
+}
