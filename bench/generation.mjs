@@ -1,0 +1,98 @@
+#!/usr/bin/env node
+/**
+ * Prefill and decode tokens/s on the bundled models (and optionally a synthetic one).
+ * Prints a table, writes bench/results/generation.json. Medians over --reps runs.
+ *
+ *   node bench/generation.mjs [--reps 5] [--prompt-tokens 64] [--decode-tokens 64] [--threads N]
+ *                              [--models tiny-mixtral,moe-tiny-en] [--synthetic]
+ */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { importModel, loadModel } from "../dist/index.js";
+import { writeSyntheticCheckpoint } from "../dist/synthetic/syntheticCheckpoint.js";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const { values: args } = parseArgs({
+  options: {
+    reps: { type: "string", default: "5" },
+    "prompt-tokens": { type: "string", default: "64" },
+    "decode-tokens": { type: "string", default: "64" },
+    threads: { type: "string", default: String(os.availableParallelism()) },
+    models: { type: "string", default: "" },
+    synthetic: { type: "boolean", default: false },
+    out: { type: "string", default: path.join(ROOT, "bench", "results", "generation.json") },
+  },
+});
+const reps = Number(args.reps);
+const promptTokens = Number(args["prompt-tokens"]);
+const decodeTokens = Number(args["decode-tokens"]);
+const threads = Number(args.threads);
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+const work = fs.mkdtempSync(path.join(os.tmpdir(), "moe-run-bench-"));
+const candidates = args.models ? args.models.split(",") : ["tiny-mixtral", "moe-tiny-en"];
+const sources = candidates.filter((m) => fs.existsSync(path.join(ROOT, "models", m, "config.json"))).map((m) => ({ name: m, hf: path.join(ROOT, "models", m) }));
+if (args.synthetic) {
+  const hf = path.join(work, "synthetic-hf");
+  process.stderr.write("writing synthetic model (8 layers, hidden 512, 8 experts x 1408, top-2)...\n");
+  writeSyntheticCheckpoint(hf, {
+    tokenizerFrom: path.join(ROOT, "models", "tiny-mixtral"),
+    vocabSize: 512, hiddenSize: 512, numLayers: 8, numHeads: 8, numKvHeads: 2, numExperts: 8, topK: 2, expertFfn: 1408, dtype: "BF16", seed: 1,
+  });
+  sources.push({ name: "synthetic-8x1408", hf });
+}
+
+const rows = [];
+for (const src of sources) {
+  const dir = path.join(work, src.name);
+  await importModel(src.hf, dir, { progress: false });
+  const model = await loadModel(dir, { threads });
+  // A prompt of exactly promptTokens ids: the tokenizer's text of a repeated sentence, cut.
+  const base = model.tokenize("The quick brown fox jumps over the lazy dog. ".repeat(64)).slice(0, promptTokens);
+  const promptText = model.tokenizer.decode(base);
+  const prefill = [];
+  const decode = [];
+  for (let r = 0; r <= reps; r++) {
+    let stats;
+    const gen = model.generate(promptText, { maxTokens: decodeTokens, stopAtEos: false });
+    for (;;) {
+      const n = await gen.next();
+      if (n.done) {
+        stats = n.value;
+        break;
+      }
+    }
+    if (r === 0) continue; // warm-up
+    prefill.push(stats.prefillTokensPerSecond);
+    decode.push(stats.decodeTokensPerSecond);
+  }
+  const d = model.dims;
+  rows.push({
+    model: src.name,
+    layers: d.numLayers,
+    experts: `${d.numExperts}x${d.expertFfn} top-${d.topK}`,
+    promptTokens: model.tokenize(promptText).length,
+    decodeTokens,
+    threads,
+    prefillTokPerS: median(prefill),
+    decodeTokPerS: median(decode),
+    prefillRuns: prefill,
+    decodeRuns: decode,
+  });
+  await model.dispose();
+}
+fs.rmSync(work, { recursive: true, force: true });
+
+console.log("| model | layers | experts | prompt tok | prefill tok/s (median) | decode tok/s (median) |");
+console.log("|---|---|---|---|---|---|");
+for (const r of rows) console.log(`| ${r.model} | ${r.layers} | ${r.experts} | ${r.promptTokens} | ${r.prefillTokPerS.toFixed(1)} | ${r.decodeTokPerS.toFixed(1)} |`);
+fs.mkdirSync(path.dirname(args.out), { recursive: true });
+fs.writeFileSync(args.out, JSON.stringify({ bench: "generation", date: new Date().toISOString(), machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version }, reps, rows }, null, 2) + "\n");
+process.stderr.write(`wrote ${path.relative(process.cwd(), args.out)}\n`);
