@@ -16,7 +16,10 @@ export type MoeRunErrorCode =
   | "STORE_CORRUPT"
   | "CONTEXT_OVERFLOW"
   | "INVALID_OPTION"
-  | "DISPOSED";
+  | "DISPOSED"
+  | "CACHE_CAPACITY"
+  | "CACHE_IN_USE"
+  | "TRACE_INVALID";
 
 export class MoeRunError extends Error {
   readonly code: MoeRunErrorCode;

@@ -10,22 +10,26 @@ import type { ModelDims } from "../architectures/ModelDims.js";
 import { invariant } from "../errors.js";
 import { IO } from "../importer/modelGraphs.js";
 import type { ModelManifest } from "../model/manifest.js";
-import type { ExpertWeights } from "../store/ExpertStore.js";
+import { createExpertKernel, type ExpertKernel, type ExpertKernelName } from "../kernels/expertKernels.js";
 import type { KvCache } from "./KvCache.js";
 import { causalMask, ropeTables } from "./rope.js";
 import { groupByExpert, routeTokens, type Routing } from "./routing.js";
 
-/** Where expert weights come from; the cache manager implements this. */
+/** Where expert records come from; the cache manager implements this. */
 export interface ExpertSource {
-  acquire(layer: number, expert: number): ExpertWeights | Promise<ExpertWeights>;
+  /** The encoded record of (layer, expert), valid until the next acquire of this layer ends. */
+  acquire(layer: number, expert: number): Uint8Array | Promise<Uint8Array>;
 }
 
 /** Called once per layer per forward with the router's decision; profilers and predictors listen here. */
 export type RoutingObserver = (layer: number, routing: Routing, gateInput: HostTensor) => void;
 
 export interface ModelRunnerOptions {
-  /** Intra-op threads per onnxruntime session. Default 1. */
+  /** Intra-op threads per onnxruntime session and for the expert kernel. Default 1. */
   threads?: number;
+  /** Expert kernel by name. Default "auto" (native when built, else onnx). */
+  expertKernel?: ExpertKernelName | "auto";
+  log?: (line: string) => void;
 }
 
 export class ModelRunner {
@@ -33,15 +37,15 @@ export class ModelRunner {
   private readonly embed: OnnxSession;
   private readonly layers: OnnxSession[];
   private readonly head: OnnxSession;
-  private readonly expert: OnnxSession;
+  readonly kernel: ExpertKernel;
   observers: RoutingObserver[] = [];
 
-  private constructor(dims: ModelDims, embed: OnnxSession, layers: OnnxSession[], head: OnnxSession, expert: OnnxSession, private readonly experts: ExpertSource) {
+  private constructor(dims: ModelDims, embed: OnnxSession, layers: OnnxSession[], head: OnnxSession, kernel: ExpertKernel, private readonly experts: ExpertSource) {
     this.dims = dims;
     this.embed = embed;
     this.layers = layers;
     this.head = head;
-    this.expert = expert;
+    this.kernel = kernel;
   }
 
   static async create(modelDir: string, manifest: ModelManifest, experts: ExpertSource, options: ModelRunnerOptions = {}): Promise<ModelRunner> {
@@ -55,10 +59,17 @@ export class ModelRunner {
       };
       const embed = await track(open(manifest.graphs.embed));
       const head = await track(open(manifest.graphs.head));
-      const expert = await track(open(manifest.graphs.expert));
       const layers: OnnxSession[] = [];
       for (const rel of manifest.graphs.layers) layers.push(await track(open(rel)));
-      return new ModelRunner(manifest.dims, embed, layers, head, expert, experts);
+      const kernel = await createExpertKernel(options.expertKernel ?? "auto", {
+        encoding: manifest.precision.experts,
+        hiddenSize: manifest.dims.hiddenSize,
+        expertFfn: manifest.dims.expertFfn,
+        threads: options.threads ?? 1,
+        expertGraph: path.join(modelDir, manifest.graphs.expert),
+        log: options.log,
+      });
+      return new ModelRunner(manifest.dims, embed, layers, head, kernel, experts);
     } catch (err) {
       await Promise.all(sessions.map((s) => s.dispose()));
       throw err;
@@ -111,22 +122,14 @@ export class ModelRunner {
   /** Weighted sum of the routed experts' outputs, [T, H]; each expert runs once on its tokens. */
   private async runExperts(layer: number, routing: Routing, x: Float32Array): Promise<Float32Array> {
     const H = this.dims.hiddenSize;
-    const F = this.dims.expertFfn;
     const out = new Float32Array(routing.tokens * H);
     for (const [e, group] of groupByExpert(routing)) {
       const n = group.rows.length;
       const rows = new Float32Array(n * H); // [n, H] tokens routed to e
       group.rows.forEach((t, i) => rows.set(x.subarray(t * H, (t + 1) * H), i * H));
-      const w = await this.experts.acquire(layer, e);
-      const E = IO.expert;
-      const y = (
-        await this.expert.run({
-          [E.x]: { data: rows, dims: [n, H] },
-          [E.gate]: { data: w.gate, dims: [F, H] },
-          [E.up]: { data: w.up, dims: [F, H] },
-          [E.down]: { data: w.down, dims: [H, F] },
-        })
-      )[E.y]!.data;
+      const record = await this.experts.acquire(layer, e);
+      const y = new Float32Array(n * H); // [n, H] expert output
+      await this.kernel.forward(record, rows, n, y);
       for (let i = 0; i < n; i++) {
         const wt = group.weights[i]!;
         const base = group.rows[i]! * H;
@@ -137,6 +140,7 @@ export class ModelRunner {
   }
 
   async dispose(): Promise<void> {
-    await Promise.all([this.embed, this.head, this.expert, ...this.layers].map((s) => s.dispose()));
+    await Promise.all([this.embed, this.head, ...this.layers].map((s) => s.dispose()));
+    await this.kernel.dispose();
   }
 }

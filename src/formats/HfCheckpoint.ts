@@ -81,14 +81,19 @@ export class HfCheckpoint {
     return this.file(name).entry(name);
   }
 
-  /** Reads a tensor as fp32 after checking its shape against what the config implies. */
-  readFloat32(name: string, expectedShape: readonly number[]): Float32Array {
+  /** Throws ShapeMismatchError (naming the file) unless the tensor has the shape the config implies. */
+  checkShape(name: string, expectedShape: readonly number[]): void {
     const file = this.file(name);
     const entry = file.entry(name);
     if (entry.shape.length !== expectedShape.length || entry.shape.some((d, i) => d !== expectedShape[i])) {
       throw new ShapeMismatchError(name, expectedShape, entry.shape, path.basename(file.path));
     }
-    return file.readFloat32(name);
+  }
+
+  /** Reads a tensor as fp32 after checking its shape. */
+  readFloat32(name: string, expectedShape: readonly number[]): Float32Array {
+    this.checkShape(name, expectedShape);
+    return this.file(name).readFloat32(name);
   }
 
   /** The distinct dtypes of the stored tensors, for the manifest. */

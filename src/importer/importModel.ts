@@ -9,9 +9,10 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { COMMON_NAMES, readModelDims, type ArchitectureSpec } from "../architectures/architectures.js";
 import type { ModelDims } from "../architectures/ModelDims.js";
-import { MoeRunError, ShapeMismatchError, TokenizerMissingError } from "../errors.js";
+import { MoeRunError, TokenizerMissingError } from "../errors.js";
 import { HfCheckpoint } from "../formats/HfCheckpoint.js";
 import { FORMAT_VERSION, IMPORTING_SUFFIX, sha256File, writeManifest, type ModelManifest } from "../model/manifest.js";
+import { checkEncodable, type ExpertEncoding } from "../store/expertEncoding.js";
 import { ExpertStore, expertChecksum, expertRecordBytes } from "../store/ExpertStore.js";
 import { Progress } from "../util/progress.js";
 import { VERSION } from "../version.js";
@@ -24,6 +25,8 @@ export interface ImportOptions {
   progress?: boolean;
   /** Where log lines go. Default: stderr. */
   log?: (line: string) => void;
+  /** Expert storage precision. Default "f32" (lossless for f32/f16/bf16 checkpoints). */
+  experts?: ExpertEncoding;
 }
 
 export interface ImportResult {
@@ -46,9 +49,11 @@ export async function importModel(hfDir: string, modelDir: string, options: Impo
   const ckpt = HfCheckpoint.open(hfDir);
   try {
     const { spec, dims } = readModelDims(ckpt.config);
+    const encoding = options.experts ?? "f32";
+    checkEncodable(encoding, dims.hiddenSize, dims.expertFfn);
     const tokenizerFiles = findTokenizer(hfDir);
     const shapes = expectedShapes(spec, dims, ckpt);
-    for (const [name, shape] of shapes) checkShape(ckpt, name, shape);
+    for (const [name, shape] of shapes) ckpt.checkShape(name, shape);
 
     if (fs.existsSync(staging)) {
       log(`found an interrupted import in ${staging}; removing it and importing again`);
@@ -56,7 +61,7 @@ export async function importModel(hfDir: string, modelDir: string, options: Impo
     }
     fs.mkdirSync(path.join(staging, "graphs"), { recursive: true });
     try {
-      const manifest = await writeModel(ckpt, spec, dims, shapes, staging, tokenizerFiles, options.progress ?? true);
+      const manifest = await writeModel(ckpt, spec, dims, encoding, shapes, staging, tokenizerFiles, options.progress ?? true);
       writeManifest(staging, manifest);
       fsyncDir(staging);
       publish(staging, target);
@@ -110,13 +115,6 @@ function expectedShapes(spec: ArchitectureSpec, d: ModelDims, ckpt: HfCheckpoint
   return m;
 }
 
-function checkShape(ckpt: HfCheckpoint, name: string, shape: number[]): void {
-  const entry = ckpt.entry(name);
-  if (entry.shape.length !== shape.length || entry.shape.some((v, i) => v !== shape[i])) {
-    throw new ShapeMismatchError(name, shape, entry.shape, path.basename(ckpt.dir));
-  }
-}
-
 function findTokenizer(hfDir: string): { json: string; config: string | null } {
   const json = path.join(hfDir, "tokenizer.json");
   if (!fs.existsSync(json)) {
@@ -135,6 +133,7 @@ async function writeModel(
   ckpt: HfCheckpoint,
   spec: ArchitectureSpec,
   d: ModelDims,
+  encoding: ExpertEncoding,
   shapes: Map<string, number[]>,
   dir: string,
   tokenizer: { json: string; config: string | null },
@@ -155,7 +154,7 @@ async function writeModel(
   const expert = save(buildExpertGraph(d), "graphs/expert.onnx");
   progress.tick(1, "embedding, head");
 
-  const layout = { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn };
+  const layout = { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding };
   const store = ExpertStore.create(path.join(dir, STORE_NAME), layout);
   const checksums: string[][] = [];
   const layers: string[] = [];
@@ -225,7 +224,7 @@ async function writeModel(
     createdBy: `moe-run ${VERSION}`,
     source: { dir: path.resolve(ckpt.dir), dtypes: ckpt.dtypes(), modelType: d.modelType },
     dims: d,
-    precision: { dense: "F32", experts: "F32" },
+    precision: { dense: "F32", experts: encoding },
     graphs: { embed, layers, head, expert },
     experts: { store: STORE_NAME, recordBytes: expertRecordBytes(layout), checksums },
     tokenizer: { json: "tokenizer.json", config: tokenizer.config ? "tokenizer_config.json" : null },

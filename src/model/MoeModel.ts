@@ -89,7 +89,7 @@ export class MoeModel {
       throw new InvalidOptionError(`context size must be a whole number from 2 to ${d.maxPositions} (the model's limit), got ${options.contextSize}`);
     }
     const tokenizer = TextTokenizer.load(path.join(dir, manifest.tokenizer.json), manifest.tokenizer.config && path.join(dir, manifest.tokenizer.config));
-    const store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn });
+    const store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: manifest.precision.experts });
     try {
       const experts = new ResidentExpertSource(store);
       const threads = options.threads ?? os.availableParallelism();

@@ -7,6 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { ModelDims } from "../architectures/ModelDims.js";
 import { MoeRunError } from "../errors.js";
+import type { ExpertEncoding } from "../store/expertEncoding.js";
 
 export const MANIFEST_FILE = "manifest.json";
 export const FORMAT_VERSION = 1;
@@ -19,7 +20,7 @@ export interface ModelManifest {
   createdBy: string;
   source: { dir: string; dtypes: string[]; modelType: string };
   dims: ModelDims;
-  precision: { dense: "F32"; experts: "F32" };
+  precision: { dense: "F32"; experts: ExpertEncoding };
   graphs: { embed: string; layers: string[]; head: string; expert: string };
   experts: { store: string; recordBytes: number; checksums: string[][] };
   tokenizer: { json: string; config: string | null };

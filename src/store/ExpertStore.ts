@@ -1,18 +1,22 @@
 /**
  * The LMDB store of expert weights, keyed by (layer, expert). It knows nothing about the model
- * beyond the byte layout of one record: gate [F,H], up [F,H], down [H,F], fp32, concatenated.
+ * beyond the byte layout of one record: gate [F,H], up [F,H], down [H,F], each encoded as
+ * store/expertEncoding.ts describes, concatenated.
  * LMDB commits are atomic, and the importer only publishes a model directory once every record
  * is in, so a reader never sees a half-written store.
  */
 import { createHash } from "node:crypto";
 import { open, type Database, type RootDatabase } from "lmdb";
 import { MoeRunError, invariant } from "../errors.js";
+import { encodeMatrix, recordBytes, type ExpertEncoding } from "./expertEncoding.js";
 
 export interface ExpertLayout {
   hiddenSize: number; // H
   expertFfn: number; // F
+  encoding: ExpertEncoding;
 }
 
+/** One expert's fp32 weights, as read from a checkpoint. */
 export interface ExpertWeights {
   gate: Float32Array; // [F, H]
   up: Float32Array; // [F, H]
@@ -20,7 +24,7 @@ export interface ExpertWeights {
 }
 
 export function expertRecordBytes(l: ExpertLayout): number {
-  return 3 * l.expertFfn * l.hiddenSize * 4;
+  return recordBytes(l.encoding, l.hiddenSize, l.expertFfn);
 }
 
 /** A short content checksum for one expert record, kept in the manifest. */
@@ -47,15 +51,18 @@ export class ExpertStore {
     return new ExpertStore(path, layout, open({ path, encoding: "binary", compression: false, readOnly: true }) as RootDatabase<Buffer, [number, number]>);
   }
 
-  /** Packs one expert's matrices into a store record. */
+  /** Encodes one expert's matrices into a store record. */
   static pack(layout: ExpertLayout, w: ExpertWeights): Uint8Array {
-    const n = layout.expertFfn * layout.hiddenSize;
-    invariant(w.gate.length === n && w.up.length === n && w.down.length === n, "expert matrices must be F*H each");
-    const out = new Float32Array(3 * n);
-    out.set(w.gate, 0);
-    out.set(w.up, n);
-    out.set(w.down, 2 * n);
-    return new Uint8Array(out.buffer);
+    const { hiddenSize: H, expertFfn: F, encoding } = layout;
+    invariant(w.gate.length === F * H && w.up.length === F * H && w.down.length === F * H, "expert matrices must be F*H each");
+    const parts = [encodeMatrix(encoding, w.gate, F, H), encodeMatrix(encoding, w.up, F, H), encodeMatrix(encoding, w.down, H, F)];
+    const out = new Uint8Array(expertRecordBytes(layout));
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.byteLength;
+    }
+    return out;
   }
 
   /** Queues a record; durable once `flush()` resolves. */
@@ -77,14 +84,6 @@ export class ExpertStore {
       throw new MoeRunError("STORE_CORRUPT", `expert (${layer}, ${expert}) in ${this.path} has ${buf.byteLength} bytes, expected ${expected}; re-import the model`);
     }
     return buf.byteOffset % 4 === 0 ? new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength) : Uint8Array.from(buf);
-  }
-
-  /** Views of one expert's matrices over a fresh record. */
-  get(layer: number, expert: number): ExpertWeights {
-    const rec = this.getRecord(layer, expert);
-    const n = this.layout.expertFfn * this.layout.hiddenSize;
-    const all = new Float32Array(rec.buffer, rec.byteOffset, 3 * n);
-    return { gate: all.subarray(0, n), up: all.subarray(n, 2 * n), down: all.subarray(2 * n, 3 * n) };
   }
 
   close(): void {

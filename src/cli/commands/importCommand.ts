@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { importModel } from "../../importer/importModel.js";
+import { EXPERT_ENCODINGS, parseEncoding, type ExpertEncoding } from "../../store/expertEncoding.js";
 
 export function registerImport(program: Command): void {
   program
@@ -9,11 +10,12 @@ export function registerImport(program: Command): void {
     .argument("<model-dir>", "moe-run model directory to create")
     .option("--force", "replace <model-dir> if it exists", false)
     .option("--no-progress", "no progress bar")
-    .action(async (hfDir: string, modelDir: string, opts: { force: boolean; progress: boolean }) => {
-      const result = await importModel(hfDir, modelDir, { force: opts.force, progress: opts.progress });
+    .option("--experts <precision>", `expert storage precision: ${EXPERT_ENCODINGS.join(", ")}`, parseEncoding, "f32")
+    .action(async (hfDir: string, modelDir: string, opts: { force: boolean; progress: boolean; experts: ExpertEncoding }) => {
+      const result = await importModel(hfDir, modelDir, { force: opts.force, progress: opts.progress, experts: opts.experts });
       const d = result.manifest.dims;
       process.stderr.write(
-        `imported ${d.modelType}: ${d.numLayers} layers, ${d.numExperts} experts x ${d.expertFfn} (top-${d.topK}), ` +
+        `imported ${d.modelType}: ${d.numLayers} layers, ${d.numExperts} experts x ${d.expertFfn} (top-${d.topK}, ${opts.experts}), ` +
           `hidden ${d.hiddenSize}, vocab ${d.vocabSize} -> ${result.modelDir} in ${result.seconds.toFixed(1)} s\n`
       );
     });

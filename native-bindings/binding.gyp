@@ -1,0 +1,12 @@
+{
+  "targets": [
+    {
+      "target_name": "moe_native",
+      "sources": ["src/moe_native.cc", "src/expert_kernels.cc", "src/page_residency.cc"],
+      "cflags_cc": ["-O3", "-march=native", "-ffast-math", "-std=c++17", "-pthread"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "ldflags": ["-pthread"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}

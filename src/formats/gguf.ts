@@ -1,0 +1,780 @@
+/**
+ * GGUF v3 (llama.cpp's model format): a streaming writer, a header reader, Q8_0 (de)quantisation,
+ * and a converter from a Mixtral Hugging Face checkpoint to GGUF (arch "llama" with experts), so
+ * moe-run can be compared with llama.cpp on the same weights.
+ *
+ * File layout: "GGUF", u32 version 3, u64 tensor count, u64 metadata count, the metadata
+ * key/values, the tensor infos (name, dims innermost-first, ggml type, offset into the data
+ * section), padding to `general.alignment` (default 32), then each tensor's data at its offset.
+ * A ggml tensor with dims [ne0, ne1, ne2] holds the same bytes as a row-major PyTorch tensor of
+ * shape [ne2, ne1, ne0].
+ *
+ * The converter follows llama.cpp's convert_hf_to_gguf.py for Mixtral: q/k rows are permuted
+ * from the half-split RoPE layout of HF checkpoints into GGUF's adjacent-pair layout, the experts
+ * of a layer are stacked into one [X, F, E]-shaped tensor per projection (w1 -> ffn_gate_exps,
+ * w3 -> ffn_up_exps, w2 -> ffn_down_exps), norms and the router stay F32. It streams tensor by
+ * tensor (one expert at a time), so the output may be far larger than memory.
+ */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { COMMON_NAMES, readModelDims } from "../architectures/architectures.js";
+import type { ModelDims } from "../architectures/ModelDims.js";
+import { CheckpointCorruptError, MoeRunError, TokenizerMissingError, UnsupportedConfigError, invariant } from "../errors.js";
+import { floatToHalf, type FloatDType } from "../util/dtype.js";
+import { HfCheckpoint } from "./HfCheckpoint.js";
+import { SafetensorsFile } from "./safetensors.js";
+
+// ---------------------------------------------------------------------------------------------
+// Types and constants
+
+export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
+export const GGUF_VERSION = 3;
+export const GGUF_DEFAULT_ALIGNMENT = 32;
+
+/** Metadata value types (gguf_type). */
+export enum GgufValueType {
+  UINT8 = 0,
+  INT8 = 1,
+  UINT16 = 2,
+  INT16 = 3,
+  UINT32 = 4,
+  INT32 = 5,
+  FLOAT32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  UINT64 = 10,
+  INT64 = 11,
+  FLOAT64 = 12,
+}
+
+/** The ggml tensor types this module writes (ggml_type ids). */
+export const GGML_TYPE = { F32: 0, F16: 1, Q8_0: 8 } as const;
+export type GgmlTypeName = keyof typeof GGML_TYPE;
+
+/** llama_ftype of the whole file ("general.file_type"). */
+const FILE_TYPE: Record<GgmlTypeName, number> = { F32: 0, F16: 1, Q8_0: 7 };
+
+/** Q8_0: blocks of 32 weights, an fp16 scale then 32 int8 quants. */
+export const Q8_0_BLOCK = 32;
+export const Q8_0_BLOCK_BYTES = 34;
+
+/** Token types of tokenizer.ggml.token_type (llama_token_type). */
+export const GGUF_TOKEN_TYPE = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6 } as const;
+
+export type GgufScalar = { type: Exclude<GgufValueType, GgufValueType.ARRAY>; value: number | bigint | boolean | string };
+export type GgufArray = { type: GgufValueType.ARRAY; itemType: Exclude<GgufValueType, GgufValueType.ARRAY>; value: (number | bigint | boolean | string)[] };
+export type GgufValue = GgufScalar | GgufArray;
+
+/** Helpers to build typed metadata values. */
+export const gguf = {
+  u32: (value: number): GgufValue => ({ type: GgufValueType.UINT32, value }),
+  i32: (value: number): GgufValue => ({ type: GgufValueType.INT32, value }),
+  f32: (value: number): GgufValue => ({ type: GgufValueType.FLOAT32, value }),
+  bool: (value: boolean): GgufValue => ({ type: GgufValueType.BOOL, value }),
+  str: (value: string): GgufValue => ({ type: GgufValueType.STRING, value }),
+  strings: (value: string[]): GgufValue => ({ type: GgufValueType.ARRAY, itemType: GgufValueType.STRING, value }),
+  i32s: (value: number[]): GgufValue => ({ type: GgufValueType.ARRAY, itemType: GgufValueType.INT32, value }),
+};
+
+export interface GgufTensorSpec {
+  name: string;
+  /** ggml dims, innermost (contiguous) first: the reverse of the PyTorch shape. */
+  dims: number[];
+  type: GgmlTypeName;
+  /**
+   * The tensor's bytes in order (ne0 fastest), in one or more chunks. Called once, when the
+   * writer reaches this tensor, so only one tensor (or one chunk) is in memory at a time.
+   */
+  data: () => Iterable<Uint8Array>;
+}
+
+export function ggmlTensorBytes(type: GgmlTypeName, dims: readonly number[]): number {
+  const n = dims.reduce((a, b) => a * b, 1);
+  switch (type) {
+    case "F32":
+      return 4 * n;
+    case "F16":
+      return 2 * n;
+    case "Q8_0":
+      if (dims[0]! % Q8_0_BLOCK !== 0) throw new MoeRunError("INVALID_OPTION", `Q8_0 needs the innermost dimension to be a multiple of 32, got ${dims[0]}`);
+      return (n / Q8_0_BLOCK) * Q8_0_BLOCK_BYTES;
+  }
+}
+
+const pad = (n: number, a: number) => (a - (n % a)) % a;
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+
+class ByteSink {
+  private buf = Buffer.alloc(1 << 16);
+  length = 0;
+  private ensure(n: number) {
+    if (this.length + n <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < this.length + n) size *= 2;
+    const next = Buffer.alloc(size);
+    this.buf.copy(next, 0, 0, this.length);
+    this.buf = next;
+  }
+  u8(v: number) { this.ensure(1); this.buf.writeUInt8(v, this.length); this.length += 1; }
+  i8(v: number) { this.ensure(1); this.buf.writeInt8(v, this.length); this.length += 1; }
+  u16(v: number) { this.ensure(2); this.buf.writeUInt16LE(v, this.length); this.length += 2; }
+  i16(v: number) { this.ensure(2); this.buf.writeInt16LE(v, this.length); this.length += 2; }
+  u32(v: number) { this.ensure(4); this.buf.writeUInt32LE(v, this.length); this.length += 4; }
+  i32(v: number) { this.ensure(4); this.buf.writeInt32LE(v, this.length); this.length += 4; }
+  f32(v: number) { this.ensure(4); this.buf.writeFloatLE(v, this.length); this.length += 4; }
+  f64(v: number) { this.ensure(8); this.buf.writeDoubleLE(v, this.length); this.length += 8; }
+  u64(v: number | bigint) { this.ensure(8); this.buf.writeBigUInt64LE(BigInt(v), this.length); this.length += 8; }
+  i64(v: number | bigint) { this.ensure(8); this.buf.writeBigInt64LE(BigInt(v), this.length); this.length += 8; }
+  str(s: string) {
+    const b = Buffer.from(s, "utf8");
+    this.u64(b.length);
+    this.ensure(b.length);
+    b.copy(this.buf, this.length);
+    this.length += b.length;
+  }
+  zeros(n: number) { this.ensure(n); this.buf.fill(0, this.length, this.length + n); this.length += n; }
+  bytes(): Buffer { return this.buf.subarray(0, this.length); }
+}
+
+function writeScalar(s: ByteSink, type: GgufValueType, v: number | bigint | boolean | string, key: string): void {
+  const num = () => {
+    if (typeof v !== "number") throw new Error(`gguf: ${key} needs a number, got ${typeof v}`);
+    return v;
+  };
+  switch (type) {
+    case GgufValueType.UINT8: return s.u8(num());
+    case GgufValueType.INT8: return s.i8(num());
+    case GgufValueType.UINT16: return s.u16(num());
+    case GgufValueType.INT16: return s.i16(num());
+    case GgufValueType.UINT32: return s.u32(num());
+    case GgufValueType.INT32: return s.i32(num());
+    case GgufValueType.FLOAT32: return s.f32(num());
+    case GgufValueType.FLOAT64: return s.f64(num());
+    case GgufValueType.UINT64: return s.u64(typeof v === "bigint" ? v : num());
+    case GgufValueType.INT64: return s.i64(typeof v === "bigint" ? v : num());
+    case GgufValueType.BOOL: return s.u8(v ? 1 : 0);
+    case GgufValueType.STRING:
+      if (typeof v !== "string") throw new Error(`gguf: ${key} needs a string`);
+      return s.str(v);
+    default:
+      throw new Error(`gguf: ${key} has unsupported value type ${type}`);
+  }
+}
+
+export interface GgufWriteResult {
+  path: string;
+  bytes: number;
+  /** Byte offset of the data section. */
+  dataOffset: number;
+}
+
+/**
+ * Writes a GGUF v3 file: metadata in the given order, tensors in the given order. The file is
+ * written to `<path>.tmp` and renamed into place when complete.
+ */
+export function writeGguf(
+  outPath: string,
+  metadata: ReadonlyArray<readonly [string, GgufValue]>,
+  tensors: readonly GgufTensorSpec[],
+  options: { alignment?: number } = {}
+): GgufWriteResult {
+  invariant(os.endianness() === "LE", "GGUF writing assumes a little-endian machine");
+  const alignment = options.alignment ?? GGUF_DEFAULT_ALIGNMENT;
+  const kvs = [...metadata];
+  if (alignment !== GGUF_DEFAULT_ALIGNMENT && !kvs.some(([k]) => k === "general.alignment")) kvs.push(["general.alignment", gguf.u32(alignment)]);
+  const names = new Set<string>();
+  for (const t of tensors) {
+    if (names.has(t.name)) throw new Error(`gguf: duplicate tensor ${t.name}`);
+    names.add(t.name);
+  }
+
+  const h = new ByteSink();
+  h.u32(GGUF_MAGIC);
+  h.u32(GGUF_VERSION);
+  h.u64(tensors.length);
+  h.u64(kvs.length);
+  for (const [key, v] of kvs) {
+    h.str(key);
+    h.u32(v.type);
+    if (v.type === GgufValueType.ARRAY) {
+      h.u32(v.itemType);
+      h.u64(v.value.length);
+      for (const x of v.value) writeScalar(h, v.itemType, x, key);
+    } else {
+      writeScalar(h, v.type, v.value, key);
+    }
+  }
+  const sizes: number[] = [];
+  let offset = 0;
+  for (const t of tensors) {
+    h.str(t.name);
+    h.u32(t.dims.length);
+    for (const d of t.dims) h.u64(d);
+    h.u32(GGML_TYPE[t.type]);
+    h.u64(offset);
+    const size = ggmlTensorBytes(t.type, t.dims);
+    sizes.push(size);
+    offset += size + pad(size, alignment);
+  }
+  h.zeros(pad(h.length, alignment));
+  const dataOffset = h.length;
+
+  const tmp = outPath + ".tmp";
+  const fd = fs.openSync(tmp, "w");
+  try {
+    writeAll(fd, h.bytes());
+    const zeros = Buffer.alloc(alignment);
+    tensors.forEach((t, i) => {
+      let written = 0;
+      for (const chunk of t.data()) {
+        writeAll(fd, chunk);
+        written += chunk.byteLength;
+      }
+      if (written !== sizes[i]) throw new Error(`gguf: tensor ${t.name} produced ${written} bytes, expected ${sizes[i]}`);
+      const p = pad(written, alignment);
+      if (p) writeAll(fd, zeros.subarray(0, p));
+    });
+    fs.fsyncSync(fd);
+  } catch (err) {
+    fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw err;
+  }
+  fs.closeSync(fd);
+  fs.renameSync(tmp, outPath);
+  return { path: outPath, bytes: dataOffset + offset, dataOffset };
+}
+
+function writeAll(fd: number, bytes: Uint8Array): void {
+  let done = 0;
+  while (done < bytes.byteLength) done += fs.writeSync(fd, bytes, done, bytes.byteLength - done);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reader (header only, plus raw tensor bytes for tests)
+
+export interface GgufTensorInfo {
+  name: string;
+  dims: number[];
+  /** ggml type id. */
+  type: number;
+  /** Offset relative to the data section. */
+  offset: number;
+}
+
+export interface GgufHeader {
+  version: number;
+  metadata: Map<string, GgufValue>;
+  tensors: GgufTensorInfo[];
+  alignment: number;
+  /** Absolute byte offset of the data section. */
+  dataOffset: number;
+}
+
+class FdCursor {
+  private buf = Buffer.alloc(0);
+  private bufStart = 0;
+  pos = 0;
+  constructor(private readonly fd: number, private readonly size: number, private readonly file: string) {}
+  private need(n: number) {
+    if (this.pos + n <= this.bufStart + this.buf.length) return;
+    if (this.pos + n > this.size) throw new CheckpointCorruptError(`${this.file} is truncated: the GGUF header runs past the end of the file`);
+    const len = Math.min(this.size - this.pos, Math.max(n, 1 << 20));
+    const b = Buffer.alloc(len);
+    let done = 0;
+    while (done < len) {
+      const r = fs.readSync(this.fd, b, done, len - done, this.pos + done);
+      if (r === 0) break;
+      done += r;
+    }
+    this.buf = b.subarray(0, done);
+    this.bufStart = this.pos;
+    if (done < n) throw new CheckpointCorruptError(`${this.file} ended early while reading the GGUF header`);
+  }
+  private at(n: number): number {
+    this.need(n);
+    const o = this.pos - this.bufStart;
+    this.pos += n;
+    return o;
+  }
+  u8() { const o = this.at(1); return this.buf.readUInt8(o); }
+  i8() { const o = this.at(1); return this.buf.readInt8(o); }
+  u16() { const o = this.at(2); return this.buf.readUInt16LE(o); }
+  i16() { const o = this.at(2); return this.buf.readInt16LE(o); }
+  u32() { const o = this.at(4); return this.buf.readUInt32LE(o); }
+  i32() { const o = this.at(4); return this.buf.readInt32LE(o); }
+  f32() { const o = this.at(4); return this.buf.readFloatLE(o); }
+  f64() { const o = this.at(8); return this.buf.readDoubleLE(o); }
+  u64big() { const o = this.at(8); return this.buf.readBigUInt64LE(o); }
+  i64big() { const o = this.at(8); return this.buf.readBigInt64LE(o); }
+  u64() {
+    const v = this.u64big();
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new CheckpointCorruptError(`${this.file}: implausible 64-bit count ${v} in the GGUF header`);
+    return Number(v);
+  }
+  str() {
+    const n = this.u64();
+    if (n > this.size) throw new CheckpointCorruptError(`${this.file}: string length ${n} exceeds the file size`);
+    const o = this.at(n);
+    return this.buf.toString("utf8", o, o + n);
+  }
+}
+
+function readScalar(c: FdCursor, type: GgufValueType): number | bigint | boolean | string {
+  switch (type) {
+    case GgufValueType.UINT8: return c.u8();
+    case GgufValueType.INT8: return c.i8();
+    case GgufValueType.UINT16: return c.u16();
+    case GgufValueType.INT16: return c.i16();
+    case GgufValueType.UINT32: return c.u32();
+    case GgufValueType.INT32: return c.i32();
+    case GgufValueType.FLOAT32: return c.f32();
+    case GgufValueType.FLOAT64: return c.f64();
+    case GgufValueType.UINT64: return c.u64big();
+    case GgufValueType.INT64: return c.i64big();
+    case GgufValueType.BOOL: return c.u8() !== 0;
+    case GgufValueType.STRING: return c.str();
+    default:
+      throw new CheckpointCorruptError(`unknown GGUF value type ${type}`);
+  }
+}
+
+/** Reads a GGUF v2/v3 header: metadata and tensor infos (no tensor data). */
+export function readGgufHeader(file: string): GgufHeader {
+  const fd = fs.openSync(file, "r");
+  try {
+    const size = fs.fstatSync(fd).size;
+    const c = new FdCursor(fd, size, file);
+    if (c.u32() !== GGUF_MAGIC) throw new CheckpointCorruptError(`${file} is not a GGUF file (bad magic)`);
+    const version = c.u32();
+    if (version < 2 || version > 3) throw new CheckpointCorruptError(`${file} is GGUF version ${version}; only 2 and 3 are read`);
+    const tensorCount = c.u64();
+    const kvCount = c.u64();
+    const metadata = new Map<string, GgufValue>();
+    for (let i = 0; i < kvCount; i++) {
+      const key = c.str();
+      const type = c.u32() as GgufValueType;
+      if (type === GgufValueType.ARRAY) {
+        const itemType = c.u32() as Exclude<GgufValueType, GgufValueType.ARRAY>;
+        const n = c.u64();
+        const value: (number | bigint | boolean | string)[] = new Array(n);
+        for (let j = 0; j < n; j++) value[j] = readScalar(c, itemType);
+        metadata.set(key, { type, itemType, value });
+      } else {
+        metadata.set(key, { type, value: readScalar(c, type) } as GgufScalar);
+      }
+    }
+    const tensors: GgufTensorInfo[] = [];
+    for (let i = 0; i < tensorCount; i++) {
+      const name = c.str();
+      const nd = c.u32();
+      const dims: number[] = [];
+      for (let j = 0; j < nd; j++) dims.push(c.u64());
+      const type = c.u32();
+      const offset = c.u64();
+      tensors.push({ name, dims, type, offset });
+    }
+    const a = metadata.get("general.alignment");
+    const alignment = a && a.type !== GgufValueType.ARRAY ? Number(a.value) : GGUF_DEFAULT_ALIGNMENT;
+    const dataOffset = c.pos + pad(c.pos, alignment);
+    return { version, metadata, tensors, alignment, dataOffset };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** The raw bytes of one tensor of a GGUF file (F32, F16 or Q8_0). */
+export function readGgufTensorBytes(file: string, header: GgufHeader, name: string): Uint8Array {
+  const t = header.tensors.find((x) => x.name === name);
+  if (!t) throw new CheckpointCorruptError(`${file} has no tensor ${name}`);
+  const typeName = (Object.keys(GGML_TYPE) as GgmlTypeName[]).find((k) => GGML_TYPE[k] === t.type);
+  if (!typeName) throw new MoeRunError("INVALID_OPTION", `tensor ${name} has ggml type ${t.type}; only F32, F16 and Q8_0 are read`);
+  const bytes = Buffer.alloc(ggmlTensorBytes(typeName, t.dims));
+  const fd = fs.openSync(file, "r");
+  try {
+    let done = 0;
+    while (done < bytes.length) {
+      const r = fs.readSync(fd, bytes, done, bytes.length - done, header.dataOffset + t.offset + done);
+      if (r === 0) throw new CheckpointCorruptError(`${file} ended early while reading ${name}`);
+      done += r;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length);
+}
+
+/** A metadata value as a plain JS value (scalars, or arrays of them). */
+export function ggufValue(header: GgufHeader, key: string): unknown {
+  return header.metadata.get(key)?.value;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Number formats
+
+const HALF_TO_FLOAT = (() => {
+  const t = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = h & 0x8000 ? -1 : 1;
+    const exp = (h >> 10) & 0x1f;
+    const frac = h & 0x3ff;
+    t[h] = exp === 0 ? sign * frac * 2 ** -24 : exp === 0x1f ? (frac ? NaN : sign * Infinity) : sign * (1 + frac / 1024) * 2 ** (exp - 15);
+  }
+  return t;
+})();
+
+/** Raw little-endian bytes of a float dtype -> fp32 (table-driven for F16). */
+export function toFloat32(bytes: Uint8Array, dtype: FloatDType): Float32Array {
+  switch (dtype) {
+    case "F32": {
+      const out = new Float32Array(bytes.byteLength / 4);
+      new Uint8Array(out.buffer).set(bytes);
+      return out;
+    }
+    case "F16": {
+      const n = bytes.byteLength / 2;
+      const src = bytes.byteOffset % 2 === 0 ? new Uint16Array(bytes.buffer, bytes.byteOffset, n) : new Uint16Array(bytes.slice().buffer);
+      const out = new Float32Array(n);
+      for (let i = 0; i < n; i++) out[i] = HALF_TO_FLOAT[src[i]!]!;
+      return out;
+    }
+    case "BF16": {
+      const n = bytes.byteLength / 2;
+      const src = bytes.byteOffset % 2 === 0 ? new Uint16Array(bytes.buffer, bytes.byteOffset, n) : new Uint16Array(bytes.slice().buffer);
+      const out = new Float32Array(n);
+      const bits = new Uint32Array(out.buffer);
+      for (let i = 0; i < n; i++) bits[i] = src[i]! << 16;
+      return out;
+    }
+  }
+}
+
+/** fp32 -> IEEE half bits (round to nearest even), as little-endian bytes. */
+export function toFloat16Bytes(values: Float32Array): Uint8Array {
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = floatToHalf(values[i]!);
+  return new Uint8Array(out.buffer);
+}
+
+/** The value an fp16 bit pattern stands for. */
+export function halfBitsToFloat(h: number): number {
+  return HALF_TO_FLOAT[h & 0xffff]!;
+}
+
+/**
+ * Q8_0 as llama.cpp's quantize_row_q8_0_ref: per block of 32, d = amax / 127 (fp32), stored as
+ * fp16; q = roundf(x * (1/d)) (round half away from zero), with 1/d taken as 0 when d is 0.
+ */
+export function quantizeQ8_0(x: Float32Array): Uint8Array {
+  if (x.length % Q8_0_BLOCK !== 0) throw new MoeRunError("INVALID_OPTION", `Q8_0 needs a multiple of 32 values, got ${x.length}`);
+  const nb = x.length / Q8_0_BLOCK;
+  const out = new Uint8Array(nb * Q8_0_BLOCK_BYTES);
+  const q = new Int8Array(out.buffer);
+  const f = Math.fround;
+  for (let b = 0; b < nb; b++) {
+    const base = b * Q8_0_BLOCK;
+    let amax = 0;
+    for (let j = 0; j < Q8_0_BLOCK; j++) {
+      const a = Math.abs(x[base + j]!);
+      if (a > amax) amax = a;
+    }
+    const d = f(amax / 127);
+    const id = d ? f(1 / d) : 0;
+    const o = b * Q8_0_BLOCK_BYTES;
+    const hb = floatToHalf(d);
+    out[o] = hb & 0xff;
+    out[o + 1] = hb >>> 8;
+    for (let j = 0; j < Q8_0_BLOCK; j++) {
+      const v = f(x[base + j]! * id);
+      q[o + 2 + j] = v < 0 ? -Math.floor(-v + 0.5) : Math.floor(v + 0.5);
+    }
+  }
+  return out;
+}
+
+/** Q8_0 bytes -> fp32 (d * q). */
+export function dequantizeQ8_0(bytes: Uint8Array): Float32Array {
+  const nb = bytes.byteLength / Q8_0_BLOCK_BYTES;
+  invariant(Number.isInteger(nb), "Q8_0 data must be whole blocks");
+  const out = new Float32Array(nb * Q8_0_BLOCK);
+  const q = new Int8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let b = 0; b < nb; b++) {
+    const o = b * Q8_0_BLOCK_BYTES;
+    const d = HALF_TO_FLOAT[bytes[o]! | (bytes[o + 1]! << 8)]!;
+    for (let j = 0; j < Q8_0_BLOCK; j++) out[b * Q8_0_BLOCK + j] = d * q[o + 2 + j]!;
+  }
+  return out;
+}
+
+/** Any supported ggml tensor's bytes -> fp32 (for tests and tools). */
+export function ggmlToFloat32(bytes: Uint8Array, type: number): Float32Array {
+  if (type === GGML_TYPE.F32) return toFloat32(bytes, "F32");
+  if (type === GGML_TYPE.F16) return toFloat32(bytes, "F16");
+  if (type === GGML_TYPE.Q8_0) return dequantizeQ8_0(bytes);
+  throw new MoeRunError("INVALID_OPTION", `ggml type ${type} is not supported here`);
+}
+
+/**
+ * Reorders the rows of a q or k projection [heads * headDim, cols] from the half-split RoPE
+ * layout (rows i and i + headDim/2 of a head form a pair) to the adjacent-pair layout (rows 2j
+ * and 2j+1), as llama.cpp's converter does: new row h*hd + 2j + s = old row h*hd + s*hd/2 + j.
+ */
+export function permuteRopeRows(w: Float32Array, heads: number, cols: number): Float32Array {
+  const rows = w.length / cols;
+  invariant(Number.isInteger(rows) && rows % heads === 0 && (rows / heads) % 2 === 0, "q/k rows must be heads * even headDim");
+  const hd = rows / heads;
+  const half = hd / 2;
+  const out = new Float32Array(w.length);
+  for (let h = 0; h < heads; h++) {
+    for (let j = 0; j < half; j++) {
+      for (let s = 0; s < 2; s++) {
+        const src = (h * hd + s * half + j) * cols;
+        out.set(w.subarray(src, src + cols), (h * hd + 2 * j + s) * cols);
+      }
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hugging Face Mixtral -> GGUF
+
+export type GgufFileType = "F32" | "F16" | "Q8_0";
+
+export interface HfToGgufOptions {
+  /** Type of the matrices (embedding, attention, experts, LM head). Norms and router stay F32. */
+  type: GgufFileType;
+  /** general.name; default: the checkpoint folder's name. */
+  name?: string;
+  /** Receives one line per written tensor group. */
+  log?: (line: string) => void;
+}
+
+export interface HfToGgufResult extends GgufWriteResult {
+  tensors: number;
+  seconds: number;
+  dims: ModelDims;
+}
+
+interface TensorSource {
+  file: SafetensorsFile;
+  dtype: FloatDType;
+  shape: number[];
+}
+
+/** Converts a Mixtral checkpoint directory to a GGUF file llama.cpp loads (arch "llama" + experts). */
+export function convertHfToGguf(hfDir: string, outPath: string, options: HfToGgufOptions): HfToGgufResult {
+  const started = performance.now();
+  const ckpt = HfCheckpoint.open(hfDir); // validates config.json, the shards and the index
+  const files: SafetensorsFile[] = [];
+  try {
+    const { dims: d } = readModelDims(ckpt.config);
+    if (d.modelType !== "mixtral") {
+      throw new UnsupportedConfigError(`GGUF conversion supports model_type "mixtral" (llama.cpp arch "llama" with experts), not "${d.modelType}"`);
+    }
+    // Raw access to each tensor's bytes (HfCheckpoint decodes to fp32 only).
+    const sources = new Map<string, TensorSource>();
+    for (const shard of shardNames(hfDir)) {
+      const f = SafetensorsFile.open(path.join(hfDir, shard));
+      files.push(f);
+      for (const e of f.entries.values()) sources.set(e.name, { file: f, dtype: e.dtype, shape: e.shape });
+    }
+    const src = (name: string, shape: number[]): TensorSource => {
+      const s = sources.get(name);
+      if (!s) throw new CheckpointCorruptError(`the checkpoint in ${hfDir} has no tensor "${name}"`);
+      if (s.shape.length !== shape.length || s.shape.some((x, i) => x !== shape[i])) {
+        throw new CheckpointCorruptError(`tensor "${name}" has shape [${s.shape.join(", ")}] but config.json implies [${shape.join(", ")}]`);
+      }
+      return s;
+    };
+    const f32 = (name: string, shape: number[]) => {
+      const s = src(name, shape);
+      return toFloat32(s.file.readBytes(name), s.dtype);
+    };
+    const matType = (cols: number): GgmlTypeName => (options.type === "Q8_0" && cols % Q8_0_BLOCK !== 0 ? "F16" : options.type);
+    /** Encodes fp32 rows of `cols` values as `type`. */
+    const encode = (values: Float32Array, type: GgmlTypeName): Uint8Array => {
+      if (type === "F32") return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+      if (type === "F16") return toFloat16Bytes(values);
+      return quantizeQ8_0(values);
+    };
+    /** One matrix (optionally with RoPE rows permuted), raw bytes passed through when nothing changes. */
+    const matrix = (name: string, shape: [number, number], type: GgmlTypeName, ropeHeads?: number) => () => {
+      const s = src(name, shape);
+      if (ropeHeads === undefined && s.dtype === type) return [s.file.readBytes(name)];
+      let v = toFloat32(s.file.readBytes(name), s.dtype);
+      if (ropeHeads !== undefined) v = permuteRopeRows(v, ropeHeads, shape[1]);
+      return [encode(v, type)];
+    };
+    const norm = (name: string, n: number) => () => [encode(f32(name, [n]), "F32")];
+
+    const H = d.hiddenSize;
+    const V = d.vocabSize;
+    const F = d.expertFfn;
+    const E = d.numExperts;
+    const qRows = d.numHeads * d.headDim;
+    const kvRows = d.numKvHeads * d.headDim;
+    const L = (l: number, rest: string) => COMMON_NAMES.layer(l, rest);
+    const tensors: GgufTensorSpec[] = [];
+    const embType = matType(H);
+    tensors.push({ name: "token_embd.weight", dims: [H, V], type: embType, data: matrix(COMMON_NAMES.embed, [V, H], embType) });
+    for (let l = 0; l < d.numLayers; l++) {
+      const b = `blk.${l}`;
+      tensors.push({ name: `${b}.attn_norm.weight`, dims: [H], type: "F32", data: norm(L(l, COMMON_NAMES.inputNorm), H) });
+      const tH = matType(H);
+      tensors.push({ name: `${b}.attn_q.weight`, dims: [H, qRows], type: tH, data: matrix(L(l, `${COMMON_NAMES.q}.weight`), [qRows, H], tH, d.numHeads) });
+      tensors.push({ name: `${b}.attn_k.weight`, dims: [H, kvRows], type: tH, data: matrix(L(l, `${COMMON_NAMES.k}.weight`), [kvRows, H], tH, d.numKvHeads) });
+      tensors.push({ name: `${b}.attn_v.weight`, dims: [H, kvRows], type: tH, data: matrix(L(l, `${COMMON_NAMES.v}.weight`), [kvRows, H], tH) });
+      const tO = matType(qRows);
+      tensors.push({ name: `${b}.attn_output.weight`, dims: [qRows, H], type: tO, data: matrix(L(l, `${COMMON_NAMES.o}.weight`), [H, qRows], tO) });
+      tensors.push({ name: `${b}.ffn_norm.weight`, dims: [H], type: "F32", data: norm(L(l, COMMON_NAMES.postAttnNorm), H) });
+      tensors.push({ name: `${b}.ffn_gate_inp.weight`, dims: [H, E], type: "F32", data: () => [encode(f32(L(l, "block_sparse_moe.gate.weight"), [E, H]), "F32")] });
+      const experts = (w: string, shape: [number, number], type: GgmlTypeName) =>
+        function* () {
+          for (let j = 0; j < E; j++) yield* matrix(L(l, `block_sparse_moe.experts.${j}.${w}.weight`), shape, type)();
+        };
+      const tG = matType(H);
+      const tD = matType(F);
+      tensors.push({ name: `${b}.ffn_gate_exps.weight`, dims: [H, F, E], type: tG, data: experts("w1", [F, H], tG) });
+      tensors.push({ name: `${b}.ffn_down_exps.weight`, dims: [F, H, E], type: tD, data: experts("w2", [H, F], tD) });
+      tensors.push({ name: `${b}.ffn_up_exps.weight`, dims: [H, F, E], type: tG, data: experts("w3", [F, H], tG) });
+    }
+    tensors.push({ name: "output_norm.weight", dims: [H], type: "F32", data: norm(COMMON_NAMES.finalNorm, H) });
+    if (sources.has(COMMON_NAMES.lmHead)) {
+      tensors.push({ name: "output.weight", dims: [H, V], type: embType, data: matrix(COMMON_NAMES.lmHead, [V, H], embType) });
+    } else if (!d.tieEmbeddings) {
+      throw new CheckpointCorruptError(`the checkpoint in ${hfDir} has no "${COMMON_NAMES.lmHead}" and does not tie embeddings`);
+    }
+
+    const metadata = llamaMetadata(d, options.name ?? path.basename(path.resolve(hfDir)), options.type, readGgufVocab(hfDir, d));
+    // Log progress per layer without holding anything.
+    const logged = tensors.map((t) => {
+      const m = /^blk\.(\d+)\.ffn_up_exps/.exec(t.name);
+      if (!m || !options.log) return t;
+      return { ...t, data: () => { options.log!(`gguf: layer ${Number(m[1]) + 1}/${d.numLayers}`); return t.data(); } };
+    });
+    const written = writeGguf(outPath, metadata, logged);
+    return { ...written, tensors: tensors.length, seconds: (performance.now() - started) / 1000, dims: d };
+  } finally {
+    for (const f of files) f.close();
+    ckpt.close();
+  }
+}
+
+/** The safetensors files of a checkpoint: the index's shards, else every *.safetensors in the folder. */
+function shardNames(dir: string): string[] {
+  const indexPath = path.join(dir, "model.safetensors.index.json");
+  if (fs.existsSync(indexPath)) {
+    const index = JSON.parse(fs.readFileSync(indexPath, "utf8")) as { weight_map: Record<string, string> };
+    return [...new Set(Object.values(index.weight_map))].sort();
+  }
+  return fs.readdirSync(dir).filter((x) => x.endsWith(".safetensors")).sort();
+}
+
+export interface GgufVocab {
+  tokens: string[];
+  tokenTypes: number[];
+  merges: string[];
+  bosId: number | undefined;
+  eosId: number | undefined;
+  unkId: number | undefined;
+  addBos: boolean;
+  chatTemplate: string | undefined;
+}
+
+/**
+ * The byte-level BPE tokenizer of tokenizer.json as llama.cpp's "gpt2" vocabulary: tokens by id
+ * (gaps up to vocab_size padded as [PAD<i>], type UNUSED), added tokens CONTROL when special else
+ * USER_DEFINED, merges as "a b" strings.
+ */
+export function readGgufVocab(hfDir: string, d: ModelDims): GgufVocab {
+  const tjPath = path.join(hfDir, "tokenizer.json");
+  if (!fs.existsSync(tjPath)) throw new TokenizerMissingError(`tokenizer.json is missing from ${hfDir}; GGUF conversion needs it`);
+  const tj = JSON.parse(fs.readFileSync(tjPath, "utf8")) as {
+    model?: { type?: string; vocab?: Record<string, number>; merges?: (string | [string, string])[] };
+    pre_tokenizer?: { type?: string; pretokenizers?: { type?: string }[] } | null;
+    added_tokens?: { id: number; content: string; special?: boolean }[];
+  };
+  const pre = tj.pre_tokenizer;
+  const byteLevel = pre?.type === "ByteLevel" || (pre?.type === "Sequence" && (pre.pretokenizers ?? []).some((p) => p.type === "ByteLevel"));
+  if (tj.model?.type !== "BPE" || !tj.model.vocab || !byteLevel) {
+    throw new UnsupportedConfigError(`GGUF conversion supports byte-level BPE tokenizers (llama.cpp "gpt2"); ${tjPath} is ${tj.model?.type ?? "unknown"}`);
+  }
+  const vocab = tj.model.vocab;
+  let n = d.vocabSize;
+  for (const id of Object.values(vocab)) n = Math.max(n, id + 1);
+  for (const t of tj.added_tokens ?? []) n = Math.max(n, t.id + 1);
+  if (n !== d.vocabSize) {
+    throw new UnsupportedConfigError(`tokenizer.json has ids up to ${n - 1} but config.json says vocab_size ${d.vocabSize}`);
+  }
+  const tokens: (string | undefined)[] = new Array(n);
+  const tokenTypes: number[] = new Array(n).fill(GGUF_TOKEN_TYPE.NORMAL);
+  for (const [tok, id] of Object.entries(vocab)) tokens[id] = tok;
+  for (const t of tj.added_tokens ?? []) {
+    tokens[t.id] = t.content;
+    tokenTypes[t.id] = t.special ? GGUF_TOKEN_TYPE.CONTROL : GGUF_TOKEN_TYPE.USER_DEFINED;
+  }
+  for (let i = 0; i < n; i++) {
+    if (tokens[i] === undefined) {
+      tokens[i] = `[PAD${i}]`;
+      tokenTypes[i] = GGUF_TOKEN_TYPE.UNUSED;
+    }
+  }
+  const merges = (tj.model.merges ?? []).map((m) => (typeof m === "string" ? m : `${m[0]} ${m[1]}`));
+
+  let tc: Record<string, unknown> = {};
+  const tcPath = path.join(hfDir, "tokenizer_config.json");
+  if (fs.existsSync(tcPath)) tc = JSON.parse(fs.readFileSync(tcPath, "utf8")) as Record<string, unknown>;
+  const idOf = (v: unknown): number | undefined => {
+    const s = typeof v === "string" ? v : v && typeof v === "object" ? (v as { content?: string }).content : undefined;
+    if (s === undefined) return undefined;
+    const i = tokens.indexOf(s);
+    return i >= 0 ? i : undefined;
+  };
+  const bosId = d.bosTokenId ?? idOf(tc["bos_token"]);
+  const eosId = d.eosTokenIds[0] ?? idOf(tc["eos_token"]);
+  const unkId = idOf(tc["unk_token"]);
+  const addBos = typeof tc["add_bos_token"] === "boolean" ? (tc["add_bos_token"] as boolean) : bosId !== undefined && JSON.stringify((tj as { post_processor?: unknown }).post_processor ?? null).includes(JSON.stringify(tokens[bosId]));
+  const chatTemplate = typeof tc["chat_template"] === "string" ? (tc["chat_template"] as string) : undefined;
+  return { tokens: tokens as string[], tokenTypes, merges, bosId, eosId, unkId, addBos, chatTemplate };
+}
+
+function llamaMetadata(d: ModelDims, name: string, type: GgufFileType, v: GgufVocab): [string, GgufValue][] {
+  const m: [string, GgufValue][] = [
+    ["general.architecture", gguf.str("llama")],
+    ["general.name", gguf.str(name)],
+    ["general.file_type", gguf.u32(FILE_TYPE[type])],
+    ["general.quantization_version", gguf.u32(2)],
+    ["general.alignment", gguf.u32(GGUF_DEFAULT_ALIGNMENT)],
+    ["llama.vocab_size", gguf.u32(d.vocabSize)],
+    ["llama.context_length", gguf.u32(d.maxPositions)],
+    ["llama.embedding_length", gguf.u32(d.hiddenSize)],
+    ["llama.block_count", gguf.u32(d.numLayers)],
+    ["llama.feed_forward_length", gguf.u32(d.expertFfn)],
+    ["llama.attention.head_count", gguf.u32(d.numHeads)],
+    ["llama.attention.head_count_kv", gguf.u32(d.numKvHeads)],
+    ["llama.attention.key_length", gguf.u32(d.headDim)],
+    ["llama.attention.value_length", gguf.u32(d.headDim)],
+    ["llama.rope.dimension_count", gguf.u32(d.headDim)],
+    ["llama.rope.freq_base", gguf.f32(d.ropeTheta)],
+    ["llama.attention.layer_norm_rms_epsilon", gguf.f32(d.rmsNormEps)],
+    ["llama.expert_count", gguf.u32(d.numExperts)],
+    ["llama.expert_used_count", gguf.u32(d.topK)],
+    ["tokenizer.ggml.model", gguf.str("gpt2")],
+    ["tokenizer.ggml.pre", gguf.str("gpt-2")],
+    ["tokenizer.ggml.tokens", gguf.strings(v.tokens)],
+    ["tokenizer.ggml.token_type", gguf.i32s(v.tokenTypes)],
+    ["tokenizer.ggml.merges", gguf.strings(v.merges)],
+  ];
+  if (v.bosId !== undefined) m.push(["tokenizer.ggml.bos_token_id", gguf.u32(v.bosId)]);
+  if (v.eosId !== undefined) m.push(["tokenizer.ggml.eos_token_id", gguf.u32(v.eosId)]);
+  if (v.unkId !== undefined) m.push(["tokenizer.ggml.unknown_token_id", gguf.u32(v.unkId)]);
+  m.push(["tokenizer.ggml.add_bos_token", gguf.bool(v.addBos)]);
+  m.push(["tokenizer.ggml.add_eos_token", gguf.bool(false)]);
+  if (v.chatTemplate !== undefined) m.push(["tokenizer.chat_template", gguf.str(v.chatTemplate)]);
+  return m;
+}

@@ -1,0 +1,38 @@
+/**
+ * Loads the native addon built from native-bindings/ (see native-bindings/build.mjs). Absent when
+ * the machine could not build it; callers fall back and say so.
+ */
+import * as fs from "node:fs";
+import { createRequire } from "node:module";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export interface NativeAddon {
+  /** out[T,H] = down(silu(gate x) * up x) for one encoded expert record. */
+  expertForward(enc: number, record: Uint8Array, H: number, F: number, x: Float32Array, T: number, out: Float32Array, threads: number): void;
+  encodeMatrix(enc: number, src: Float32Array, rows: number, cols: number, dst: Uint8Array): void;
+  fileResidency(path: string): { fileBytes: number; residentBytes: number; pageSize: number };
+  dropFileCache(path: string, mapAddr: number, mapLen: number): void;
+  willNeed(path: string, offset: number, len: number): void;
+}
+
+let cached: { addon: NativeAddon | undefined; reason: string } | undefined;
+
+/** The addon, or undefined with the reason it is not available. */
+export function loadNativeAddon(): { addon: NativeAddon | undefined; reason: string } {
+  if (cached) return cached;
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+  const file = path.join(root, "native-bindings", "build", "Release", "moe_native.node");
+  if (process.env.MOE_RUN_NO_NATIVE === "1") {
+    cached = { addon: undefined, reason: "disabled by MOE_RUN_NO_NATIVE=1" };
+  } else if (!fs.existsSync(file)) {
+    cached = { addon: undefined, reason: `not built (${file} missing; run \`node native-bindings/build.mjs\`)` };
+  } else {
+    try {
+      cached = { addon: createRequire(import.meta.url)(file) as NativeAddon, reason: "loaded" };
+    } catch (err) {
+      cached = { addon: undefined, reason: `failed to load: ${err instanceof Error ? err.message : String(err)}` };
+    }
+  }
+  return cached;
+}

@@ -1,0 +1,90 @@
+/**
+ * Every expert kernel against the JS reference on the same inputs (llama.cpp's test-backend-ops
+ * idea), for every storage encoding; and the encodings' error against fp32.
+ */
+import * as path from "node:path";
+import { describe, expect, it } from "vitest";
+import { buildExpertGraph } from "../src/importer/modelGraphs.js";
+import { createExpertKernel, type ExpertKernelName } from "../src/kernels/expertKernels.js";
+import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
+import { EXPERT_ENCODINGS, decodeMatrix, encodeMatrix, encodeMatrixJs, matrixBytes, type ExpertEncoding } from "../src/store/expertEncoding.js";
+import { ExpertStore } from "../src/store/ExpertStore.js";
+import type { ModelDims } from "../src/architectures/ModelDims.js";
+import { tmpDir } from "./helpers.js";
+
+const H = 96;
+const F = 160;
+
+function rand(n: number, seed: number, scale: number): Float32Array {
+  let s = seed >>> 0 || 1;
+  return Float32Array.from({ length: n }, () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return ((s / 2 ** 32) * 2 - 1) * scale;
+  });
+}
+
+const weights = { gate: rand(F * H, 1, 0.2), up: rand(F * H, 2, 0.2), down: rand(H * F, 3, 0.15) };
+const graphDir = tmpDir();
+const expertGraph = path.join(graphDir, "expert.onnx");
+buildExpertGraph({ hiddenSize: H, expertFfn: F } as ModelDims).save(expertGraph);
+
+async function runKernel(name: ExpertKernelName, enc: ExpertEncoding, tokens: number, threads = 2): Promise<Float32Array> {
+  const kernel = await createExpertKernel(name, { encoding: enc, hiddenSize: H, expertFfn: F, threads, expertGraph });
+  try {
+    const record = ExpertStore.pack({ hiddenSize: H, expertFfn: F, encoding: enc }, weights);
+    const out = new Float32Array(tokens * H);
+    await kernel.forward(record, rand(tokens * H, 9, 1), tokens, out);
+    return out;
+  } finally {
+    await kernel.dispose();
+  }
+}
+
+function maxRelErr(a: Float32Array, ref: Float32Array): number {
+  let err = 0;
+  let mag = 0;
+  for (let i = 0; i < ref.length; i++) {
+    err = Math.max(err, Math.abs(a[i]! - ref[i]!));
+    mag = Math.max(mag, Math.abs(ref[i]!));
+  }
+  return err / mag;
+}
+
+it("the native kernels are built on this machine", () => {
+  expect(loadNativeAddon().reason).toBe("loaded");
+});
+
+describe.each(EXPERT_ENCODINGS)("expert kernels, %s weights", (enc) => {
+  for (const tokens of [1, 3, 17]) {
+    it(`native and onnx match the JS reference (${tokens} tokens)`, async () => {
+      const ref = await runKernel("js", enc, tokens);
+      expect(maxRelErr(await runKernel("native", enc, tokens), ref)).toBeLessThan(1e-5);
+      expect(maxRelErr(await runKernel("native", enc, tokens, 1), ref)).toBeLessThan(1e-5);
+      expect(maxRelErr(await runKernel("onnx", enc, tokens), ref)).toBeLessThan(1e-5);
+    });
+  }
+
+  it("encoding error against fp32 is what the precision allows", async () => {
+    const exact = await runKernel("js", "f32", 4);
+    const got = await runKernel("js", enc, 4);
+    const bound = { f32: 0, f16: 2e-3, int8: 2e-2, int4: 0.2 }[enc];
+    expect(maxRelErr(got, exact)).toBeLessThanOrEqual(bound);
+    if (enc !== "f32") expect(maxRelErr(got, exact)).toBeGreaterThan(0);
+  });
+});
+
+it("native and JS encoders produce the same bytes, and decode inverts within a step", () => {
+  const m = rand(F * H, 5, 0.3);
+  for (const enc of EXPERT_ENCODINGS) {
+    const native = encodeMatrix(enc, m, F, H);
+    const js = new Uint8Array(matrixBytes(enc, F, H));
+    encodeMatrixJs(enc, m, F, H, js);
+    expect(Buffer.from(native).equals(Buffer.from(js))).toBe(true);
+    const back = decodeMatrix(enc, native, F, H);
+    let worst = 0;
+    for (let i = 0; i < m.length; i++) worst = Math.max(worst, Math.abs(back[i]! - m[i]!));
+    // Half a step; int4 maps the largest magnitude to -8, so +max clamps to 7: a whole step.
+    const step = { f32: 0, f16: 0.3 * 2 ** -11, int8: 0.3 / 127 / 2, int4: 0.3 / 8 }[enc];
+    expect(worst).toBeLessThanOrEqual(step * 1.0001);
+  }
+});
