@@ -6,6 +6,7 @@ import { VERSION } from "../version.js";
 import { registerImport } from "./commands/importCommand.js";
 import { registerPerplexity } from "./commands/perplexityCommand.js";
 import { registerRun } from "./commands/runCommand.js";
+import { registerSimulate } from "./commands/simulateCommand.js";
 
 const program = new Command();
 program.name("moe-run").description("run Mixture-of-Experts language models in less memory than the model").version(VERSION);
@@ -13,6 +14,7 @@ program.exitOverride();
 registerImport(program);
 registerRun(program);
 registerPerplexity(program);
+registerSimulate(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -17,8 +17,11 @@ import { groupByExpert, routeTokens, type Routing } from "./routing.js";
 
 /** Where expert records come from; the cache manager implements this. */
 export interface ExpertSource {
-  /** The encoded record of (layer, expert), valid until the next acquire of this layer ends. */
+  /** The encoded record of (layer, expert), held (not evicted) until release(). */
   acquire(layer: number, expert: number): Uint8Array | Promise<Uint8Array>;
+  release?(layer: number, expert: number): void;
+  /** The router's probabilities over all experts of `layer` for one token. */
+  observeRouting?(layer: number, probs: Float32Array): void;
 }
 
 /** Called once per layer per forward with the router's decision; profilers and predictors listen here. */
@@ -106,6 +109,10 @@ export class ModelRunner {
       const moeIn = out[L.moeIn]!;
       const routing = routeTokens(out[L.routerLogits]!.data, T, d.numExperts, d.topK, d.normTopkProb);
       for (const observe of this.observers) observe(l, routing, moeIn);
+      if (this.experts.observeRouting) {
+        const E = d.numExperts;
+        for (let t = 0; t < T; t++) this.experts.observeRouting(l, routing.probs.subarray(t * E, (t + 1) * E));
+      }
       const moeOut = await this.runExperts(l, routing, moeIn.data);
       // Residual: attn_out + (sum of weighted experts [+ gated shared expert]), in fp32.
       const next = out[L.attnOut]!.data;
@@ -129,7 +136,11 @@ export class ModelRunner {
       group.rows.forEach((t, i) => rows.set(x.subarray(t * H, (t + 1) * H), i * H));
       const record = await this.experts.acquire(layer, e);
       const y = new Float32Array(n * H); // [n, H] expert output
-      await this.kernel.forward(record, rows, n, y);
+      try {
+        await this.kernel.forward(record, rows, n, y);
+      } finally {
+        this.experts.release?.(layer, e);
+      }
       for (let i = 0; i < n; i++) {
         const wt = group.weights[i]!;
         const base = group.rows[i]! * H;

@@ -7,15 +7,17 @@ export interface Routing {
   topK: number; // K
   experts: Int32Array; // [T, K] expert ids, highest weight first
   weights: Float32Array; // [T, K] combine weights
+  probs: Float32Array; // [T, E] router softmax over all experts
 }
 
 export function routeTokens(logits: Float32Array, tokens: number, numExperts: number, topK: number, normTopkProb: boolean): Routing {
   const experts = new Int32Array(tokens * topK);
   const weights = new Float32Array(tokens * topK);
-  const probs = new Float32Array(numExperts);
+  const allProbs = new Float32Array(tokens * numExperts);
   const order = Array.from({ length: numExperts }, (_, i) => i);
   for (let t = 0; t < tokens; t++) {
     const row = logits.subarray(t * numExperts, (t + 1) * numExperts);
+    const probs = allProbs.subarray(t * numExperts, (t + 1) * numExperts);
     let max = -Infinity;
     for (let e = 0; e < numExperts; e++) max = Math.max(max, row[e]!);
     let sum = 0;
@@ -29,7 +31,7 @@ export function routeTokens(logits: Float32Array, tokens: number, numExperts: nu
       weights[t * topK + k] = normTopkProb ? probs[order[k]!]! / topSum : probs[order[k]!]!;
     }
   }
-  return { tokens, topK, experts, weights };
+  return { tokens, topK, experts, weights, probs: allProbs };
 }
 
 /** Tokens routed to each expert, for running each expert once per batch: expert -> [(token, weight)]. */

@@ -5,8 +5,13 @@
 import * as os from "node:os";
 import * as path from "node:path";
 import type { ModelDims } from "../architectures/ModelDims.js";
-import { ResidentExpertSource } from "../cache/ResidentExpertSource.js";
+import type { PolicyName } from "../cache/policies/index.js";
+import { TieredExpertSource, type ExpertCacheReport } from "../cache/TieredExpertSource.js";
+import type { ExpertId } from "../cache/types.js";
 import { ContextOverflowError, InvalidOptionError, MoeRunError } from "../errors.js";
+import type { ExpertKernelName } from "../kernels/expertKernels.js";
+import { expertRecordBytes } from "../store/ExpertStore.js";
+import { formatBytes, resolveByteSize, type ByteSize } from "../util/bytes.js";
 import { KvCache } from "../evaluator/KvCache.js";
 import { ModelRunner } from "../evaluator/ModelRunner.js";
 import { Sampler, type SamplingOptions } from "../evaluator/sampler.js";
@@ -21,6 +26,22 @@ export interface LoadModelOptions {
   contextSize?: number;
   /** Check every file's sha256 against the manifest before loading. Default false (sizes only). */
   verify?: boolean;
+  /**
+   * Budget of the device tier (resident, compute-ready experts): bytes, or { percent } of all
+   * experts' bytes. Default: unlimited. The minimum is one token's activated experts of a layer
+   * plus the expert kernel's working memory; less is refused with the minimum in the message.
+   */
+  deviceMem?: ByteSize;
+  /** Budget of the host tier (the expert store's pages in RAM). Default: not managed. */
+  hostMem?: ByteSize;
+  /** Replacement policy of the device tier. Default "lru". */
+  policy?: PolicyName;
+  /** Experts never evicted once loaded. */
+  pin?: ExpertId[];
+  /** Expert kernel. Default "auto": native when built, else onnxruntime. */
+  expertKernel?: ExpertKernelName | "auto";
+  /** Where notes (fallbacks, warnings) go. Default: stderr. */
+  log?: (line: string) => void;
 }
 
 export interface GenerateOptions extends SamplingOptions {
@@ -67,9 +88,9 @@ export class MoeModel {
   readonly contextSize: number;
   private runner: ModelRunner | undefined;
   private readonly store: ExpertStore;
-  readonly experts: ResidentExpertSource;
+  readonly experts: TieredExpertSource;
 
-  private constructor(dir: string, manifest: ModelManifest, tokenizer: TextTokenizer, contextSize: number, runner: ModelRunner, store: ExpertStore, experts: ResidentExpertSource) {
+  private constructor(dir: string, manifest: ModelManifest, tokenizer: TextTokenizer, contextSize: number, runner: ModelRunner, store: ExpertStore, experts: TieredExpertSource) {
     this.dir = dir;
     this.manifest = manifest;
     this.dims = manifest.dims;
@@ -89,11 +110,37 @@ export class MoeModel {
       throw new InvalidOptionError(`context size must be a whole number from 2 to ${d.maxPositions} (the model's limit), got ${options.contextSize}`);
     }
     const tokenizer = TextTokenizer.load(path.join(dir, manifest.tokenizer.json), manifest.tokenizer.config && path.join(dir, manifest.tokenizer.config));
-    const store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: manifest.precision.experts });
+    const layout = { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: manifest.precision.experts };
+    const record = expertRecordBytes(layout);
+    const totalExpertBytes = record * d.numExperts * d.numLayers;
+    // Kernel scratch of one decode step: gate and up activations [F] and the output [H], fp32.
+    const workingBytes = (2 * d.expertFfn + d.hiddenSize) * 4;
+    const minDevice = d.topK * record + workingBytes;
+    const deviceBytes = options.deviceMem === undefined ? Infinity : resolveByteSize(options.deviceMem, totalExpertBytes);
+    if (deviceBytes < minDevice) {
+      throw new InvalidOptionError(
+        `device memory budget ${formatBytes(deviceBytes)} is below the minimum ${formatBytes(minDevice)} (${minDevice} bytes): ` +
+          `${d.topK} activated experts of ${formatBytes(record)} each plus ${formatBytes(workingBytes)} working memory`
+      );
+    }
+    const hostBytes = options.hostMem === undefined ? Infinity : resolveByteSize(options.hostMem, totalExpertBytes);
+    if (hostBytes < record) {
+      throw new InvalidOptionError(`host memory budget ${formatBytes(hostBytes)} is below the minimum ${formatBytes(record)} (${record} bytes): one expert record read from the store`);
+    }
+    const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
+    const store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout);
     try {
-      const experts = new ResidentExpertSource(store);
+      const experts = new TieredExpertSource(store, {
+        deviceBudgetBytes: deviceBytes,
+        workingBytes,
+        hostBytes,
+        policy: options.policy ?? "lru",
+        pinned: options.pin,
+        numLayers: d.numLayers,
+        log,
+      });
       const threads = options.threads ?? os.availableParallelism();
-      const runner = await ModelRunner.create(dir, manifest, experts, { threads });
+      const runner = await ModelRunner.create(dir, manifest, experts, { threads, expertKernel: options.expertKernel, log });
       return new MoeModel(dir, manifest, tokenizer, contextSize, runner, store, experts);
     } catch (err) {
       store.close();
@@ -215,6 +262,16 @@ export class MoeModel {
       await new Promise((r) => setImmediate(r));
     }
     return { perplexity: Math.exp(nll / count), nll, tokens: count };
+  }
+
+  /** Expert cache statistics since load: hits, misses, bytes per tier, stalls, per layer. */
+  cacheStats(): ExpertCacheReport {
+    return this.experts.report();
+  }
+
+  /** The expert kernel in use ("native", "onnx" or "js"). */
+  get expertKernel(): string {
+    return this.live().kernel.name;
   }
 
   eosIds(): number[] {

@@ -47,8 +47,9 @@ export class ExpertStore {
     return new ExpertStore(path, layout, open({ path, encoding: "binary", compression: false }) as RootDatabase<Buffer, [number, number]>);
   }
 
+  /** Opens for reading; without OS readahead, so a load faults in only the record's own pages. */
   static openReadOnly(path: string, layout: ExpertLayout): ExpertStore {
-    return new ExpertStore(path, layout, open({ path, encoding: "binary", compression: false, readOnly: true }) as RootDatabase<Buffer, [number, number]>);
+    return new ExpertStore(path, layout, open({ path, encoding: "binary", compression: false, readOnly: true, noReadAhead: true } as Parameters<typeof open>[0] & { noReadAhead: boolean }) as RootDatabase<Buffer, [number, number]>);
   }
 
   /** Encodes one expert's matrices into a store record. */

@@ -17,20 +17,21 @@ export class LfuPolicy implements ReplacementPolicy {
   readonly offline = false;
   private readonly admission: boolean;
   private readonly freq = new Map<ExpertKey, number>();
-  /** Last access (or insertion) clock of each resident, for LRU tie-breaking. */
+  /** Last access or insertion of each resident, in event order, for LRU tie-breaking. */
   private readonly last = new Map<ExpertKey, number>();
+  private tick = 0;
 
   constructor(options: LfuOptions = {}) {
     this.admission = options.admission ?? true;
   }
 
-  onAccess(key: ExpertKey, clock: number): void {
+  onAccess(key: ExpertKey): void {
     this.freq.set(key, (this.freq.get(key) ?? 0) + 1);
-    if (this.last.has(key)) this.last.set(key, clock);
+    if (this.last.has(key)) this.last.set(key, ++this.tick);
   }
 
-  onInsert(key: ExpertKey, clock: number): void {
-    this.last.set(key, clock);
+  onInsert(key: ExpertKey): void {
+    this.last.set(key, ++this.tick);
   }
 
   onRemove(key: ExpertKey): void {
@@ -62,5 +63,6 @@ export class LfuPolicy implements ReplacementPolicy {
   reset(): void {
     this.freq.clear();
     this.last.clear();
+    this.tick = 0;
   }
 }

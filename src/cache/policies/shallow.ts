@@ -1,13 +1,15 @@
 /**
- * Shallow-favouring LRU (after Fate's observation that experts of shallow layers are the hardest
- * to prefetch, because fewer layers ahead of them give a signal, while deeper ones can be
- * predicted and loaded in time): the victim maximises
+ * Shallow-favouring LRU, after Fate's shallow-favouring expert cache: experts of the first layers
+ * are the hardest to prefetch in time (little compute ahead of them in the token to hide a load
+ * behind, least accurate cross-layer predictions), so the cache should spend its room on them and
+ * leave deeper layers to the prefetcher. The victim maximises
  *
- *     (clock - lastUse + 1) * (1 + depthWeight * layer / (numLayers - 1))
+ *     (now - lastUse + 1) * (1 + depthWeight * layer / (numLayers - 1))
  *
- * i.e. an expert of the deepest layer ages (1 + depthWeight) times faster than one of layer 0.
- * Within a layer this is exactly LRU; across layers a deep expert goes first at equal age, but a
- * shallow expert unused for long enough still goes. depthWeight 0 is plain LRU.
+ * with time counted in accesses and insertions: the deepest layer ages (1 + depthWeight) times
+ * faster than layer 0. Within a layer this is exactly LRU; across layers a deep expert goes first
+ * at equal age, but a shallow expert unused long enough still goes. depthWeight 0 is plain LRU.
+ * Without a prefetcher (a plain trace replay) it loses to LRU at small capacities, by design.
  */
 import { layerOfKey, type ExpertKey, type ReplacementPolicy } from "../types.js";
 
@@ -24,7 +26,8 @@ export class ShallowPolicy implements ReplacementPolicy {
   private readonly depthWeight: number;
   private numLayers: number;
   private readonly fixedLayers: boolean;
-  private readonly last = new Map<ExpertKey, number>(); // residents in LRU order
+  private readonly last = new Map<ExpertKey, number>(); // residents in LRU order: last use
+  private tick = 0;
 
   constructor(options: ShallowOptions = {}) {
     this.depthWeight = options.depthWeight ?? 1;
@@ -33,27 +36,29 @@ export class ShallowPolicy implements ReplacementPolicy {
     this.numLayers = options.numLayers ?? 1;
   }
 
-  onAccess(key: ExpertKey, clock: number, hit: boolean): void {
+  onAccess(key: ExpertKey, _clock: number, hit: boolean): void {
     this.see(key);
-    if (hit) this.touch(key, clock);
+    this.tick++;
+    if (hit) this.touch(key);
   }
 
-  onInsert(key: ExpertKey, clock: number): void {
+  onInsert(key: ExpertKey): void {
     this.see(key);
-    this.touch(key, clock);
+    this.tick++;
+    this.touch(key);
   }
 
   onRemove(key: ExpertKey): void {
     this.last.delete(key);
   }
 
-  chooseVictim(_incoming: ExpertKey, evictable: (key: ExpertKey) => boolean, clock: number): ExpertKey | undefined {
+  chooseVictim(_incoming: ExpertKey, evictable: (key: ExpertKey) => boolean): ExpertKey | undefined {
     const span = Math.max(1, this.numLayers - 1);
     let best: ExpertKey | undefined;
     let bestAge = -Infinity;
     for (const [key, last] of this.last) {
       if (!evictable(key)) continue;
-      const age = (clock - last + 1) * (1 + (this.depthWeight * layerOfKey(key)) / span);
+      const age = (this.tick + 1 - last) * (1 + (this.depthWeight * layerOfKey(key)) / span);
       if (age > bestAge) [best, bestAge] = [key, age]; // strict: ties keep the older one
     }
     return best;
@@ -61,6 +66,7 @@ export class ShallowPolicy implements ReplacementPolicy {
 
   reset(): void {
     this.last.clear();
+    this.tick = 0;
     if (!this.fixedLayers) this.numLayers = 1;
   }
 
@@ -68,8 +74,8 @@ export class ShallowPolicy implements ReplacementPolicy {
     if (!this.fixedLayers) this.numLayers = Math.max(this.numLayers, layerOfKey(key) + 1);
   }
 
-  private touch(key: ExpertKey, clock: number): void {
+  private touch(key: ExpertKey): void {
     this.last.delete(key);
-    this.last.set(key, clock);
+    this.last.set(key, this.tick);
   }
 }

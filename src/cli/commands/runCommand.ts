@@ -2,9 +2,10 @@ import * as fs from "node:fs";
 import type { Command } from "commander";
 import { InvalidOptionError } from "../../errors.js";
 import { loadModel } from "../../model/MoeModel.js";
+import { addModelOptions, loadOptions, reportStats, type ModelCliOptions } from "../modelOptions.js";
 import { parseFloatOption, parseIntOption } from "../parse.js";
 
-interface RunOptions {
+interface RunOptions extends ModelCliOptions {
   prompt?: string;
   promptFile?: string;
   maxTokens: number;
@@ -13,12 +14,10 @@ interface RunOptions {
   topP: number;
   seed?: number;
   chat: boolean;
-  threads?: number;
-  contextSize?: number;
 }
 
 export function registerRun(program: Command): void {
-  program
+  const cmd = program
     .command("run")
     .description("generate text; the text streams to stdout, timings go to stderr")
     .argument("<model-dir>", "a model directory made by `moe-run import`")
@@ -29,16 +28,15 @@ export function registerRun(program: Command): void {
     .option("--top-k <k>", "sample from the k most likely tokens; 0 = all", parseIntOption("top-k"), 0)
     .option("--top-p <p>", "nucleus sampling probability mass", parseFloatOption("top-p", 0, 1), 1)
     .option("--seed <s>", "sampling seed", parseIntOption("seed"))
-    .option("--chat", "apply the model's chat template to the prompt", false)
-    .option("--threads <n>", "compute threads (default: all cores)", parseIntOption("threads", 1))
-    .option("--context-size <n>", "context length (default: the model's)", parseIntOption("context-size", 2))
-    .action(async (modelDir: string, opts: RunOptions) => {
+    .option("--chat", "apply the model's chat template to the prompt", false);
+  addModelOptions(cmd).action(async (modelDir: string, opts: RunOptions) => {
       const prompt = opts.promptFile !== undefined ? fs.readFileSync(opts.promptFile, "utf8") : opts.prompt;
       if (prompt === undefined) throw new InvalidOptionError("give a prompt with --prompt <text> or --prompt-file <file>");
-      const model = await loadModel(modelDir, { threads: opts.threads, contextSize: opts.contextSize });
+      const model = await loadModel(modelDir, loadOptions(opts));
       const controller = new AbortController();
       const onSigint = () => controller.abort(new DOMException("interrupted", "AbortError"));
       process.once("SIGINT", onSigint);
+      let generation: unknown;
       try {
         const run = model.generate(prompt, {
           maxTokens: opts.maxTokens,
@@ -49,6 +47,7 @@ export function registerRun(program: Command): void {
           chat: opts.chat,
           signal: controller.signal,
           onStats: (s) => {
+            generation = s;
             process.stderr.write(
               `\n[moe-run] prompt ${s.promptTokens} tok, prefill ${s.prefillTokensPerSecond.toFixed(1)} tok/s; ` +
                 `generated ${s.generatedTokens} tok, decode ${s.decodeTokensPerSecond.toFixed(1)} tok/s; stop: ${s.finishReason}\n`
@@ -57,6 +56,7 @@ export function registerRun(program: Command): void {
         });
         for await (const piece of run) process.stdout.write(piece);
         process.stdout.write("\n");
+        reportStats(model, opts, { generation });
       } finally {
         process.off("SIGINT", onSigint);
         await model.dispose();

@@ -1,0 +1,78 @@
+/** Options every command that loads a model shares: threads, budgets, policy, pins, kernel. */
+import * as fs from "node:fs";
+import type { Command } from "commander";
+import { POLICY_NAMES, parsePolicyName, type PolicyName } from "../cache/policies/index.js";
+import type { ExpertId } from "../cache/types.js";
+import { InvalidOptionError } from "../errors.js";
+import type { ExpertKernelName } from "../kernels/expertKernels.js";
+import type { LoadModelOptions, MoeModel } from "../model/MoeModel.js";
+import { formatBytes, parseByteSize, type ByteSize } from "../util/bytes.js";
+import { parseIntOption } from "./parse.js";
+
+export interface ModelCliOptions {
+  threads?: number;
+  contextSize?: number;
+  deviceMem?: ByteSize;
+  hostMem?: ByteSize;
+  policy: PolicyName;
+  pin?: ExpertId[];
+  expertKernel: ExpertKernelName | "auto";
+  stats: boolean;
+  statsJson?: string;
+}
+
+function parsePins(text: string): ExpertId[] {
+  return text.split(",").map((part) => {
+    const m = /^\s*(\d+):(\d+)\s*$/.exec(part);
+    if (!m) throw new InvalidOptionError(`--pin takes layer:expert pairs like 0:3,1:7, got "${part}"`);
+    return { layer: Number(m[1]), expert: Number(m[2]) };
+  });
+}
+
+function parseKernel(text: string): ExpertKernelName | "auto" {
+  if (["auto", "native", "onnx", "js"].includes(text)) return text as ExpertKernelName | "auto";
+  throw new InvalidOptionError(`--expert-kernel must be auto, native, onnx or js, got "${text}"`);
+}
+
+export function addModelOptions(cmd: Command): Command {
+  return cmd
+    .option("--threads <n>", "compute threads (default: all cores)", parseIntOption("threads", 1))
+    .option("--context-size <n>", "context length (default: the model's)", parseIntOption("context-size", 2))
+    .option("--device-mem <size>", "budget for resident experts, e.g. 2GiB or 50% of expert bytes (default: unlimited)", (v) => parseByteSize(v, "device-mem"))
+    .option("--host-mem <size>", "budget for the expert store's pages in RAM (default: not managed)", (v) => parseByteSize(v, "host-mem"))
+    .option("--policy <name>", `expert cache replacement policy: ${POLICY_NAMES.filter((p) => p !== "belady").join(", ")}`, parsePolicyName, "lru")
+    .option("--pin <layer:expert,...>", "experts never evicted", parsePins)
+    .option("--expert-kernel <name>", "auto, native, onnx or js", parseKernel, "auto")
+    .option("--stats", "print expert cache statistics to stderr", false)
+    .option("--stats-json <file>", "write statistics as JSON");
+}
+
+export function loadOptions(o: ModelCliOptions): LoadModelOptions {
+  return {
+    threads: o.threads,
+    contextSize: o.contextSize,
+    deviceMem: o.deviceMem,
+    hostMem: o.hostMem,
+    policy: o.policy,
+    pin: o.pin,
+    expertKernel: o.expertKernel,
+  };
+}
+
+/** Prints and/or writes the statistics the options asked for. */
+export function reportStats(model: MoeModel, o: ModelCliOptions, extra: Record<string, unknown> = {}): void {
+  if (!o.stats && !o.statsJson) return;
+  const r = model.cacheStats();
+  if (o.statsJson) fs.writeFileSync(o.statsJson, JSON.stringify({ ...r, expertKernel: model.expertKernel, ...extra }, null, 2) + "\n");
+  if (!o.stats) return;
+  const dev = r.tiers.device;
+  const host = r.tiers.host;
+  const lines = [
+    `expert cache (${r.cache.policy}, kernel ${model.expertKernel}): ${r.cache.hits} hits, ${r.cache.misses} misses, hit rate ${(100 * r.cache.hitRate).toFixed(1)}%, stalled ${(1000 * r.stallSeconds).toFixed(1)} ms`,
+    `  device tier: budget ${formatBytes(dev.budgetBytes)}, resident max ${formatBytes(dev.residentBytesMax)}, loaded ${formatBytes(dev.bytesIn)}, ${dev.evictions} evictions`,
+    `  host tier:   budget ${formatBytes(host.budgetBytes)}${host.enforced ? "" : Number.isFinite(host.budgetBytes) ? " (NOT enforced)" : ""}, resident max ${formatBytes(host.residentBytesMax)}, read ${formatBytes(host.bytesRead)}, ${host.drops} drops`,
+    "  layer  hits  misses  hit%   stall ms",
+    ...r.layers.map((l) => `  ${String(l.layer).padStart(5)} ${String(l.hits).padStart(5)} ${String(l.misses).padStart(7)} ${(100 * l.hitRate).toFixed(1).padStart(5)} ${(1000 * l.stallSeconds).toFixed(1).padStart(9)}`),
+  ];
+  process.stderr.write(lines.join("\n") + "\n");
+}
