@@ -13,7 +13,7 @@ import type { ExpertKernelName } from "../kernels/expertKernels.js";
 import { expertRecordBytes } from "../store/ExpertStore.js";
 import { formatBytes, resolveByteSize, type ByteSize } from "../util/bytes.js";
 import { KvCache } from "../evaluator/KvCache.js";
-import { ModelRunner } from "../evaluator/ModelRunner.js";
+import { ModelRunner, type RoutingObserver } from "../evaluator/ModelRunner.js";
 import { Sampler, type SamplingOptions } from "../evaluator/sampler.js";
 import { ExpertStore } from "../store/ExpertStore.js";
 import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
@@ -262,6 +262,18 @@ export class MoeModel {
       await new Promise((r) => setImmediate(r));
     }
     return { perplexity: Math.exp(nll / count), nll, tokens: count };
+  }
+
+  /**
+   * Calls `observer(layer, routing, gateInput)` for every layer of every forward pass (prefill
+   * chunks and decode steps, in order) until the returned function is called. For profilers.
+   */
+  onRouting(observer: RoutingObserver): () => void {
+    const runner = this.live();
+    runner.observers.push(observer);
+    return () => {
+      runner.observers = runner.observers.filter((o) => o !== observer);
+    };
   }
 
   /** Expert cache statistics since load: hits, misses, bytes per tier, stalls, per layer. */

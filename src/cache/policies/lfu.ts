@@ -2,8 +2,9 @@
  * Least frequently used, with frequencies counted over the whole run (every access, resident or
  * not: "perfect" LFU) and ties broken by LRU. With admission on (the default), an incoming expert
  * accessed less often than what it would displace is bypassed rather than cached; this is the
- * variant that reproduces the reference hit rates of ../shared/traces (README table) — without
- * admission a rarely used newcomer evicts a frequently used expert and LFU scores 0.004 lower.
+ * variant that reproduces the reference hit rates of ../shared/traces (README table) to 3
+ * decimals; without admission a rarely used newcomer evicts a frequently used expert and LFU
+ * scores 0.002-0.004 lower there.
  */
 import type { ExpertKey, ReplacementPolicy } from "../types.js";
 
