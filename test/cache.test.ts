@@ -79,7 +79,7 @@ describe("ExpertCache basics", () => {
     expect(err).toBeInstanceOf(CacheCapacityError);
     expect((err as CacheCapacityError).code).toBe("CACHE_CAPACITY");
     expect((err as CacheCapacityError).reason).toBe("no-victim");
-    expect((err as Error).message).toMatch(/pinned \(5\) or in use \(5\)/);
+    expect((err as Error).message).toMatch(/pinned \(5\), in use \(5\)/);
     expect(cache.size).toBe(2);
     cache.unprotect([id(0, 1)]);
     expect(cache.insert(id(0, 2), 2, 1).evicted).toEqual([id(0, 1)]);

@@ -65,6 +65,8 @@ export class ExpertCache<V extends NonNullable<unknown>> {
   private readonly layers?: LayerCounters[];
   private clockValue = 0;
   private resident = 0;
+  /** Bytes reserved for loads in flight; counted against the budget. */
+  private reservedBytes = 0;
   private residentMax = 0;
   private hits = 0;
   private misses = 0;
@@ -137,33 +139,25 @@ export class ExpertCache<V extends NonNullable<unknown>> {
    * CacheCapacityError, evicting nothing, when the expert alone exceeds the budget or everything
    * that could make room is pinned or protected.
    */
-  insert(id: ExpertId, value: V, bytes: number): InsertResult {
+  insert(id: ExpertId, value: V, bytes: number, options: { reserved?: boolean } = {}): InsertResult {
     const key = keyOf(id);
     invariant(Number.isFinite(bytes) && bytes >= 0, `insert of ${formatExpert(key)}: bytes must be a finite number >= 0, got ${bytes}`);
     invariant(!this.entries.has(key), `insert of ${formatExpert(key)}: it is already resident (look it up first)`);
+    if (options.reserved) {
+      invariant(this.reservedBytes >= bytes, `insert of ${formatExpert(key)} claims a reservation of ${bytes} bytes but only ${this.reservedBytes} are reserved`);
+      this.reservedBytes -= bytes;
+    }
     if (bytes > this.capacityBytes) {
       throw new CacheCapacityError("too-large", `${formatExpert(key)} needs ${bytes} bytes but the cache budget is ${this.capacityBytes} bytes; raise the budget`);
     }
-    const victims: ExpertKey[] = [];
-    let free = this.capacityBytes - this.resident;
-    if (bytes > free) {
-      const chosen = new Set<ExpertKey>();
-      const evictable = (k: ExpertKey) => this.entries.has(k) && !chosen.has(k) && !this.pinned.has(k) && !this.inUse.has(k);
-      while (bytes > free) {
-        const v = this.policy.chooseVictim(key, evictable, this.clockValue);
-        if (v === undefined) break;
-        invariant(evictable(v), `policy "${this.policy.name}" chose ${formatExpert(v)}, which is not evictable (absent, pinned, in use or already chosen)`);
-        chosen.add(v);
-        victims.push(v);
-        free += this.entries.get(v)!.bytes;
-      }
-      if (bytes > free) {
-        const held = this.heldBytes();
-        throw new CacheCapacityError(
-          "no-victim",
-          `cannot make room for ${formatExpert(key)} (${bytes} bytes): ${this.capacityBytes - free} of the ${this.capacityBytes}-byte budget are pinned (${held.pinned}) or in use (${held.inUse}); raise the budget or protect fewer experts`
-        );
-      }
+    const victims = this.chooseVictims(key, bytes);
+    if (!victims) {
+      if (options.reserved) this.reservedBytes += bytes;
+      const held = this.heldBytes();
+      throw new CacheCapacityError(
+        "no-victim",
+        `cannot make room for ${formatExpert(key)} (${bytes} bytes): the ${this.capacityBytes}-byte budget is pinned (${held.pinned}), in use (${held.inUse}) or reserved for loads in flight (${this.reservedBytes}); raise the budget or protect fewer experts`
+      );
     }
     const mustKeep = this.pinned.has(key) || this.inUse.has(key);
     if (this.allowBypass && !mustKeep && this.policy.admit && !this.policy.admit(key, victims)) {
@@ -174,13 +168,58 @@ export class ExpertCache<V extends NonNullable<unknown>> {
     for (const v of victims) this.remove(v, true);
     this.entries.set(key, { value, bytes });
     this.resident += bytes;
-    this.residentMax = Math.max(this.residentMax, this.resident);
+    this.residentMax = Math.max(this.residentMax, this.resident + this.reservedBytes);
     this.bytesIn += bytes;
     const l = this.layer(key);
     if (l) l.bytesIn += bytes;
     this.policy.onInsert(key, this.clockValue);
-    invariant(this.resident <= this.capacityBytes, `resident bytes ${this.resident} exceed the budget ${this.capacityBytes} after inserting ${formatExpert(key)}`);
+    invariant(this.resident + this.reservedBytes <= this.capacityBytes, `resident bytes ${this.resident} (+${this.reservedBytes} reserved) exceed the budget ${this.capacityBytes} after inserting ${formatExpert(key)}`);
     return { admitted: true, evicted: victims.map(idOfKey) };
+  }
+
+  /**
+   * Reserves room for a load in flight (a prefetch): evicts policy-chosen victims until
+   * `bytes` fit beside the resident and already reserved bytes, which together never exceed the
+   * budget. Returns false, evicting nothing, when no such room can be made. The load then calls
+   * insert(..., { reserved: true }) or cancelReservation(bytes).
+   */
+  reserve(id: ExpertId, bytes: number): boolean {
+    const key = keyOf(id);
+    if (bytes > this.capacityBytes) return false;
+    const victims = this.chooseVictims(key, bytes);
+    if (!victims) return false;
+    for (const v of victims) this.remove(v, true);
+    this.reservedBytes += bytes;
+    this.residentMax = Math.max(this.residentMax, this.resident + this.reservedBytes);
+    return true;
+  }
+
+  cancelReservation(bytes: number): void {
+    invariant(this.reservedBytes >= bytes, `cancelling ${bytes} reserved bytes but only ${this.reservedBytes} are reserved`);
+    this.reservedBytes -= bytes;
+  }
+
+  /** Bytes reserved for loads in flight. */
+  get reserved(): number {
+    return this.reservedBytes;
+  }
+
+  /** Victims whose eviction makes `bytes` fit, or undefined if pins and protections forbid it. */
+  private chooseVictims(key: ExpertKey, bytes: number): ExpertKey[] | undefined {
+    const victims: ExpertKey[] = [];
+    let free = this.capacityBytes - this.resident - this.reservedBytes;
+    if (bytes <= free) return victims;
+    const chosen = new Set<ExpertKey>();
+    const evictable = (k: ExpertKey) => this.entries.has(k) && !chosen.has(k) && !this.pinned.has(k) && !this.inUse.has(k);
+    while (bytes > free) {
+      const v = this.policy.chooseVictim(key, evictable, this.clockValue);
+      if (v === undefined) return undefined;
+      invariant(evictable(v), `policy "${this.policy.name}" chose ${formatExpert(v)}, which is not evictable (absent, pinned, in use or already chosen)`);
+      chosen.add(v);
+      victims.push(v);
+      free += this.entries.get(v)!.bytes;
+    }
+    return victims;
   }
 
   /** Removes `id` now (not counted as a policy eviction). Refuses pinned or protected experts. */
