@@ -19,7 +19,8 @@ export type MoeRunErrorCode =
   | "DISPOSED"
   | "CACHE_CAPACITY"
   | "CACHE_IN_USE"
-  | "TRACE_INVALID";
+  | "TRACE_INVALID"
+  | "PROMPTS_INVALID";
 
 export class MoeRunError extends Error {
   readonly code: MoeRunErrorCode;

@@ -1,14 +1,32 @@
 /**
  * The expert cache manager the runtime uses: a device tier (compute-ready records in memory; GPU
  * memory once a device provider is used) managed by ExpertCache under a byte budget, over the
- * host tier (the store's pages in RAM, HostTier) and the disk. Counts hits, misses, bytes moved
- * and time stalled per layer.
+ * host tier (the store's pages in RAM, HostTier) and the disk. With a predictor it prefetches the
+ * experts of upcoming layers on a loader worker: each prefetch reserves its bytes in the budget
+ * and is protected from eviction until its layer has run. Counts hits, misses, bytes moved, time
+ * stalled and prefetches used or wasted, per layer.
  */
+import type { Routing } from "../evaluator/routing.js";
+import { PredictionTracker, type PredictionReport } from "../predict/PredictionTracker.js";
+import { topIds, type ExpertPredictor } from "../predict/types.js";
 import { expertRecordBytes, type ExpertStore } from "../store/ExpertStore.js";
 import { ExpertCache } from "./ExpertCache.js";
+import type { ExpertLoader } from "./ExpertLoader.js";
 import { HostTier, type HostTierStats } from "./HostTier.js";
 import { parsePolicyName, type PolicyName } from "./policies/index.js";
-import type { CacheStats, ExpertId, ReplacementPolicy } from "./types.js";
+import { expertKey, idOfKey, type CacheStats, type ExpertId, type ExpertKey, type ReplacementPolicy } from "./types.js";
+
+export interface PrefetchOptions {
+  predictor: ExpertPredictor;
+  /** Loads records off the main thread; without it predictions are only scored, not fetched. */
+  loader?: ExpertLoader;
+  /** Layers ahead to predict. Default 1. */
+  depth?: number;
+  /** Minimum predicted probability to prefetch. Default 0.05. */
+  threshold?: number;
+  /** Experts prefetched per upcoming layer at most. Default: the model's top-k. */
+  perLayer?: number;
+}
 
 export interface TieredExpertSourceOptions {
   /** The user's device-tier budget in bytes (Infinity = unlimited). */
@@ -20,31 +38,57 @@ export interface TieredExpertSourceOptions {
   policy: PolicyName | ReplacementPolicy;
   pinned?: ExpertId[];
   numLayers: number;
+  topK: number;
+  prefetch?: PrefetchOptions;
   log?: (line: string) => void;
 }
 
+export interface PrefetchStats {
+  issued: number;
+  /** Prefetched experts that their layer then used. */
+  used: number;
+  /** Prefetched experts their layer did not use (wrong predictions). */
+  wasted: number;
+  /** Predictions dropped: their layer ran before the load started, or no room could be made. */
+  dropped: number;
+  /** Used prefetches still loading when needed (part of their load was waited for). */
+  late: number;
+  /** Load time of used prefetches that overlapped compute instead of stalling it. */
+  stallSavedSeconds: number;
+}
+
 export interface ExpertCacheReport {
-  cache: {
-    hits: number;
-    misses: number;
-    hitRate: number;
-    budgetBytes: number;
-    residentBytesMax: number;
-    policy: string;
-  };
+  cache: { hits: number; misses: number; hitRate: number; budgetBytes: number; residentBytesMax: number; policy: string };
   tiers: {
     device: { budgetBytes: number; workingBytes: number; cacheBytes: number; residentBytes: number; residentBytesMax: number; bytesIn: number; evictions: number; bypasses: number };
     host: HostTierStats;
   };
   /** Seconds spent waiting for experts to be read from the store. */
   stallSeconds: number;
+  prefetch?: PrefetchStats;
+  predictor?: PredictionReport;
   layers: { layer: number; hits: number; misses: number; hitRate: number; evictions: number; bytesIn: number; stallSeconds: number }[];
+}
+
+interface Inflight {
+  targetLayer: number;
+  promise: Promise<void>;
+  started: number;
+  loadSeconds: number;
+  done: boolean;
 }
 
 export class TieredExpertSource {
   readonly cache: ExpertCache<Uint8Array>;
   readonly host: HostTier;
   private readonly stall: number[];
+  private readonly recordBytes: number;
+  private readonly inflight = new Map<ExpertKey, Inflight>();
+  /** Prefetched experts (resident or loading) protected until their layer runs. */
+  private readonly held = new Map<ExpertKey, number>(); // key -> target layer
+  private readonly tracker?: PredictionTracker;
+  private readonly prefetchStats: PrefetchStats = { issued: 0, used: 0, wasted: 0, dropped: 0, late: 0, stallSavedSeconds: 0 };
+  private readonly prefetched = new Map<ExpertKey, number>(); // key -> load seconds, until used or wasted
 
   constructor(
     private readonly store: ExpertStore,
@@ -59,21 +103,71 @@ export class TieredExpertSource {
     });
     this.host = new HostTier(store.path, options.hostBytes, options.log);
     this.stall = new Array<number>(options.numLayers).fill(0);
+    this.recordBytes = expertRecordBytes(store.layout);
+    const p = options.prefetch;
+    if (p) this.tracker = new PredictionTracker(p.predictor.name, options.numLayers, options.topK, p.threshold ?? 0.05);
   }
 
   /** The record of (layer, expert), protected from eviction until release(). */
-  acquire(layer: number, expert: number): Uint8Array {
+  async acquire(layer: number, expert: number): Promise<Uint8Array> {
     const id = { layer, expert };
+    const key = expertKey(layer, expert);
+    const t0 = performance.now();
+    const loading = this.inflight.get(key);
+    if (loading && !loading.done) {
+      await loading.promise; // a prefetch already on its way: wait for the rest of it
+      this.prefetchStats.late++;
+    }
     let record = this.cache.lookup(id);
     if (!record) {
-      const t0 = performance.now();
-      this.host.beforeRead(expertRecordBytes(this.store.layout));
+      this.host.beforeRead(this.recordBytes);
       record = this.store.getRecord(layer, expert);
-      this.cache.insert(id, record, record.byteLength);
-      this.stall[layer] = this.stall[layer]! + (performance.now() - t0) / 1000;
+      await this.insertDemand(id, record);
     }
+    const loadSeconds = this.prefetched.get(key);
+    if (loadSeconds !== undefined) {
+      this.prefetched.delete(key);
+      this.prefetchStats.used++;
+      this.prefetchStats.stallSavedSeconds += Math.max(0, loadSeconds - (performance.now() - t0) / 1000);
+    }
+    this.stall[layer] = this.stall[layer]! + (performance.now() - t0) / 1000;
     if (this.cache.has(id)) this.cache.protect([id]);
     return record;
+  }
+
+  /**
+   * Inserts an expert the current layer needs now. Demand beats prediction: when prefetches hold
+   * the room, their protection is dropped, and if loads in flight still hold it, they are
+   * awaited (they land unprotected, hence evictable).
+   */
+  private async insertDemand(id: ExpertId, record: Uint8Array): Promise<void> {
+    if (this.cache.reserve(id, record.byteLength)) {
+      this.cache.insert(id, record, record.byteLength, { reserved: true });
+      return;
+    }
+    this.releaseHeld(() => true);
+    if (!this.cache.reserve(id, record.byteLength)) {
+      await this.drain();
+      if (!this.cache.reserve(id, record.byteLength)) {
+        this.cache.insert(id, record, record.byteLength); // throws CacheCapacityError with the details
+        return;
+      }
+    }
+    this.cache.insert(id, record, record.byteLength, { reserved: true });
+  }
+
+  /** Drops the prefetch protection of held experts matching `which`. */
+  private releaseHeld(which: (key: ExpertKey, target: number) => boolean): void {
+    for (const [key, target] of [...this.held]) {
+      if (!which(key, target)) continue;
+      this.held.delete(key);
+      this.cache.unprotect([idOfKey(key)]);
+    }
+  }
+
+  /** Resident or on its way: computing it first would not wait on the store. */
+  isReady(layer: number, expert: number): boolean {
+    return this.cache.has({ layer, expert });
   }
 
   release(layer: number, expert: number): void {
@@ -86,17 +180,98 @@ export class TieredExpertSource {
     this.cache.observeRouting(layer, probs);
   }
 
+  /**
+   * Layer `layer` has routed: settle the prefetches that targeted it, score the predictor, and
+   * predict and prefetch the layers ahead.
+   */
+  onLayerRouted(layer: number, routing: Routing, gateInput: Float32Array, residual: Float32Array): void {
+    this.settle(layer, routing);
+    const p = this.options.prefetch;
+    if (!p) return;
+    this.tracker!.actual(layer, routing);
+    const T = routing.tokens;
+    const predictions = p.predictor.observe({ layer, tokens: T, routing, gateInput, residual }, p.depth ?? 1);
+    const E = routing.probs.length / T;
+    if (predictions[0]) this.tracker!.predicted(layer + 1, predictions[0], T);
+    if (!p.loader) return;
+    const threshold = p.threshold ?? 0.05;
+    predictions.forEach((scores, i) => {
+      const target = layer + 1 + i;
+      const last = scores.subarray((T - 1) * E, T * E); // decode: the token whose layers come next
+      for (const e of topIds(last, p.perLayer ?? this.options.topK)) if (last[e]! >= threshold) this.prefetch(target, e);
+    });
+  }
+
+  /** A new sequence: forget per-sequence predictor state. */
+  startSequence(): void {
+    this.options.prefetch?.predictor.reset();
+    this.tracker?.reset();
+  }
+
+  private prefetch(layer: number, expert: number): void {
+    const key = expertKey(layer, expert);
+    const id = { layer, expert };
+    if (this.cache.has(id)) {
+      if (!this.held.has(key)) {
+        this.cache.protect([id]); // keep it until its layer runs
+        this.held.set(key, layer);
+      }
+      return;
+    }
+    if (this.inflight.has(key)) return;
+    if (!this.cache.reserve(id, this.recordBytes)) {
+      this.prefetchStats.dropped++;
+      return;
+    }
+    this.cache.protect([id]);
+    this.held.set(key, layer);
+    this.prefetchStats.issued++;
+    const entry: Inflight = { targetLayer: layer, started: performance.now(), loadSeconds: 0, done: false, promise: Promise.resolve() };
+    this.host.beforeRead(this.recordBytes);
+    entry.promise = this.options
+      .prefetch!.loader!.load(layer, expert, this.recordBytes, () => this.held.has(key))
+      .then(
+        (record) => {
+          entry.done = true;
+          entry.loadSeconds = (performance.now() - entry.started) / 1000;
+          this.inflight.delete(key);
+          if (!record) {
+            this.cache.cancelReservation(this.recordBytes);
+            this.prefetchStats.dropped++;
+            return;
+          }
+          this.cache.insert(id, record, record.byteLength, { reserved: true });
+          this.prefetched.set(key, entry.loadSeconds);
+        },
+        (err: unknown) => {
+          entry.done = true;
+          this.inflight.delete(key);
+          this.cache.cancelReservation(this.recordBytes);
+          this.options.log?.(`moe-run: prefetch of expert (${layer}, ${expert}) failed: ${err instanceof Error ? err.message : String(err)}`);
+        }
+      );
+    this.inflight.set(key, entry);
+  }
+
+  /** Prefetches aimed at `layer` are now right or wrong: release their protection. */
+  private settle(layer: number, routing: Routing): void {
+    const used = new Set(routing.experts);
+    this.releaseHeld((key, target) => {
+      if (target > layer) return false;
+      if (target === layer && !used.has(idOfKey(key).expert) && this.prefetched.delete(key)) this.prefetchStats.wasted++;
+      return true;
+    });
+  }
+
+  /** Waits for loads in flight (before disposing). */
+  async drain(): Promise<void> {
+    await Promise.all([...this.inflight.values()].map((e) => e.promise));
+  }
+
   report(): ExpertCacheReport {
     const s: CacheStats = this.cache.stats();
     return {
-      cache: {
-        hits: s.hits,
-        misses: s.misses,
-        hitRate: s.hitRate,
-        budgetBytes: this.options.deviceBudgetBytes,
-        residentBytesMax: s.residentBytesMax,
-        policy: this.cache.policy.name,
-      },
+      cache: { hits: s.hits, misses: s.misses, hitRate: s.hitRate, budgetBytes: this.options.deviceBudgetBytes, residentBytesMax: s.residentBytesMax, policy: this.cache.policy.name },
       tiers: {
         device: {
           budgetBytes: this.options.deviceBudgetBytes,
@@ -111,6 +286,8 @@ export class TieredExpertSource {
         host: this.host.stats(),
       },
       stallSeconds: this.stall.reduce((a, b) => a + b, 0),
+      prefetch: this.options.prefetch?.loader ? { ...this.prefetchStats } : undefined,
+      predictor: this.tracker?.report(),
       layers: (s.layers ?? []).map((l, i) => ({ ...l, layer: i, stallSeconds: this.stall[i] ?? 0 })),
     };
   }

@@ -7,6 +7,9 @@ import { registerImport } from "./commands/importCommand.js";
 import { registerPerplexity } from "./commands/perplexityCommand.js";
 import { registerRun } from "./commands/runCommand.js";
 import { registerSimulate } from "./commands/simulateCommand.js";
+import { registerProfile } from "./commands/profileCommand.js";
+import { registerPlan } from "./commands/planCommand.js";
+import { registerReport } from "./commands/reportCommand.js";
 
 const program = new Command();
 program.name("moe-run").description("run Mixture-of-Experts language models in less memory than the model").version(VERSION);
@@ -15,6 +18,9 @@ registerImport(program);
 registerRun(program);
 registerPerplexity(program);
 registerSimulate(program);
+registerProfile(program);
+registerPlan(program);
+registerReport(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -6,8 +6,10 @@ import type { ExpertId } from "../cache/types.js";
 import { InvalidOptionError } from "../errors.js";
 import type { ExpertKernelName } from "../kernels/expertKernels.js";
 import type { LoadModelOptions, MoeModel } from "../model/MoeModel.js";
+import { parsePredictorName } from "../predict/createPredictor.js";
+import { PREDICTOR_NAMES, type PredictorName } from "../predict/types.js";
 import { formatBytes, parseByteSize, type ByteSize } from "../util/bytes.js";
-import { parseIntOption } from "./parse.js";
+import { parseFloatOption, parseIntOption } from "./parse.js";
 
 export interface ModelCliOptions {
   threads?: number;
@@ -17,6 +19,10 @@ export interface ModelCliOptions {
   policy: PolicyName;
   pin?: ExpertId[];
   expertKernel: ExpertKernelName | "auto";
+  predictor: PredictorName;
+  prefetch: boolean;
+  prefetchDepth: number;
+  prefetchThreshold: number;
   stats: boolean;
   statsJson?: string;
 }
@@ -43,6 +49,10 @@ export function addModelOptions(cmd: Command): Command {
     .option("--policy <name>", `expert cache replacement policy: ${POLICY_NAMES.filter((p) => p !== "belady").join(", ")}`, parsePolicyName, "lru")
     .option("--pin <layer:expert,...>", "experts never evicted", parsePins)
     .option("--expert-kernel <name>", "auto, native, onnx or js", parseKernel, "auto")
+    .option("--predictor <name>", `predict upcoming layers' experts: ${PREDICTOR_NAMES.filter((p) => p !== "oracle").join(", ")}`, parsePredictorName, "none")
+    .option("--no-prefetch", "score the predictor but do not load its predictions ahead")
+    .option("--prefetch-depth <n>", "layers ahead to predict and prefetch", parseIntOption("prefetch-depth", 1), 1)
+    .option("--prefetch-threshold <p>", "minimum predicted probability to prefetch", parseFloatOption("prefetch-threshold", 0, 1), 0.05)
     .option("--stats", "print expert cache statistics to stderr", false)
     .option("--stats-json <file>", "write statistics as JSON");
 }
@@ -56,6 +66,10 @@ export function loadOptions(o: ModelCliOptions): LoadModelOptions {
     policy: o.policy,
     pin: o.pin,
     expertKernel: o.expertKernel,
+    predictor: o.predictor,
+    prefetch: o.prefetch,
+    prefetchDepth: o.prefetchDepth,
+    prefetchThreshold: o.prefetchThreshold,
   };
 }
 
@@ -64,6 +78,8 @@ export function reportStats(model: MoeModel, o: ModelCliOptions, extra: Record<s
   if (!o.stats && !o.statsJson) return;
   const r = model.cacheStats();
   if (o.statsJson) fs.writeFileSync(o.statsJson, JSON.stringify({ ...r, expertKernel: model.expertKernel, ...extra }, null, 2) + "\n");
+  const pf = r.prefetch;
+  const pr = r.predictor;
   if (!o.stats) return;
   const dev = r.tiers.device;
   const host = r.tiers.host;
@@ -71,6 +87,8 @@ export function reportStats(model: MoeModel, o: ModelCliOptions, extra: Record<s
     `expert cache (${r.cache.policy}, kernel ${model.expertKernel}): ${r.cache.hits} hits, ${r.cache.misses} misses, hit rate ${(100 * r.cache.hitRate).toFixed(1)}%, stalled ${(1000 * r.stallSeconds).toFixed(1)} ms`,
     `  device tier: budget ${formatBytes(dev.budgetBytes)}, resident max ${formatBytes(dev.residentBytesMax)}, loaded ${formatBytes(dev.bytesIn)}, ${dev.evictions} evictions`,
     `  host tier:   budget ${formatBytes(host.budgetBytes)}${host.enforced ? "" : Number.isFinite(host.budgetBytes) ? " (NOT enforced)" : ""}, resident max ${formatBytes(host.residentBytesMax)}, read ${formatBytes(host.bytesRead)}, ${host.drops} drops`,
+    ...(pr ? [`  predictor ${pr.name}: next-layer recall@k ${(100 * pr.recall).toFixed(1)}%, precision ${(100 * pr.precision).toFixed(1)}%`] : []),
+    ...(pf ? [`  prefetch: ${pf.issued} issued, ${pf.used} used (${pf.late} late), ${pf.wasted} wasted, ${pf.dropped} dropped, ${(1000 * pf.stallSavedSeconds).toFixed(1)} ms of loads overlapped`] : []),
     "  layer  hits  misses  hit%   stall ms",
     ...r.layers.map((l) => `  ${String(l.layer).padStart(5)} ${String(l.hits).padStart(5)} ${String(l.misses).padStart(7)} ${(100 * l.hitRate).toFixed(1).padStart(5)} ${(1000 * l.stallSeconds).toFixed(1).padStart(9)}`),
   ];

@@ -22,6 +22,10 @@ export interface ExpertSource {
   release?(layer: number, expert: number): void;
   /** The router's probabilities over all experts of `layer` for one token. */
   observeRouting?(layer: number, probs: Float32Array): void;
+  /** Layer `layer` has routed (predictors and prefetch hook in here). */
+  onLayerRouted?(layer: number, routing: Routing, gateInput: Float32Array, residual: Float32Array): void;
+  /** Whether the expert is resident now (resident experts are computed first). */
+  isReady?(layer: number, expert: number): boolean;
 }
 
 /** Called once per layer per forward with the router's decision; profilers and predictors listen here. */
@@ -109,6 +113,7 @@ export class ModelRunner {
       const moeIn = out[L.moeIn]!;
       const routing = routeTokens(out[L.routerLogits]!.data, T, d.numExperts, d.topK, d.normTopkProb);
       for (const observe of this.observers) observe(l, routing, moeIn);
+      this.experts.onLayerRouted?.(l, routing, moeIn.data, out[L.attnOut]!.data);
       if (this.experts.observeRouting) {
         const E = d.numExperts;
         for (let t = 0; t < T; t++) this.experts.observeRouting(l, routing.probs.subarray(t * E, (t + 1) * E));
@@ -130,7 +135,14 @@ export class ModelRunner {
   private async runExperts(layer: number, routing: Routing, x: Float32Array): Promise<Float32Array> {
     const H = this.dims.hiddenSize;
     const out = new Float32Array(routing.tokens * H);
-    for (const [e, group] of groupByExpert(routing)) {
+    // Resident experts first: loads still in flight get that long to arrive.
+    const groups = [...groupByExpert(routing)];
+    const ready = (e: number) => (this.experts.isReady?.(layer, e) ?? true ? 0 : 1);
+    groups.sort((a, b) => ready(a[0]) - ready(b[0]) || a[0] - b[0]);
+    // Accumulating in a fixed expert order keeps the fp32 sums identical whatever the order of
+    // computation, so offloading stays lossless.
+    const outputs = new Map<number, Float32Array>();
+    for (const [e, group] of groups) {
       const n = group.rows.length;
       const rows = new Float32Array(n * H); // [n, H] tokens routed to e
       group.rows.forEach((t, i) => rows.set(x.subarray(t * H, (t + 1) * H), i * H));
@@ -141,6 +153,11 @@ export class ModelRunner {
       } finally {
         this.experts.release?.(layer, e);
       }
+      outputs.set(e, y);
+    }
+    for (const [e, group] of groupByExpert(routing)) {
+      const n = group.rows.length;
+      const y = outputs.get(e)!;
       for (let i = 0; i < n; i++) {
         const wt = group.weights[i]!;
         const base = group.rows[i]! * H;

@@ -602,15 +602,24 @@ export function convertHfToGguf(hfDir: string, outPath: string, options: HfToGgu
       if (type === "F16") return toFloat16Bytes(values);
       return quantizeQ8_0(values);
     };
-    /** One matrix (optionally with RoPE rows permuted), raw bytes passed through when nothing changes. */
-    const matrix = (name: string, shape: [number, number], type: GgmlTypeName, ropeHeads?: number) => () => {
+    /**
+     * One matrix (q/k with RoPE rows permuted), raw bytes passed through when nothing changes. The
+     * tensor is looked up and its shape checked now, so a bad checkpoint fails before writing starts.
+     */
+    const matrix = (name: string, shape: [number, number], type: GgmlTypeName, ropeHeads?: number) => {
       const s = src(name, shape);
-      if (ropeHeads === undefined && s.dtype === type) return [s.file.readBytes(name)];
-      let v = toFloat32(s.file.readBytes(name), s.dtype);
-      if (ropeHeads !== undefined) v = permuteRopeRows(v, ropeHeads, shape[1]);
-      return [encode(v, type)];
+      return () => {
+        if (ropeHeads === undefined && s.dtype === type) return [s.file.readBytes(name)];
+        let v = toFloat32(s.file.readBytes(name), s.dtype);
+        if (ropeHeads !== undefined) v = permuteRopeRows(v, ropeHeads, shape[1]);
+        return [encode(v, type)];
+      };
     };
-    const norm = (name: string, n: number) => () => [encode(f32(name, [n]), "F32")];
+    const vector = (name: string, shape: number[]) => {
+      src(name, shape);
+      return () => [encode(f32(name, shape), "F32")];
+    };
+    const norm = (name: string, n: number) => vector(name, [n]);
 
     const H = d.hiddenSize;
     const V = d.vocabSize;
@@ -632,11 +641,13 @@ export function convertHfToGguf(hfDir: string, outPath: string, options: HfToGgu
       const tO = matType(qRows);
       tensors.push({ name: `${b}.attn_output.weight`, dims: [qRows, H], type: tO, data: matrix(L(l, `${COMMON_NAMES.o}.weight`), [H, qRows], tO) });
       tensors.push({ name: `${b}.ffn_norm.weight`, dims: [H], type: "F32", data: norm(L(l, COMMON_NAMES.postAttnNorm), H) });
-      tensors.push({ name: `${b}.ffn_gate_inp.weight`, dims: [H, E], type: "F32", data: () => [encode(f32(L(l, "block_sparse_moe.gate.weight"), [E, H]), "F32")] });
-      const experts = (w: string, shape: [number, number], type: GgmlTypeName) =>
-        function* () {
-          for (let j = 0; j < E; j++) yield* matrix(L(l, `block_sparse_moe.experts.${j}.${w}.weight`), shape, type)();
+      tensors.push({ name: `${b}.ffn_gate_inp.weight`, dims: [H, E], type: "F32", data: vector(L(l, "block_sparse_moe.gate.weight"), [E, H]) });
+      const experts = (w: string, shape: [number, number], type: GgmlTypeName) => {
+        const parts = Array.from({ length: E }, (_, j) => matrix(L(l, `block_sparse_moe.experts.${j}.${w}.weight`), shape, type));
+        return function* () {
+          for (const part of parts) yield* part();
         };
+      };
       const tG = matType(H);
       const tD = matType(F);
       tensors.push({ name: `${b}.ffn_gate_exps.weight`, dims: [H, F, E], type: tG, data: experts("w1", [F, H], tG) });

@@ -158,6 +158,10 @@ async function writeModel(
   const store = ExpertStore.create(path.join(dir, STORE_NAME), layout);
   const checksums: string[][] = [];
   const layers: string[] = [];
+  // predictor.bin: every layer's router [E, H] then every post-attention norm [H] (fp32), so
+  // cross-layer gate predictors can apply upcoming routers without running their graphs.
+  const routers = new Float32Array(d.numLayers * d.numExperts * d.hiddenSize);
+  const postNorms = new Float32Array(d.numLayers * d.hiddenSize);
   try {
     for (let l = 0; l < d.numLayers; l++) {
       const n = (rest: string) => COMMON_NAMES.layer(l, rest);
@@ -185,6 +189,8 @@ async function writeModel(
           gateProj: read(n(shared.gate)),
         };
       }
+      routers.set(w.router, l * d.numExperts * d.hiddenSize);
+      postNorms.set(w.postAttnNorm, l * d.hiddenSize);
       layers.push(save(buildLayerGraph(d, l, w), `graphs/layer_${String(l).padStart(3, "0")}.onnx`));
 
       const layerSums: string[] = [];
@@ -205,6 +211,12 @@ async function writeModel(
     store.close();
   }
 
+  const predictorFile = "predictor.bin";
+  const pfd = fs.openSync(path.join(dir, predictorFile), "w");
+  fs.writeSync(pfd, new Uint8Array(routers.buffer));
+  fs.writeSync(pfd, new Uint8Array(postNorms.buffer));
+  fs.closeSync(pfd);
+  written.push(predictorFile);
   fs.copyFileSync(tokenizer.json, path.join(dir, "tokenizer.json"));
   written.push("tokenizer.json");
   if (tokenizer.config) {
@@ -227,6 +239,7 @@ async function writeModel(
     precision: { dense: "F32", experts: encoding },
     graphs: { embed, layers, head, expert },
     experts: { store: STORE_NAME, recordBytes: expertRecordBytes(layout), checksums },
+    predictor: { file: predictorFile },
     tokenizer: { json: "tokenizer.json", config: tokenizer.config ? "tokenizer_config.json" : null },
     files,
   };

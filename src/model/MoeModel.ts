@@ -10,6 +10,10 @@ import { TieredExpertSource, type ExpertCacheReport } from "../cache/TieredExper
 import type { ExpertId } from "../cache/types.js";
 import { ContextOverflowError, InvalidOptionError, MoeRunError } from "../errors.js";
 import type { ExpertKernelName } from "../kernels/expertKernels.js";
+import { ExpertLoader } from "../cache/ExpertLoader.js";
+import { createPredictor } from "../predict/createPredictor.js";
+import type { RoutingLog } from "../predict/OraclePredictor.js";
+import type { ExpertPredictor, PredictorName } from "../predict/types.js";
 import { expertRecordBytes } from "../store/ExpertStore.js";
 import { formatBytes, resolveByteSize, type ByteSize } from "../util/bytes.js";
 import { KvCache } from "../evaluator/KvCache.js";
@@ -38,6 +42,20 @@ export interface LoadModelOptions {
   policy?: PolicyName;
   /** Experts never evicted once loaded. */
   pin?: ExpertId[];
+  /**
+   * Predictor of upcoming layers' experts: "gate" (cross-layer gate, Fate), "pregate",
+   * "affinity" (learned inter-layer statistics), "reuse" (previous token), "oracle" (needs
+   * `oracleLog`), or "none". Default "none".
+   */
+  predictor?: PredictorName;
+  /** Load predicted experts ahead of their layer. Default true when a predictor is set. */
+  prefetch?: boolean;
+  /** Layers ahead to predict and prefetch. Default 1. */
+  prefetchDepth?: number;
+  /** Minimum predicted probability to prefetch. Default 0.05. */
+  prefetchThreshold?: number;
+  /** For the oracle predictor: the routing of a previous identical run (see onRouting). */
+  oracleLog?: RoutingLog;
   /** Expert kernel. Default "auto": native when built, else onnxruntime. */
   expertKernel?: ExpertKernelName | "auto";
   /** Where notes (fallbacks, warnings) go. Default: stderr. */
@@ -90,7 +108,17 @@ export class MoeModel {
   private readonly store: ExpertStore;
   readonly experts: TieredExpertSource;
 
-  private constructor(dir: string, manifest: ModelManifest, tokenizer: TextTokenizer, contextSize: number, runner: ModelRunner, store: ExpertStore, experts: TieredExpertSource) {
+  private constructor(
+    dir: string,
+    manifest: ModelManifest,
+    tokenizer: TextTokenizer,
+    contextSize: number,
+    runner: ModelRunner,
+    store: ExpertStore,
+    experts: TieredExpertSource,
+    private readonly loader: ExpertLoader | undefined,
+    private readonly predictor: ExpertPredictor | undefined
+  ) {
     this.dir = dir;
     this.manifest = manifest;
     this.dims = manifest.dims;
@@ -129,7 +157,13 @@ export class MoeModel {
     }
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     const store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout);
+    let loader: ExpertLoader | undefined;
+    let predictor: ExpertPredictor | undefined;
     try {
+      predictor = createPredictor(options.predictor ?? "none", { modelDir: dir, manifest, oracleLog: options.oracleLog, log });
+      const depth = options.prefetchDepth ?? 1;
+      if (!Number.isInteger(depth) || depth < 1) throw new InvalidOptionError(`prefetch depth must be a whole number >= 1, got ${options.prefetchDepth}`);
+      if (predictor && options.prefetch !== false) loader = new ExpertLoader(store.path);
       const experts = new TieredExpertSource(store, {
         deviceBudgetBytes: deviceBytes,
         workingBytes,
@@ -137,12 +171,15 @@ export class MoeModel {
         policy: options.policy ?? "lru",
         pinned: options.pin,
         numLayers: d.numLayers,
+        topK: d.topK,
+        prefetch: predictor ? { predictor, loader, depth, threshold: options.prefetchThreshold } : undefined,
         log,
       });
       const threads = options.threads ?? os.availableParallelism();
       const runner = await ModelRunner.create(dir, manifest, experts, { threads, expertKernel: options.expertKernel, log });
-      return new MoeModel(dir, manifest, tokenizer, contextSize, runner, store, experts);
+      return new MoeModel(dir, manifest, tokenizer, contextSize, runner, store, experts, loader, predictor);
     } catch (err) {
+      await loader?.close();
       store.close();
       throw err;
     }
@@ -168,6 +205,7 @@ export class MoeModel {
     if (promptIds.length > this.contextSize) throw new ContextOverflowError(promptIds.length, this.contextSize);
     const eos = new Set(this.eosIds());
     const kv = new KvCache(this.dims.numLayers, this.dims.numKvHeads, this.dims.headDim);
+    this.experts.startSequence();
     const stats: GenerationStats = {
       promptTokens: promptIds.length,
       generatedTokens: 0,
@@ -229,7 +267,27 @@ export class MoeModel {
   async logits(ids: readonly number[]): Promise<{ data: Float32Array; dims: readonly number[] }> {
     if (ids.length > this.contextSize) throw new ContextOverflowError(ids.length, this.contextSize);
     const kv = new KvCache(this.dims.numLayers, this.dims.numKvHeads, this.dims.headDim);
+    this.experts.startSequence();
     return this.live().forward(ids, kv, { allLogits: true });
+  }
+
+  /**
+   * Feeds `ids` one token at a time through the decode path (KV cache), as generation would, but
+   * with the given tokens instead of sampled ones: for profiling routing, the cache and the
+   * predictor on held-out text. Restarts from an empty cache when the context is full.
+   */
+  async teacherForce(ids: readonly number[], options: { signal?: AbortSignal } = {}): Promise<void> {
+    const runner = this.live();
+    let kv = new KvCache(this.dims.numLayers, this.dims.numKvHeads, this.dims.headDim);
+    this.experts.startSequence();
+    for (const id of ids) {
+      throwIfAborted(options.signal);
+      if (kv.length >= this.contextSize) {
+        kv = new KvCache(this.dims.numLayers, this.dims.numKvHeads, this.dims.headDim);
+        this.experts.startSequence();
+      }
+      await runner.forward([id], kv);
+    }
   }
 
   /**
@@ -298,6 +356,9 @@ export class MoeModel {
     const runner = this.runner;
     this.runner = undefined;
     if (runner) {
+      await this.experts.drain();
+      await this.loader?.close();
+      this.predictor?.save?.();
       await runner.dispose();
       this.store.close();
     }

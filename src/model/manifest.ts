@@ -23,6 +23,8 @@ export interface ModelManifest {
   precision: { dense: "F32"; experts: ExpertEncoding };
   graphs: { embed: string; layers: string[]; head: string; expert: string };
   experts: { store: string; recordBytes: number; checksums: string[][] };
+  /** Routers [L, E, H] and post-attention norms [L, H], fp32, for cross-layer gate predictors. */
+  predictor: { file: string };
   tokenizer: { json: string; config: string | null };
   /** Every file but the LMDB store (covered by per-expert checksums): size and sha256. */
   files: Record<string, { bytes: number; sha256: string }>;

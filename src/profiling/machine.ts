@@ -1,0 +1,227 @@
+/**
+ * Measured machine figures for `moe-run plan`, cached per machine in
+ * ~/.cache/moe-run/machine.json ($XDG_CACHE_HOME respected): memory read bandwidth, and per model
+ * shape (dims, encoding, threads, kernel) the store's read bandwidth cold and warm, the time of one
+ * expert on one token, and the dense time per layer. The cache is dropped when the machine's
+ * fingerprint (host, CPU, cores, memory, Node) changes.
+ */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { HostTier } from "../cache/HostTier.js";
+import { createExpertKernel, type ExpertKernelName } from "../kernels/expertKernels.js";
+import { loadNativeAddon } from "../kernels/nativeAddon.js";
+import type { MoeModel } from "../model/MoeModel.js";
+import { ExpertStore } from "../store/ExpertStore.js";
+
+export interface ModelFigures {
+  key: string;
+  measuredAt: string;
+  threads: number;
+  kernel: string;
+  recordBytes: number;
+  /** Store reads (ExpertStore.getRecord) with the pages in the page cache, GB/s. */
+  storeWarmGBps: number;
+  /** The same after the store's pages were dropped; null when they could not be dropped. */
+  storeColdGBps: number | null;
+  storeColdNote?: string;
+  /** One expert, one token, record resident: the expert kernel alone. */
+  expertSeconds: number;
+  /** Decode time per token with every expert resident (measured on the real model). */
+  tokenSeconds: number;
+  /** (tokenSeconds - layers x topK x expertSeconds) / layers: attention graph, routing, combine, and the embed/head share. */
+  denseSecondsPerLayer: number;
+}
+
+export interface MachineFigures {
+  version: 1;
+  fingerprint: string;
+  measuredAt: string;
+  /** One thread scanning two 128 MiB typed arrays with memcmp (Buffer.compare), GB/s. */
+  memoryReadGBps: number;
+  models: Record<string, ModelFigures>;
+}
+
+export function defaultMachineFile(): string {
+  const base = process.env.XDG_CACHE_HOME || path.join(os.homedir(), ".cache");
+  return path.join(base, "moe-run", "machine.json");
+}
+
+export function machineFingerprint(): string {
+  const cpus = os.cpus();
+  return [os.hostname(), cpus[0]?.model ?? "cpu", cpus.length, os.totalmem(), process.version].join("|");
+}
+
+export function modelKey(model: MoeModel, threads: number): string {
+  const d = model.dims;
+  return `${d.modelType} L${d.numLayers} E${d.numExperts} K${d.topK} H${d.hiddenSize} F${d.expertFfn} V${d.vocabSize} ${model.manifest.precision.experts} t${threads} ${model.expertKernel}`;
+}
+
+function readCache(file: string): MachineFigures | undefined {
+  try {
+    const m = JSON.parse(fs.readFileSync(file, "utf8")) as MachineFigures;
+    return m.version === 1 && m.fingerprint === machineFingerprint() && m.memoryReadGBps > 0 ? m : undefined;
+  } catch {
+    return undefined; // absent or unreadable: measure again
+  }
+}
+
+function writeCache(file: string, m: MachineFigures, log: (line: string) => void): void {
+  try {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file + ".tmp", JSON.stringify(m, null, 2) + "\n");
+    fs.renameSync(file + ".tmp", file);
+  } catch (err) {
+    log(`moe-run: could not cache machine figures in ${file}: ${(err as Error).message}`);
+  }
+}
+
+/** Memory read bandwidth: memcmp over two equal 128 MiB arrays reads 256 MiB; best of 3. */
+export function measureMemoryBandwidth(bytes = 256 * 2 ** 20): number {
+  const a = Buffer.alloc(bytes / 2, 1);
+  const b = Buffer.alloc(bytes / 2, 1);
+  let best = Infinity;
+  for (let i = 0; i < 3; i++) {
+    const t0 = performance.now();
+    if (Buffer.compare(a, b) !== 0) throw new Error("memory scan mismatch");
+    best = Math.min(best, (performance.now() - t0) / 1000);
+  }
+  return bytes / best / 1e9;
+}
+
+/** Deterministic shuffle, so cold reads hit the store in no particular order, as misses do. */
+function shuffled<T>(xs: T[], seed = 12345): T[] {
+  let s = seed;
+  for (let i = xs.length - 1; i > 0; i--) {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    const j = s % (i + 1);
+    [xs[i], xs[j]] = [xs[j]!, xs[i]!];
+  }
+  return xs;
+}
+
+/** Store read bandwidth through ExpertStore.getRecord (what a cache miss does), cold then warm. */
+export function measureStore(model: MoeModel, maxBytes = 128 * 2 ** 20): Pick<ModelFigures, "storeWarmGBps" | "storeColdGBps" | "storeColdNote"> {
+  const m = model.manifest;
+  const d = model.dims;
+  const record = m.experts.recordBytes;
+  const ids: [number, number][] = [];
+  for (let l = 0; l < d.numLayers; l++) for (let e = 0; e < d.numExperts; e++) ids.push([l, e]);
+  const sample = shuffled(ids).slice(0, Math.max(1, Math.floor(maxBytes / record)));
+  const store = ExpertStore.openReadOnly(path.join(model.dir, m.experts.store), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: m.precision.experts });
+  const pass = () => {
+    const t0 = performance.now();
+    for (const [l, e] of sample) store.getRecord(l, e);
+    return (sample.length * record) / ((performance.now() - t0) / 1000) / 1e9;
+  };
+  try {
+    let storeColdGBps: number | null = null;
+    let storeColdNote: string | undefined;
+    const { addon, reason } = loadNativeAddon();
+    if (!addon) storeColdNote = `cold reads not measured: native addon ${reason}`;
+    else {
+      // A host tier with a 1-byte budget drops the store's pages as it starts (HostTier's own path).
+      new HostTier(store.path, 1);
+      const { fileBytes, residentBytes } = addon.fileResidency(store.path);
+      if (residentBytes > 0.1 * fileBytes + sample.length * 8192) storeColdNote = `cold reads not measured: the page cache kept ${residentBytes} of ${fileBytes} bytes after a drop`;
+      else storeColdGBps = pass();
+    }
+    pass(); // fault everything in
+    // Small stores take microseconds a pass: repeat for at least 100 ms and average.
+    let passes = 0;
+    const t0 = performance.now();
+    while (passes < 2 || performance.now() - t0 < 100) {
+      pass();
+      passes++;
+    }
+    const storeWarmGBps = (passes * sample.length * record) / ((performance.now() - t0) / 1000) / 1e9;
+    return storeColdNote === undefined ? { storeWarmGBps, storeColdGBps } : { storeWarmGBps, storeColdGBps, storeColdNote };
+  } finally {
+    store.close();
+  }
+}
+
+/** One expert on one token with the model's kernel, over resident records (up to 64 MiB of them). */
+export async function measureExpertCompute(model: MoeModel, threads: number): Promise<number> {
+  const m = model.manifest;
+  const d = model.dims;
+  const store = ExpertStore.openReadOnly(path.join(model.dir, m.experts.store), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: m.precision.experts });
+  const records: Uint8Array[] = [];
+  try {
+    const n = Math.max(1, Math.min(d.numLayers * d.numExperts, Math.floor((64 * 2 ** 20) / m.experts.recordBytes)));
+    for (let i = 0; i < n; i++) records.push(Uint8Array.from(store.getRecord(Math.floor(i / d.numExperts) % d.numLayers, i % d.numExperts)));
+  } finally {
+    store.close();
+  }
+  const kernel = await createExpertKernel(model.expertKernel as ExpertKernelName, {
+    encoding: m.precision.experts,
+    hiddenSize: d.hiddenSize,
+    expertFfn: d.expertFfn,
+    threads,
+    expertGraph: path.join(model.dir, m.graphs.expert),
+  });
+  try {
+    const x = Float32Array.from({ length: d.hiddenSize }, (_, i) => Math.sin(i) * 0.1);
+    const out = new Float32Array(d.hiddenSize);
+    for (const r of records.slice(0, 8)) await kernel.forward(r, x, 1, out); // warm-up
+    let calls = 0;
+    const t0 = performance.now();
+    while (calls < 32 || performance.now() - t0 < 200) await kernel.forward(records[calls++ % records.length]!, x, 1, out);
+    return (performance.now() - t0) / 1000 / calls;
+  } finally {
+    await kernel.dispose();
+  }
+}
+
+/** Decode seconds per token with every expert resident: median of 3 greedy runs after a warm-up. */
+export async function measureTokenTime(model: MoeModel, tokens = 24): Promise<number> {
+  const prompt = "The quick brown fox jumps over the lazy dog, and then";
+  const times: number[] = [];
+  for (let run = 0; run < 4; run++) {
+    const it = model.generate(prompt, { maxTokens: tokens, temperature: 0, stopAtEos: false });
+    let r = await it.next();
+    while (!r.done) r = await it.next();
+    if (run > 0) times.push(r.value.decodeSeconds / Math.max(1, r.value.generatedTokens - 1));
+  }
+  return times.sort((a, b) => a - b)[1]!;
+}
+
+export interface MachineOptions {
+  threads: number;
+  file?: string;
+  remeasure?: boolean;
+  log?: (line: string) => void;
+}
+
+/**
+ * The figures for this machine and `model` (loaded with an unlimited device tier, so after the
+ * warm-up every expert is resident and decode is all hits): from the cache, or measured now.
+ */
+export async function machineFigures(model: MoeModel, options: MachineOptions): Promise<{ machine: MachineFigures; model: ModelFigures; cached: boolean; file: string }> {
+  const file = options.file ?? defaultMachineFile();
+  const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
+  let machine = options.remeasure ? undefined : readCache(file);
+  let cached = true;
+  if (!machine) {
+    cached = false;
+    log("moe-run: measuring memory read bandwidth");
+    machine = { version: 1, fingerprint: machineFingerprint(), measuredAt: new Date().toISOString(), memoryReadGBps: measureMemoryBandwidth(), models: {} };
+  }
+  const key = modelKey(model, options.threads);
+  let figures = options.remeasure ? undefined : machine.models[key];
+  if (!figures) {
+    cached = false;
+    log(`moe-run: measuring store reads, expert compute and dense time (${key})`);
+    const d = model.dims;
+    const store = measureStore(model);
+    const expertSeconds = await measureExpertCompute(model, options.threads);
+    const tokenSeconds = await measureTokenTime(model);
+    const experts = d.numLayers * d.topK * expertSeconds;
+    // Noise can make the expert share exceed the token; keep dense at least 5% of the token.
+    const denseSecondsPerLayer = Math.max(0.05 * tokenSeconds, tokenSeconds - experts) / d.numLayers;
+    figures = { key, measuredAt: new Date().toISOString(), threads: options.threads, kernel: model.expertKernel, recordBytes: model.manifest.experts.recordBytes, ...store, expertSeconds, tokenSeconds, denseSecondsPerLayer };
+    machine.models[key] = figures;
+    writeCache(file, machine, log);
+  }
+  return { machine, model: figures, cached, file };
+}

@@ -1,0 +1,100 @@
+/**
+ * Predictors and the prefetch pipeline in the running model: greedy output is identical with and
+ * without prefetch for every predictor, budgets hold with loads in flight, the oracle is exact,
+ * affinity statistics persist across sessions, and the stats JSON reports the predictor.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { loadModel, type LoadModelOptions } from "../src/index.js";
+import type { RoutingLog } from "../src/predict/OraclePredictor.js";
+import { importFixture, runCli, tmpDir } from "./helpers.js";
+
+const PROMPT = "Permission is hereby granted, free of charge";
+
+async function run(dir: string, options: LoadModelOptions, tokens = 40) {
+  const model = await loadModel(dir, { threads: 1, log: () => {}, ...options });
+  const log: RoutingLog = [];
+  const stop = model.onRouting((layer, r) => {
+    if (layer === 0) log.push([]);
+    log[log.length - 1]![layer] = { experts: r.experts.slice(), weights: r.weights.slice(), tokens: r.tokens, topK: r.topK };
+  });
+  try {
+    const ids: number[] = [];
+    for await (const _ of model.generate(PROMPT, { maxTokens: tokens, stopAtEos: false, onToken: (id) => ids.push(id) })) void _;
+    return { ids, stats: model.cacheStats(), log };
+  } finally {
+    stop();
+    await model.dispose();
+  }
+}
+
+describe.each(["tiny-qwen3-moe", "tiny-mixtral"])("prefetch on %s", (fixture) => {
+  let dir: string;
+  let reference: Awaited<ReturnType<typeof run>>;
+  beforeAll(async () => {
+    dir = await importFixture(fixture);
+    reference = await run(dir, {});
+  });
+
+  for (const predictor of ["gate", "pregate", "affinity", "reuse", "oracle"] as const) {
+    it(`greedy output is identical with and without prefetch, predictor ${predictor}`, async () => {
+      for (const deviceMem of [{ percent: 30 }, { percent: 60 }, undefined]) {
+        const r = await run(dir, { predictor, deviceMem, prefetchDepth: 1, oracleLog: reference.log });
+        expect(r.ids).toEqual(reference.ids);
+        expect(r.stats.cache.residentBytesMax).toBeLessThanOrEqual(r.stats.cache.budgetBytes);
+        expect(r.stats.predictor?.name).toBe(predictor);
+        expect(r.stats.prefetch).toBeDefined();
+        const p = r.stats.prefetch!;
+        expect(p.used + p.wasted).toBeLessThanOrEqual(p.issued);
+      }
+    });
+  }
+
+  it("the oracle predicts every next-layer expert, and its prefetches are never wasted", async () => {
+    const r = await run(dir, { predictor: "oracle", oracleLog: reference.log, deviceMem: { percent: 50 } });
+    expect(r.stats.predictor!.recall).toBe(1);
+    expect(r.stats.predictor!.precision).toBe(1);
+    expect(r.stats.prefetch!.wasted).toBe(0);
+    expect(r.stats.prefetch!.issued).toBeGreaterThan(0);
+    const none = await run(dir, { deviceMem: { percent: 50 } });
+    // Prefetching exactly the experts layer 1+ needs turns their misses into hits.
+    expect(r.stats.cache.hits).toBeGreaterThan(none.stats.cache.hits);
+  });
+
+  it("the cross-layer gate predicts the next layer better than chance", async () => {
+    const r = await run(dir, { predictor: "gate", prefetch: false }, 60);
+    const E = fixture === "tiny-qwen3-moe" ? 16 : 8;
+    const K = fixture === "tiny-qwen3-moe" ? 4 : 2;
+    expect(r.stats.predictor!.recall).toBeGreaterThan((K / E) * 1.5);
+    expect(r.stats.prefetch).toBeUndefined();
+  });
+});
+
+describe("affinity statistics persist in the model directory", () => {
+  it("a new session starts with the counts of the previous one", async () => {
+    const dir = await importFixture("tiny-qwen3-moe");
+    const stats = path.join(dir, "routing-stats.mdb");
+    expect(fs.existsSync(stats)).toBe(false);
+    const first = await run(dir, { predictor: "affinity", prefetch: false }, 30);
+    expect(fs.existsSync(stats)).toBe(true);
+    const second = await run(dir, { predictor: "affinity", prefetch: false }, 30);
+    // Same prompt, same routing: warm statistics predict better than the cold first session.
+    expect(second.stats.predictor!.recall).toBeGreaterThan(first.stats.predictor!.recall);
+  });
+});
+
+it("--stats-json reports the predictor at the top level", async () => {
+  const dir = await importFixture("tiny-qwen3-moe");
+  const out = path.join(tmpDir(), "stats.json");
+  const r = runCli(["run", dir, "--prompt", PROMPT, "-n", "16", "--device-mem", "40%", "--predictor", "gate", "--stats", "--stats-json", out]);
+  expect(r.status).toBe(0);
+  expect(r.stderr).toMatch(/predictor gate: next-layer recall@k [\d.]+%, precision [\d.]+%/);
+  expect(r.stderr).toMatch(/prefetch: \d+ issued, \d+ used/);
+  const s = JSON.parse(fs.readFileSync(out, "utf8"));
+  expect(s.predictor.name).toBe("gate");
+  expect(s.predictor.recall).toBeGreaterThan(0);
+  expect(s.predictor.recall).toBeLessThanOrEqual(1);
+  expect(typeof s.predictor.precision).toBe("number");
+  expect(s.predictor.layers.length).toBe(1); // two layers: only layer 1 is predicted
+});
