@@ -20,3 +20,4 @@ export { readTrace, type TraceFormat } from "./profiling/readTrace.js";
 export { simulate, type SimulateOptions, type SimulationResult } from "./profiling/simulate.js";
 export { localRoutingConsistency, type ConsistencyReport } from "./profiling/consistency.js";
 export type { RoutingTrace } from "./profiling/trace.js";
+export { WorkerModel, loadModelInWorker } from "./engine/WorkerModel.js";

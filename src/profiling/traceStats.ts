@@ -1,7 +1,6 @@
 /**
  * Descriptive statistics of a routing trace for `profile` and `report`: how evenly each layer
- * uses its experts, how often the top-1 expert changes, and a predictor baseline that needs no
- * model (previous-token reuse).
+ * uses its experts and how often the top-1 expert changes.
  */
 import type { RoutingTrace } from "./trace.js";
 
@@ -73,67 +72,4 @@ export function top1ChangeRates(trace: RoutingTrace): Top1ChangeRates {
   }
   const rate = (c: number[], s: number[]) => c.map((x, i) => (s[i]! > 0 ? x / s[i]! : null));
   return { layerPairs: rate(pair.changed, pair.seen), adjacentTokens: rate(adj.changed, adj.seen) };
-}
-
-/**
- * A predictor's recall per target layer (the report's `predictors` section; the predictor module
- * should write its evaluations in this shape). recall[i][j] is recall@ks[i] at layers[j]: the share of the experts a
- * token actually used at that layer that were among the k predicted.
- */
-export interface PredictorEvaluation {
-  name: string;
-  /** Shown beside the name, e.g. what the predictor is and what it was evaluated on. */
-  label?: string;
-  /** A reference point rather than a real predictor. */
-  baseline?: boolean;
-  ks: number[];
-  layers: number[];
-  recall: (number | null)[][];
-  /** Per k, over all layers, weighted by activations. */
-  mean?: (number | null)[];
-}
-
-/**
- * Baseline "previous-token reuse": predict the experts a token uses at layer l (l >= 1, the
- * layer after the one being computed) as those the previous tokens of the prompt used at l, most
- * recent token first, highest weight first, until k distinct experts. Tokens without a previous
- * token are skipped. Needs no model, so it can be computed for any trace.
- */
-export function previousTokenReuseRecall(trace: RoutingTrace, ks: readonly number[]): PredictorEvaluation {
-  const L = trace.meta.numLayers;
-  const layers = Array.from({ length: Math.max(0, L - 1) }, (_, i) => i + 1);
-  const hits = ks.map(() => new Array<number>(L).fill(0));
-  const total = new Array<number>(L).fill(0);
-  const history: (number[] | undefined)[][] = Array.from({ length: L }, () => []); // per layer, recent tokens last
-  let prev: { seq: number; token: number } | undefined;
-  const maxK = Math.max(0, ...ks);
-  for (const row of tokenRows(trace)) {
-    if (!prev || prev.seq !== row.seq) for (const h of history) h.length = 0;
-    for (let l = 1; l < L; l++) {
-      const actual = row.layers[l];
-      const h = history[l]!;
-      if (actual && h.length > 0) {
-        const ranked: number[] = [];
-        for (let i = h.length - 1; i >= 0 && ranked.length < maxK; i--) for (const e of h[i] ?? []) if (ranked.length < maxK && !ranked.includes(e)) ranked.push(e);
-        total[l]! += actual.length;
-        ks.forEach((k, i) => {
-          const top = ranked.slice(0, k);
-          hits[i]![l]! += actual.filter((e) => top.includes(e)).length;
-        });
-      }
-      h.push(actual);
-      if (h.length > maxK) h.shift(); // k distinct experts never need more than k past tokens
-    }
-    prev = row;
-  }
-  const all = total.reduce((a, b) => a + b, 0);
-  return {
-    name: "previous-token reuse",
-    label: "baseline computed from the trace (no predictor module): the experts the previous tokens used at the layer",
-    baseline: true,
-    ks: [...ks],
-    layers,
-    recall: ks.map((_, i) => layers.map((l) => (total[l]! > 0 ? hits[i]![l]! / total[l]! : null))),
-    mean: ks.map((_, i) => (all > 0 ? hits[i]!.reduce((a, b) => a + b, 0) / all : null)),
-  };
 }

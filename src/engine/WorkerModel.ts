@@ -1,0 +1,189 @@
+/**
+ * A model whose compute runs on its own worker thread: onnxruntime's run() and the native kernels
+ * are synchronous, so an app (Electron, a server) that generates on its main thread would freeze.
+ * Same generate/logits/perplexity API as MoeModel; tokenization stays on the caller's thread.
+ */
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { Worker } from "node:worker_threads";
+import type { ModelDims } from "../architectures/ModelDims.js";
+import { MoeRunError, type MoeRunErrorCode } from "../errors.js";
+import type { ModelManifest } from "../model/manifest.js";
+import type { GenerateOptions, LoadModelOptions } from "../model/MoeModel.js";
+import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
+import type { ExpertCacheReport, GenerationStats, PerplexityResult, Request, Response, WireError } from "./protocol.js";
+
+type Listener = (msg: Response) => void;
+
+function toError(e: WireError): Error {
+  if (e.code) {
+    const err = new MoeRunError(e.code as MoeRunErrorCode, e.message);
+    err.name = e.name;
+    return err;
+  }
+  if (e.name === "AbortError") return new DOMException(e.message, "AbortError");
+  const err = new Error(e.message);
+  err.name = e.name;
+  return err;
+}
+
+/** Drop-in for distributive Omit over the Request union. */
+type RequestBody = Request extends infer R ? (R extends { id: number } ? Omit<R, "id"> : never) : never;
+
+export class WorkerModel {
+  readonly dims: ModelDims;
+  readonly manifest: ModelManifest;
+  readonly contextSize: number;
+  readonly tokenizer: TextTokenizer;
+  readonly expertKernel: string;
+  private readonly listeners = new Map<number, Listener>();
+  private nextId = 1;
+  private disposed = false;
+
+  private constructor(
+    private readonly worker: Worker,
+    info: { dims: ModelDims; contextSize: number; manifest: ModelManifest; expertKernel: string },
+    tokenizer: TextTokenizer
+  ) {
+    this.dims = info.dims;
+    this.manifest = info.manifest;
+    this.contextSize = info.contextSize;
+    this.expertKernel = info.expertKernel;
+    this.tokenizer = tokenizer;
+    worker.on("message", (msg: Response) => this.listeners.get(msg.id)?.(msg));
+  }
+
+  static async load(modelDir: string, options: LoadModelOptions = {}): Promise<WorkerModel> {
+    const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+    const worker = new Worker(path.join(root, "dist", "engine", "engineWorker.js"));
+    const { log, oracleLog, ...wire } = options;
+    if (oracleLog) throw new MoeRunError("INVALID_OPTION", "the oracle predictor is for profiling with loadModel(), not in a worker");
+    const write = log ?? ((line: string) => process.stderr.write(line + "\n"));
+    const dir = path.resolve(modelDir);
+    const listeners = new Map<number, Listener>();
+    const onMessage = (msg: Response) => listeners.get(msg.id)?.(msg);
+    worker.on("message", onMessage);
+    try {
+      const info = await new Promise<{ dims: ModelDims; contextSize: number; manifest: ModelManifest; expertKernel: string }>((resolve, reject) => {
+        worker.once("error", reject);
+        listeners.set(0, (msg) => {
+          if (msg.type === "log") write(msg.line);
+          else if (msg.type === "result") resolve(msg.value as never);
+          else if (msg.type === "error") reject(toError(msg.error));
+        });
+        worker.postMessage({ id: 0, method: "load", dir, options: wire } satisfies Request);
+      });
+      const m = info.manifest;
+      const tokenizer = TextTokenizer.load(path.join(dir, m.tokenizer.json), m.tokenizer.config && path.join(dir, m.tokenizer.config));
+      worker.off("message", onMessage);
+      return new WorkerModel(worker, info, tokenizer);
+    } catch (err) {
+      await worker.terminate();
+      throw err;
+    }
+  }
+
+  tokenize(prompt: string | readonly ChatMessage[], chat = false): number[] {
+    if (typeof prompt !== "string" || chat) {
+      const messages = typeof prompt === "string" ? [{ role: "user", content: prompt }] : prompt;
+      return this.tokenizer.encode(this.tokenizer.applyChatTemplate(messages), { addSpecialTokens: false });
+    }
+    return this.tokenizer.encode(prompt);
+  }
+
+  async *generate(prompt: string | readonly ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<string, GenerationStats> {
+    const { signal, onStats, onToken, onLogits, ...wire } = options;
+    const id = this.nextId++;
+    const queue: Response[] = [];
+    let wake: (() => void) | undefined;
+    this.listeners.set(id, (msg) => {
+      queue.push(msg);
+      wake?.();
+    });
+    const onAbort = () => this.worker.postMessage({ id: this.nextId++, method: "abort", target: id } satisfies Request);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      this.post({ method: "generate", prompt: typeof prompt === "string" ? prompt : [...prompt], options: { ...wire, wantLogits: onLogits !== undefined } }, id);
+      if (signal?.aborted) onAbort();
+      for (;;) {
+        while (queue.length === 0) await new Promise<void>((r) => (wake = r));
+        const msg = queue.shift()!;
+        switch (msg.type) {
+          case "piece":
+            yield msg.text;
+            break;
+          case "token":
+            if (msg.logits) onLogits?.(msg.logits);
+            else onToken?.(msg.token);
+            break;
+          case "stats":
+            onStats?.(msg.stats);
+            break;
+          case "log":
+            process.stderr.write(msg.line + "\n");
+            break;
+          case "result":
+            return msg.value as GenerationStats;
+          case "error":
+            if (msg.error.name === "AbortError" && signal?.aborted) throw signal.reason ?? toError(msg.error);
+            throw toError(msg.error);
+        }
+      }
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+      this.listeners.delete(id);
+    }
+  }
+
+  async logits(ids: readonly number[]): Promise<{ data: Float32Array; dims: readonly number[] }> {
+    const data = (await this.call({ method: "logits", ids: [...ids] })) as Float32Array;
+    return { data, dims: [ids.length, this.dims.vocabSize] };
+  }
+
+  perplexity(text: string, options: { window?: number } = {}): Promise<PerplexityResult> {
+    return this.call({ method: "perplexity", text, window: options.window }) as Promise<PerplexityResult>;
+  }
+
+  async teacherForce(ids: readonly number[]): Promise<void> {
+    await this.call({ method: "teacherForce", ids: [...ids] });
+  }
+
+  cacheStats(): Promise<ExpertCacheReport> {
+    return this.call({ method: "cacheStats" }) as Promise<ExpertCacheReport>;
+  }
+
+  /** Finishes the model on its thread (sessions, pools, statistics), then ends the thread. */
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    try {
+      await this.call({ method: "dispose" }, true);
+    } finally {
+      await this.worker.terminate();
+    }
+  }
+
+  private post(body: RequestBody, id: number): void {
+    if (this.disposed) throw new MoeRunError("DISPOSED", "this model has been disposed");
+    this.worker.postMessage({ ...body, id } as Request);
+  }
+
+  private call(body: RequestBody, disposing = false): Promise<unknown> {
+    if (this.disposed && !disposing) return Promise.reject(new MoeRunError("DISPOSED", "this model has been disposed"));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.listeners.set(id, (msg) => {
+        if (msg.type === "log") return process.stderr.write(msg.line + "\n");
+        this.listeners.delete(id);
+        if (msg.type === "result") resolve(msg.value);
+        else if (msg.type === "error") reject(toError(msg.error));
+      });
+      this.worker.postMessage({ ...body, id } as Request);
+    });
+  }
+}
+
+/** Loads a model whose compute runs on a worker thread (recommended for apps with a UI or server loop). */
+export function loadModelInWorker(modelDir: string, options: LoadModelOptions = {}): Promise<WorkerModel> {
+  return WorkerModel.load(modelDir, options);
+}

@@ -1,0 +1,33 @@
+/** Messages between WorkerModel (the caller's thread) and engineWorker (the compute thread). */
+import type { ExpertCacheReport } from "../cache/TieredExpertSource.js";
+import type { GenerateOptions, GenerationStats, LoadModelOptions, PerplexityResult } from "../model/MoeModel.js";
+import type { ChatMessage } from "../tokenizer/TextTokenizer.js";
+
+/** Generate options that can cross threads (callbacks are re-attached on the caller's side). */
+export type WireGenerateOptions = Omit<GenerateOptions, "signal" | "onStats" | "onToken" | "onLogits"> & { wantLogits?: boolean };
+
+export type Request =
+  | { id: number; method: "load"; dir: string; options: Omit<LoadModelOptions, "log" | "oracleLog"> }
+  | { id: number; method: "generate"; prompt: string | ChatMessage[]; options: WireGenerateOptions }
+  | { id: number; method: "abort"; target: number }
+  | { id: number; method: "logits"; ids: number[] }
+  | { id: number; method: "perplexity"; text: string; window?: number }
+  | { id: number; method: "teacherForce"; ids: number[] }
+  | { id: number; method: "cacheStats" }
+  | { id: number; method: "dispose" };
+
+export interface WireError {
+  name: string;
+  code?: string;
+  message: string;
+}
+
+export type Response =
+  | { id: number; type: "result"; value?: unknown }
+  | { id: number; type: "error"; error: WireError }
+  | { id: number; type: "piece"; text: string }
+  | { id: number; type: "token"; token: number; logits?: Float32Array }
+  | { id: number; type: "stats"; stats: GenerationStats }
+  | { id: number; type: "log"; line: string };
+
+export type { ExpertCacheReport, GenerationStats, PerplexityResult };
