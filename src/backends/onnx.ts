@@ -3,15 +3,46 @@
  */
 import * as ort from "onnxruntime-node";
 
+// Failures surface as exceptions with their message; onnxruntime's own stderr lines would only
+// repeat them (e.g. every probe for a provider this machine lacks).
+ort.env.logLevel = "fatal";
+
 /** A dense row-major tensor. */
 export interface HostTensor<T extends Float32Array | BigInt64Array = Float32Array> {
   data: T;
   dims: readonly number[];
 }
 
+export const DEVICE_NAMES = ["auto", "cpu", "webgpu", "cuda"] as const;
+export type DeviceName = (typeof DEVICE_NAMES)[number];
+export type ExecutionDevice = Exclude<DeviceName, "auto">;
+
 export interface OnnxSessionOptions {
   /** Intra-op threads of this session. Default 1. */
   threads?: number;
+  /** Execution provider. Default "cpu". */
+  device?: ExecutionDevice;
+}
+
+/**
+ * The execution provider to use for `requested`, found by opening `probeModel` with it: "auto"
+ * tries CUDA, then WebGPU, then the CPU. A provider this machine lacks falls back to the CPU,
+ * and `log` says why.
+ */
+export async function resolveDevice(requested: DeviceName, probeModel: string, log: (line: string) => void): Promise<ExecutionDevice> {
+  const candidates: ExecutionDevice[] = requested === "auto" ? ["cuda", "webgpu"] : requested === "cpu" ? [] : [requested];
+  const reasons: string[] = [];
+  for (const device of candidates) {
+    try {
+      const s = await ort.InferenceSession.create(probeModel, { executionProviders: [device], logSeverityLevel: 4 });
+      await s.release();
+      return device;
+    } catch (err) {
+      reasons.push(`${device}: ${(err instanceof Error ? err.message : String(err)).split("\n")[0]!.slice(0, 160)}`);
+    }
+  }
+  if (requested !== "auto" && requested !== "cpu") log(`moe-run: device ${requested} is not available on this machine (${reasons.join("; ")}); using the CPU`);
+  return "cpu";
 }
 
 export class OnnxSession {
@@ -25,7 +56,8 @@ export class OnnxSession {
 
   static async create(modelPath: string, options: OnnxSessionOptions = {}): Promise<OnnxSession> {
     const session = await ort.InferenceSession.create(modelPath, {
-      executionProviders: ["cpu"],
+      // The CPU provider stays as the fallback for any operator the device provider lacks.
+      executionProviders: options.device && options.device !== "cpu" ? [options.device, "cpu"] : ["cpu"],
       intraOpNumThreads: options.threads ?? 1,
       interOpNumThreads: 1,
       graphOptimizationLevel: "all",

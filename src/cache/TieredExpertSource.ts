@@ -170,6 +170,10 @@ export class TieredExpertSource {
     return this.cache.has({ layer, expert });
   }
 
+  recordAccess(layer: number, expert: number): void {
+    this.cache.lookup({ layer, expert });
+  }
+
   release(layer: number, expert: number): void {
     const id = { layer, expert };
     if (this.cache.isProtected(id)) this.cache.unprotect([id]);

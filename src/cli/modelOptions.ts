@@ -6,8 +6,10 @@ import type { ExpertId } from "../cache/types.js";
 import { InvalidOptionError } from "../errors.js";
 import type { ExpertKernelName } from "../kernels/expertKernels.js";
 import type { LoadModelOptions, MoeModel } from "../model/MoeModel.js";
+import { DEVICE_NAMES, type DeviceName } from "../backends/onnx.js";
 import { parsePredictorName } from "../predict/createPredictor.js";
 import { PREDICTOR_NAMES, type PredictorName } from "../predict/types.js";
+import { parseScheduleName, SCHEDULE_NAMES, type ScheduleName } from "../scheduler/HybridScheduler.js";
 import { formatBytes, parseByteSize, type ByteSize } from "../util/bytes.js";
 import { parseFloatOption, parseIntOption } from "./parse.js";
 
@@ -20,6 +22,9 @@ export interface ModelCliOptions {
   pin?: ExpertId[];
   expertKernel: ExpertKernelName | "auto";
   predictor: PredictorName;
+  schedule?: ScheduleName;
+  cpuThreads?: number;
+  device: DeviceName;
   prefetch: boolean;
   prefetchDepth: number;
   prefetchThreshold: number;
@@ -33,6 +38,11 @@ function parsePins(text: string): ExpertId[] {
     if (!m) throw new InvalidOptionError(`--pin takes layer:expert pairs like 0:3,1:7, got "${part}"`);
     return { layer: Number(m[1]), expert: Number(m[2]) };
   });
+}
+
+function parseDevice(text: string): DeviceName {
+  if ((DEVICE_NAMES as readonly string[]).includes(text)) return text as DeviceName;
+  throw new InvalidOptionError(`--device must be one of ${DEVICE_NAMES.join(", ")}, got "${text}"`);
 }
 
 function parseKernel(text: string): ExpertKernelName | "auto" {
@@ -49,6 +59,9 @@ export function addModelOptions(cmd: Command): Command {
     .option("--policy <name>", `expert cache replacement policy: ${POLICY_NAMES.filter((p) => p !== "belady").join(", ")}`, parsePolicyName, "lru")
     .option("--pin <layer:expert,...>", "experts never evicted", parsePins)
     .option("--expert-kernel <name>", "auto, native, onnx or js", parseKernel, "auto")
+    .option("--device <name>", `execution provider: ${DEVICE_NAMES.join(", ")} (unavailable ones fall back to the CPU with a note)`, parseDevice, "cpu")
+    .option("--schedule <name>", `where experts run: ${SCHEDULE_NAMES.join(", ")} (default auto: split by a measured cost model)`, parseScheduleName)
+    .option("--cpu-threads <n>", "threads of the CPU expert pool (default: cores - 1)", parseIntOption("cpu-threads", 1))
     .option("--predictor <name>", `predict upcoming layers' experts: ${PREDICTOR_NAMES.filter((p) => p !== "oracle").join(", ")}`, parsePredictorName, "none")
     .option("--no-prefetch", "score the predictor but do not load its predictions ahead")
     .option("--prefetch-depth <n>", "layers ahead to predict and prefetch", parseIntOption("prefetch-depth", 1), 1)
@@ -67,6 +80,9 @@ export function loadOptions(o: ModelCliOptions): LoadModelOptions {
     pin: o.pin,
     expertKernel: o.expertKernel,
     predictor: o.predictor,
+    schedule: o.schedule,
+    device: o.device,
+    cpuThreads: o.cpuThreads,
     prefetch: o.prefetch,
     prefetchDepth: o.prefetchDepth,
     prefetchThreshold: o.prefetchThreshold,
@@ -77,7 +93,8 @@ export function loadOptions(o: ModelCliOptions): LoadModelOptions {
 export function reportStats(model: MoeModel, o: ModelCliOptions, extra: Record<string, unknown> = {}): void {
   if (!o.stats && !o.statsJson) return;
   const r = model.cacheStats();
-  if (o.statsJson) fs.writeFileSync(o.statsJson, JSON.stringify({ ...r, expertKernel: model.expertKernel, ...extra }, null, 2) + "\n");
+  const sched = model.scheduleStats();
+  if (o.statsJson) fs.writeFileSync(o.statsJson, JSON.stringify({ ...r, device: model.device, expertKernel: model.expertKernel, scheduler: sched, ...extra }, null, 2) + "\n");
   const pf = r.prefetch;
   const pr = r.predictor;
   if (!o.stats) return;
@@ -89,8 +106,12 @@ export function reportStats(model: MoeModel, o: ModelCliOptions, extra: Record<s
     `  host tier:   budget ${formatBytes(host.budgetBytes)}${host.enforced ? "" : Number.isFinite(host.budgetBytes) ? " (NOT enforced)" : ""}, resident max ${formatBytes(host.residentBytesMax)}, read ${formatBytes(host.bytesRead)}, ${host.drops} drops`,
     ...(pr ? [`  predictor ${pr.name}: next-layer recall@k ${(100 * pr.recall).toFixed(1)}%, precision ${(100 * pr.precision).toFixed(1)}%`] : []),
     ...(pf ? [`  prefetch: ${pf.issued} issued, ${pf.used} used (${pf.late} late), ${pf.wasted} wasted, ${pf.dropped} dropped, ${(1000 * pf.stallSavedSeconds).toFixed(1)} ms of loads overlapped`] : []),
-    "  layer  hits  misses  hit%   stall ms",
-    ...r.layers.map((l) => `  ${String(l.layer).padStart(5)} ${String(l.hits).padStart(5)} ${String(l.misses).padStart(7)} ${(100 * l.hitRate).toFixed(1).padStart(5)} ${(1000 * l.stallSeconds).toFixed(1).padStart(9)}`),
+    `  schedule ${sched.schedule}: experts on device / cpu pool per layer below`,
+    "  layer  hits  misses  hit%   stall ms  device  cpu",
+    ...r.layers.map((l) => {
+      const p = sched.layers[l.layer];
+      return `  ${String(l.layer).padStart(5)} ${String(l.hits).padStart(5)} ${String(l.misses).padStart(7)} ${(100 * l.hitRate).toFixed(1).padStart(5)} ${(1000 * l.stallSeconds).toFixed(1).padStart(9)} ${String(p?.device ?? "-").padStart(7)} ${String(p?.cpu ?? "-").padStart(4)}`;
+    }),
   ];
   process.stderr.write(lines.join("\n") + "\n");
 }

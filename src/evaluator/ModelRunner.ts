@@ -5,12 +5,14 @@
  * tokens routed to it.
  */
 import * as path from "node:path";
-import { OnnxSession, type HostTensor } from "../backends/onnx.js";
+import { OnnxSession, resolveDevice, type DeviceName, type ExecutionDevice, type HostTensor } from "../backends/onnx.js";
 import type { ModelDims } from "../architectures/ModelDims.js";
 import { invariant } from "../errors.js";
 import { IO } from "../importer/modelGraphs.js";
 import type { ModelManifest } from "../model/manifest.js";
 import { createExpertKernel, type ExpertKernel, type ExpertKernelName } from "../kernels/expertKernels.js";
+import type { CpuExpertPool } from "../scheduler/CpuExpertPool.js";
+import type { HybridScheduler } from "../scheduler/HybridScheduler.js";
 import type { KvCache } from "./KvCache.js";
 import { causalMask, ropeTables } from "./rope.js";
 import { groupByExpert, routeTokens, type Routing } from "./routing.js";
@@ -26,6 +28,8 @@ export interface ExpertSource {
   onLayerRouted?(layer: number, routing: Routing, gateInput: Float32Array, residual: Float32Array): void;
   /** Whether the expert is resident now (resident experts are computed first). */
   isReady?(layer: number, expert: number): boolean;
+  /** The expert is computed elsewhere (CPU pool) this time: count the access, load nothing. */
+  recordAccess?(layer: number, expert: number): void;
 }
 
 /** Called once per layer per forward with the router's decision; profilers and predictors listen here. */
@@ -36,6 +40,8 @@ export interface ModelRunnerOptions {
   threads?: number;
   /** Expert kernel by name. Default "auto" (native when built, else onnx). */
   expertKernel?: ExpertKernelName | "auto";
+  /** Execution provider of the dense graphs. Default "cpu". */
+  device?: DeviceName;
   log?: (line: string) => void;
 }
 
@@ -45,7 +51,11 @@ export class ModelRunner {
   private readonly layers: OnnxSession[];
   private readonly head: OnnxSession;
   readonly kernel: ExpertKernel;
+  /** The execution provider the dense graphs run on. */
+  device: ExecutionDevice = "cpu";
   observers: RoutingObserver[] = [];
+  /** Hybrid scheduling: which experts go to the CPU pool. Absent = all on the device side. */
+  hybrid: { scheduler: HybridScheduler; pool: CpuExpertPool } | undefined;
 
   private constructor(dims: ModelDims, embed: OnnxSession, layers: OnnxSession[], head: OnnxSession, kernel: ExpertKernel, private readonly experts: ExpertSource) {
     this.dims = dims;
@@ -56,7 +66,8 @@ export class ModelRunner {
   }
 
   static async create(modelDir: string, manifest: ModelManifest, experts: ExpertSource, options: ModelRunnerOptions = {}): Promise<ModelRunner> {
-    const open = (rel: string) => OnnxSession.create(path.join(modelDir, rel), { threads: options.threads ?? 1 });
+    const device = await resolveDevice(options.device ?? "cpu", path.join(modelDir, manifest.graphs.head), options.log ?? (() => {}));
+    const open = (rel: string) => OnnxSession.create(path.join(modelDir, rel), { threads: options.threads ?? 1, device });
     const sessions: OnnxSession[] = [];
     try {
       const track = async (p: Promise<OnnxSession>) => {
@@ -76,7 +87,9 @@ export class ModelRunner {
         expertGraph: path.join(modelDir, manifest.graphs.expert),
         log: options.log,
       });
-      return new ModelRunner(manifest.dims, embed, layers, head, kernel, experts);
+      const runner = new ModelRunner(manifest.dims, embed, layers, head, kernel, experts);
+      runner.device = device;
+      return runner;
     } catch (err) {
       await Promise.all(sessions.map((s) => s.dispose()));
       throw err;
@@ -142,10 +155,28 @@ export class ModelRunner {
     // Accumulating in a fixed expert order keeps the fp32 sums identical whatever the order of
     // computation, so offloading stays lossless.
     const outputs = new Map<number, Float32Array>();
+    const gather = (rowsOf: number[]) => {
+      const rows = new Float32Array(rowsOf.length * H); // [n, H] tokens routed to one expert
+      rowsOf.forEach((t, i) => rows.set(x.subarray(t * H, (t + 1) * H), i * H));
+      return rows;
+    };
+    // The CPU pool's share starts first and runs while the device side computes.
+    const hybrid = this.hybrid;
+    const toCpu = hybrid ? hybrid.scheduler.plan(groups.map(([e, g]) => ({ expert: e, tokens: g.rows.length, resident: ready(e) === 0 }))) : new Set<number>();
+    const cpuStart = performance.now();
+    const cpuDone = Promise.all(
+      groups
+        .filter(([e]) => toCpu.has(e))
+        .map(async ([e, g]) => {
+          this.experts.recordAccess?.(layer, e);
+          outputs.set(e, await hybrid!.pool.compute(layer, e, gather(g.rows), g.rows.length));
+        })
+    ).then(() => (performance.now() - cpuStart) / 1000);
+    const deviceStart = performance.now();
     for (const [e, group] of groups) {
+      if (toCpu.has(e)) continue;
       const n = group.rows.length;
-      const rows = new Float32Array(n * H); // [n, H] tokens routed to e
-      group.rows.forEach((t, i) => rows.set(x.subarray(t * H, (t + 1) * H), i * H));
+      const rows = gather(group.rows);
       const record = await this.experts.acquire(layer, e);
       const y = new Float32Array(n * H); // [n, H] expert output
       try {
@@ -154,6 +185,12 @@ export class ModelRunner {
         this.experts.release?.(layer, e);
       }
       outputs.set(e, y);
+    }
+    const deviceSeconds = (performance.now() - deviceStart) / 1000;
+    const cpuSeconds = await cpuDone;
+    if (hybrid) {
+      hybrid.scheduler.record(layer, "device", groups.length - toCpu.size, deviceSeconds);
+      if (toCpu.size) hybrid.scheduler.record(layer, "cpu", toCpu.size, cpuSeconds);
     }
     for (const [e, group] of groupByExpert(routing)) {
       const n = group.rows.length;

@@ -14,6 +14,11 @@ import { ExpertLoader } from "../cache/ExpertLoader.js";
 import { createPredictor } from "../predict/createPredictor.js";
 import type { RoutingLog } from "../predict/OraclePredictor.js";
 import type { ExpertPredictor, PredictorName } from "../predict/types.js";
+import { loadNativeAddon } from "../kernels/nativeAddon.js";
+import type { DeviceName } from "../backends/onnx.js";
+import { CostModel } from "../scheduler/CostModel.js";
+import { CpuExpertPool } from "../scheduler/CpuExpertPool.js";
+import { HybridScheduler, type ScheduleName } from "../scheduler/HybridScheduler.js";
 import { expertRecordBytes } from "../store/ExpertStore.js";
 import { formatBytes, resolveByteSize, type ByteSize } from "../util/bytes.js";
 import { KvCache } from "../evaluator/KvCache.js";
@@ -56,6 +61,21 @@ export interface LoadModelOptions {
   prefetchThreshold?: number;
   /** For the oracle predictor: the routing of a previous identical run (see onRouting). */
   oracleLog?: RoutingLog;
+  /**
+   * Where activated experts run: "auto" splits each layer between the device side and a CPU
+   * worker pool by a cost model measured on this machine; "device" or "cpu" put all on one side.
+   * Default "auto" when the native kernels are built, else "device".
+   */
+  schedule?: ScheduleName;
+  /**
+   * Execution provider for the dense graphs: "auto" (CUDA, else WebGPU, else CPU), "cpu",
+   * "webgpu" or "cuda"; one this machine lacks falls back to the CPU with a note. Default "cpu".
+   */
+  device?: DeviceName;
+  /** Threads of the CPU expert pool. Default: cores - 1 (at least 1). */
+  cpuThreads?: number;
+  /** Measure the scheduler's cost model again instead of using the cached figures. */
+  recalibrate?: boolean;
   /** Expert kernel. Default "auto": native when built, else onnxruntime. */
   expertKernel?: ExpertKernelName | "auto";
   /** Where notes (fallbacks, warnings) go. Default: stderr. */
@@ -159,6 +179,7 @@ export class MoeModel {
     const store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout);
     let loader: ExpertLoader | undefined;
     let predictor: ExpertPredictor | undefined;
+    let pool: CpuExpertPool | undefined;
     try {
       predictor = createPredictor(options.predictor ?? "none", { modelDir: dir, manifest, oracleLog: options.oracleLog, log });
       const depth = options.prefetchDepth ?? 1;
@@ -176,10 +197,23 @@ export class MoeModel {
         log,
       });
       const threads = options.threads ?? os.availableParallelism();
-      const runner = await ModelRunner.create(dir, manifest, experts, { threads, expertKernel: options.expertKernel, log });
+      const runner = await ModelRunner.create(dir, manifest, experts, { threads, expertKernel: options.expertKernel, device: options.device, log });
+      const schedule = options.schedule ?? (loadNativeAddon().addon ? "auto" : "device");
+      if (schedule !== "device") {
+        try {
+          if (!loadNativeAddon().addon) throw new InvalidOptionError(`--schedule ${schedule} needs the CPU expert pool, which needs the native kernels: ${loadNativeAddon().reason}`);
+          pool = new CpuExpertPool(store.path, { ...layout, recordBytes: record }, options.cpuThreads);
+          const cost = schedule === "auto" ? await CostModel.calibrate(layout, store, runner.kernel, pool, { recalibrate: options.recalibrate }) : undefined;
+          runner.hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers), pool };
+        } catch (err) {
+          await runner.dispose();
+          throw err;
+        }
+      }
       return new MoeModel(dir, manifest, tokenizer, contextSize, runner, store, experts, loader, predictor);
     } catch (err) {
       await loader?.close();
+      await pool?.close();
       store.close();
       throw err;
     }
@@ -339,6 +373,16 @@ export class MoeModel {
     return this.experts.report();
   }
 
+  /** Where experts ran, per layer, and the cost figures the scheduler planned with. */
+  scheduleStats(): ReturnType<HybridScheduler["stats"]> | { schedule: "device"; layers: [] } {
+    return this.live().hybrid?.scheduler.stats() ?? { schedule: "device", layers: [] };
+  }
+
+  /** The execution provider the dense graphs run on. */
+  get device(): string {
+    return this.live().device;
+  }
+
   /** The expert kernel in use ("native", "onnx" or "js"). */
   get expertKernel(): string {
     return this.live().kernel.name;
@@ -358,6 +402,7 @@ export class MoeModel {
     if (runner) {
       await this.experts.drain();
       await this.loader?.close();
+      await runner.hybrid?.pool.close();
       this.predictor?.save?.();
       await runner.dispose();
       this.store.close();

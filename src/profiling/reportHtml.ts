@@ -50,6 +50,37 @@ function lineChart(o: { series: Series[]; width: number; height: number; xMin: n
   return parts.join("");
 }
 
+/** Grouped bars with y in [0, 1]: one group per x value (layer), one bar per series. */
+function barChart(series: Series[], xLabel: string, yLabel: string): string {
+  const xs = [...new Set(series.flatMap((s) => s.points.map((p) => p[0])))].sort((a, b) => a - b);
+  const m = { l: 52, r: 150, t: 14, b: 44 };
+  const w = Math.max(300, Math.min(640, 40 * xs.length));
+  const group = w / Math.max(1, xs.length);
+  const h = 240;
+  const width = m.l + w + m.r;
+  const height = m.t + h + m.b;
+  const bar = Math.max(2, Math.min(24, (group - 4) / Math.max(1, series.length)));
+  const Y = (y: number) => m.t + (1 - y) * h;
+  const parts = [`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img">`];
+  for (let i = 0; i <= 10; i += 2) parts.push(`<line x1="${m.l}" x2="${m.l + w}" y1="${Y(i / 10)}" y2="${Y(i / 10)}" stroke="#e5e5e5"/><text x="${m.l - 6}" y="${Y(i / 10) + 4}" text-anchor="end" class="tick">${(i / 10).toFixed(1)}</text>`);
+  const every = Math.ceil(xs.length / 16);
+  xs.forEach((x, gi) => {
+    const gx = m.l + gi * group + (group - bar * series.length) / 2; // bars centred in their group
+    series.forEach((s, si) => {
+      const v = s.points.find((p) => p[0] === x)?.[1];
+      if (v === null || v === undefined) return;
+      parts.push(`<rect x="${(gx + si * bar).toFixed(1)}" y="${Y(v).toFixed(1)}" width="${(bar - 0.5).toFixed(1)}" height="${(Y(0) - Y(v)).toFixed(1)}" fill="${s.color}"><title>${esc(s.name)}, layer ${x}: ${f3(v)}</title></rect>`);
+    });
+    if (gi % every === 0) parts.push(`<text x="${m.l + (gi + 0.5) * group}" y="${m.t + h + 16}" text-anchor="middle" class="tick">${x}</text>`);
+  });
+  parts.push(`<rect x="${m.l}" y="${m.t}" width="${w}" height="${h}" fill="none" stroke="#888"/>`);
+  parts.push(`<text x="${m.l + w / 2}" y="${height - 6}" text-anchor="middle" class="axis">${esc(xLabel)}</text>`);
+  parts.push(`<text transform="translate(14 ${m.t + h / 2}) rotate(-90)" text-anchor="middle" class="axis">${esc(yLabel)}</text>`);
+  series.forEach((s, i) => parts.push(`<rect x="${m.l + w + 12}" y="${m.t + 4 + i * 18}" width="14" height="10" fill="${s.color}"/><text x="${m.l + w + 32}" y="${m.t + 13 + i * 18}" class="legend">${esc(s.name)}</text>`));
+  parts.push("</svg>");
+  return parts.join("");
+}
+
 /** White -> deep blue by value in [0, max]. */
 function heat(v: number, max: number): string {
   const t = max > 0 ? Math.min(1, v / max) : 0;
@@ -64,7 +95,8 @@ function heatmap(r: ReportData): string {
   const ch = Math.max(6, Math.min(24, Math.floor(480 / L)));
   const m = { l: 44, t: 28 };
   const width = m.l + E * cw + 110;
-  const height = m.t + L * ch + 40;
+  const lh = Math.max(120, Math.min(200, L * ch)); // colour legend height
+  const height = m.t + Math.max(L * ch, lh) + 40;
   const shares = r.usage.counts.map((row) => {
     const s = row.reduce((a, b) => a + b, 0);
     return row.map((c) => (s > 0 ? c / s : 0));
@@ -80,13 +112,12 @@ function heatmap(r: ReportData): string {
   });
   // Colour legend: 0 .. max share, with the uniform share 1/E marked.
   const lx = m.l + E * cw + 24;
-  const lh = Math.min(200, L * ch);
   for (let i = 0; i < 20; i++) parts.push(`<rect x="${lx}" y="${m.t + lh - ((i + 1) * lh) / 20}" width="14" height="${lh / 20 + 0.5}" fill="${heat(((i + 0.5) / 20) * max, max)}"/>`);
   parts.push(`<text x="${lx + 18}" y="${m.t + 8}" class="tick">${pct(max)}</text><text x="${lx + 18}" y="${m.t + lh}" class="tick">0</text>`);
   // Shares are of the layer's selections, so an evenly used layer has 1/E everywhere.
   const uy = m.t + lh - Math.min(1, 1 / E / max) * lh;
   parts.push(`<line x1="${lx - 3}" x2="${lx + 17}" y1="${uy}" y2="${uy}" stroke="#d62728"/><text x="${lx + 18}" y="${uy + 4}" class="tick" fill="#d62728">1/E = ${pct(1 / E)}</text>`);
-  parts.push(`<text x="${m.l + (E * cw) / 2}" y="${height - 8}" text-anchor="middle" class="axis">expert (rows: layers)</text></svg>`);
+  parts.push(`<text x="${m.l + (E * cw) / 2}" y="${m.t + L * ch + 24}" text-anchor="middle" class="axis">expert (rows: layers)</text></svg>`);
   return parts.join("");
 }
 
@@ -112,12 +143,8 @@ function predictorSection(r: ReportData): string {
   if (preds.length === 0) return `<section><h2>Predictor recall per layer</h2>${note}</section>`;
   const series: Series[] = [];
   let c = 0;
-  for (const p of preds) p.ks.forEach((k, i) => series.push({ name: `${p.name} @${k}`, color: PALETTE[c++ % PALETTE.length]!, dash: i > 0, points: p.layers.map((l, j) => [l, p.recall[i]![j] ?? null]) }));
-  const layers = preds.flatMap((p) => p.layers);
-  const lo = Math.min(...layers);
-  const hi = Math.max(...layers);
-  const ticks = Array.from({ length: hi - lo + 1 }, (_, i) => lo + i).filter((_, i, a) => a.length <= 16 || i % Math.ceil(a.length / 16) === 0);
-  const chart = lineChart({ series, width: 620, height: 300, xMin: lo, xMax: Math.max(hi, lo + 1), xTicks: ticks, xTick: (x) => String(x), xLabel: "target layer", yLabel: "recall@k", marks: [] });
+  for (const p of preds) p.ks.forEach((k, i) => series.push({ name: `${p.name} @${k}`, color: PALETTE[c++ % PALETTE.length]!, points: p.layers.map((l, j) => [l, p.recall[i]![j] ?? null]) }));
+  const chart = barChart(series, "target layer (predicted one layer ahead)", "recall@k");
   const rows = preds
     .map((p) => `<tr><td style="text-align:left">${esc(p.name)}<div class="muted">${esc(p.label ?? "")}</div></td>${p.ks.map((k, i) => `<td>recall@${k}: ${f3(p.mean?.[i])}</td>`).join("")}</tr>`)
     .join("");

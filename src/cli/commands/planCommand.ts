@@ -54,8 +54,8 @@ export function registerPlan(program: Command): void {
       const threads = opts.threads ?? os.availableParallelism();
       const model = await loadModel(modelDir, { threads, log: () => {} });
       let figures;
-      let trace: RoutingTrace;
-      let traceSource: string;
+      let trace: RoutingTrace | undefined;
+      let traceSource = "";
       const notes: string[] = [];
       try {
         const d = model.dims;
@@ -65,11 +65,15 @@ export function registerPlan(program: Command): void {
           bytes: label.toLowerCase() === "unlimited" ? Infinity : resolveByteSize(parseByteSize(label, "device-mem"), totalExpertBytes),
         }));
         if (budgets.length === 0) throw new InvalidOptionError(`--device-mem needs at least one size, got "${opts.deviceMem}"`);
-        figures = await machineFigures(model, { threads, file: opts.machineFile, remeasure: opts.remeasure });
         if (opts.trace !== undefined) {
           trace = readTrace(opts.trace, opts.format);
           traceSource = opts.trace;
-        } else {
+          if (trace.meta.numLayers !== d.numLayers || trace.meta.numExperts !== d.numExperts) {
+            throw new InvalidOptionError(`the trace has ${trace.meta.numLayers} layers x ${trace.meta.numExperts} experts but the model ${d.numLayers} x ${d.numExperts}; profile this model (--prompts) or pass its own trace`);
+          }
+        }
+        figures = await machineFigures(model, { threads, file: opts.machineFile, remeasure: opts.remeasure });
+        if (opts.trace === undefined) {
           const prompts = opts.prompts !== undefined ? readPrompts(opts.prompts) : DEFAULT_PROMPTS;
           if (opts.prompts === undefined) notes.push(`miss rates from ${DEFAULT_PROMPTS.length} built-in prompts; pass --trace or --prompts for your workload`);
           process.stderr.write(`moe-run: profiling ${prompts.length} prompts (${opts.maxTokens} tokens each) for miss rates\n`);
@@ -79,7 +83,7 @@ export function registerPlan(program: Command): void {
         const hostBytes = opts.hostMem === undefined ? os.totalmem() : resolveByteSize(opts.hostMem, totalExpertBytes);
         if (opts.hostMem === undefined) notes.push(`host budget: the machine's memory (${formatBytes(hostBytes)}); pass --host-mem to plan for less`);
         if (opts.policy === "belady") notes.push("belady needs the future: an offline bound, not a policy the runtime can run");
-        const plan = planDecode({ manifest: model.manifest, machine: figures.machine, figures: figures.model, trace, traceSource, budgets, hostBytes, policy: opts.policy });
+        const plan = planDecode({ manifest: model.manifest, machine: figures.machine, figures: figures.model, trace: trace!, traceSource, budgets, hostBytes, policy: opts.policy });
         plan.notes.push(...notes, `machine figures ${figures.cached ? "from" : "measured now, cached in"} ${figures.file}${figures.cached ? " (--remeasure to refresh)" : ""}`);
         process.stdout.write(formatPlan(plan) + "\n");
         if (opts.json !== undefined) fs.writeFileSync(opts.json, JSON.stringify(plan, (_k, v) => (v === Infinity ? null : v), 2) + "\n");

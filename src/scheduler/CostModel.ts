@@ -1,0 +1,96 @@
+/**
+ * Costs the scheduler plans with, measured on this machine for this expert shape and cached in
+ * ~/.cache/moe-run/calibration.json (keyed by CPU, core count, encoding and shape):
+ *   device(T) = a + b T   engine-side expert kernel on a resident record
+ *   cpu(T)    = c + d T   CPU pool task from host memory (includes the message round trip)
+ *   load                  reading a record from the store into the device tier
+ */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import type { ExpertKernel } from "../kernels/expertKernels.js";
+import type { ExpertStore } from "../store/ExpertStore.js";
+import type { CpuExpertPool } from "./CpuExpertPool.js";
+
+export interface CostFigures {
+  deviceFixed: number;
+  devicePerToken: number;
+  cpuFixed: number;
+  cpuPerToken: number;
+  loadSeconds: number;
+  measuredAt: string;
+}
+
+export class CostModel {
+  constructor(readonly figures: CostFigures) {}
+
+  get loadSeconds(): number {
+    return this.figures.loadSeconds;
+  }
+  deviceSeconds(tokens: number): number {
+    return this.figures.deviceFixed + this.figures.devicePerToken * tokens;
+  }
+  cpuSeconds(tokens: number): number {
+    return this.figures.cpuFixed + this.figures.cpuPerToken * tokens;
+  }
+
+  /** Cached figures for this machine and shape, or a fresh measurement (a few runs of each side). */
+  static async calibrate(
+    key: { encoding: string; hiddenSize: number; expertFfn: number },
+    store: ExpertStore,
+    kernel: ExpertKernel,
+    pool: CpuExpertPool,
+    options: { recalibrate?: boolean; cacheFile?: string } = {}
+  ): Promise<CostModel> {
+    const file = options.cacheFile ?? path.join(os.homedir(), ".cache", "moe-run", "calibration.json");
+    const id = `${os.cpus()[0]?.model ?? "cpu"}|${os.availableParallelism()}|${pool.threads}|${key.encoding}|${key.hiddenSize}x${key.expertFfn}`;
+    let cache: Record<string, CostFigures> = {};
+    try {
+      cache = JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, CostFigures>;
+    } catch {
+      cache = {};
+    }
+    if (!options.recalibrate && cache[id]) return new CostModel(cache[id]!);
+    const H = key.hiddenSize;
+    const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    const time = async (f: () => unknown) => {
+      const t0 = performance.now();
+      await f();
+      return (performance.now() - t0) / 1000;
+    };
+    const loads: number[] = [];
+    let record = store.getRecord(0, 0);
+    for (let i = 0; i < 5; i++) loads.push(await time(() => (record = store.getRecord(0, i % 2))));
+    const measure = async (tokens: number) => {
+      const x = new Float32Array(tokens * H).fill(0.01);
+      const y = new Float32Array(tokens * H);
+      const dev: number[] = [];
+      const cpu: number[] = [];
+      await kernel.forward(record, x, tokens, y); // warm-up
+      await pool.compute(0, 0, x, tokens);
+      for (let i = 0; i < 5; i++) {
+        dev.push(await time(() => kernel.forward(record, x, tokens, y)));
+        cpu.push(await time(() => pool.compute(0, 0, x, tokens)));
+      }
+      return { dev: median(dev), cpu: median(cpu) };
+    };
+    const one = await measure(1);
+    const many = await measure(16);
+    const figures: CostFigures = {
+      devicePerToken: Math.max(0, (many.dev - one.dev) / 15),
+      deviceFixed: one.dev - Math.max(0, (many.dev - one.dev) / 15),
+      cpuPerToken: Math.max(0, (many.cpu - one.cpu) / 15),
+      cpuFixed: one.cpu - Math.max(0, (many.cpu - one.cpu) / 15),
+      loadSeconds: median(loads),
+      measuredAt: new Date().toISOString(),
+    };
+    cache[id] = figures;
+    try {
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      fs.writeFileSync(file, JSON.stringify(cache, null, 1));
+    } catch {
+      // An unwritable cache only costs a re-measurement next time.
+    }
+    return new CostModel(figures);
+  }
+}

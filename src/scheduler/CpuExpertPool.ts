@@ -1,0 +1,36 @@
+/**
+ * The CPU side of the hybrid scheduler: a piscina pool whose workers compute experts from host
+ * memory. Closed gracefully (never terminated mid-task: that would abort the process).
+ */
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { Piscina } from "piscina";
+import { encodingCode, type ExpertEncoding } from "../store/expertEncoding.js";
+import type { ExpertTask } from "./expertWorker.js";
+
+export class CpuExpertPool {
+  private readonly pool: Piscina;
+  readonly threads: number;
+
+  constructor(
+    private readonly store: string,
+    private readonly layout: { hiddenSize: number; expertFfn: number; encoding: ExpertEncoding; recordBytes: number },
+    threads = Math.max(1, os.availableParallelism() - 1)
+  ) {
+    const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+    this.threads = threads;
+    this.pool = new Piscina({ filename: path.join(root, "dist", "scheduler", "expertWorker.js"), minThreads: threads, maxThreads: threads, idleTimeout: 60_000 });
+  }
+
+  /** y [T, H] of expert (layer, expert) for x [T, H]; x is copied, the caller keeps it. */
+  async compute(layer: number, expert: number, x: Float32Array, tokens: number): Promise<Float32Array> {
+    const { hiddenSize, expertFfn, encoding, recordBytes } = this.layout;
+    const task: ExpertTask = { store: this.store, encoding: encodingCode(encoding), hiddenSize, expertFfn, recordBytes, layer, expert, x: x.slice(), tokens };
+    return (await this.pool.run(task, { transferList: [task.x.buffer as ArrayBuffer] })) as Float32Array;
+  }
+
+  async close(): Promise<void> {
+    await this.pool.close();
+  }
+}
