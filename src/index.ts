@@ -21,3 +21,10 @@ export { simulate, type SimulateOptions, type SimulationResult } from "./profili
 export { localRoutingConsistency, type ConsistencyReport } from "./profiling/consistency.js";
 export type { RoutingTrace } from "./profiling/trace.js";
 export { WorkerModel, loadModelInWorker } from "./engine/WorkerModel.js";
+export { profilePrompts, readPrompts, parsePrompts, writeRoutingTrace, PromptsInvalidError, type ProfileOptions, type ProfileResult } from "./profiling/profileModel.js";
+export { summarizeTrace, formatSummary, type ProfileSummary } from "./profiling/profileSummary.js";
+export { machineFigures, defaultMachineFile, type MachineFigures, type ModelFigures } from "./profiling/machine.js";
+export { planDecode, formatPlan, type Plan, type PlanRow, type DeviceBudget } from "./profiling/plan.js";
+export { buildReport, formatReport, readPredictors, type ReportData } from "./profiling/report.js";
+export { renderReportHtml } from "./profiling/reportHtml.js";
+export { evaluatePredictors, type PredictorEvaluation } from "./profiling/predictorEval.js";

@@ -2,6 +2,12 @@
 // nothing here keeps a reference to JS memory after a call returns.
 #include <node_api.h>
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <string>
 
 #include "expert_kernels.h"
@@ -130,6 +136,19 @@ napi_value WillNeed(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// lowerThreadPriority(nice): raises the calling thread's nice value (Linux: per thread), so a
+// compute thread yields the cores to the app's own thread first. Threads it creates inherit it.
+napi_value LowerThreadPriority(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value a[1];
+  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  const int tid = int(syscall(SYS_gettid));
+  if (setpriority(PRIO_PROCESS, id_t(tid), int(num(env, a[0]))) != 0) {
+    return napi_throw_error(env, nullptr, (std::string("setpriority: ") + std::strerror(errno)).c_str()), nullptr;
+  }
+  return nullptr;
+}
+
 napi_value Init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"expertForward", nullptr, ExpertForward, nullptr, nullptr, nullptr, napi_default, nullptr},
@@ -137,6 +156,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"fileResidency", nullptr, FileResidency, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"dropFileCache", nullptr, DropFileCache, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"willNeed", nullptr, WillNeed, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"lowerThreadPriority", nullptr, LowerThreadPriority, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

@@ -4,10 +4,18 @@
  */
 import { parentPort } from "node:worker_threads";
 import { MoeRunError } from "../errors.js";
+import { loadNativeAddon } from "../kernels/nativeAddon.js";
 import { MoeModel } from "../model/MoeModel.js";
 import type { Request, Response, WireError } from "./protocol.js";
 
 const port = parentPort!;
+// Compute yields the cores to the app's thread first: its event loop stays responsive even when
+// the machine is busy. The threads this one starts (onnxruntime, pools) inherit the priority.
+try {
+  loadNativeAddon().addon?.lowerThreadPriority(10);
+} catch {
+  // Not permitted here: responsiveness then rests on the thread split alone.
+}
 let model: MoeModel | undefined;
 const aborts = new Map<number, AbortController>();
 

@@ -14,6 +14,8 @@ export interface NativeAddon {
   fileResidency(path: string): { fileBytes: number; residentBytes: number; pageSize: number };
   dropFileCache(path: string, mapAddr: number, mapLen: number): void;
   willNeed(path: string, offset: number, len: number): void;
+  /** Sets the calling thread's nice value (higher = lower priority); inherited by its threads. */
+  lowerThreadPriority(nice: number): void;
 }
 
 let cached: { addon: NativeAddon | undefined; reason: string } | undefined;

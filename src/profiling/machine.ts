@@ -27,7 +27,7 @@ export interface ModelFigures {
   storeColdNote?: string;
   /** One expert, one token, record resident: the expert kernel alone. */
   expertSeconds: number;
-  /** Decode time per token with every expert resident (measured on the real model). */
+  /** Decode time per token without misses (measured on the real model, load stalls taken out). */
   tokenSeconds: number;
   /** (tokenSeconds - layers x topK x expertSeconds) / layers: attention graph, routing, combine, and the embed/head share. */
   denseSecondsPerLayer: number;
@@ -173,15 +173,21 @@ export async function measureExpertCompute(model: MoeModel, threads: number): Pr
   }
 }
 
-/** Decode seconds per token with every expert resident: median of 3 greedy runs after a warm-up. */
+/**
+ * Decode seconds per token without cache misses: median of 3 greedy runs after a warm-up. Time
+ * spent waiting for expert loads during decode (the cache's stall counter) is taken out, so a
+ * device tier too small for the prompt's experts does not inflate it.
+ */
 export async function measureTokenTime(model: MoeModel, tokens = 24): Promise<number> {
   const prompt = "The quick brown fox jumps over the lazy dog, and then";
   const times: number[] = [];
   for (let run = 0; run < 4; run++) {
-    const it = model.generate(prompt, { maxTokens: tokens, temperature: 0, stopAtEos: false });
+    let stallAtFirst: number | undefined;
+    const it = model.generate(prompt, { maxTokens: tokens, temperature: 0, stopAtEos: false, onToken: () => (stallAtFirst ??= model.cacheStats().stallSeconds) });
     let r = await it.next();
     while (!r.done) r = await it.next();
-    if (run > 0) times.push(r.value.decodeSeconds / Math.max(1, r.value.generatedTokens - 1));
+    const stall = model.cacheStats().stallSeconds - (stallAtFirst ?? 0);
+    if (run > 0) times.push(Math.max(0, r.value.decodeSeconds - stall) / Math.max(1, r.value.generatedTokens - 1));
   }
   return times.sort((a, b) => a - b)[1]!;
 }
@@ -194,8 +200,8 @@ export interface MachineOptions {
 }
 
 /**
- * The figures for this machine and `model` (loaded with an unlimited device tier, so after the
- * warm-up every expert is resident and decode is all hits): from the cache, or measured now.
+ * The figures for this machine and `model` (best loaded with a device tier that holds the experts
+ * a short prompt uses, so decode after the warm-up is all hits): from the cache, or measured now.
  */
 export async function machineFigures(model: MoeModel, options: MachineOptions): Promise<{ machine: MachineFigures; model: ModelFigures; cached: boolean; file: string }> {
   const file = options.file ?? defaultMachineFile();

@@ -12,7 +12,7 @@
  */
 import type { ModelManifest } from "../model/manifest.js";
 import { InvalidOptionError } from "../errors.js";
-import type { PolicyName } from "../cache/policies/index.js";
+import { OFFLINE_POLICIES, type PolicyName } from "../cache/policies/index.js";
 import type { MachineFigures, ModelFigures } from "./machine.js";
 import { simulate } from "./simulate.js";
 import { table } from "./textTable.js";
@@ -85,6 +85,40 @@ export interface PlanInput {
   /** Host budget in bytes (the store's pages in RAM). */
   hostBytes: number;
   policy: PolicyName;
+  /**
+   * Prompt tokens of each trace seq, when known (a trace profiled just now): miss rates then
+   * count decode steps only, with the cache as prefill left it.
+   */
+  promptTokens?: readonly number[];
+}
+
+/**
+ * Hit rate of decode steps alone. Online policies decide from the past only, so replaying the
+ * trace to the end of a prompt's prefill and to the end of its decode and subtracting gives that
+ * decode's misses with the cache state it really had; summed over prompts.
+ */
+export function decodeHitRates(trace: RoutingTrace, promptTokens: readonly number[], capacities: number[], policy: PolicyName): Map<number, number> | undefined {
+  const recs = trace.records;
+  const marks: { start: number; end: number }[] = []; // per seq: first decode record, end of seq
+  for (let i = 0; i < recs.length; ) {
+    const seq = recs[i]!.seq;
+    let start = -1;
+    for (; i < recs.length && recs[i]!.seq === seq; i++) if (start < 0 && recs[i]!.token >= (promptTokens[seq] ?? Infinity)) start = i;
+    if (start >= 0) marks.push({ start, end: i });
+  }
+  const missesAt = new Map<number, Map<number, number>>(); // prefix length -> capacity -> misses
+  const at = (n: number) => {
+    let m = missesAt.get(n);
+    if (!m) {
+      m = new Map(n === 0 ? capacities.map((c) => [c, 0]) : simulate({ meta: trace.meta, records: recs.slice(0, n) }, { capacities, policies: [policy] }).map((r) => [r.capacity, r.misses]));
+      missesAt.set(n, m);
+    }
+    return m;
+  };
+  let accesses = 0;
+  for (const { start, end } of marks) for (let i = start; i < end; i++) accesses += recs[i]!.experts.length;
+  if (accesses === 0) return undefined;
+  return new Map(capacities.map((c) => [c, 1 - marks.reduce((sum, { start, end }) => sum + at(end).get(c)! - at(start).get(c)!, 0) / accesses]));
 }
 
 export function planDecode(input: PlanInput): Plan {
@@ -110,11 +144,16 @@ export function planDecode(input: PlanInput): Plan {
   const memorySeconds = activeBytes / (input.machine.memoryReadGBps * 1e9);
   const accesses = countAccesses(trace);
   const capacities = input.budgets.map((b) => Math.max(1, Math.min(total, Number.isFinite(b.bytes) ? Math.floor((b.bytes - working) / record) : total)));
-  const sims = simulate(trace, { capacities: [...new Set(capacities)], policies: [input.policy], expertBytes: record });
+  const unique = [...new Set(capacities)];
+  const decode = input.promptTokens !== undefined && !OFFLINE_POLICIES.includes(input.policy) ? decodeHitRates(trace, input.promptTokens, unique, input.policy) : undefined;
+  const decodeOnly = decode !== undefined;
+  const hitRates = decode ?? new Map(simulate(trace, { capacities: unique, policies: [input.policy] }).map((r) => [r.capacity, r.hitRate]));
+  notes.push(`capacity = floor((budget - ${working} B kernel scratch) / ${record} B per record): the experts the runtime's device tier holds`);
+  notes.push(decodeOnly ? "miss rates over decode steps only (prefill warms the cache, as in a run)" : "miss rates over every token of the trace, prefill included (prompt lengths unknown)");
   const rows = input.budgets.map((b, i): PlanRow => {
     const capacity = capacities[i]!;
-    const sim = sims.find((s) => s.capacity === capacity)!;
-    const missesPerToken = (sim.misses / accesses) * accessesPerToken;
+    const hitRate = hitRates.get(capacity)!;
+    const missesPerToken = (1 - hitRate) * accessesPerToken;
     const missSeconds = (missesPerToken * record) / (tierGBps * 1e9);
     const seconds = { dense, experts, misses: missSeconds, total: dense + experts + missSeconds };
     const tierSeconds = missSeconds;
@@ -123,7 +162,7 @@ export function planDecode(input: PlanInput): Plan {
       deviceBytes: Number.isFinite(b.bytes) ? b.bytes : null,
       capacity,
       capacityShare: capacity / total,
-      hitRate: sim.hitRate,
+      hitRate,
       missesPerToken,
       tier: onHost ? "host" : "disk",
       tierGBps,

@@ -85,6 +85,8 @@ export interface ProfileResult {
   trace: RoutingTrace;
   prompts: number;
   promptTokens: number;
+  /** Per prompt (trace seq): its prompt tokens; tokens from there on are decode steps. */
+  promptTokensPerSeq: number[];
   generatedTokens: number;
   /** Tokens that went through the model (one record per layer each). */
   forwardedTokens: number;
@@ -125,6 +127,7 @@ export async function profilePrompts(model: MoeModel, prompts: readonly string[]
     }
     if (layer === d.numLayers - 1) position += routing.tokens;
   });
+  const promptTokensPerSeq: number[] = [];
   const totals = { promptTokens: 0, generatedTokens: 0, forwardedTokens: 0, prefillSeconds: 0, decodeSeconds: 0, decoded: 0 };
   try {
     for (; seq < prompts.length; seq++) {
@@ -134,6 +137,7 @@ export async function profilePrompts(model: MoeModel, prompts: readonly string[]
       while (!r.done) r = await run.next();
       const s = r.value;
       totals.promptTokens += s.promptTokens;
+      promptTokensPerSeq.push(s.promptTokens);
       totals.generatedTokens += s.generatedTokens;
       totals.forwardedTokens += position;
       totals.prefillSeconds += s.prefillSeconds;
@@ -156,6 +160,7 @@ export async function profilePrompts(model: MoeModel, prompts: readonly string[]
     trace,
     prompts: prompts.length,
     promptTokens: totals.promptTokens,
+    promptTokensPerSeq,
     generatedTokens: totals.generatedTokens,
     forwardedTokens: totals.forwardedTokens,
     prefillSeconds: totals.prefillSeconds,

@@ -3,6 +3,7 @@ import * as os from "node:os";
 import type { Command } from "commander";
 import { parsePolicyName, POLICY_NAMES, type PolicyName } from "../../cache/policies/index.js";
 import { InvalidOptionError } from "../../errors.js";
+import { readManifest } from "../../model/manifest.js";
 import { loadModel } from "../../model/MoeModel.js";
 import { machineFigures } from "../../profiling/machine.js";
 import { formatPlan, planDecode, type DeviceBudget } from "../../profiling/plan.js";
@@ -52,10 +53,16 @@ export function registerPlan(program: Command): void {
     .option("--json <file>", "also write the plan as JSON")
     .action(async (modelDir: string, opts: PlanCliOptions) => {
       const threads = opts.threads ?? os.availableParallelism();
-      const model = await loadModel(modelDir, { threads, log: () => {} });
+      // Measuring and profiling want every expert resident, but a model larger than memory must
+      // not try: cap the device tier at half the free memory (load stalls are taken out anyway).
+      const manifest = readManifest(modelDir);
+      const all = manifest.dims.numLayers * manifest.dims.numExperts * manifest.experts.recordBytes;
+      const cap = Math.floor(os.freemem() / 2);
+      const model = await loadModel(modelDir, { threads, log: () => {}, deviceMem: all <= cap ? undefined : Math.max(cap, 4 * manifest.dims.topK * manifest.experts.recordBytes) });
       let figures;
       let trace: RoutingTrace | undefined;
       let traceSource = "";
+      let promptTokens: number[] | undefined;
       const notes: string[] = [];
       try {
         const d = model.dims;
@@ -77,13 +84,15 @@ export function registerPlan(program: Command): void {
           const prompts = opts.prompts !== undefined ? readPrompts(opts.prompts) : DEFAULT_PROMPTS;
           if (opts.prompts === undefined) notes.push(`miss rates from ${DEFAULT_PROMPTS.length} built-in prompts; pass --trace or --prompts for your workload`);
           process.stderr.write(`moe-run: profiling ${prompts.length} prompts (${opts.maxTokens} tokens each) for miss rates\n`);
-          trace = (await profilePrompts(model, prompts, { maxTokens: opts.maxTokens, probs: opts.policy === "score" })).trace;
+          const profiled = await profilePrompts(model, prompts, { maxTokens: opts.maxTokens, probs: opts.policy === "score" });
+          trace = profiled.trace;
+          promptTokens = profiled.promptTokensPerSeq;
           traceSource = opts.prompts ?? "built-in prompts";
         }
         const hostBytes = opts.hostMem === undefined ? os.totalmem() : resolveByteSize(opts.hostMem, totalExpertBytes);
         if (opts.hostMem === undefined) notes.push(`host budget: the machine's memory (${formatBytes(hostBytes)}); pass --host-mem to plan for less`);
         if (opts.policy === "belady") notes.push("belady needs the future: an offline bound, not a policy the runtime can run");
-        const plan = planDecode({ manifest: model.manifest, machine: figures.machine, figures: figures.model, trace: trace!, traceSource, budgets, hostBytes, policy: opts.policy });
+        const plan = planDecode({ manifest: model.manifest, machine: figures.machine, figures: figures.model, trace: trace!, traceSource, budgets, hostBytes, policy: opts.policy, promptTokens });
         plan.notes.push(...notes, `machine figures ${figures.cached ? "from" : "measured now, cached in"} ${figures.file}${figures.cached ? " (--remeasure to refresh)" : ""}`);
         process.stdout.write(formatPlan(plan) + "\n");
         if (opts.json !== undefined) fs.writeFileSync(opts.json, JSON.stringify(plan, (_k, v) => (v === Infinity ? null : v), 2) + "\n");
