@@ -17,6 +17,7 @@ export type MoeRunErrorCode =
   | "CONTEXT_OVERFLOW"
   | "INVALID_OPTION"
   | "DISPOSED"
+  | "DISK_FULL"
   | "CACHE_CAPACITY"
   | "CACHE_IN_USE"
   | "TRACE_INVALID"

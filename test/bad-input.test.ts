@@ -2,6 +2,7 @@
  * Bad input gets a clear message, a non-zero exit, and leaves nothing half-written. These run the
  * real CLI (dist/, built by `pretest`) on damaged copies of the bundled checkpoints.
  */
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -194,4 +195,40 @@ describe("an interrupted import is detected, never served, and redone", () => {
     expect(ok.status).toBe(0);
     expect(ok.stderr).toMatch(/generated 4 tok/);
   }, 300_000);
+});
+
+describe("damaged stores and full disks", () => {
+  it("--verify finds an expert record that no longer matches its checksum", async () => {
+    const model = await importFixture("tiny-mixtral");
+    const { ExpertStore } = await import("../src/store/ExpertStore.js");
+    const store = ExpertStore.openReadOnly(path.join(model, "experts.mdb"), { hiddenSize: 64, expertFfn: 96, encoding: "f32" });
+    const record = store.getRecord(1, 3);
+    store.close();
+    const file = path.join(model, "experts.mdb");
+    const bytes = fs.readFileSync(file);
+    const probe = Buffer.from(record.subarray(20_000, 20_064));
+    const at = bytes.indexOf(probe);
+    expect(at).toBeGreaterThan(0);
+    bytes[at + 10] ^= 0x40; // one bit of one weight
+    fs.writeFileSync(file, bytes);
+    expect(runCli(["run", model, "--prompt", "hi", "-n", "2"]).status).toBe(0); // unnoticed without --verify
+    expectCleanFailure(runCli(["run", model, "--prompt", "hi", "-n", "2", "--verify"]), /expert \(1, 3\) in .* fails its checksum; re-import the model/);
+  });
+
+  it("a full disk stops the import with a clear message and leaves nothing behind", () => {
+    const mnt = tmpDir("moe-run-tmpfs-");
+    const mounted = spawnSync("mount", ["-t", "tmpfs", "-o", "size=600k", "tmpfs", mnt]);
+    if (mounted.status !== 0) {
+      console.warn(`skipped: cannot mount a small tmpfs here (${mounted.stderr?.toString().trim()})`);
+      return;
+    }
+    try {
+      const out = path.join(mnt, "model");
+      const r = runCli(["import", path.join(MODELS, "tiny-mixtral"), out, "--no-progress"]);
+      expectCleanFailure(r, /no space left on the device while importing into .*; the partial import was removed\. Free about [\d.]+ MiB/);
+      expect(fs.readdirSync(mnt)).toEqual([]);
+    } finally {
+      spawnSync("umount", [mnt]);
+    }
+  });
 });

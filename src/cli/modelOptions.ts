@@ -30,6 +30,7 @@ export interface ModelCliOptions {
   prefetchThreshold: number;
   stats: boolean;
   statsJson?: string;
+  verify: boolean;
 }
 
 function parsePins(text: string): ExpertId[] {
@@ -66,6 +67,7 @@ export function addModelOptions(cmd: Command): Command {
     .option("--no-prefetch", "score the predictor but do not load its predictions ahead")
     .option("--prefetch-depth <n>", "layers ahead to predict and prefetch", parseIntOption("prefetch-depth", 1), 1)
     .option("--prefetch-threshold <p>", "minimum predicted probability to prefetch", parseFloatOption("prefetch-threshold", 0, 1), 0.05)
+    .option("--verify", "check every file and expert against the manifest's checksums first", false)
     .option("--stats", "print expert cache statistics to stderr", false)
     .option("--stats-json <file>", "write statistics as JSON");
 }
@@ -74,6 +76,7 @@ export function loadOptions(o: ModelCliOptions): LoadModelOptions {
   return {
     threads: o.threads,
     contextSize: o.contextSize,
+    verify: o.verify,
     deviceMem: o.deviceMem,
     hostMem: o.hostMem,
     policy: o.policy,

@@ -14,6 +14,7 @@ import { HfCheckpoint } from "../formats/HfCheckpoint.js";
 import { FORMAT_VERSION, IMPORTING_SUFFIX, sha256File, writeManifest, type ModelManifest } from "../model/manifest.js";
 import { checkEncodable, type ExpertEncoding } from "../store/expertEncoding.js";
 import { ExpertStore, expertChecksum, expertRecordBytes } from "../store/ExpertStore.js";
+import { formatBytes } from "../util/bytes.js";
 import { Progress } from "../util/progress.js";
 import { VERSION } from "../version.js";
 import { buildEmbeddingGraph, buildExpertGraph, buildHeadGraph, buildLayerGraph, type LayerWeights } from "./modelGraphs.js";
@@ -68,11 +69,40 @@ export async function importModel(hfDir: string, modelDir: string, options: Impo
       return { modelDir: target, manifest, seconds: (performance.now() - started) / 1000 };
     } catch (err) {
       fs.rmSync(staging, { recursive: true, force: true });
+      if (isDiskFull(err, path.dirname(target))) {
+        throw new MoeRunError(
+          "DISK_FULL",
+          `no space left on the device while importing into ${modelDir}; the partial import was removed. ` +
+            `Free about ${formatBytes(estimateImportBytes(ckpt))} there or import into another directory.`,
+          { cause: err }
+        );
+      }
       throw err;
     }
   } finally {
     ckpt.close();
   }
+}
+
+/**
+ * Whether a failed write means the disk is full: ENOSPC itself, or (LMDB reports a failed commit
+ * as EIO) almost no space left where the import was writing.
+ */
+function isDiskFull(err: unknown, dir: string): boolean {
+  if ((err as NodeJS.ErrnoException).code === "ENOSPC" || /MDB_MAP_FULL|No space left/i.test(String((err as Error)?.message))) return true;
+  try {
+    const fsStat = fs.statfsSync(dir);
+    return fsStat.bavail * fsStat.bsize < 4 * 1024 * 1024;
+  } catch {
+    return false;
+  }
+}
+
+/** Rough size of an f32 import of the checkpoint (fp32 is the largest precision). */
+function estimateImportBytes(ckpt: HfCheckpoint): number {
+  let n = 0;
+  for (const name of ckpt.tensorNames()) n += ckpt.entry(name).shape.reduce((a, b) => a * b, 1) * 4;
+  return n;
 }
 
 /** Every tensor the import reads, with the shape config.json implies. */
@@ -203,7 +233,6 @@ async function writeModel(
         layerSums.push(expertChecksum(record));
         store.put(l, j, record);
       }
-      await store.flush();
       checksums.push(layerSums);
       progress.tick(1, `layer ${l + 1}/${d.numLayers}`);
     }

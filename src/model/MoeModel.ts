@@ -19,7 +19,7 @@ import type { DeviceName } from "../backends/onnx.js";
 import { CostModel } from "../scheduler/CostModel.js";
 import { CpuExpertPool } from "../scheduler/CpuExpertPool.js";
 import { HybridScheduler, type ScheduleName } from "../scheduler/HybridScheduler.js";
-import { expertRecordBytes } from "../store/ExpertStore.js";
+import { expertChecksum, expertRecordBytes } from "../store/ExpertStore.js";
 import { formatBytes, resolveByteSize, type ByteSize } from "../util/bytes.js";
 import { KvCache } from "../evaluator/KvCache.js";
 import { ModelRunner, type RoutingObserver } from "../evaluator/ModelRunner.js";
@@ -177,6 +177,7 @@ export class MoeModel {
     }
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     const store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout);
+    if (options.verify) verifyExperts(store, manifest);
     let loader: ExpertLoader | undefined;
     let predictor: ExpertPredictor | undefined;
     let pool: CpuExpertPool | undefined;
@@ -413,6 +414,18 @@ export class MoeModel {
     if (!this.runner) throw new MoeRunError("DISPOSED", "this model has been disposed");
     return this.runner;
   }
+}
+
+/** Every expert record against its checksum in the manifest (part of `verify`). */
+function verifyExperts(store: ExpertStore, manifest: ModelManifest): void {
+  manifest.experts.checksums.forEach((layer, l) =>
+    layer.forEach((sum, e) => {
+      if (expertChecksum(store.getRecord(l, e)) !== sum) {
+        store.close();
+        throw new MoeRunError("STORE_CORRUPT", `expert (${l}, ${e}) in ${store.path} fails its checksum; re-import the model`);
+      }
+    })
+  );
 }
 
 function throwIfAborted(signal: AbortSignal | undefined): void {

@@ -66,14 +66,14 @@ export class ExpertStore {
     return out;
   }
 
-  /** Queues a record; durable once `flush()` resolves. */
+  /**
+   * Writes one record in its own synchronous transaction: durable when this returns, and a failed
+   * commit (disk full) throws here rather than surfacing later as an unhandled rejection.
+   */
   put(layer: number, expert: number, record: Uint8Array): void {
     invariant(record.byteLength === expertRecordBytes(this.layout), `record for (${layer}, ${expert}) has the wrong size`);
-    void this.handle().put([layer, expert], Buffer.from(record.buffer, record.byteOffset, record.byteLength));
-  }
-
-  async flush(): Promise<void> {
-    await this.handle().flushed;
+    const db = this.handle();
+    db.transactionSync(() => db.putSync([layer, expert], Buffer.from(record.buffer, record.byteOffset, record.byteLength)));
   }
 
   /** The raw record of (layer, expert), checked for size; a fresh copy the caller owns. */
