@@ -276,7 +276,29 @@ void matmul_rows(Enc enc, const uint8_t* w, size_t rows, size_t cols, const floa
     std::vector<float> buf(cols);
     for (size_t r = begin; r < end; r++) {
       decode_row(enc, w, rows, cols, r, buf.data());
-      for (size_t t = 0; t < T; t++) {
+      size_t t = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+      // Four tokens at a time: each weight load feeds four FMAs.
+      for (; t + 4 <= T && cols % 8 == 0; t += 4) {
+        const float* x0 = x + t * cols;
+        const float* x1 = x0 + cols;
+        const float* x2 = x1 + cols;
+        const float* x3 = x2 + cols;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (size_t c = 0; c < cols; c += 8) {
+          const __m256 wv = _mm256_loadu_ps(buf.data() + c);
+          a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + c), a0);
+          a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1 + c), a1);
+          a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x2 + c), a2);
+          a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x3 + c), a3);
+        }
+        y[t * rows + r] = hsum(a0);
+        y[(t + 1) * rows + r] = hsum(a1);
+        y[(t + 2) * rows + r] = hsum(a2);
+        y[(t + 3) * rows + r] = hsum(a3);
+      }
+#endif
+      for (; t < T; t++) {
         const float* xt = x + t * cols;
         float acc = 0.f;
         for (size_t c = 0; c < cols; c++) acc += buf[c] * xt[c];
