@@ -68,15 +68,27 @@ describe("the cost-model plan", () => {
     expect([...cpu]).toEqual([1]);
   });
 
-  it("splits resident experts across both sides to finish the layer sooner", () => {
-    const s = new HybridScheduler("auto", cost({}), 1);
+  it("keeps resident experts on the device when it shares the CPU with the pool", () => {
+    const s = new HybridScheduler("auto", cost({}), 1, true);
+    expect(s.plan([0, 1, 2, 3].map((expert) => ({ expert, tokens: 1, resident: true }))).size).toBe(0);
+  });
+
+  it("with a separate device, splits resident experts across both sides to finish the layer sooner", () => {
+    const s = new HybridScheduler("auto", cost({}), 1, false);
     const cpu = s.plan([0, 1, 2, 3].map((expert) => ({ expert, tokens: 1, resident: true })));
     expect(cpu.size).toBe(2);
   });
 
   it("keeps everything on the device when the pool is much slower", () => {
-    const s = new HybridScheduler("auto", cost({ cpuFixed: 50e-3, loadSeconds: 1e-4 }), 1);
+    const s = new HybridScheduler("auto", cost({ cpuFixed: 50e-3, loadSeconds: 1e-4 }), 1, false);
     expect(s.plan([0, 1].map((expert) => ({ expert, tokens: 1, resident: false }))).size).toBe(0);
+    const shared = new HybridScheduler("auto", cost({ cpuFixed: 50e-3, loadSeconds: 1e-4 }), 1, true);
+    expect(shared.plan([0, 1].map((expert) => ({ expert, tokens: 1, resident: false }))).size).toBe(0);
+  });
+
+  it("missing experts go to the pool on a shared CPU when loading costs more than computing there", () => {
+    const s = new HybridScheduler("auto", cost({ loadSeconds: 10e-3 }), 1, true);
+    expect([...s.plan([0, 1].map((expert) => ({ expert, tokens: 1, resident: expert === 0 })))]).toEqual([1]);
   });
 
   it("calibration is measured once per machine and shape, then cached", async () => {

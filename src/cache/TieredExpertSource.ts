@@ -18,8 +18,8 @@ import { expertKey, idOfKey, type CacheStats, type ExpertId, type ExpertKey, typ
 
 export interface PrefetchOptions {
   predictor: ExpertPredictor;
-  /** Loads records off the main thread; without it predictions are only scored, not fetched. */
-  loader?: ExpertLoader;
+  /** Load predictions ahead (needs the source's loader); false = only score them. */
+  fetch: boolean;
   /** Layers ahead to predict. Default 1. */
   depth?: number;
   /** Minimum predicted probability to prefetch. Default 0.05. */
@@ -40,6 +40,13 @@ export interface TieredExpertSourceOptions {
   numLayers: number;
   topK: number;
   prefetch?: PrefetchOptions;
+  /**
+   * Loads records off the compute thread: predictions, and promotions of experts the CPU pool
+   * computed (so a hot expert still becomes resident when the pool served its miss).
+   */
+  loader?: ExpertLoader;
+  /** Promote CPU-served experts into free device-tier room. Default true. */
+  promote?: boolean;
   log?: (line: string) => void;
 }
 
@@ -115,8 +122,8 @@ export class TieredExpertSource {
     const t0 = performance.now();
     const loading = this.inflight.get(key);
     if (loading && !loading.done) {
-      await loading.promise; // a prefetch already on its way: wait for the rest of it
-      this.prefetchStats.late++;
+      if (this.held.has(key)) this.prefetchStats.late++;
+      await loading.promise; // a load already on its way: wait for the rest of it
     }
     let record = this.cache.lookup(id);
     if (!record) {
@@ -170,8 +177,14 @@ export class TieredExpertSource {
     return this.cache.has({ layer, expert });
   }
 
+  /**
+   * The CPU pool computed this expert from host memory: count the access, and promote it into the
+   * device tier while there is free room (warm-up). Promotions never evict: at a tight budget they
+   * would only trade one resident expert for another on every miss (measured: 5x slower decode).
+   */
   recordAccess(layer: number, expert: number): void {
-    this.cache.lookup({ layer, expert });
+    if (this.cache.lookup({ layer, expert })) return;
+    if (this.options.promote !== false && this.cache.residentBytes + this.cache.reserved + this.recordBytes <= this.cache.capacityBytes) this.load(layer, expert, false);
   }
 
   release(layer: number, expert: number): void {
@@ -197,7 +210,7 @@ export class TieredExpertSource {
     const predictions = p.predictor.observe({ layer, tokens: T, routing, gateInput, residual }, p.depth ?? 1);
     const E = routing.probs.length / T;
     if (predictions[0]) this.tracker!.predicted(layer + 1, predictions[0], T);
-    if (!p.loader) return;
+    if (!p.fetch || !this.options.loader) return;
     const threshold = p.threshold ?? 0.05;
     predictions.forEach((scores, i) => {
       const target = layer + 1 + i;
@@ -222,18 +235,30 @@ export class TieredExpertSource {
       }
       return;
     }
-    if (this.inflight.has(key)) return;
+    this.load(layer, expert, true);
+  }
+
+  /**
+   * Loads an expert into the device tier on the loader, its bytes reserved in the budget first. A
+   * prediction is protected until its layer runs; a promotion is an ordinary resident once in.
+   */
+  private load(layer: number, expert: number, predicted: boolean): void {
+    const key = expertKey(layer, expert);
+    const id = { layer, expert };
+    if (!this.options.loader || this.inflight.has(key)) return;
     if (!this.cache.reserve(id, this.recordBytes)) {
-      this.prefetchStats.dropped++;
+      if (predicted) this.prefetchStats.dropped++;
       return;
     }
-    this.cache.protect([id]);
-    this.held.set(key, layer);
-    this.prefetchStats.issued++;
+    if (predicted) {
+      this.cache.protect([id]);
+      this.held.set(key, layer);
+      this.prefetchStats.issued++;
+    }
     const entry: Inflight = { targetLayer: layer, started: performance.now(), loadSeconds: 0, done: false, promise: Promise.resolve() };
     this.host.beforeRead(this.recordBytes);
-    entry.promise = this.options
-      .prefetch!.loader!.load(layer, expert, this.recordBytes, () => this.held.has(key))
+    entry.promise = this.options.loader
+      .load(layer, expert, this.recordBytes, () => !predicted || this.held.has(key))
       .then(
         (record) => {
           entry.done = true;
@@ -241,11 +266,15 @@ export class TieredExpertSource {
           this.inflight.delete(key);
           if (!record) {
             this.cache.cancelReservation(this.recordBytes);
-            this.prefetchStats.dropped++;
+            if (predicted) this.prefetchStats.dropped++;
+            return;
+          }
+          if (this.cache.has(id)) {
+            this.cache.cancelReservation(this.recordBytes); // a demand load got there first
             return;
           }
           this.cache.insert(id, record, record.byteLength, { reserved: true });
-          this.prefetched.set(key, entry.loadSeconds);
+          if (predicted) this.prefetched.set(key, entry.loadSeconds);
         },
         (err: unknown) => {
           entry.done = true;
@@ -290,7 +319,7 @@ export class TieredExpertSource {
         host: this.host.stats(),
       },
       stallSeconds: this.stall.reduce((a, b) => a + b, 0),
-      prefetch: this.options.prefetch?.loader ? { ...this.prefetchStats } : undefined,
+      prefetch: this.options.prefetch?.fetch && this.options.loader ? { ...this.prefetchStats } : undefined,
       predictor: this.tracker?.report(),
       layers: (s.layers ?? []).map((l, i) => ({ ...l, layer: i, stallSeconds: this.stall[i] ?? 0 })),
     };

@@ -185,7 +185,9 @@ export class MoeModel {
       predictor = createPredictor(options.predictor ?? "none", { modelDir: dir, manifest, oracleLog: options.oracleLog, log });
       const depth = options.prefetchDepth ?? 1;
       if (!Number.isInteger(depth) || depth < 1) throw new InvalidOptionError(`prefetch depth must be a whole number >= 1, got ${options.prefetchDepth}`);
-      if (predictor && options.prefetch !== false) loader = new ExpertLoader(store.path);
+      const schedule = options.schedule ?? (loadNativeAddon().addon ? "auto" : "device");
+      const fetch = predictor !== undefined && options.prefetch !== false;
+      if (fetch || schedule === "auto") loader = new ExpertLoader(store.path);
       const experts = new TieredExpertSource(store, {
         deviceBudgetBytes: deviceBytes,
         workingBytes,
@@ -194,18 +196,19 @@ export class MoeModel {
         pinned: options.pin,
         numLayers: d.numLayers,
         topK: d.topK,
-        prefetch: predictor ? { predictor, loader, depth, threshold: options.prefetchThreshold } : undefined,
+        prefetch: predictor ? { predictor, fetch, depth, threshold: options.prefetchThreshold } : undefined,
+        loader,
+        promote: schedule === "auto",
         log,
       });
       const threads = options.threads ?? os.availableParallelism();
       const runner = await ModelRunner.create(dir, manifest, experts, { threads, expertKernel: options.expertKernel, device: options.device, log });
-      const schedule = options.schedule ?? (loadNativeAddon().addon ? "auto" : "device");
       if (schedule !== "device") {
         try {
           if (!loadNativeAddon().addon) throw new InvalidOptionError(`--schedule ${schedule} needs the CPU expert pool, which needs the native kernels: ${loadNativeAddon().reason}`);
           pool = new CpuExpertPool(store.path, { ...layout, recordBytes: record }, options.cpuThreads);
           const cost = schedule === "auto" ? await CostModel.calibrate(layout, store, runner.kernel, pool, { recalibrate: options.recalibrate }) : undefined;
-          runner.hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers), pool };
+          runner.hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers, runner.device === "cpu"), pool };
         } catch (err) {
           await runner.dispose();
           throw err;

@@ -4,6 +4,11 @@
  * memory), to finish the layer soonest: resident experts cost their compute; missing ones cost a
  * load plus compute on the device, or compute alone on the CPU pool. Costs come from a
  * calibration measured on this machine (CostModel). Both sides run at once.
+ *
+ * When the device side is the CPU itself (no GPU provider), both sides share the same cores and
+ * memory bandwidth: splitting resident experts gains nothing (measured: decode 0.78x), so resident
+ * experts stay on the device side and the pool takes the missing ones it can compute from host
+ * memory sooner than the device side could load and compute them.
  */
 import { InvalidOptionError } from "../errors.js";
 import type { CostModel } from "./CostModel.js";
@@ -36,7 +41,9 @@ export class HybridScheduler {
   constructor(
     readonly name: ScheduleName,
     private readonly cost: CostModel | undefined,
-    numLayers: number
+    numLayers: number,
+    /** The device side computes on the same CPU cores as the pool. Default true. */
+    private readonly deviceIsCpu = true
   ) {
     if (name === "auto" && !cost) throw new Error("the auto schedule needs a cost model");
     this.placement = Array.from({ length: numLayers }, (_, layer) => ({ layer, device: 0, cpu: 0, deviceSeconds: 0, cpuSeconds: 0 }));
@@ -51,7 +58,11 @@ export class HybridScheduler {
       return cpu;
     }
     const c = this.cost!;
-    // Longest first, each to the side where the layer would finish sooner (greedy makespan).
+    if (this.deviceIsCpu) {
+      for (const e of experts) if (!e.resident && c.cpuSeconds(e.tokens) < c.loadSeconds + c.deviceSeconds(e.tokens)) cpu.add(e.expert);
+      return cpu;
+    }
+    // Separate device: longest first, each to the side where the layer would finish sooner (greedy makespan).
     const items = experts.map((e) => ({ e, device: (e.resident ? 0 : c.loadSeconds) + c.deviceSeconds(e.tokens), cpu: c.cpuSeconds(e.tokens) }));
     items.sort((a, b) => Math.max(b.device, b.cpu) - Math.max(a.device, a.cpu) || a.e.expert - b.e.expert);
     let deviceBusy = 0;
