@@ -18,7 +18,7 @@ export class ExpertLoader {
   ) {
     // Always the compiled worker: it runs in a plain worker thread without a TypeScript loader.
     const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-    this.pool = new Piscina({ filename: path.join(root, "dist", "cache", "loaderWorker.js"), minThreads: threads, maxThreads: threads, idleTimeout: 60_000 });
+    this.pool = new Piscina({ filename: path.join(root, "dist", "workers", "loaderEntry.cjs"), minThreads: threads, maxThreads: threads, idleTimeout: 60_000 });
   }
 
   /** Reads one record; `stillWanted` is asked before queueing, so stale predictions cost nothing. */

@@ -20,7 +20,7 @@ export class CpuExpertPool {
   ) {
     const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
     this.threads = threads;
-    this.pool = new Piscina({ filename: path.join(root, "dist", "scheduler", "expertWorker.js"), minThreads: threads, maxThreads: threads, idleTimeout: 60_000 });
+    this.pool = new Piscina({ filename: path.join(root, "dist", "workers", "expertEntry.cjs"), minThreads: threads, maxThreads: threads, idleTimeout: 60_000 });
   }
 
   /** y [T, H] of expert (layer, expert) for x [T, H]; x is copied, the caller keeps it. */
