@@ -27,7 +27,7 @@ import { HfCheckpoint } from "../src/formats/HfCheckpoint.js";
 import { importModel } from "../src/importer/importModel.js";
 import { loadModel, type MoeModel } from "../src/index.js";
 import { writeSyntheticCheckpoint } from "../src/synthetic/syntheticCheckpoint.js";
-import { MODELS, tmpDir } from "./helpers.js";
+import { MODELS, copyFixture, tmpDir } from "./helpers.js";
 
 /** Q8_0 error bound in steps of amax/127: half a step, plus 127 times fp16's rounding of d (2^-11). */
 const Q8_STEP_ERROR = 0.5 + 127 / 2048 + 1e-3;
@@ -117,6 +117,23 @@ describe("GGUF header", () => {
     writeGguf(good, [["general.architecture", gguf.str("llama")], ["s", gguf.strings(["x".repeat(100)])]], []);
     fs.writeFileSync(path.join(dir, "t.gguf"), fs.readFileSync(good).subarray(0, 60));
     expect(() => readGgufHeader(path.join(dir, "t.gguf"))).toThrow(/truncated|ended early/);
+  });
+});
+
+describe("HF -> GGUF refusals", () => {
+  it("fails before writing when the checkpoint disagrees with config.json, and leaves no file", () => {
+    const hf = copyFixture("tiny-mixtral");
+    const cfgPath = path.join(hf, "config.json");
+    const cfg = JSON.parse(fs.readFileSync(cfgPath, "utf8"));
+    fs.writeFileSync(cfgPath, JSON.stringify({ ...cfg, num_local_experts: cfg.num_local_experts + 1 }));
+    const out = path.join(tmpDir(), "x.gguf");
+    expect(() => convertHfToGguf(hf, out, { type: "F16" })).toThrow(/gate\.weight" has shape \[8, 64\] but config\.json implies \[9, 64\]/);
+    expect(fs.existsSync(out)).toBe(false);
+    expect(fs.existsSync(out + ".tmp")).toBe(false);
+  });
+
+  it("refuses architectures other than Mixtral", () => {
+    expect(() => convertHfToGguf(path.join(MODELS, "tiny-qwen3-moe"), path.join(tmpDir(), "q.gguf"), { type: "F16" })).toThrow(/mixtral/);
   });
 });
 

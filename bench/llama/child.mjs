@@ -1,0 +1,109 @@
+#!/usr/bin/env node
+/**
+ * One engine, one model, in its own process (so its peak RSS and disk reads are its own):
+ * load, optional warm-up, then one measured greedy generation from the given prompt token ids.
+ *
+ *   node bench/llama/child.mjs '<json job>'
+ *
+ * job: { engine: "moe-run" | "node-llama-cpp", model: dir or .gguf, promptText, promptIds,
+ *        decodeTokens, threads, warmup, loadOptions? }
+ * stdout: "@@EVENT {json}" lines as it goes (phase, tokens so far) and "@@RESULT {json}" at the end.
+ */
+import { procReadBytes, procStatus } from "./system.mjs";
+
+const job = JSON.parse(process.argv[2]);
+const emit = (tag, obj) => process.stdout.write(`@@${tag} ${JSON.stringify(obj)}\n`);
+const now = () => performance.now() / 1000;
+
+async function runMoeRun() {
+  const { loadModel } = await import("../../dist/index.js");
+  const t0 = now();
+  const model = await loadModel(job.model, { threads: job.threads, ...(job.loadOptions ?? {}) });
+  const loadSeconds = now() - t0;
+  emit("EVENT", { phase: "loaded", loadSeconds });
+  const ids = model.tokenize(job.promptText);
+  if (ids.join() !== job.promptIds.join()) throw new Error(`moe-run tokenizes the prompt differently: ${ids.join()} vs ${job.promptIds.join()}`);
+  const gen = async (maxTokens, onToken) => {
+    let stats;
+    const it = model.generate(job.promptText, { maxTokens, stopAtEos: false, onToken, onStats: (s) => (stats = s) });
+    for await (const _ of it);
+    return stats;
+  };
+  if (job.warmup) await gen(4, () => {});
+  emit("EVENT", { phase: "measuring" });
+  const out = [];
+  const tStart = now();
+  const stats = await gen(job.decodeTokens, (id) => {
+    out.push(id);
+    emit("EVENT", { phase: "token", n: out.length, t: now() - tStart });
+  });
+  const extra = { manifestPrecision: model.manifest?.precision };
+  await model.dispose();
+  return {
+    loadSeconds,
+    ids: out,
+    promptTokens: stats.promptTokens,
+    prefillSeconds: stats.prefillSeconds,
+    decodeSeconds: stats.decodeSeconds,
+    prefillTokPerS: stats.prefillTokensPerSecond,
+    decodeTokPerS: stats.decodeTokensPerSecond,
+    ...extra,
+  };
+}
+
+async function runLlama() {
+  const { getLlama, LlamaLogLevel } = await import("node-llama-cpp");
+  const t0 = now();
+  const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error, maxThreads: job.threads });
+  const model = await llama.loadModel({ modelPath: job.model, gpuLayers: 0, useMmap: true });
+  const contextSize = Math.min(model.trainContextSize, job.promptIds.length + job.decodeTokens + 8);
+  const context = await model.createContext({ contextSize, threads: { ideal: job.threads, min: job.threads }, batchSize: Math.max(job.promptIds.length, 1) });
+  const sequence = context.getSequence();
+  const loadSeconds = now() - t0;
+  emit("EVENT", { phase: "loaded", loadSeconds });
+  const gen = async (maxTokens, onToken) => {
+    await sequence.clearHistory();
+    const times = [];
+    const ids = [];
+    const start = now();
+    // Greedy (temperature 0), no repeat penalty; keep going past end-of-sequence like moe-run's stopAtEos: false.
+    for await (const t of sequence.evaluate(job.promptIds, { temperature: 0, yieldEogToken: true })) {
+      ids.push(t);
+      times.push(now() - start);
+      onToken(t, times.at(-1));
+      if (ids.length >= maxTokens) break;
+    }
+    return { ids, times };
+  };
+  if (job.warmup) await gen(4, () => {});
+  emit("EVENT", { phase: "measuring" });
+  let n = 0;
+  const { ids, times } = await gen(job.decodeTokens, (_id, t) => emit("EVENT", { phase: "token", n: ++n, t }));
+  // Same definitions as moe-run's stats: prefill = prompt evaluation (until the first token);
+  // decode = the tokens after the first, each one forward of one token.
+  const prefillSeconds = times[0];
+  const decodeSeconds = times.at(-1) - times[0];
+  const result = {
+    loadSeconds,
+    ids,
+    promptTokens: job.promptIds.length,
+    prefillSeconds,
+    decodeSeconds,
+    prefillTokPerS: job.promptIds.length / prefillSeconds,
+    decodeTokPerS: ids.length > 1 ? (ids.length - 1) / decodeSeconds : 0,
+    llamaThreads: context.currentThreads,
+  };
+  await context.dispose();
+  await model.dispose();
+  await llama.dispose();
+  return result;
+}
+
+try {
+  const r = job.engine === "moe-run" ? await runMoeRun() : await runLlama();
+  emit("RESULT", { ok: true, ...r, ...procStatus(), readBytes: procReadBytes(), maxRssBytes: process.resourceUsage().maxRSS * 1024 });
+  process.exit(0);
+} catch (err) {
+  emit("RESULT", { ok: false, error: String(err?.stack ?? err), ...procStatus(), readBytes: procReadBytes() });
+  process.exit(1);
+}

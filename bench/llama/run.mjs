@@ -1,0 +1,418 @@
+#!/usr/bin/env node
+/**
+ * moe-run vs node-llama-cpp (llama.cpp) on the same weights.
+ *
+ *   npx tsc -p tsconfig.json && node bench/llama/run.mjs [options]
+ *
+ *   --scenarios bundled,600m,oversize   which to run (default: bundled,600m)
+ *   --reps N               measured runs per engine, engines alternating (default 3)
+ *   --oversize-reps N      the same for the oversize scenario (default 1)
+ *   --threads N            threads for both engines (default: available parallelism)
+ *   --prompt-tokens N      prompt length in tokens (default 64; oversize 32)
+ *   --decode-tokens N      generated tokens per run (default 64; oversize 16)
+ *   --formats F16,Q8_0     GGUF types for node-llama-cpp
+ *   --moe-run-experts f16,int8   moe-run expert precisions (import --experts), each paired with
+ *                          the GGUF type of the same width (f32/f16 -> F16, int8/int4 -> Q8_0)
+ *   --moe-run-options JSON extra loadModel options for moe-run (e.g. a cache budget)
+ *   --seed S --dtype BF16|F16   synthetic weights (default seed 1, BF16)
+ *   --oversize-experts N   experts per layer of the oversize model (default 16: ~1.1 B params)
+ *   --oversize-limit-mb N  its memory limit (default: half the F16 GGUF size)
+ *   --timeout-s N          per-run time limit (default 600; oversize 150); a run past it is killed
+ *                          and counts as not finished
+ *   --work DIR             generated models, reused between runs (default $TMPDIR/moe-run-bench-llama)
+ *   --no-warmup            measure the first generation (default: one short warm-up first, except oversize)
+ *   --report-only          rewrite bench/RESULTS.md from bench/results/latest.json, run nothing
+ *
+ * Each engine+model+rep runs in a child process (bench/llama/child.mjs) so peak RSS (VmHWM) and
+ * bytes read from storage (/proc/<pid>/io read_bytes) are its own. Oversize runs go into a fresh
+ * cgroup v1 memory group (page cache counted) after the model files are evicted from the page cache.
+ * Writes bench/results/latest.json (merged with earlier results of scenarios not run now) and
+ * bench/RESULTS.md.
+ */
+import { execFileSync, spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { parseArgs } from "node:util";
+import { ROOT, activeBytesGguf, activeBytesMoeRun, makePrompt, paramCounts, prepareModel, scenarioModels } from "./models.mjs";
+import { markdown, writeReports } from "./report.mjs";
+import { createMemoryCgroup, evictFromPageCache, machineInfo, measureDiskBandwidth, measureMemoryBandwidth, procReadBytes, procStatus } from "./system.mjs";
+
+const { values: a } = parseArgs({
+  options: {
+    scenarios: { type: "string", default: "bundled,600m" },
+    reps: { type: "string", default: "3" },
+    "oversize-reps": { type: "string", default: "1" },
+    threads: { type: "string", default: String(os.availableParallelism()) },
+    "prompt-tokens": { type: "string" },
+    "decode-tokens": { type: "string" },
+    formats: { type: "string", default: "F16,Q8_0" },
+    "moe-run-experts": { type: "string", default: "f16,int8" },
+    "moe-run-options": { type: "string", default: "{}" },
+    seed: { type: "string", default: "1" },
+    dtype: { type: "string", default: "BF16" },
+    "oversize-experts": { type: "string", default: "16" },
+    "oversize-limit-mb": { type: "string" },
+    "timeout-s": { type: "string" },
+    work: { type: "string", default: path.join(os.tmpdir(), "moe-run-bench-llama") },
+    "no-warmup": { type: "boolean", default: false },
+    out: { type: "string", default: path.join(ROOT, "bench", "results", "latest.json") },
+    md: { type: "string", default: path.join(ROOT, "bench", "RESULTS.md") },
+    "report-only": { type: "boolean", default: false },
+  },
+});
+if (a["report-only"]) {
+  // Regenerate RESULTS.md from latest.json without running anything.
+  fs.writeFileSync(a.md, markdown(JSON.parse(fs.readFileSync(a.out, "utf8"))));
+  process.stderr.write(`wrote ${a.md}\n`);
+  process.exit(0);
+}
+const args = {
+  scenarios: a.scenarios.split(",").filter(Boolean),
+  threads: Number(a.threads),
+  formats: a.formats.split(",").filter(Boolean),
+  moeRunExperts: a["moe-run-experts"].split(",").filter(Boolean),
+  moeRunOptions: JSON.parse(a["moe-run-options"]),
+  seed: Number(a.seed),
+  dtype: a.dtype,
+  oversizeExperts: Number(a["oversize-experts"]),
+  work: a.work,
+};
+const PAIR = { f32: "F16", f16: "F16", int8: "Q8_0", int4: "Q8_0" };
+const log = (line) => process.stderr.write(`[bench:llama] ${line}\n`);
+const median = (xs) => {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((p, q) => p - q);
+  if (!s.length) return undefined;
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+// Long, CPU-heavy work on a shared 2-core machine: be nice (children inherit it).
+try {
+  os.setPriority(0, Math.max(os.getPriority(0), 10));
+} catch {}
+fs.mkdirSync(args.work, { recursive: true });
+const date = new Date().toISOString();
+const git = gitInfo();
+const machine = machineInfo();
+const nodeLlamaCppVersion = JSON.parse(fs.readFileSync(path.join(ROOT, "node_modules", "node-llama-cpp", "package.json"), "utf8")).version;
+const llamaCppRelease = (() => {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(ROOT, "node_modules", "node-llama-cpp", "llama", "binariesGithubRelease.json"), "utf8")).release;
+  } catch {
+    return undefined;
+  }
+})();
+
+if (os.loadavg()[0] > 0.5) {
+  log(`load average ${os.loadavg().map((x) => x.toFixed(1)).join(" ")}: other processes use the CPU, so timings will be noisy (and multi-threaded llama.cpp suffers most; compare with --threads 1)`);
+}
+log(`memory read bandwidth (threads ${args.threads}${args.threads > 1 ? " and 1" : ""})...`);
+const memN = measureMemoryBandwidth(args.work, args.threads, log);
+const mem1 = args.threads > 1 ? measureMemoryBandwidth(args.work, 1, log) : memN;
+const memBw = Math.max(memN.bytesPerSecond, mem1.bytesPerSecond);
+log(
+  args.threads > 1
+    ? `memory read bandwidth: ${(memN.bytesPerSecond / 1e9).toFixed(1)} GB/s (${args.threads} threads), ${(mem1.bytesPerSecond / 1e9).toFixed(1)} GB/s (1 thread); bounds use ${(memBw / 1e9).toFixed(1)} GB/s`
+    : `memory read bandwidth: ${(memBw / 1e9).toFixed(1)} GB/s (1 thread)`
+);
+const roofline = { memory: { nThreads: memN, oneThread: mem1, bytesPerSecond: memBw }, disk: undefined };
+
+/** Runs one child; never throws for a failed/killed child (that is a result). */
+function runChild(job, { cgroup, timeoutS }) {
+  return new Promise((resolve) => {
+    const childArgs = [path.join(ROOT, "bench", "llama", "child.mjs"), JSON.stringify(job)];
+    const [cmd, argv] = cgroup ? cgroup.wrap([process.execPath, ...childArgs]) : [process.execPath, childArgs];
+    const started = performance.now();
+    const child = spawn(cmd, argv, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    let result;
+    let stderr = "";
+    let last = {};
+    const tokens = [];
+    let buf = "";
+    child.stdout.on("data", (d) => {
+      buf += d;
+      let i;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        if (line.startsWith("@@RESULT ")) result = JSON.parse(line.slice(9));
+        else if (line.startsWith("@@EVENT ")) {
+          const e = JSON.parse(line.slice(8));
+          last = e;
+          if (e.phase === "token") tokens.push(e.t);
+          if (e.phase === "loaded") last.loadSeconds = e.loadSeconds;
+        }
+      }
+    });
+    child.stderr.on("data", (d) => {
+      stderr = (stderr + d).slice(-4000);
+    });
+    // Sample the child's peak RSS and disk reads, so a killed child still has numbers.
+    const sampled = { vmHwm: 0, readBytes: 0 };
+    const sample = () => {
+      const s = procStatus(child.pid);
+      if (s.vmHwm) sampled.vmHwm = Math.max(sampled.vmHwm, s.vmHwm);
+      const r = procReadBytes(child.pid);
+      if (r !== undefined) sampled.readBytes = Math.max(sampled.readBytes, r);
+    };
+    const sampler = setInterval(sample, 200);
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      sample();
+      child.kill("SIGKILL");
+    }, timeoutS * 1000);
+    child.on("close", (code, signal) => {
+      clearInterval(sampler);
+      clearTimeout(timer);
+      const wallSeconds = (performance.now() - started) / 1000;
+      const cg = cgroup?.stats();
+      const finished = !!result?.ok && code === 0;
+      let reason;
+      if (!finished) {
+        const during = ` during ${finishedPhase(result, last)}`;
+        if (timedOut) reason = `time limit ${timeoutS} s${during}`;
+        else if (cg?.oomKills > 0) reason = `killed by the OOM killer (cgroup memory limit)${during}`;
+        else if (signal) reason = `killed by ${signal}`;
+        else reason = result?.error?.split("\n")[0] ?? `exit ${code}: ${stderr.trim().split("\n").slice(-3).join(" | ")}`;
+      }
+      // Partial decode speed from the token events when the run did not finish.
+      const partialDecode = tokens.length > 2 ? (tokens.length - 1) / (tokens.at(-1) - tokens[0]) : undefined;
+      resolve({
+        finished,
+        reason,
+        exitCode: code,
+        signal,
+        wallSeconds,
+        lastPhase: finishedPhase(result, last),
+        loadSeconds: result?.loadSeconds ?? last.loadSeconds,
+        promptTokens: result?.promptTokens ?? job.promptIds.length,
+        generatedTokens: result?.ids?.length ?? tokens.length,
+        prefillTokPerS: result?.prefillTokPerS ?? (tokens.length ? job.promptIds.length / tokens[0] : undefined),
+        decodeTokPerS: result?.ok ? result.decodeTokPerS : partialDecode,
+        peakRssBytes: Math.max(result?.vmHwm ?? 0, sampled.vmHwm) || undefined,
+        maxRssBytes: result?.maxRssBytes,
+        rssAnonEndBytes: result?.rssAnon,
+        rssFileEndBytes: result?.rssFile,
+        readBytes: result?.readBytes ?? (sampled.readBytes || undefined),
+        ids: result?.ids,
+        cgroup: cg,
+        stderrTail: finished ? undefined : stderr.trim().split("\n").slice(-5).join("\n"),
+      });
+    });
+  });
+}
+
+const newRuns = [];
+const scenarioInfo = [];
+for (const scenario of args.scenarios) {
+  const oversize = scenario === "oversize";
+  const reps = Number(oversize ? a["oversize-reps"] : a.reps);
+  const promptTokens = Number(a["prompt-tokens"] ?? (oversize ? 32 : 64));
+  const decodeTokens = Number(a["decode-tokens"] ?? (oversize ? 16 : 64));
+  const timeoutS = Number(a["timeout-s"] ?? (oversize ? 150 : 600));
+  const warmup = !a["no-warmup"] && !oversize;
+  for (const m of scenarioModels(scenario, args)) {
+    if (m.skipped) {
+      log(`${scenario}/${m.id}: skipped: ${m.skipped}`);
+      scenarioInfo.push({ scenario, model: m.id, skipped: m.skipped, date, threads: args.threads });
+      continue;
+    }
+    const t0 = performance.now();
+    const p = await prepareModel(m, args, log);
+    log(`${scenario}/${m.id}: ready in ${((performance.now() - t0) / 1000).toFixed(0)} s (${p.dir})`);
+    const maxPos = p.config.max_position_embeddings ?? 4096;
+    const prompt = makePrompt(p.hfDir, Math.min(promptTokens, maxPos - decodeTokens - 1));
+    const counts = paramCounts(p.config);
+
+    if (!roofline.disk) {
+      const biggest = Object.values(p.gguf).sort((x, y) => y.bytes - x.bytes)[0];
+      if (biggest && biggest.bytes > 256e6) {
+        roofline.disk = measureDiskBandwidth(biggest.path);
+        log(`disk read bandwidth: ${(roofline.disk.bytesPerSecond / 1e9).toFixed(2)} GB/s (${(roofline.disk.bytes / 1e9).toFixed(2)} GB file)`);
+      }
+    }
+
+    const engines = [];
+    for (const enc of args.moeRunExperts) {
+      const mm = p.moe[enc];
+      engines.push({ engine: "moe-run", format: enc, model: mm.dir, fileBytes: mm.bytes, precision: mm.manifest.precision, ...activeBytesMoeRun(mm.manifest), pair: PAIR[enc] });
+    }
+    for (const fmt of args.formats) {
+      const g = p.gguf[fmt];
+      engines.push({ engine: "node-llama-cpp", format: fmt, model: g.path, fileBytes: g.bytes, ...activeBytesGguf(g.header, p.config) });
+    }
+
+    let limitBytes;
+    let cgroupError;
+    if (oversize) {
+      limitBytes = a["oversize-limit-mb"] ? Number(a["oversize-limit-mb"]) * 1024 * 1024 : Math.round(p.gguf.F16?.bytes ?? engines[0].fileBytes) / 2;
+      limitBytes = Math.floor(limitBytes / 4096) * 4096;
+      const probe = createMemoryCgroup(`moe-run-bench-probe-${process.pid}`, limitBytes);
+      if (probe.error) cgroupError = probe.error;
+      else probe.remove();
+      if (cgroupError) log(`oversize: ${cgroupError}; the oversize runs are recorded as not run`);
+    }
+    scenarioInfo.push({
+      scenario,
+      model: p.id,
+      date,
+      config: p.config,
+      synthetic: p.synth ?? null,
+      params: counts.params,
+      activeParams: counts.activeParams,
+      promptTokens: prompt.ids.length,
+      decodeTokens,
+      reps,
+      warmup,
+      threads: args.threads,
+      memoryLimitBytes: limitBytes,
+      cgroupError,
+      files: Object.fromEntries(engines.map((e) => [`${e.engine}:${e.format}`, e.fileBytes])),
+      prepareTimings: p.timings,
+    });
+
+    const samples = new Map(engines.map((e) => [e, []]));
+    for (let rep = 0; rep < reps; rep++) {
+      const order = rep % 2 === 0 ? engines : [...engines].reverse();
+      for (const e of order) {
+        const job = {
+          engine: e.engine,
+          model: e.model,
+          promptText: prompt.text,
+          promptIds: prompt.ids,
+          decodeTokens,
+          threads: args.threads,
+          warmup,
+          loadOptions: e.engine === "moe-run" ? args.moeRunOptions : undefined,
+        };
+        let cgroup;
+        let s;
+        if (oversize) {
+          if (cgroupError) {
+            s = { finished: false, reason: `not run: ${cgroupError}` };
+            samples.get(e).push(s);
+            continue;
+          }
+          // Start cold: every model file of this scenario out of the page cache, a fresh group.
+          evictFromPageCache(engines.map((x) => x.model));
+          cgroup = createMemoryCgroup(`moe-run-bench-${process.pid}-${rep}-${e.engine}-${e.format}`, limitBytes);
+          if (cgroup.error) {
+            s = { finished: false, reason: `not run: ${cgroup.error}` };
+            samples.get(e).push(s);
+            continue;
+          }
+        }
+        log(`${scenario}/${p.id}: rep ${rep + 1}/${reps} ${e.engine} ${e.format}${oversize ? ` (memory limit ${(limitBytes / 2 ** 20).toFixed(0)} MiB)` : ""}...`);
+        s = await runChild(job, { cgroup, timeoutS });
+        cgroup?.remove();
+        log(
+          `  ${s.finished ? "done" : `NOT FINISHED (${s.reason})`}: prefill ${fmt(s.prefillTokPerS)} tok/s, decode ${fmt(s.decodeTokPerS)} tok/s, ` +
+            `peak RSS ${mb(s.peakRssBytes)}, read ${mb(s.readBytes)}${s.cgroup ? `, cgroup max ${mb(s.cgroup.maxUsageBytes)}` : ""}`
+        );
+        samples.get(e).push(s);
+      }
+    }
+
+    // Aggregate per engine, then compare.
+    const rows = engines.map((e) => {
+      const ss = samples.get(e);
+      const done = ss.filter((x) => x.finished);
+      const use = done.length ? done : ss;
+      const activeExpertBytes = (e.expertBytesTotal * p.config.num_experts_per_tok) / p.config.num_local_experts;
+      let boundTokPerS = memBw / e.activeBytes;
+      let boundNote = "all active bytes from memory at the measured read bandwidth";
+      if (oversize && roofline.disk && limitBytes) {
+        const h = Math.max(0, Math.min(1, (limitBytes - (e.totalBytes - e.expertBytesTotal)) / e.expertBytesTotal));
+        const t = (e.activeBytes - activeExpertBytes) / memBw + activeExpertBytes * (h / memBw + (1 - h) / roofline.disk.bytesPerSecond);
+        boundTokPerS = 1 / t;
+        boundNote = `expert hit rate at most ${(h * 100).toFixed(0)}% (limit minus non-expert bytes over all expert bytes, uniform routing); misses at the measured disk bandwidth`;
+      }
+      const decode = median(use.map((x) => x.decodeTokPerS));
+      return {
+        date,
+        moeRunCommit: git ? `${git.commit}${git.dirty ? "+dirty" : ""}` : undefined,
+        scenario,
+        model: p.id,
+        engine: e.engine,
+        format: e.format,
+        precision: e.precision,
+        threads: args.threads,
+        promptTokens: prompt.ids.length,
+        decodeTokens,
+        reps: ss.length,
+        finished: ss.length > 0 && ss.every((x) => x.finished),
+        notFinishedReasons: [...new Set(ss.filter((x) => !x.finished).map((x) => x.reason))],
+        prefillTokPerS: median(use.map((x) => x.prefillTokPerS)),
+        decodeTokPerS: decode,
+        peakRssBytes: Math.max(0, ...ss.map((x) => x.peakRssBytes ?? 0)) || undefined,
+        readBytes: median(ss.map((x) => x.readBytes)),
+        readBytesPerToken: undefined,
+        cgroupMaxUsageBytes: oversize ? Math.max(0, ...ss.map((x) => x.cgroup?.maxUsageBytes ?? 0)) || undefined : undefined,
+        memoryLimitBytes: limitBytes,
+        fileBytes: e.fileBytes,
+        activeBytesPerToken: e.activeBytes,
+        boundTokPerS,
+        boundNote,
+        fractionOfBound: decode !== undefined ? decode / boundTokPerS : undefined,
+        memoryBandwidthBytesPerS: memBw,
+        diskBandwidthBytesPerS: roofline.disk?.bytesPerSecond,
+        pairedWith: e.pair ? `node-llama-cpp:${e.pair}` : undefined,
+        samples: ss.map(({ ids, stderrTail, ...rest }) => ({ ...rest, ...(stderrTail ? { stderrTail } : {}) })),
+        ids: ss.find((x) => x.ids)?.ids,
+      };
+    });
+    for (const r of rows) {
+      if (r.readBytes !== undefined) r.readBytesPerToken = r.readBytes / (r.promptTokens + r.decodeTokens);
+      if (r.engine !== "moe-run") continue;
+      const peer = rows.find((x) => x.engine === "node-llama-cpp" && x.format === PAIR[r.format]);
+      if (!peer) continue;
+      r.decodeRatio = r.decodeTokPerS && peer.decodeTokPerS ? r.decodeTokPerS / peer.decodeTokPerS : undefined;
+      // Runs of one rep are adjacent in time (engines alternate), so their ratio sees similar load.
+      const perRep = r.samples.map((x, i) => (x.decodeTokPerS && peer.samples[i]?.decodeTokPerS ? x.decodeTokPerS / peer.samples[i].decodeTokPerS : undefined));
+      r.decodeRatioPerRep = perRep;
+      r.decodeRatioMedianOfReps = median(perRep);
+      r.prefillRatio = r.prefillTokPerS && peer.prefillTokPerS ? r.prefillTokPerS / peer.prefillTokPerS : undefined;
+      if (r.ids && peer.ids) {
+        const n = Math.min(r.ids.length, peer.ids.length);
+        let i = 0;
+        while (i < n && r.ids[i] === peer.ids[i]) i++;
+        r.greedyIdsVsPeer = { compared: n, agreeingPrefix: i };
+      }
+    }
+    newRuns.push(...rows);
+  }
+}
+
+const text = writeReports({ out: a.out, md: a.md, date, machine, moeRun: git, nodeLlamaCppVersion, llamaCppRelease, roofline, newRuns, scenarioInfo, args: { ...args, argv: process.argv.slice(2) } });
+// The results table and the targets on stdout.
+const lines = text.split("\n");
+const table = lines.filter((l) => l.startsWith("|"));
+const tStart = lines.indexOf("## Targets");
+console.log([...table, "", ...lines.slice(tStart, lines.indexOf("## How it is measured"))].join("\n").trim());
+log(`wrote ${path.relative(process.cwd(), a.out)} and ${path.relative(process.cwd(), a.md)}`);
+
+function gitInfo() {
+  try {
+    const commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" }).trim();
+    const dirty = execFileSync("git", ["status", "--porcelain", "--untracked-files=no", "--", "src"], { cwd: ROOT, encoding: "utf8" }).trim() !== "";
+    return { commit, dirty };
+  } catch {
+    return undefined;
+  }
+}
+
+function finishedPhase(result, last) {
+  if (result?.ok) return "done";
+  if (!last.phase) return "loading";
+  if (last.phase === "loaded") return "warm-up";
+  if (last.phase === "measuring") return "prefill";
+  return `decode (after ${last.n} tokens)`;
+}
+
+function fmt(x) {
+  return x === undefined || !Number.isFinite(x) ? "-" : x >= 100 ? x.toFixed(0) : x.toFixed(1);
+}
+function mb(x) {
+  return x === undefined || !Number.isFinite(x) ? "-" : `${(x / 2 ** 20).toFixed(0)} MiB`;
+}
