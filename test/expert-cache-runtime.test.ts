@@ -33,7 +33,7 @@ function minimumBytes(modelDir: string): number {
   return Number(m![1]);
 }
 
-describe.each(["tiny-qwen3-moe", "tiny-mixtral"])("lossless offloading, %s", (fixture) => {
+describe.each(["moe-tiny-en", "tiny-qwen3-moe", "tiny-mixtral"])("lossless offloading, %s", (fixture) => {
   let dir: string;
   let reference: number[];
   let min: number;

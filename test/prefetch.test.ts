@@ -29,7 +29,7 @@ async function run(dir: string, options: LoadModelOptions, tokens = 40) {
   }
 }
 
-describe.each(["tiny-qwen3-moe", "tiny-mixtral"])("prefetch on %s", (fixture) => {
+describe.each(["moe-tiny-en", "tiny-qwen3-moe", "tiny-mixtral"])("prefetch on %s", (fixture) => {
   let dir: string;
   let reference: Awaited<ReturnType<typeof run>>;
   beforeAll(async () => {
@@ -64,8 +64,7 @@ describe.each(["tiny-qwen3-moe", "tiny-mixtral"])("prefetch on %s", (fixture) =>
 
   it("the cross-layer gate predicts the next layer better than chance", async () => {
     const r = await run(dir, { predictor: "gate", prefetch: false }, 60);
-    const E = fixture === "tiny-qwen3-moe" ? 16 : 8;
-    const K = fixture === "tiny-qwen3-moe" ? 4 : 2;
+    const { E, K } = { "moe-tiny-en": { E: 32, K: 4 }, "tiny-qwen3-moe": { E: 16, K: 4 }, "tiny-mixtral": { E: 8, K: 2 } }[fixture]!;
     expect(r.stats.predictor!.recall).toBeGreaterThan((K / E) * 1.5);
     expect(r.stats.prefetch).toBeUndefined();
   });
