@@ -129,7 +129,7 @@ export class TieredExpertSource {
     if (!record) {
       this.host.beforeRead(this.recordBytes);
       record = this.store.getRecord(layer, expert);
-      await this.insertDemand(id, record);
+      this.insertDemand(id, record);
     }
     const loadSeconds = this.prefetched.get(key);
     if (loadSeconds !== undefined) {
@@ -144,19 +144,15 @@ export class TieredExpertSource {
 
   /**
    * Inserts an expert the current layer needs now. Demand beats prediction: when prefetches hold
-   * the room, their protection is dropped, and if loads in flight still hold it, they are
-   * awaited (they land unprotected, hence evictable).
+   * the room, their protection is dropped. When loads in flight still hold it, the record is used
+   * once without being kept (a bypass) rather than waiting for unrelated loads to land.
    */
-  private async insertDemand(id: ExpertId, record: Uint8Array): Promise<void> {
-    if (this.cache.reserve(id, record.byteLength)) {
-      this.cache.insert(id, record, record.byteLength, { reserved: true });
-      return;
-    }
-    this.releaseHeld(() => true);
+  private insertDemand(id: ExpertId, record: Uint8Array): void {
     if (!this.cache.reserve(id, record.byteLength)) {
-      await this.drain();
+      this.releaseHeld(() => true);
       if (!this.cache.reserve(id, record.byteLength)) {
-        this.cache.insert(id, record, record.byteLength); // throws CacheCapacityError with the details
+        if (this.cache.reserved > 0) return;
+        this.cache.insert(id, record, record.byteLength); // admits, or throws CacheCapacityError with the details
         return;
       }
     }
