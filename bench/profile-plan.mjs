@@ -68,7 +68,8 @@ const lines = fs
   .readFileSync(path.join(ROOT, "models", "moe-tiny-en", "validation.txt"), "utf8")
   .split("\n")
   .map((l) => l.trim())
-  .filter((l) => l.length >= 40 && /^[A-Za-z]/.test(l));
+  .filter((l) => l.length >= 40 && /^[A-Za-z]/.test(l))
+  .map((l) => l.split(/\s+/).slice(0, 24).join(" ")); // keeps prompt + generation inside the context
 const nProfile = Number(args["profile-prompts"]);
 const nMeasure = Number(args["measure-prompts"]);
 const profileSet = lines.slice(0, nProfile);
