@@ -10,7 +10,6 @@ import { getLlama, LlamaLogLevel, type Llama, type LlamaModel } from "node-llama
 import {
   GGML_TYPE,
   GgufValueType,
-  convertHfToGguf,
   dequantizeQ8_0,
   gguf,
   ggmlToFloat32,
@@ -23,6 +22,7 @@ import {
   toFloat32,
   writeGguf,
 } from "../src/formats/gguf.js";
+import { convertHfToGguf } from "../src/formats/hfToGguf.js";
 import { HfCheckpoint } from "../src/formats/HfCheckpoint.js";
 import { importModel } from "../src/importer/importModel.js";
 import { loadModel, type MoeModel } from "../src/index.js";

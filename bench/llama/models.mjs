@@ -9,7 +9,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { importModel } from "../../dist/index.js";
-import { convertHfToGguf, readGgufHeader } from "../../dist/formats/gguf.js";
+import { readGgufHeader } from "../../dist/formats/gguf.js";
+import { convertHfToGguf } from "../../dist/formats/hfToGguf.js";
 import { writeSyntheticCheckpoint } from "../../dist/synthetic/syntheticCheckpoint.js";
 import { TextTokenizer } from "../../dist/tokenizer/TextTokenizer.js";
 
@@ -99,7 +100,7 @@ export async function prepareModel(m, args, log) {
     }
   }
 
-  const ggufHash = hashFiles(distFiles("formats/gguf.js"));
+  const ggufHash = hashFiles(distFiles("formats/gguf.js", "formats/hfToGguf.js"));
   const gguf = {};
   for (const fmt of args.formats) {
     const file = path.join(dir, `model-${fmt}.gguf`);
