@@ -7,19 +7,11 @@ import { ExpertCache } from "../src/cache/ExpertCache.js";
 import { createPolicy, parsePolicyName, POLICY_NAMES, type PolicyName } from "../src/cache/policies/index.js";
 import { CacheCapacityError, CacheInUseError, expertKey, type ExpertId } from "../src/cache/types.js";
 import { InvalidOptionError, MoeRunError } from "../src/errors.js";
+import { createRng } from "../src/evaluator/sampler.js";
 import { replay } from "../src/profiling/simulate.js";
 import { accessSequence, finishTrace, type RoutingRecord, type RoutingTrace } from "../src/profiling/trace.js";
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = createRng;
 
 const ONLINE = POLICY_NAMES.filter((p) => p !== "belady");
 const id = (layer: number, expert: number): ExpertId => ({ layer, expert });

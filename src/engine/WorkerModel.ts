@@ -84,11 +84,7 @@ export class WorkerModel {
   }
 
   tokenize(prompt: string | readonly ChatMessage[], chat = false): number[] {
-    if (typeof prompt !== "string" || chat) {
-      const messages = typeof prompt === "string" ? [{ role: "user", content: prompt }] : prompt;
-      return this.tokenizer.encode(this.tokenizer.applyChatTemplate(messages), { addSpecialTokens: false });
-    }
-    return this.tokenizer.encode(prompt);
+    return this.tokenizer.encodePrompt(prompt, chat);
   }
 
   async *generate(prompt: string | readonly ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<string, GenerationStats> {

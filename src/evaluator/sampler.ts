@@ -15,8 +15,8 @@ export interface SamplingOptions {
   seed?: number;
 }
 
-/** mulberry32: small, fast, good enough for sampling. */
-function createRng(seed: number): () => number {
+/** mulberry32: small, fast, good enough for sampling (and for tests' random workloads). */
+export function createRng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

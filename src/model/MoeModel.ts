@@ -225,11 +225,7 @@ export class MoeModel {
 
   /** Prompt text -> token ids (chat template applied when asked). */
   tokenize(prompt: string | readonly ChatMessage[], chat = false): number[] {
-    if (typeof prompt !== "string" || chat) {
-      const messages = typeof prompt === "string" ? [{ role: "user", content: prompt }] : prompt;
-      return this.tokenizer.encode(this.tokenizer.applyChatTemplate(messages), { addSpecialTokens: false });
-    }
-    return this.tokenizer.encode(prompt);
+    return this.tokenizer.encodePrompt(prompt, chat);
   }
 
   /** Streams generated text pieces; the generator's return value is the run's stats. */

@@ -45,6 +45,18 @@ export class TextTokenizer {
     return this.tokenizer.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
   }
 
+  /**
+   * Token ids of a prompt: plain text as the tokenizer's post-processor says (e.g. with BOS), or,
+   * for messages or `chat`, the chat template's rendering (which carries its own specials).
+   */
+  encodePrompt(prompt: string | readonly ChatMessage[], chat = false): number[] {
+    if (typeof prompt !== "string" || chat) {
+      const messages = typeof prompt === "string" ? [{ role: "user", content: prompt }] : prompt;
+      return this.encode(this.applyChatTemplate(messages), { addSpecialTokens: false });
+    }
+    return this.encode(prompt);
+  }
+
   decode(ids: readonly number[], options: { skipSpecialTokens?: boolean } = {}): string {
     return this.tokenizer.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? true });
   }
