@@ -2,15 +2,11 @@
  * Every expert kernel against the JS reference on the same inputs (llama.cpp's test-backend-ops
  * idea), for every storage encoding; and the encodings' error against fp32.
  */
-import * as path from "node:path";
 import { describe, expect, it } from "vitest";
-import { buildExpertGraph } from "../src/importer/modelGraphs.js";
 import { createExpertKernel, type ExpertKernelName } from "../src/kernels/expertKernels.js";
 import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
 import { EXPERT_ENCODINGS, decodeMatrix, encodeMatrix, encodeMatrixJs, matrixBytes, type ExpertEncoding } from "../src/store/expertEncoding.js";
 import { ExpertStore } from "../src/store/ExpertStore.js";
-import type { ModelDims } from "../src/architectures/ModelDims.js";
-import { tmpDir } from "./helpers.js";
 
 const H = 96;
 const F = 160;
@@ -24,16 +20,15 @@ function rand(n: number, seed: number, scale: number): Float32Array {
 }
 
 const weights = { gate: rand(F * H, 1, 0.2), up: rand(F * H, 2, 0.2), down: rand(H * F, 3, 0.15) };
-const graphDir = tmpDir();
-const expertGraph = path.join(graphDir, "expert.onnx");
-buildExpertGraph({ hiddenSize: H, expertFfn: F } as ModelDims).save(expertGraph);
 
 async function runKernel(name: ExpertKernelName, enc: ExpertEncoding, tokens: number, threads = 2): Promise<Float32Array> {
-  const kernel = await createExpertKernel(name, { encoding: enc, hiddenSize: H, expertFfn: F, threads, expertGraph });
+  const kernel = await createExpertKernel(name, { encoding: enc, hiddenSize: H, expertFfn: F, threads });
   try {
     const record = ExpertStore.pack({ hiddenSize: H, expertFfn: F, encoding: enc }, weights);
+    const resident = await kernel.prepare(record);
     const out = new Float32Array(tokens * H);
-    await kernel.forward(record, rand(tokens * H, 9, 1), tokens, out);
+    await kernel.forward(resident, rand(tokens * H, 9, 1), tokens, out);
+    kernel.free(resident);
     return out;
   } finally {
     await kernel.dispose();

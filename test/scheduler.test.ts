@@ -99,15 +99,15 @@ describe("the cost-model plan", () => {
     const { createExpertKernel } = await import("../src/kernels/expertKernels.js");
     const layout = { hiddenSize: 64, expertFfn: 96, encoding: "f32" as const };
     const store = ExpertStore.openReadOnly(path.join(dir, "experts.mdb"), layout);
-    const kernel = await createExpertKernel("native", { ...layout, threads: 1, expertGraph: path.join(dir, "graphs", "expert.onnx") });
+    const kernel = await createExpertKernel("native", { ...layout, threads: 1 });
     const pool = new CpuExpertPool(store.path, { ...layout, recordBytes: 3 * 64 * 96 * 4 }, 1);
     try {
-      const a = await CostModel.calibrate(layout, store, kernel, pool, { cacheFile });
+      const a = await CostModel.calibrate(layout, store, kernel, "cpu", pool, { cacheFile });
       expect(a.deviceSeconds(1)).toBeGreaterThan(0);
       expect(a.cpuSeconds(1)).toBeGreaterThan(0);
       const saved = JSON.parse(fs.readFileSync(cacheFile, "utf8"));
       expect(Object.keys(saved)[0]).toContain(os.availableParallelism().toString());
-      const b = await CostModel.calibrate(layout, store, kernel, pool, { cacheFile });
+      const b = await CostModel.calibrate(layout, store, kernel, "cpu", pool, { cacheFile });
       expect(b.figures).toEqual(a.figures);
     } finally {
       await pool.close();

@@ -7,10 +7,61 @@ import * as ort from "onnxruntime-node";
 // repeat them (e.g. every probe for a provider this machine lacks).
 ort.env.logLevel = "fatal";
 
-/** A dense row-major tensor. */
-export interface HostTensor<T extends Float32Array | BigInt64Array = Float32Array> {
+/** Element data a host tensor may hold; Uint16Array carries IEEE half bits (float16). */
+export type TensorData = Float32Array | BigInt64Array | Int8Array | Uint16Array;
+
+/** A dense row-major tensor in host memory. */
+export interface HostTensor<T extends TensorData = Float32Array> {
   data: T;
   dims: readonly number[];
+}
+
+function elementType(data: TensorData): "float32" | "int64" | "int8" | "float16" {
+  if (data instanceof Float32Array) return "float32";
+  if (data instanceof BigInt64Array) return "int64";
+  if (data instanceof Int8Array) return "int8";
+  return "float16";
+}
+
+/**
+ * A tensor owned by an execution provider: GPU memory on WebGPU (onnxruntime's "gpu-buffer"
+ * location), host memory on the CPU provider. Sessions on the same provider take it as an input
+ * without a copy; dispose() frees it (GPU memory is not garbage collected).
+ */
+export class DeviceTensor {
+  private tensor: ort.Tensor | undefined;
+  /** Bytes it occupies on the provider. */
+  readonly bytes: number;
+  readonly dims: readonly number[];
+
+  /** @internal Sessions create these; nothing outside this module sees onnxruntime's types. */
+  constructor(tensor: ort.Tensor, bytes: number) {
+    this.tensor = tensor;
+    this.bytes = bytes;
+    this.dims = tensor.dims;
+  }
+
+  /** Wraps host data as a CPU-provider tensor (the CPU provider's "device memory" is host memory). */
+  static fromHost(t: HostTensor<TensorData>): DeviceTensor {
+    return new DeviceTensor(new ort.Tensor(elementType(t.data), t.data, t.dims), t.data.byteLength);
+  }
+
+  get location(): string {
+    return this.tensor?.location ?? "disposed";
+  }
+
+  /** @internal */
+  get value(): ort.Tensor {
+    if (!this.tensor) throw new Error("device tensor used after dispose()");
+    return this.tensor;
+  }
+
+  dispose(): void {
+    const t = this.tensor;
+    this.tensor = undefined;
+    // Host-backed tensors have nothing to free; GPU buffers must be released explicitly.
+    if (t && t.location !== "cpu") t.dispose();
+  }
 }
 
 export const DEVICE_NAMES = ["auto", "cpu", "webgpu", "cuda"] as const;
@@ -22,7 +73,14 @@ export interface OnnxSessionOptions {
   threads?: number;
   /** Execution provider. Default "cpu". */
   device?: ExecutionDevice;
+  /**
+   * Outputs stay on the provider (runOnDevice): GPU buffers on WebGPU. Default false. On the CPU
+   * provider outputs are host memory either way.
+   */
+  outputsOnDevice?: boolean;
 }
+
+type Feed = HostTensor<TensorData> | DeviceTensor;
 
 /**
  * The execution provider to use for `requested`, found by opening `probeModel` with it: "auto"
@@ -47,6 +105,7 @@ export async function resolveDevice(requested: DeviceName, probeModel: string, l
 
 export class OnnxSession {
   private session: ort.InferenceSession | undefined;
+  /** The model file, or the label of a graph built in memory. */
   readonly path: string;
 
   private constructor(path: string, session: ort.InferenceSession) {
@@ -54,8 +113,11 @@ export class OnnxSession {
     this.session = session;
   }
 
-  static async create(modelPath: string, options: OnnxSessionOptions = {}): Promise<OnnxSession> {
-    const session = await ort.InferenceSession.create(modelPath, {
+  /** Opens a model file, or model bytes built at run time (`name` then labels it in errors). */
+  static async create(model: string | Uint8Array, options: OnnxSessionOptions & { name?: string } = {}): Promise<OnnxSession> {
+    const label = typeof model === "string" ? model : (options.name ?? "in-memory graph");
+    const onDevice = options.outputsOnDevice === true && options.device === "webgpu";
+    const sessionOptions: ort.InferenceSession.SessionOptions = {
       // The CPU provider stays as the fallback for any operator the device provider lacks.
       executionProviders: options.device && options.device !== "cpu" ? [options.device, "cpu"] : ["cpu"],
       intraOpNumThreads: options.threads ?? 1,
@@ -63,18 +125,39 @@ export class OnnxSession {
       graphOptimizationLevel: "all",
       // Many sessions live at once; idle spinning pools would steal the cores (design notes).
       extra: { session: { intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } },
-    });
-    return new OnnxSession(modelPath, session);
+      ...(onDevice ? { preferredOutputLocation: "gpu-buffer" as const } : {}),
+    };
+    const session = typeof model === "string" ? await ort.InferenceSession.create(model, sessionOptions) : await ort.InferenceSession.create(model, sessionOptions);
+    return new OnnxSession(label, session);
+  }
+
+  private feeds(feeds: Record<string, Feed>): Record<string, ort.Tensor> {
+    const ortFeeds: Record<string, ort.Tensor> = {};
+    for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = t instanceof DeviceTensor ? t.value : new ort.Tensor(elementType(t.data), t.data, t.dims);
+    return ortFeeds;
+  }
+
+  /**
+   * Runs the graph and keeps every output on the provider (the session must be created with
+   * `outputsOnDevice`). The caller owns the results and disposes them.
+   */
+  async runOnDevice(feeds: Record<string, Feed>): Promise<Record<string, DeviceTensor>> {
+    const session = this.session;
+    if (!session) throw new Error(`session ${this.path} is disposed`);
+    const result = await session.run(this.feeds(feeds));
+    const out: Record<string, DeviceTensor> = {};
+    for (const [name, t] of Object.entries(result)) {
+      const bytes = t.size * (t.type === "float32" ? 4 : t.type === "float16" ? 2 : t.type === "int8" ? 1 : 8);
+      out[name] = new DeviceTensor(t, bytes);
+    }
+    return out;
   }
 
   /** Runs the graph; returns the requested outputs (all when `outputs` is omitted) as fp32 tensors. */
-  async run(feeds: Record<string, HostTensor<Float32Array> | HostTensor<BigInt64Array>>, outputs?: readonly string[]): Promise<Record<string, HostTensor>> {
+  async run(feeds: Record<string, Feed>, outputs?: readonly string[]): Promise<Record<string, HostTensor>> {
     const session = this.session;
     if (!session) throw new Error(`session ${this.path} is disposed`);
-    const ortFeeds: Record<string, ort.Tensor> = {};
-    for (const [name, t] of Object.entries(feeds)) {
-      ortFeeds[name] = t.data instanceof BigInt64Array ? new ort.Tensor("int64", t.data, t.dims) : new ort.Tensor("float32", t.data, t.dims);
-    }
+    const ortFeeds = this.feeds(feeds);
     const result = outputs ? await session.run(ortFeeds, outputs as string[]) : await session.run(ortFeeds);
     const out: Record<string, HostTensor> = {};
     for (const [name, t] of Object.entries(result)) {

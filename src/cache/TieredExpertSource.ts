@@ -1,6 +1,7 @@
 /**
- * The expert cache manager the runtime uses: a device tier (compute-ready records in memory; GPU
- * memory once a device provider is used) managed by ExpertCache under a byte budget, over the
+ * The expert cache manager the runtime uses: a device tier (experts in the form the expert kernel
+ * computes from: the encoded record in host memory for the CPU kernels, tensors in GPU memory for
+ * a GPU provider) managed by ExpertCache under a byte budget, over the
  * host tier (the store's pages in RAM, HostTier) and the disk. With a predictor it prefetches the
  * experts of upcoming layers on a loader worker: each prefetch reserves its bytes in the budget
  * and is protected from eviction until its layer has run. Counts hits, misses, bytes moved, time
@@ -28,7 +29,31 @@ export interface PrefetchOptions {
   perLayer?: number;
 }
 
+/**
+ * How a store record becomes the device tier's compute-ready form, and how that form is freed:
+ * the expert kernel (ExpertKernel satisfies this). The cache counts `residentBytes` per expert.
+ */
+export interface ResidentForm {
+  readonly residentBytes: number;
+  prepare(record: Uint8Array): unknown;
+  free(resident: unknown): void;
+  /** Where prepared experts live and how many bytes they hold there (kernels with device memory). */
+  residency?(): ResidencyStats;
+}
+
+export interface ResidencyStats {
+  /** The execution provider holding resident experts. */
+  device: string;
+  /** Experts made resident and freed so far; bytes held now and at most. */
+  prepared: number;
+  freed: number;
+  liveBytes: number;
+  liveBytesMax: number;
+}
+
 export interface TieredExpertSourceOptions {
+  /** The device tier's form of an expert; prepared on admission, freed on eviction. */
+  form: ResidentForm;
   /** The user's device-tier budget in bytes (Infinity = unlimited). */
   deviceBudgetBytes: number;
   /** Of that budget, bytes the expert kernel's working memory takes; the cache gets the rest. */
@@ -67,7 +92,18 @@ export interface PrefetchStats {
 export interface ExpertCacheReport {
   cache: { hits: number; misses: number; hitRate: number; budgetBytes: number; residentBytesMax: number; policy: string };
   tiers: {
-    device: { budgetBytes: number; workingBytes: number; cacheBytes: number; residentBytes: number; residentBytesMax: number; bytesIn: number; evictions: number; bypasses: number };
+    device: {
+      budgetBytes: number;
+      workingBytes: number;
+      cacheBytes: number;
+      residentBytes: number;
+      residentBytesMax: number;
+      bytesIn: number;
+      evictions: number;
+      bypasses: number;
+      /** Measured by the kernel that holds the memory (absent for host kernels, whose form is the record). */
+      residency?: ResidencyStats;
+    };
     host: HostTierStats;
   };
   /** Seconds spent waiting for experts to be read from the store. */
@@ -86,10 +122,14 @@ interface Inflight {
 }
 
 export class TieredExpertSource {
-  readonly cache: ExpertCache<Uint8Array>;
+  readonly cache: ExpertCache<NonNullable<unknown>>;
   readonly host: HostTier;
   private readonly stall: number[];
+  /** Bytes read from the store per expert, and bytes an expert occupies in the device tier. */
   private readonly recordBytes: number;
+  private readonly residentBytes: number;
+  /** Experts used once without being kept (no room): freed at release(). */
+  private readonly bypassed = new Map<ExpertKey, unknown>();
   private readonly inflight = new Map<ExpertKey, Inflight>();
   /** Prefetched experts (resident or loading) protected until their layer runs. */
   private readonly held = new Map<ExpertKey, number>(); // key -> target layer
@@ -101,22 +141,24 @@ export class TieredExpertSource {
     private readonly store: ExpertStore,
     private readonly options: TieredExpertSourceOptions
   ) {
-    this.cache = new ExpertCache<Uint8Array>({
+    this.cache = new ExpertCache<NonNullable<unknown>>({
       // ExpertCache wants a finite capacity: "unlimited" is more than any store can hold.
       capacityBytes: Number.isFinite(options.deviceBudgetBytes) ? options.deviceBudgetBytes - options.workingBytes : Number.MAX_SAFE_INTEGER,
       policy: typeof options.policy === "string" ? parsePolicyName(options.policy) : options.policy,
       policyOptions: { numLayers: options.numLayers },
       pinned: options.pinned,
+      onEvict: (_id, resident) => options.form.free(resident),
     });
     this.host = new HostTier(store.path, options.hostBytes, options.log);
     this.stall = new Array<number>(options.numLayers).fill(0);
     this.recordBytes = expertRecordBytes(store.layout);
+    this.residentBytes = options.form.residentBytes;
     const p = options.prefetch;
     if (p) this.tracker = new PredictionTracker(p.predictor.name, options.numLayers, options.topK, p.threshold ?? 0.05);
   }
 
-  /** The record of (layer, expert), protected from eviction until release(). */
-  async acquire(layer: number, expert: number): Promise<Uint8Array> {
+  /** The compute-ready form of (layer, expert), protected from eviction until release(). */
+  async acquire(layer: number, expert: number): Promise<unknown> {
     const id = { layer, expert };
     const key = expertKey(layer, expert);
     const t0 = performance.now();
@@ -125,11 +167,16 @@ export class TieredExpertSource {
       if (this.held.has(key)) this.prefetchStats.late++;
       await loading.promise; // a load already on its way: wait for the rest of it
     }
-    let record = this.cache.lookup(id);
-    if (!record) {
+    let resident: unknown = this.cache.lookup(id);
+    if (!resident) {
       this.host.beforeRead(this.recordBytes);
-      record = this.store.getRecord(layer, expert);
-      this.insertDemand(id, record);
+      resident = await this.options.form.prepare(this.store.getRecord(layer, expert));
+      // A prefetch may have landed while this one was being prepared (on a GPU, prepare awaits the upload).
+      const landed = this.cache.has(id) ? this.cache.peek(id) : undefined;
+      if (landed) {
+        this.options.form.free(resident);
+        resident = landed;
+      } else if (!this.insertDemand(id, resident!)) this.bypassed.set(key, resident);
     }
     const loadSeconds = this.prefetched.get(key);
     if (loadSeconds !== undefined) {
@@ -139,7 +186,7 @@ export class TieredExpertSource {
     }
     this.stall[layer] = this.stall[layer]! + (performance.now() - t0) / 1000;
     if (this.cache.has(id)) this.cache.protect([id]);
-    return record;
+    return resident;
   }
 
   /**
@@ -147,16 +194,16 @@ export class TieredExpertSource {
    * the room, their protection is dropped. When loads in flight still hold it, the record is used
    * once without being kept (a bypass) rather than waiting for unrelated loads to land.
    */
-  private insertDemand(id: ExpertId, record: Uint8Array): void {
-    if (!this.cache.reserve(id, record.byteLength)) {
+  private insertDemand(id: ExpertId, resident: NonNullable<unknown>): boolean {
+    const bytes = this.residentBytes;
+    if (!this.cache.reserve(id, bytes)) {
       this.releaseHeld(() => true);
-      if (!this.cache.reserve(id, record.byteLength)) {
-        if (this.cache.reserved > 0) return;
-        this.cache.insert(id, record, record.byteLength); // admits, or throws CacheCapacityError with the details
-        return;
+      if (!this.cache.reserve(id, bytes)) {
+        if (this.cache.reserved > 0) return false;
+        return this.cache.insert(id, resident, bytes).admitted; // admits, or throws CacheCapacityError with the details
       }
     }
-    this.cache.insert(id, record, record.byteLength, { reserved: true });
+    return this.cache.insert(id, resident, bytes, { reserved: true }).admitted;
   }
 
   /** Drops the prefetch protection of held experts matching `which`. */
@@ -180,11 +227,17 @@ export class TieredExpertSource {
    */
   recordAccess(layer: number, expert: number): void {
     if (this.cache.lookup({ layer, expert })) return;
-    if (this.options.promote !== false && this.cache.residentBytes + this.cache.reserved + this.recordBytes <= this.cache.capacityBytes) this.load(layer, expert, false);
+    if (this.options.promote !== false && this.cache.residentBytes + this.cache.reserved + this.residentBytes <= this.cache.capacityBytes) this.load(layer, expert, false);
   }
 
   release(layer: number, expert: number): void {
     const id = { layer, expert };
+    const key = expertKey(layer, expert);
+    const once = this.bypassed.get(key);
+    if (once !== undefined) {
+      this.bypassed.delete(key);
+      this.options.form.free(once);
+    }
     if (this.cache.isProtected(id)) this.cache.unprotect([id]);
   }
 
@@ -242,7 +295,7 @@ export class TieredExpertSource {
     const key = expertKey(layer, expert);
     const id = { layer, expert };
     if (!this.options.loader || this.inflight.has(key)) return;
-    if (!this.cache.reserve(id, this.recordBytes)) {
+    if (!this.cache.reserve(id, this.residentBytes)) {
       if (predicted) this.prefetchStats.dropped++;
       return;
     }
@@ -255,27 +308,32 @@ export class TieredExpertSource {
     this.host.beforeRead(this.recordBytes);
     entry.promise = this.options.loader
       .load(layer, expert, this.recordBytes, () => !predicted || this.held.has(key))
+      .then(async (record) => {
+        if (!record || this.cache.has(id)) return { record, resident: undefined };
+        return { record, resident: (await this.options.form.prepare(record)) as NonNullable<unknown> };
+      })
       .then(
-        (record) => {
+        ({ record, resident }) => {
           entry.done = true;
           entry.loadSeconds = (performance.now() - entry.started) / 1000;
           this.inflight.delete(key);
           if (!record) {
-            this.cache.cancelReservation(this.recordBytes);
+            this.cache.cancelReservation(this.residentBytes);
             if (predicted) this.prefetchStats.dropped++;
             return;
           }
-          if (this.cache.has(id)) {
-            this.cache.cancelReservation(this.recordBytes); // a demand load got there first
+          if (!resident || this.cache.has(id)) {
+            this.cache.cancelReservation(this.residentBytes); // a demand load got there first
+            if (resident) this.options.form.free(resident);
             return;
           }
-          this.cache.insert(id, record, record.byteLength, { reserved: true });
+          this.cache.insert(id, resident, this.residentBytes, { reserved: true });
           if (predicted) this.prefetched.set(key, entry.loadSeconds);
         },
         (err: unknown) => {
           entry.done = true;
           this.inflight.delete(key);
-          this.cache.cancelReservation(this.recordBytes);
+          this.cache.cancelReservation(this.residentBytes);
           this.options.log?.(`moe-run: prefetch of expert (${layer}, ${expert}) failed: ${err instanceof Error ? err.message : String(err)}`);
         }
       );
@@ -297,6 +355,13 @@ export class TieredExpertSource {
     await Promise.all([...this.inflight.values()].map((e) => e.promise));
   }
 
+  /** Frees every resident expert (device memory included). Call after drain(), before the kernel is disposed. */
+  dispose(): void {
+    this.cache.clear();
+    for (const resident of this.bypassed.values()) this.options.form.free(resident);
+    this.bypassed.clear();
+  }
+
   report(): ExpertCacheReport {
     const s: CacheStats = this.cache.stats();
     return {
@@ -311,6 +376,7 @@ export class TieredExpertSource {
           bytesIn: s.bytesIn,
           evictions: s.evictions,
           bypasses: s.bypasses,
+          residency: this.options.form.residency?.(),
         },
         host: this.host.stats(),
       },

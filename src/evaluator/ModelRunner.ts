@@ -19,8 +19,8 @@ import { groupByExpert, routeTokens, type Routing } from "./routing.js";
 
 /** Where expert records come from; the cache manager implements this. */
 export interface ExpertSource {
-  /** The encoded record of (layer, expert), held (not evicted) until release(). */
-  acquire(layer: number, expert: number): Uint8Array | Promise<Uint8Array>;
+  /** (layer, expert) in the expert kernel's compute-ready form, held (not evicted) until release(). */
+  acquire(layer: number, expert: number): unknown;
   release?(layer: number, expert: number): void;
   /** The router's probabilities over all experts of `layer` for one token. */
   observeRouting?(layer: number, probs: Float32Array): void;
@@ -50,14 +50,15 @@ export class ModelRunner {
   private readonly embed: OnnxSession;
   private readonly layers: OnnxSession[];
   private readonly head: OnnxSession;
-  readonly kernel: ExpertKernel;
+  readonly kernel: ExpertKernel<unknown>;
+  private experts: ExpertSource | undefined;
   /** The execution provider the dense graphs run on. */
   device: ExecutionDevice = "cpu";
   observers: RoutingObserver[] = [];
   /** Hybrid scheduling: which experts go to the CPU pool. Absent = all on the device side. */
   hybrid: { scheduler: HybridScheduler; pool: CpuExpertPool } | undefined;
 
-  private constructor(dims: ModelDims, embed: OnnxSession, layers: OnnxSession[], head: OnnxSession, kernel: ExpertKernel, private readonly experts: ExpertSource) {
+  private constructor(dims: ModelDims, embed: OnnxSession, layers: OnnxSession[], head: OnnxSession, kernel: ExpertKernel<unknown>) {
     this.dims = dims;
     this.embed = embed;
     this.layers = layers;
@@ -65,7 +66,11 @@ export class ModelRunner {
     this.kernel = kernel;
   }
 
-  static async create(modelDir: string, manifest: ModelManifest, experts: ExpertSource, options: ModelRunnerOptions = {}): Promise<ModelRunner> {
+  /**
+   * Opens the dense graphs on the resolved provider and the expert kernel. The cache that feeds
+   * the kernel is built around the kernel (its resident form), then attach()ed.
+   */
+  static async create(modelDir: string, manifest: ModelManifest, options: ModelRunnerOptions = {}): Promise<ModelRunner> {
     const device = await resolveDevice(options.device ?? "cpu", path.join(modelDir, manifest.graphs.head), options.log ?? (() => {}));
     const open = (rel: string) => OnnxSession.create(path.join(modelDir, rel), { threads: options.threads ?? 1, device });
     const sessions: OnnxSession[] = [];
@@ -84,16 +89,26 @@ export class ModelRunner {
         hiddenSize: manifest.dims.hiddenSize,
         expertFfn: manifest.dims.expertFfn,
         threads: options.threads ?? 1,
-        expertGraph: path.join(modelDir, manifest.graphs.expert),
+        device,
         log: options.log,
       });
-      const runner = new ModelRunner(manifest.dims, embed, layers, head, kernel, experts);
+      const runner = new ModelRunner(manifest.dims, embed, layers, head, kernel);
       runner.device = device;
       return runner;
     } catch (err) {
       await Promise.all(sessions.map((s) => s.dispose()));
       throw err;
     }
+  }
+
+  /** The source of experts forward() computes with. */
+  attach(experts: ExpertSource): void {
+    this.experts = experts;
+  }
+
+  private source(): ExpertSource {
+    invariant(this.experts !== undefined, "ModelRunner.forward before attach(experts)");
+    return this.experts;
   }
 
   /**
@@ -112,6 +127,7 @@ export class ModelRunner {
     const emb = await this.embed.run({ [IO.embed.ids]: { data: BigInt64Array.from(ids, (i) => BigInt(i)), dims: [T] } });
     let hidden = emb[IO.embed.hidden]!; // [T, H]
     const L = IO.layer;
+    const experts = this.source();
     for (let l = 0; l < d.numLayers; l++) {
       const out = await this.layers[l]!.run({
         [L.hidden]: hidden,
@@ -126,10 +142,10 @@ export class ModelRunner {
       const moeIn = out[L.moeIn]!;
       const routing = routeTokens(out[L.routerLogits]!.data, T, d.numExperts, d.topK, d.normTopkProb);
       for (const observe of this.observers) observe(l, routing, moeIn);
-      this.experts.onLayerRouted?.(l, routing, moeIn.data, out[L.attnOut]!.data);
-      if (this.experts.observeRouting) {
+      experts.onLayerRouted?.(l, routing, moeIn.data, out[L.attnOut]!.data);
+      if (experts.observeRouting) {
         const E = d.numExperts;
-        for (let t = 0; t < T; t++) this.experts.observeRouting(l, routing.probs.subarray(t * E, (t + 1) * E));
+        for (let t = 0; t < T; t++) experts.observeRouting(l, routing.probs.subarray(t * E, (t + 1) * E));
       }
       const moeOut = await this.runExperts(l, routing, moeIn.data);
       // Residual: attn_out + (sum of weighted experts [+ gated shared expert]), in fp32.
@@ -147,10 +163,11 @@ export class ModelRunner {
   /** Weighted sum of the routed experts' outputs, [T, H]; each expert runs once on its tokens. */
   private async runExperts(layer: number, routing: Routing, x: Float32Array): Promise<Float32Array> {
     const H = this.dims.hiddenSize;
+    const experts = this.source();
     const out = new Float32Array(routing.tokens * H);
     // Resident experts first: loads still in flight get that long to arrive.
     const groups = [...groupByExpert(routing)];
-    const ready = (e: number) => (this.experts.isReady?.(layer, e) ?? true ? 0 : 1);
+    const ready = (e: number) => (experts.isReady?.(layer, e) ?? true ? 0 : 1);
     groups.sort((a, b) => ready(a[0]) - ready(b[0]) || a[0] - b[0]);
     // Accumulating in a fixed expert order keeps the fp32 sums identical whatever the order of
     // computation, so offloading stays lossless.
@@ -168,7 +185,7 @@ export class ModelRunner {
       groups
         .filter(([e]) => toCpu.has(e))
         .map(async ([e, g]) => {
-          this.experts.recordAccess?.(layer, e);
+          experts.recordAccess?.(layer, e);
           outputs.set(e, await hybrid!.pool.compute(layer, e, gather(g.rows), g.rows.length));
         })
     ).then(() => (performance.now() - cpuStart) / 1000);
@@ -177,12 +194,12 @@ export class ModelRunner {
       if (toCpu.has(e)) continue;
       const n = group.rows.length;
       const rows = gather(group.rows);
-      const record = await this.experts.acquire(layer, e);
+      const resident = await experts.acquire(layer, e);
       const y = new Float32Array(n * H); // [n, H] expert output
       try {
-        await this.kernel.forward(record, rows, n, y);
+        await this.kernel.forward(resident, rows, n, y);
       } finally {
-        this.experts.release?.(layer, e);
+        experts.release?.(layer, e);
       }
       outputs.set(e, y);
     }

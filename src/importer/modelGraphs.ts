@@ -53,7 +53,7 @@ function linear(g: GraphBuilder, x: string, w: string, bias?: string): string {
   return g.op("Gemm", bias ? [x, w, bias] : [x, w], { transB: 1 });
 }
 
-function swiglu(g: GraphBuilder, x: string, gate: string, up: string, down: string): string {
+export function swiglu(g: GraphBuilder, x: string, gate: string, up: string, down: string): string {
   const a = linear(g, x, gate);
   const act = g.op("Mul", [g.op("Mul", [a, g.op("Sigmoid", [a])]), linear(g, x, up)]);
   return linear(g, act, down);

@@ -1,22 +1,38 @@
 /**
- * Expert kernels: compute one expert, out[T,H] = down(silu(gate x) * up x), straight from an
- * encoded store record. Three backends, checked against each other in test/kernels.test.ts:
- *   native : native-bindings (SIMD, OpenMP rows); reads every encoding directly. The default.
- *   onnx   : onnxruntime's expert graph with weights as inputs; fp32 only, so other encodings are
- *            decoded on every call (the slow path design.md warns about). Fallback.
+ * Expert kernels: compute one expert, out[T,H] = down(silu(gate x) * up x), from its weights in
+ * the form the kernel computes from (prepare() turns a store record into that form once, when the
+ * cache admits the expert; free() releases it on eviction). Backends, checked against each other
+ * in test/kernels.test.ts and test/backends.test.ts:
+ *   native : native-bindings (SIMD, OpenMP rows); computes straight from the encoded record. The
+ *            default on the CPU.
+ *   onnx   : onnxruntime's expert graph on an execution provider, weights resident there
+ *            (DeviceExpertKernel: GPU buffers on WebGPU). The default with a GPU provider, and
+ *            the CPU fallback when the native kernels are not built.
  *   js     : plain loops; the reference the others are tested against.
  */
-import { OnnxSession } from "../backends/onnx.js";
+import type { ExecutionDevice } from "../backends/onnx.js";
+import type { ResidencyStats } from "../cache/TieredExpertSource.js";
 import { InvalidOptionError } from "../errors.js";
-import { IO } from "../importer/modelGraphs.js";
-import { decodeMatrix, encodingCode, matrixBytes, type ExpertEncoding } from "../store/expertEncoding.js";
+import { decodeMatrix, encodingCode, matrixBytes, recordBytes, type ExpertEncoding } from "../store/expertEncoding.js";
+import { DeviceExpertKernel } from "./DeviceExpertKernel.js";
 import { loadNativeAddon } from "./nativeAddon.js";
 
 export type ExpertKernelName = "native" | "onnx" | "js";
 
-export interface ExpertKernel {
+/**
+ * `R` is an expert's compute-ready form: the encoded record itself for host kernels, tensors
+ * held by the execution provider for the onnx kernel. Methods (not function properties) so a
+ * kernel of any form fits ExpertKernel<unknown>.
+ */
+export interface ExpertKernel<R = Uint8Array> {
   readonly name: ExpertKernelName;
-  forward(record: Uint8Array, x: Float32Array, tokens: number, out: Float32Array): void | Promise<void>;
+  /** Bytes one prepared expert occupies where this kernel computes: the device tier's unit. */
+  readonly residentBytes: number;
+  prepare(record: Uint8Array): R | Promise<R>;
+  free(resident: R): void;
+  forward(resident: R, x: Float32Array, tokens: number, out: Float32Array): void | Promise<void>;
+  /** Device memory held by prepared experts (kernels whose form is not the record). */
+  residency?(): ResidencyStats;
   dispose(): Promise<void>;
 }
 
@@ -25,8 +41,8 @@ export interface ExpertKernelOptions {
   hiddenSize: number;
   expertFfn: number;
   threads: number;
-  /** The model's expert graph (graphs/expert.onnx), for the onnx kernel. */
-  expertGraph: string;
+  /** Execution provider of the onnx kernel. Default "cpu". */
+  device?: ExecutionDevice;
   /** Told why a requested kernel fell back to another. */
   log?: (line: string) => void;
 }
@@ -37,47 +53,38 @@ function splitRecord(o: ExpertKernelOptions, record: Uint8Array) {
   return { gate: record.subarray(0, gm), up: record.subarray(gm, 2 * gm), down: record.subarray(2 * gm) };
 }
 
-class NativeExpertKernel implements ExpertKernel {
+/** Host kernels compute from the record as stored: preparing is the identity. */
+abstract class HostExpertKernel implements ExpertKernel<Uint8Array> {
+  abstract readonly name: ExpertKernelName;
+  readonly residentBytes: number;
+  constructor(protected readonly o: ExpertKernelOptions) {
+    this.residentBytes = recordBytes(o.encoding, o.hiddenSize, o.expertFfn);
+  }
+  prepare(record: Uint8Array): Uint8Array {
+    return record;
+  }
+  free(): void {}
+  abstract forward(record: Uint8Array, x: Float32Array, tokens: number, out: Float32Array): void;
+  async dispose(): Promise<void> {}
+}
+
+class NativeExpertKernel extends HostExpertKernel {
   readonly name = "native" as const;
   private readonly code: number;
   constructor(
-    private readonly o: ExpertKernelOptions,
+    o: ExpertKernelOptions,
     private readonly addon: NonNullable<ReturnType<typeof loadNativeAddon>["addon"]>
   ) {
+    super(o);
     this.code = encodingCode(o.encoding);
   }
   forward(record: Uint8Array, x: Float32Array, tokens: number, out: Float32Array): void {
     this.addon.expertForward(this.code, record, this.o.hiddenSize, this.o.expertFfn, x, tokens, out, this.o.threads);
   }
-  async dispose(): Promise<void> {}
 }
 
-class OnnxExpertKernel implements ExpertKernel {
-  readonly name = "onnx" as const;
-  constructor(
-    private readonly o: ExpertKernelOptions,
-    private readonly session: OnnxSession
-  ) {}
-  async forward(record: Uint8Array, x: Float32Array, tokens: number, out: Float32Array): Promise<void> {
-    const { hiddenSize: H, expertFfn: F, encoding: enc } = this.o;
-    const m = splitRecord(this.o, record);
-    const E = IO.expert;
-    const y = await this.session.run({
-      [E.x]: { data: x.subarray(0, tokens * H), dims: [tokens, H] },
-      [E.gate]: { data: decodeMatrix(enc, m.gate, F, H), dims: [F, H] },
-      [E.up]: { data: decodeMatrix(enc, m.up, F, H), dims: [F, H] },
-      [E.down]: { data: decodeMatrix(enc, m.down, H, F), dims: [H, F] },
-    });
-    out.set(y[E.y]!.data);
-  }
-  dispose(): Promise<void> {
-    return this.session.dispose();
-  }
-}
-
-class JsExpertKernel implements ExpertKernel {
+class JsExpertKernel extends HostExpertKernel {
   readonly name = "js" as const;
-  constructor(private readonly o: ExpertKernelOptions) {}
   forward(record: Uint8Array, x: Float32Array, tokens: number, out: Float32Array): void {
     const { hiddenSize: H, expertFfn: F, encoding: enc } = this.o;
     const m = splitRecord(this.o, record);
@@ -103,22 +110,27 @@ class JsExpertKernel implements ExpertKernel {
       }
     }
   }
-  async dispose(): Promise<void> {}
 }
 
-/** Resolves a kernel by name; "auto" = native when built, else onnx (with a note why). */
-export async function createExpertKernel(name: ExpertKernelName | "auto", o: ExpertKernelOptions): Promise<ExpertKernel> {
+/**
+ * Resolves a kernel by name; "auto" = onnx on a GPU provider, else native when built, else onnx
+ * on the CPU (with a note why).
+ */
+export async function createExpertKernel(name: ExpertKernelName | "auto", o: ExpertKernelOptions): Promise<ExpertKernel<unknown>> {
   const { addon, reason } = loadNativeAddon();
+  const device = o.device ?? "cpu";
+  const onnx = () => DeviceExpertKernel.create({ encoding: o.encoding, hiddenSize: o.hiddenSize, expertFfn: o.expertFfn, device, threads: o.threads });
   switch (name) {
     case "auto":
+      if (device !== "cpu") return onnx();
       if (addon) return new NativeExpertKernel(o, addon);
       o.log?.(`moe-run: native kernels ${reason}; computing experts with onnxruntime (slower)`);
-      return new OnnxExpertKernel(o, await OnnxSession.create(o.expertGraph, { threads: o.threads }));
+      return onnx();
     case "native":
       if (!addon) throw new InvalidOptionError(`the native expert kernel is unavailable: ${reason}`);
       return new NativeExpertKernel(o, addon);
     case "onnx":
-      return new OnnxExpertKernel(o, await OnnxSession.create(o.expertGraph, { threads: o.threads }));
+      return onnx();
     case "js":
       return new JsExpertKernel(o);
     default: {

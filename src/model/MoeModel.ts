@@ -15,7 +15,7 @@ import { createPredictor } from "../predict/createPredictor.js";
 import type { RoutingLog } from "../predict/OraclePredictor.js";
 import type { ExpertPredictor, PredictorName } from "../predict/types.js";
 import { loadNativeAddon } from "../kernels/nativeAddon.js";
-import type { DeviceName } from "../backends/onnx.js";
+import type { DeviceName, ExecutionDevice } from "../backends/onnx.js";
 import { CostModel } from "../scheduler/CostModel.js";
 import { CpuExpertPool } from "../scheduler/CpuExpertPool.js";
 import { HybridScheduler, type ScheduleName } from "../scheduler/HybridScheduler.js";
@@ -160,28 +160,33 @@ export class MoeModel {
     const tokenizer = TextTokenizer.load(path.join(dir, manifest.tokenizer.json), manifest.tokenizer.config && path.join(dir, manifest.tokenizer.config));
     const layout = { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: manifest.precision.experts };
     const record = expertRecordBytes(layout);
-    const totalExpertBytes = record * d.numExperts * d.numLayers;
-    // Kernel scratch of one decode step: gate and up activations [F] and the output [H], fp32.
-    const workingBytes = (2 * d.expertFfn + d.hiddenSize) * 4;
-    const minDevice = d.topK * record + workingBytes;
-    const deviceBytes = options.deviceMem === undefined ? Infinity : resolveByteSize(options.deviceMem, totalExpertBytes);
-    if (deviceBytes < minDevice) {
-      throw new InvalidOptionError(
-        `device memory budget ${formatBytes(deviceBytes)} is below the minimum ${formatBytes(minDevice)} (${minDevice} bytes): ` +
-          `${d.topK} activated experts of ${formatBytes(record)} each plus ${formatBytes(workingBytes)} working memory`
-      );
-    }
-    const hostBytes = options.hostMem === undefined ? Infinity : resolveByteSize(options.hostMem, totalExpertBytes);
-    if (hostBytes < record) {
-      throw new InvalidOptionError(`host memory budget ${formatBytes(hostBytes)} is below the minimum ${formatBytes(record)} (${record} bytes): one expert record read from the store`);
-    }
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
-    const store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout);
-    if (options.verify) verifyExperts(store, manifest);
+    const threads = options.threads ?? os.availableParallelism();
+    // The expert kernel decides the device tier's form of an expert (record, or GPU tensors), hence its size.
+    const runner = await ModelRunner.create(dir, manifest, { threads, expertKernel: options.expertKernel, device: options.device, log });
+    let store: ExpertStore | undefined;
     let loader: ExpertLoader | undefined;
     let predictor: ExpertPredictor | undefined;
     let pool: CpuExpertPool | undefined;
     try {
+      const resident = runner.kernel.residentBytes;
+      const totalResidentBytes = resident * d.numExperts * d.numLayers;
+      // Kernel scratch of one decode step: gate and up activations [F] and the output [H], fp32.
+      const workingBytes = (2 * d.expertFfn + d.hiddenSize) * 4;
+      const minDevice = d.topK * resident + workingBytes;
+      const deviceBytes = options.deviceMem === undefined ? Infinity : resolveByteSize(options.deviceMem, totalResidentBytes);
+      if (deviceBytes < minDevice) {
+        throw new InvalidOptionError(
+          `device memory budget ${formatBytes(deviceBytes)} is below the minimum ${formatBytes(minDevice)} (${minDevice} bytes): ` +
+            `${d.topK} activated experts of ${formatBytes(resident)} each plus ${formatBytes(workingBytes)} working memory`
+        );
+      }
+      const hostBytes = options.hostMem === undefined ? Infinity : resolveByteSize(options.hostMem, record * d.numExperts * d.numLayers);
+      if (hostBytes < record) {
+        throw new InvalidOptionError(`host memory budget ${formatBytes(hostBytes)} is below the minimum ${formatBytes(record)} (${record} bytes): one expert record read from the store`);
+      }
+      store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout);
+      if (options.verify) verifyExperts(store, manifest);
       predictor = createPredictor(options.predictor ?? "none", { modelDir: dir, manifest, oracleLog: options.oracleLog, log });
       const depth = options.prefetchDepth ?? 1;
       if (!Number.isInteger(depth) || depth < 1) throw new InvalidOptionError(`prefetch depth must be a whole number >= 1, got ${options.prefetchDepth}`);
@@ -189,6 +194,7 @@ export class MoeModel {
       const fetch = predictor !== undefined && options.prefetch !== false;
       if (fetch || schedule === "auto") loader = new ExpertLoader(store.path);
       const experts = new TieredExpertSource(store, {
+        form: runner.kernel,
         deviceBudgetBytes: deviceBytes,
         workingBytes,
         hostBytes,
@@ -201,24 +207,19 @@ export class MoeModel {
         promote: schedule === "auto",
         log,
       });
-      const threads = options.threads ?? os.availableParallelism();
-      const runner = await ModelRunner.create(dir, manifest, experts, { threads, expertKernel: options.expertKernel, device: options.device, log });
+      runner.attach(experts);
       if (schedule !== "device") {
-        try {
-          if (!loadNativeAddon().addon) throw new InvalidOptionError(`--schedule ${schedule} needs the CPU expert pool, which needs the native kernels: ${loadNativeAddon().reason}`);
-          pool = new CpuExpertPool(store.path, { ...layout, recordBytes: record }, options.cpuThreads);
-          const cost = schedule === "auto" ? await CostModel.calibrate(layout, store, runner.kernel, pool, { recalibrate: options.recalibrate }) : undefined;
-          runner.hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers, runner.device === "cpu"), pool };
-        } catch (err) {
-          await runner.dispose();
-          throw err;
-        }
+        if (!loadNativeAddon().addon) throw new InvalidOptionError(`--schedule ${schedule} needs the CPU expert pool, which needs the native kernels: ${loadNativeAddon().reason}`);
+        pool = new CpuExpertPool(store.path, { ...layout, recordBytes: record }, options.cpuThreads);
+        const cost = schedule === "auto" ? await CostModel.calibrate(layout, store, runner.kernel, runner.device, pool, { recalibrate: options.recalibrate }) : undefined;
+        runner.hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers, runner.device === "cpu"), pool };
       }
       return new MoeModel(dir, manifest, tokenizer, contextSize, runner, store, experts, loader, predictor);
     } catch (err) {
       await loader?.close();
       await pool?.close();
-      store.close();
+      await runner.dispose();
+      store?.close();
       throw err;
     }
   }
@@ -379,7 +380,7 @@ export class MoeModel {
   }
 
   /** The execution provider the dense graphs run on. */
-  get device(): string {
+  get device(): ExecutionDevice {
     return this.live().device;
   }
 
@@ -401,6 +402,7 @@ export class MoeModel {
     this.runner = undefined;
     if (runner) {
       await this.experts.drain();
+      this.experts.dispose(); // frees resident experts (GPU memory) before the kernel goes
       await this.loader?.close();
       await runner.hybrid?.pool.close();
       this.predictor?.save?.();

@@ -15,11 +15,16 @@ const EXTERNAL_MIN_BYTES = 1024;
 /** External tensors start on this boundary, so readers may map them directly. */
 const EXTERNAL_ALIGN = 64;
 
-export type ElemType = "float32" | "int64";
+export type ElemType = "float32" | "float16" | "int8" | "int64";
 export type Dim = number | string;
 export type AttrValue = number | number[] | { float: number };
 
-const ELEM: Record<ElemType, number> = { float32: onnx.TensorProto.DataType.FLOAT, int64: onnx.TensorProto.DataType.INT64 };
+const ELEM: Record<ElemType, number> = {
+  float32: onnx.TensorProto.DataType.FLOAT,
+  float16: onnx.TensorProto.DataType.FLOAT16,
+  int8: onnx.TensorProto.DataType.INT8,
+  int64: onnx.TensorProto.DataType.INT64,
+};
 
 export class GraphBuilder {
   private readonly nodes: InstanceType<typeof onnx.NodeProto>[] = [];
@@ -100,20 +105,23 @@ export class GraphBuilder {
       fs.fsyncSync(fd);
       fs.closeSync(fd);
     }
+    fs.writeFileSync(modelPath, this.encode(tensors));
+    return fd !== undefined ? [modelPath, dataPath] : [modelPath];
+  }
+
+  /** The model as bytes with every initializer inline: for small graphs built at run time. */
+  toBytes(): Uint8Array {
+    return this.encode(this.initializers.map((init) => onnx.TensorProto.create({ name: init.name, dims: init.dims, dataType: ELEM[init.elem], rawData: init.bytes })));
+  }
+
+  private encode(initializer: InstanceType<typeof onnx.TensorProto>[]): Uint8Array {
     const model = onnx.ModelProto.create({
       irVersion: 8,
       producerName: "moe-run",
       opsetImport: [{ domain: "", version: OPSET }],
-      graph: onnx.GraphProto.create({
-        name: this.name,
-        node: this.nodes,
-        input: this.inputs,
-        output: this.outputs,
-        initializer: tensors,
-      }),
+      graph: onnx.GraphProto.create({ name: this.name, node: this.nodes, input: this.inputs, output: this.outputs, initializer }),
     });
-    fs.writeFileSync(modelPath, onnx.ModelProto.encode(model).finish());
-    return fd !== undefined ? [modelPath, dataPath] : [modelPath];
+    return onnx.ModelProto.encode(model).finish();
   }
 
   private fresh(prefix: string): string {

@@ -158,17 +158,20 @@ export async function measureExpertCompute(model: MoeModel, threads: number): Pr
     hiddenSize: d.hiddenSize,
     expertFfn: d.expertFfn,
     threads,
-    expertGraph: path.join(model.dir, m.graphs.expert),
+    device: model.device,
   });
+  const residents: unknown[] = [];
   try {
+    for (const r of records) residents.push(await kernel.prepare(r));
     const x = Float32Array.from({ length: d.hiddenSize }, (_, i) => Math.sin(i) * 0.1);
     const out = new Float32Array(d.hiddenSize);
-    for (const r of records.slice(0, 8)) await kernel.forward(r, x, 1, out); // warm-up
+    for (const r of residents.slice(0, 8)) await kernel.forward(r, x, 1, out); // warm-up
     let calls = 0;
     const t0 = performance.now();
-    while (calls < 32 || performance.now() - t0 < 200) await kernel.forward(records[calls++ % records.length]!, x, 1, out);
+    while (calls < 32 || performance.now() - t0 < 200) await kernel.forward(residents[calls++ % residents.length]!, x, 1, out);
     return (performance.now() - t0) / 1000 / calls;
   } finally {
+    for (const r of residents) kernel.free(r);
     await kernel.dispose();
   }
 }

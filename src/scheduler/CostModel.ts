@@ -1,13 +1,14 @@
 /**
  * Costs the scheduler plans with, measured on this machine for this expert shape and cached in
- * ~/.cache/moe-run/calibration.json (keyed by CPU, core count, encoding and shape):
- *   device(T) = a + b T   engine-side expert kernel on a resident record
+ * ~/.cache/moe-run/calibration.json (keyed by CPU, core count, kernel, provider, encoding and shape):
+ *   device(T) = a + b T   engine-side expert kernel on a resident expert
  *   cpu(T)    = c + d T   CPU pool task from host memory (includes the message round trip)
- *   load                  reading a record from the store into the device tier
+ *   load                  reading a record from the store and making it resident (GPU upload)
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import type { ExecutionDevice } from "../backends/onnx.js";
 import type { ExpertKernel } from "../kernels/expertKernels.js";
 import type { ExpertStore } from "../store/ExpertStore.js";
 import type { CpuExpertPool } from "./CpuExpertPool.js";
@@ -38,12 +39,13 @@ export class CostModel {
   static async calibrate(
     key: { encoding: string; hiddenSize: number; expertFfn: number },
     store: ExpertStore,
-    kernel: ExpertKernel,
+    kernel: ExpertKernel<unknown>,
+    device: ExecutionDevice,
     pool: CpuExpertPool,
     options: { recalibrate?: boolean; cacheFile?: string } = {}
   ): Promise<CostModel> {
     const file = options.cacheFile ?? path.join(os.homedir(), ".cache", "moe-run", "calibration.json");
-    const id = `${os.cpus()[0]?.model ?? "cpu"}|${os.availableParallelism()}|${pool.threads}|${key.encoding}|${key.hiddenSize}x${key.expertFfn}`;
+    const id = `${os.cpus()[0]?.model ?? "cpu"}|${os.availableParallelism()}|${pool.threads}|${kernel.name}@${device}|${key.encoding}|${key.hiddenSize}x${key.expertFfn}`;
     let cache: Record<string, CostFigures> = {};
     try {
       cache = JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, CostFigures>;
@@ -59,8 +61,13 @@ export class CostModel {
       return (performance.now() - t0) / 1000;
     };
     const loads: number[] = [];
-    let record = store.getRecord(0, 0);
-    for (let i = 0; i < 5; i++) loads.push(await time(() => (record = store.getRecord(0, i % 2))));
+    kernel.free(await kernel.prepare(store.getRecord(0, 1))); // warm-up
+    for (let i = 0; i < 5; i++) {
+      let resident: unknown;
+      loads.push(await time(async () => (resident = await kernel.prepare(store.getRecord(0, i % 2)))));
+      kernel.free(resident);
+    }
+    const record = await kernel.prepare(store.getRecord(0, 0));
     const measure = async (tokens: number) => {
       const x = new Float32Array(tokens * H).fill(0.01);
       const y = new Float32Array(tokens * H);
@@ -74,8 +81,14 @@ export class CostModel {
       }
       return { dev: median(dev), cpu: median(cpu) };
     };
-    const one = await measure(1);
-    const many = await measure(16);
+    let one: { dev: number; cpu: number };
+    let many: { dev: number; cpu: number };
+    try {
+      one = await measure(1);
+      many = await measure(16);
+    } finally {
+      kernel.free(record);
+    }
     const figures: CostFigures = {
       devicePerToken: Math.max(0, (many.dev - one.dev) / 15),
       deviceFixed: one.dev - Math.max(0, (many.dev - one.dev) / 15),

@@ -1,0 +1,225 @@
+/**
+ * The expert kernel of an execution provider (WebGPU or CUDA; the CPU provider runs the same code
+ * for tests and as a fallback). An expert's weights become resident on the provider once, when
+ * the cache admits the expert (prepare), in their compact form: f16 stays half precision, int8
+ * and int4 become int8 values plus fp32 block scales; the graph dequantizes to fp32 as it
+ * computes. They are freed when the cache evicts the expert (free). forward() moves only
+ * activations: x [T, H] in, y [T, H] out.
+ *
+ * On WebGPU the weights are GPU buffers: an upload graph copies them to the GPU and its outputs
+ * stay there (onnxruntime's "gpu-buffer" output location), and the expert graph takes them as
+ * inputs without a copy. The Node binding cannot hold CUDA memory between runs, so on CUDA the
+ * weights stay in host memory and travel with each run (the scheduler's cost model sees that).
+ */
+import { DeviceTensor, OnnxSession, type ExecutionDevice, type HostTensor, type TensorData } from "../backends/onnx.js";
+import { invariant } from "../errors.js";
+import { GraphBuilder, type ElemType } from "../onnx/GraphBuilder.js";
+import { swiglu } from "../importer/modelGraphs.js";
+import { BLOCK, matrixBytes, type ExpertEncoding } from "../store/expertEncoding.js";
+import type { ResidencyStats } from "../cache/TieredExpertSource.js";
+import type { ExpertKernel } from "./expertKernels.js";
+
+/** An expert's weights held by the provider; the cache owns it and frees it on eviction. */
+export interface ResidentExpert {
+  /** Graph input name -> tensor on the provider. */
+  readonly tensors: Readonly<Record<string, DeviceTensor>>;
+  /** Bytes it occupies on the provider. */
+  readonly bytes: number;
+}
+
+
+const MATRICES = ["gate", "up", "down"] as const;
+type MatrixName = (typeof MATRICES)[number];
+
+interface MatrixForm {
+  /** Graph inputs of this matrix: the values (and, quantized, the block scales). */
+  values: { name: string; elem: ElemType };
+  scales?: { name: string };
+}
+
+/** How the weights of `encoding` are laid out on the provider: one or two tensors per matrix. */
+function residentForm(encoding: ExpertEncoding): Record<MatrixName, MatrixForm> {
+  const elem: ElemType = encoding === "f32" ? "float32" : encoding === "f16" ? "float16" : "int8";
+  const quantized = encoding === "int8" || encoding === "int4";
+  const form = {} as Record<MatrixName, MatrixForm>;
+  for (const m of MATRICES) form[m] = { values: { name: `w_${m}`, elem }, scales: quantized ? { name: `s_${m}` } : undefined };
+  return form;
+}
+
+/** Rows x cols of each matrix: gate and up [F, H], down [H, F]. */
+function shapeOf(m: MatrixName, H: number, F: number): [number, number] {
+  return m === "down" ? [H, F] : [F, H];
+}
+
+/** The expert graph over resident weights: dequantize to fp32, then SwiGLU. */
+export function buildResidentExpertGraph(encoding: ExpertEncoding, H: number, F: number): Uint8Array {
+  const g = new GraphBuilder(`expert_${encoding}`);
+  const x = g.input("x", "float32", ["T", H]);
+  const form = residentForm(encoding);
+  const w = {} as Record<MatrixName, string>;
+  for (const m of MATRICES) {
+    const [rows, cols] = shapeOf(m, H, F);
+    const f = form[m];
+    const values = g.input(f.values.name, f.values.elem, [rows, cols]);
+    if (f.values.elem === "float32") w[m] = values;
+    else if (!f.scales) w[m] = g.op("Cast", [values], { to: 1 }); // float16 -> float32
+    else {
+      // value = q * scale of its block of 32 along the row.
+      const scales = g.input(f.scales.name, "float32", [rows, cols / BLOCK]);
+      const q = g.op("Reshape", [g.op("Cast", [values], { to: 1 }), g.constInt64([rows, cols / BLOCK, BLOCK])]);
+      const s = g.op("Reshape", [scales, g.constInt64([rows, cols / BLOCK, 1])]);
+      w[m] = g.op("Reshape", [g.op("Mul", [q, s]), g.constInt64([rows, cols])]);
+    }
+  }
+  g.output(swiglu(g, x, w.gate, w.up, w.down), "y", "float32", ["T", H]);
+  return g.toBytes();
+}
+
+/** Copies every weight input to an output of the same type, which stays on the GPU. */
+function buildUploadGraph(encoding: ExpertEncoding, H: number, F: number): Uint8Array {
+  const g = new GraphBuilder(`upload_${encoding}`);
+  const form = residentForm(encoding);
+  for (const m of MATRICES) {
+    const [rows, cols] = shapeOf(m, H, F);
+    const f = form[m];
+    g.output(g.input(f.values.name, f.values.elem, [rows, cols]), `${f.values.name}_device`, f.values.elem, [rows, cols]);
+    if (f.scales) g.output(g.input(f.scales.name, "float32", [rows, cols / BLOCK]), `${f.scales.name}_device`, "float32", [rows, cols / BLOCK]);
+  }
+  return g.toBytes();
+}
+
+/** Splits an encoded record into the host tensors of its resident form (views where possible). */
+export function recordTensors(encoding: ExpertEncoding, record: Uint8Array, H: number, F: number): Record<string, HostTensor<TensorData>> {
+  const form = residentForm(encoding);
+  const out: Record<string, HostTensor<TensorData>> = {};
+  let offset = 0;
+  for (const m of MATRICES) {
+    const [rows, cols] = shapeOf(m, H, F);
+    const n = rows * cols;
+    const bytes = record.subarray(offset, offset + matrixBytes(encoding, rows, cols));
+    invariant(bytes.byteLength === matrixBytes(encoding, rows, cols), `expert record too short for ${m} [${rows}, ${cols}] (${encoding})`);
+    offset += bytes.byteLength;
+    const f = form[m];
+    const dims = [rows, cols];
+    const aligned = (k: number) => (bytes.byteOffset % k === 0 ? bytes : bytes.slice());
+    switch (encoding) {
+      case "f32": {
+        const b = aligned(4);
+        out[f.values.name] = { data: new Float32Array(b.buffer, b.byteOffset, n), dims };
+        break;
+      }
+      case "f16": {
+        const b = aligned(2);
+        out[f.values.name] = { data: new Uint16Array(b.buffer, b.byteOffset, n), dims };
+        break;
+      }
+      case "int8":
+      case "int4": {
+        // Layout (expertEncoding.ts): fp32 scales [n / 32], then int8 values or packed nibbles (q + 8, low first).
+        const b = aligned(4);
+        out[f.scales!.name] = { data: new Float32Array(b.buffer, b.byteOffset, n / BLOCK), dims: [rows, cols / BLOCK] };
+        const packed = b.subarray((n / BLOCK) * 4);
+        let q: Int8Array;
+        if (encoding === "int8") q = new Int8Array(packed.buffer, packed.byteOffset, n);
+        else {
+          q = new Int8Array(n);
+          for (let i = 0; i < n / 2; i++) {
+            const byte = packed[i]!;
+            q[2 * i] = (byte & 15) - 8;
+            q[2 * i + 1] = (byte >> 4) - 8;
+          }
+        }
+        out[f.values.name] = { data: q, dims };
+        break;
+      }
+      default: {
+        const never: never = encoding;
+        throw new Error(`unknown encoding ${String(never)}`);
+      }
+    }
+  }
+  return out;
+}
+
+export interface DeviceExpertKernelOptions {
+  encoding: ExpertEncoding;
+  hiddenSize: number;
+  expertFfn: number;
+  device: ExecutionDevice;
+  /** Intra-op threads (matter on the CPU provider). Default 1. */
+  threads?: number;
+}
+
+export class DeviceExpertKernel implements ExpertKernel<ResidentExpert> {
+  readonly name = "onnx" as const;
+  readonly residentBytes: number;
+  private readonly stats_: ResidencyStats;
+
+  private constructor(
+    private readonly o: DeviceExpertKernelOptions,
+    private readonly expert: OnnxSession,
+    /** Present on WebGPU: moves weights into GPU buffers. */
+    private readonly upload: OnnxSession | undefined
+  ) {
+    const { encoding: enc, hiddenSize: H, expertFfn: F } = o;
+    // int4 is held as int8 on the provider (no 4-bit tensors in the graph): twice its record's values.
+    const perMatrix = (rows: number, cols: number) => (enc === "int4" ? matrixBytes("int8", rows, cols) : matrixBytes(enc, rows, cols));
+    this.residentBytes = 2 * perMatrix(F, H) + perMatrix(H, F);
+    this.stats_ = { device: o.device, prepared: 0, freed: 0, liveBytes: 0, liveBytesMax: 0 };
+  }
+
+  static async create(o: DeviceExpertKernelOptions): Promise<DeviceExpertKernel> {
+    const { encoding: enc, hiddenSize: H, expertFfn: F, device } = o;
+    const threads = o.threads ?? 1;
+    const expert = await OnnxSession.create(buildResidentExpertGraph(enc, H, F), { device, threads, name: `expert graph (${enc}, ${device})` });
+    let upload: OnnxSession | undefined;
+    try {
+      if (device === "webgpu") upload = await OnnxSession.create(buildUploadGraph(enc, H, F), { device, threads, outputsOnDevice: true, name: `upload graph (${enc})` });
+    } catch (err) {
+      await expert.dispose();
+      throw err;
+    }
+    return new DeviceExpertKernel(o, expert, upload);
+  }
+
+  get device(): ExecutionDevice {
+    return this.o.device;
+  }
+
+  async prepare(record: Uint8Array): Promise<ResidentExpert> {
+    const host = recordTensors(this.o.encoding, record, this.o.hiddenSize, this.o.expertFfn);
+    const tensors: Record<string, DeviceTensor> = {};
+    if (this.upload) {
+      const out = await this.upload.runOnDevice(host);
+      for (const name of Object.keys(host)) tensors[name] = out[`${name}_device`]!;
+    } else for (const [name, t] of Object.entries(host)) tensors[name] = DeviceTensor.fromHost(t);
+    const bytes = Object.values(tensors).reduce((a, t) => a + t.bytes, 0);
+    invariant(bytes === this.residentBytes, `resident expert holds ${bytes} bytes, expected ${this.residentBytes}`);
+    this.stats_.prepared++;
+    this.stats_.liveBytes += bytes;
+    this.stats_.liveBytesMax = Math.max(this.stats_.liveBytesMax, this.stats_.liveBytes);
+    return { tensors, bytes };
+  }
+
+  free(resident: ResidentExpert): void {
+    for (const t of Object.values(resident.tensors)) t.dispose();
+    this.stats_.freed++;
+    this.stats_.liveBytes -= resident.bytes;
+    invariant(this.stats_.liveBytes >= 0 && this.stats_.freed <= this.stats_.prepared, "a resident expert was freed twice");
+  }
+
+  async forward(resident: ResidentExpert, x: Float32Array, tokens: number, out: Float32Array): Promise<void> {
+    const H = this.o.hiddenSize;
+    const y = await this.expert.run({ x: { data: x.subarray(0, tokens * H), dims: [tokens, H] }, ...resident.tensors }, ["y"]);
+    out.set(y.y!.data);
+  }
+
+  residency(): ResidencyStats {
+    return { ...this.stats_ };
+  }
+
+  async dispose(): Promise<void> {
+    await this.expert.dispose();
+    await this.upload?.dispose();
+  }
+}
