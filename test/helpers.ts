@@ -3,7 +3,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { importModel } from "../src/importer/importModel.js";
+import { importModel, type ImportOptions } from "../src/importer/importModel.js";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 export const CLI = path.join(ROOT, "dist", "cli", "cli.js");
@@ -30,9 +30,9 @@ export function startCli(args: string[]) {
 }
 
 /** Imports a bundled fixture into a fresh temp dir (quietly) and returns the model dir. */
-export async function importFixture(name: string): Promise<string> {
+export async function importFixture(name: string, options: ImportOptions = {}): Promise<string> {
   const out = path.join(tmpDir(), name);
-  await importModel(path.join(MODELS, name), out, { progress: false, log: () => {} });
+  await importModel(path.join(MODELS, name), out, { progress: false, log: () => {}, ...options });
   return out;
 }
 

@@ -87,12 +87,13 @@ type Feed = HostTensor<TensorData> | DeviceTensor;
  * tries CUDA, then WebGPU, then the CPU. A provider this machine lacks falls back to the CPU,
  * and `log` says why.
  */
-export async function resolveDevice(requested: DeviceName, probeModel: string, log: (line: string) => void): Promise<ExecutionDevice> {
+export async function resolveDevice(requested: DeviceName, probeModel: string | Uint8Array, log: (line: string) => void): Promise<ExecutionDevice> {
   const candidates: ExecutionDevice[] = requested === "auto" ? ["cuda", "webgpu"] : requested === "cpu" ? [] : [requested];
   const reasons: string[] = [];
   for (const device of candidates) {
     try {
-      const s = await ort.InferenceSession.create(probeModel, { executionProviders: [device], logSeverityLevel: 4 });
+      const options = { executionProviders: [device], logSeverityLevel: 4 as const };
+      const s = typeof probeModel === "string" ? await ort.InferenceSession.create(probeModel, options) : await ort.InferenceSession.create(probeModel, options);
       await s.release();
       return device;
     } catch (err) {

@@ -168,16 +168,7 @@ export class TieredExpertSource {
       await loading.promise; // a load already on its way: wait for the rest of it
     }
     let resident: unknown = this.cache.lookup(id);
-    if (!resident) {
-      this.host.beforeRead(this.recordBytes);
-      resident = await this.options.form.prepare(this.store.getRecord(layer, expert));
-      // A prefetch may have landed while this one was being prepared (on a GPU, prepare awaits the upload).
-      const landed = this.cache.has(id) ? this.cache.peek(id) : undefined;
-      if (landed) {
-        this.options.form.free(resident);
-        resident = landed;
-      } else if (!this.insertDemand(id, resident!)) this.bypassed.set(key, resident);
-    }
+    if (!resident) resident = await this.loadDemand(id, key);
     const loadSeconds = this.prefetched.get(key);
     if (loadSeconds !== undefined) {
       this.prefetched.delete(key);
@@ -190,20 +181,43 @@ export class TieredExpertSource {
   }
 
   /**
-   * Inserts an expert the current layer needs now. Demand beats prediction: when prefetches hold
-   * the room, their protection is dropped. When loads in flight still hold it, the record is used
-   * once without being kept (a bypass) rather than waiting for unrelated loads to land.
+   * Reads and prepares an expert the current layer needs now. Room is made before preparing, so
+   * device memory never holds more than the budget. Demand beats prediction: when prefetches hold
+   * the room, their protection is dropped. When loads in flight still hold it, a host record is
+   * used once without being kept (a bypass) rather than waiting for unrelated loads to land; a
+   * device form waits for them instead (a bypass would put one expert over the device budget).
    */
-  private insertDemand(id: ExpertId, resident: NonNullable<unknown>): boolean {
+  private async loadDemand(id: ExpertId, key: ExpertKey): Promise<unknown> {
+    const form = this.options.form;
     const bytes = this.residentBytes;
-    if (!this.cache.reserve(id, bytes)) {
+    let reserved = this.cache.reserve(id, bytes);
+    if (!reserved) {
       this.releaseHeld(() => true);
-      if (!this.cache.reserve(id, bytes)) {
-        if (this.cache.reserved > 0) return false;
-        return this.cache.insert(id, resident, bytes).admitted; // admits, or throws CacheCapacityError with the details
-      }
+      reserved = this.cache.reserve(id, bytes);
     }
-    return this.cache.insert(id, resident, bytes, { reserved: true }).admitted;
+    if (!reserved && this.cache.reserved > 0 && form.residency) {
+      await this.drain();
+      this.releaseHeld(() => true);
+      if (this.cache.has(id)) return this.cache.peek(id)!;
+      reserved = this.cache.reserve(id, bytes);
+    }
+    this.host.beforeRead(this.recordBytes);
+    const resident = (await form.prepare(this.store.getRecord(id.layer, id.expert))) as NonNullable<unknown>;
+    // A prefetch may have landed while this one was being prepared (on a GPU, prepare awaits the upload).
+    if (this.cache.has(id)) {
+      if (reserved) this.cache.cancelReservation(bytes);
+      form.free(resident);
+      return this.cache.peek(id)!;
+    }
+    try {
+      if (reserved) {
+        if (!this.cache.insert(id, resident, bytes, { reserved: true }).admitted) this.bypassed.set(key, resident); // the policy declined it
+      } else if (this.cache.reserved > 0 || !this.cache.insert(id, resident, bytes).admitted) this.bypassed.set(key, resident);
+    } catch (err) {
+      form.free(resident); // CacheCapacityError: pins and protections leave no room; it says so
+      throw err;
+    }
+    return resident;
   }
 
   /** Drops the prefetch protection of held experts matching `which`. */
