@@ -86,6 +86,20 @@ describe("the cost-model plan", () => {
     expect(shared.plan([0, 1].map((expert) => ({ expert, tokens: 1, resident: false }))).size).toBe(0);
   });
 
+  it("on a shared CPU, a chunk of many tokens goes to the pool when its workers run experts side by side faster", () => {
+    // Device side: one multi-threaded call per expert (0.2 ms/token); pool: 2 workers at 0.3 ms/token
+    // each plus a 0.5 ms round trip.
+    const c = cost({ deviceFixed: 0.1e-3, devicePerToken: 0.2e-3, cpuFixed: 0.5e-3, cpuPerToken: 0.3e-3, loadSeconds: 1e-4 });
+    const s = new HybridScheduler("auto", c, 1, true, 2);
+    const prefill = [0, 1, 2, 3].map((expert) => ({ expert, tokens: 32, resident: true }));
+    expect(s.plan(prefill).size).toBe(4);
+    // One token per expert, resident: device 0.3 ms each (0.6) beats the pool's 0.8 ms per pair.
+    const decode = [0, 1].map((expert) => ({ expert, tokens: 1, resident: true }));
+    expect(s.plan(decode).size).toBe(0);
+    // With one worker the pool cannot overlap experts: the device side keeps the chunk.
+    expect(new HybridScheduler("auto", c, 1, true, 1).plan(prefill).size).toBe(0);
+  });
+
   it("missing experts go to the pool on a shared CPU when loading costs more than computing there", () => {
     const s = new HybridScheduler("auto", cost({ loadSeconds: 10e-3 }), 1, true);
     expect([...s.plan([0, 1].map((expert) => ({ expert, tokens: 1, resident: expert === 0 })))]).toEqual([1]);
@@ -143,4 +157,47 @@ describe("execution providers", () => {
       await dev.dispose();
     });
   }
+});
+
+describe("promotion of CPU-served experts", () => {
+  it("the pool hands back the record it read; the device tier admits it into free room and never evicts for it", async () => {
+    const dir = await importFixture("tiny-mixtral");
+    const { ExpertStore } = await import("../src/store/ExpertStore.js");
+    const { CpuExpertPool } = await import("../src/scheduler/CpuExpertPool.js");
+    const { TieredExpertSource } = await import("../src/cache/TieredExpertSource.js");
+    const { createExpertKernel } = await import("../src/kernels/expertKernels.js");
+    const layout = { hiddenSize: 64, expertFfn: 96, encoding: "f32" as const };
+    const store = ExpertStore.openReadOnly(path.join(dir, "experts.mdb"), layout);
+    const kernel = await createExpertKernel("native", { ...layout, threads: 1 });
+    const recordBytes = kernel.residentBytes;
+    const pool = new CpuExpertPool(store.path, { ...layout, recordBytes }, 1);
+    // Room for exactly two experts.
+    const source = new TieredExpertSource(store, { form: kernel, deviceBudgetBytes: 2 * recordBytes, workingBytes: 0, hostBytes: Infinity, policy: "lru", numLayers: 2, topK: 2 });
+    try {
+      const x = Float32Array.from({ length: 64 }, (_, i) => Math.cos(i));
+      for (const expert of [0, 1, 2]) {
+        const promote = source.recordAccess(0, expert);
+        expect(promote, `expert ${expert}`).toBe(expert < 2); // the third finds no free room: no eviction
+        const r = await pool.computeAndRead(0, expert, x, 1, promote);
+        const want = new Float32Array(64);
+        kernel.forward(store.getRecord(0, expert), x, 1, want);
+        expect([...r.y]).toEqual([...want]);
+        if (promote) {
+          expect([...r.record!]).toEqual([...store.getRecord(0, expert)]);
+          await source.admit(0, expert, r.record);
+        } else expect(r.record).toBeUndefined();
+      }
+      expect(source.isReady(0, 0) && source.isReady(0, 1) && !source.isReady(0, 2)).toBe(true);
+      const s = source.report();
+      expect(s.tiers.device.residentBytes).toBe(2 * recordBytes);
+      expect(s.tiers.device.evictions).toBe(0);
+      expect(s.cache.misses).toBe(3);
+      // Resident now: served from the device tier, and no second promotion.
+      expect(source.recordAccess(0, 0)).toBe(false);
+      expect(source.report().cache.hits).toBe(1);
+    } finally {
+      await pool.close();
+      store.close();
+    }
+  });
 });

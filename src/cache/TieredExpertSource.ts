@@ -65,12 +65,12 @@ export interface TieredExpertSourceOptions {
   numLayers: number;
   topK: number;
   prefetch?: PrefetchOptions;
-  /**
-   * Loads records off the compute thread: predictions, and promotions of experts the CPU pool
-   * computed (so a hot expert still becomes resident when the pool served its miss).
-   */
+  /** Loads predicted experts' records off the compute thread (prefetch). */
   loader?: ExpertLoader;
-  /** Promote CPU-served experts into free device-tier room. Default true. */
+  /**
+   * Promote CPU-served experts into free device-tier room, from the record the pool read (so a
+   * hot expert still becomes resident when the pool served its miss). Default true.
+   */
   promote?: boolean;
   log?: (line: string) => void;
 }
@@ -130,6 +130,8 @@ export class TieredExpertSource {
   private readonly residentBytes: number;
   /** Experts used once without being kept (no room): freed at release(). */
   private readonly bypassed = new Map<ExpertKey, unknown>();
+  /** Experts the CPU pool is computing whose record will be admitted (room reserved). */
+  private readonly promoting = new Set<ExpertKey>();
   private readonly inflight = new Map<ExpertKey, Inflight>();
   /** Prefetched experts (resident or loading) protected until their layer runs. */
   private readonly held = new Map<ExpertKey, number>(); // key -> target layer
@@ -235,13 +237,42 @@ export class TieredExpertSource {
   }
 
   /**
-   * The CPU pool computed this expert from host memory: count the access, and promote it into the
-   * device tier while there is free room (warm-up). Promotions never evict: at a tight budget they
-   * would only trade one resident expert for another on every miss (measured: 5x slower decode).
+   * The CPU pool computes this expert from host memory: count the access, and say whether to
+   * promote it into the device tier (free room, warm-up). Room is then reserved; the pool hands
+   * back the record it read and admit() inserts it, so promotion costs no second read.
+   * Promotions never evict: at a tight budget they would only trade one resident expert for
+   * another on every miss (measured: 5x slower decode).
    */
-  recordAccess(layer: number, expert: number): void {
-    if (this.cache.lookup({ layer, expert })) return;
-    if (this.options.promote !== false && this.cache.residentBytes + this.cache.reserved + this.residentBytes <= this.cache.capacityBytes) this.load(layer, expert, false);
+  recordAccess(layer: number, expert: number): boolean {
+    const id = { layer, expert };
+    if (this.cache.lookup(id)) return false;
+    const key = expertKey(layer, expert);
+    if (this.options.promote === false || this.inflight.has(key) || this.promoting.has(key)) return false;
+    if (this.cache.residentBytes + this.cache.reserved + this.residentBytes > this.cache.capacityBytes || !this.cache.reserve(id, this.residentBytes)) return false;
+    this.promoting.add(key);
+    return true;
+  }
+
+  /** The record of an expert recordAccess() chose to promote (undefined: the computation failed). */
+  async admit(layer: number, expert: number, record: Uint8Array | undefined): Promise<void> {
+    const id = { layer, expert };
+    const key = expertKey(layer, expert);
+    if (!this.promoting.delete(key)) return;
+    if (!record || this.cache.has(id)) {
+      this.cache.cancelReservation(this.residentBytes);
+      return;
+    }
+    let resident: NonNullable<unknown>;
+    try {
+      resident = (await this.options.form.prepare(record)) as NonNullable<unknown>;
+    } catch (err) {
+      this.cache.cancelReservation(this.residentBytes);
+      throw err;
+    }
+    if (this.cache.has(id)) {
+      this.cache.cancelReservation(this.residentBytes);
+      this.options.form.free(resident);
+    } else if (!this.cache.insert(id, resident, this.residentBytes, { reserved: true }).admitted) this.options.form.free(resident);
   }
 
   release(layer: number, expert: number): void {
@@ -298,30 +329,28 @@ export class TieredExpertSource {
       }
       return;
     }
-    this.load(layer, expert, true);
+    this.load(layer, expert);
   }
 
   /**
-   * Loads an expert into the device tier on the loader, its bytes reserved in the budget first. A
-   * prediction is protected until its layer runs; a promotion is an ordinary resident once in.
+   * Prefetches a predicted expert into the device tier on the loader, its bytes reserved in the
+   * budget first; it is protected until its layer runs.
    */
-  private load(layer: number, expert: number, predicted: boolean): void {
+  private load(layer: number, expert: number): void {
     const key = expertKey(layer, expert);
     const id = { layer, expert };
     if (!this.options.loader || this.inflight.has(key)) return;
     if (!this.cache.reserve(id, this.residentBytes)) {
-      if (predicted) this.prefetchStats.dropped++;
+      this.prefetchStats.dropped++;
       return;
     }
-    if (predicted) {
-      this.cache.protect([id]);
-      this.held.set(key, layer);
-      this.prefetchStats.issued++;
-    }
+    this.cache.protect([id]);
+    this.held.set(key, layer);
+    this.prefetchStats.issued++;
     const entry: Inflight = { targetLayer: layer, started: performance.now(), loadSeconds: 0, done: false, promise: Promise.resolve() };
     this.host.beforeRead(this.recordBytes);
     entry.promise = this.options.loader
-      .load(layer, expert, this.recordBytes, () => !predicted || this.held.has(key))
+      .load(layer, expert, this.recordBytes, () => this.held.has(key))
       .then(async (record) => {
         if (!record || this.cache.has(id)) return { record, resident: undefined };
         return { record, resident: (await this.options.form.prepare(record)) as NonNullable<unknown> };
@@ -333,7 +362,7 @@ export class TieredExpertSource {
           this.inflight.delete(key);
           if (!record) {
             this.cache.cancelReservation(this.residentBytes);
-            if (predicted) this.prefetchStats.dropped++;
+            this.prefetchStats.dropped++;
             return;
           }
           if (!resident || this.cache.has(id)) {
@@ -342,7 +371,7 @@ export class TieredExpertSource {
             return;
           }
           this.cache.insert(id, resident, this.residentBytes, { reserved: true });
-          if (predicted) this.prefetched.set(key, entry.loadSeconds);
+          this.prefetched.set(key, entry.loadSeconds);
         },
         (err: unknown) => {
           entry.done = true;

@@ -28,8 +28,12 @@ export interface ExpertSource {
   onLayerRouted?(layer: number, routing: Routing, gateInput: Float32Array, residual: Float32Array): void;
   /** Whether the expert is resident now (resident experts are computed first). */
   isReady?(layer: number, expert: number): boolean;
-  /** The expert is computed elsewhere (CPU pool) this time: count the access, load nothing. */
-  recordAccess?(layer: number, expert: number): void;
+  /**
+   * The expert is computed elsewhere (CPU pool) this time: count the access. True = hand the
+   * record the pool read to admit() (promotion into the device tier).
+   */
+  recordAccess?(layer: number, expert: number): boolean;
+  admit?(layer: number, expert: number, record: Uint8Array | undefined): Promise<void>;
 }
 
 /** Called once per layer per forward with the router's decision; profilers and predictors listen here. */
@@ -185,8 +189,14 @@ export class ModelRunner {
       groups
         .filter(([e]) => toCpu.has(e))
         .map(async ([e, g]) => {
-          experts.recordAccess?.(layer, e);
-          outputs.set(e, await hybrid!.pool.compute(layer, e, gather(g.rows), g.rows.length));
+          const promote = experts.recordAccess?.(layer, e) ?? false;
+          let result: { y: Float32Array; record?: Uint8Array } | undefined;
+          try {
+            result = await hybrid!.pool.computeAndRead(layer, e, gather(g.rows), g.rows.length, promote);
+          } finally {
+            if (promote) await experts.admit!(layer, e, result?.record);
+          }
+          outputs.set(e, result.y);
         })
     ).then(() => (performance.now() - cpuStart) / 1000);
     const deviceStart = performance.now();

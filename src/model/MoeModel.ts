@@ -192,7 +192,7 @@ export class MoeModel {
       if (!Number.isInteger(depth) || depth < 1) throw new InvalidOptionError(`prefetch depth must be a whole number >= 1, got ${options.prefetchDepth}`);
       const schedule = options.schedule ?? (loadNativeAddon().addon ? "auto" : "device");
       const fetch = predictor !== undefined && options.prefetch !== false;
-      if (fetch || schedule === "auto") loader = new ExpertLoader(store.path);
+      if (fetch) loader = new ExpertLoader(store.path);
       const experts = new TieredExpertSource(store, {
         form: runner.kernel,
         deviceBudgetBytes: deviceBytes,
@@ -212,7 +212,7 @@ export class MoeModel {
         if (!loadNativeAddon().addon) throw new InvalidOptionError(`--schedule ${schedule} needs the CPU expert pool, which needs the native kernels: ${loadNativeAddon().reason}`);
         pool = new CpuExpertPool(store.path, { ...layout, recordBytes: record }, options.cpuThreads);
         const cost = schedule === "auto" ? await CostModel.calibrate(layout, store, runner.kernel, runner.device, pool, { recalibrate: options.recalibrate }) : undefined;
-        runner.hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers, runner.device === "cpu"), pool };
+        runner.hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers, runner.device === "cpu", pool.threads), pool };
       }
       return new MoeModel(dir, manifest, tokenizer, contextSize, runner, store, experts, loader, predictor);
     } catch (err) {

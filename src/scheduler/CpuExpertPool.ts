@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Piscina } from "piscina";
 import { encodingCode, type ExpertEncoding } from "../store/expertEncoding.js";
-import type { ExpertTask } from "./expertWorker.js";
+import type { ExpertResult, ExpertTask } from "./expertWorker.js";
 
 export class CpuExpertPool {
   private readonly pool: Piscina;
@@ -25,9 +25,16 @@ export class CpuExpertPool {
 
   /** y [T, H] of expert (layer, expert) for x [T, H]; x is copied, the caller keeps it. */
   async compute(layer: number, expert: number, x: Float32Array, tokens: number): Promise<Float32Array> {
+    return (await this.computeAndRead(layer, expert, x, tokens, false)).y;
+  }
+
+  /** compute(), and with `withRecord` the expert's record as the worker read it (for promotion). */
+  async computeAndRead(layer: number, expert: number, x: Float32Array, tokens: number, withRecord: boolean): Promise<{ y: Float32Array; record?: Uint8Array }> {
     const { hiddenSize, expertFfn, encoding, recordBytes } = this.layout;
-    const task: ExpertTask = { store: this.store, encoding: encodingCode(encoding), hiddenSize, expertFfn, recordBytes, layer, expert, x: x.slice(), tokens };
-    return (await this.pool.run(task, { transferList: [task.x.buffer as ArrayBuffer] })) as Float32Array;
+    const task: ExpertTask = { store: this.store, encoding: encodingCode(encoding), hiddenSize, expertFfn, recordBytes, layer, expert, x: x.slice(), tokens, returnRecord: withRecord };
+    const result = (await this.pool.run(task, { transferList: [task.x.buffer as ArrayBuffer] })) as ExpertResult;
+    const yBytes = tokens * hiddenSize * 4;
+    return { y: new Float32Array(result, 0, tokens * hiddenSize), record: withRecord ? new Uint8Array(result, yBytes, recordBytes) : undefined };
   }
 
   async close(): Promise<void> {

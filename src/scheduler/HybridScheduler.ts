@@ -6,9 +6,11 @@
  * calibration measured on this machine (CostModel). Both sides run at once.
  *
  * When the device side is the CPU itself (no GPU provider), both sides share the same cores and
- * memory bandwidth: splitting resident experts gains nothing (measured: decode 0.78x), so resident
- * experts stay on the device side and the pool takes the missing ones it can compute from host
- * memory sooner than the device side could load and compute them.
+ * memory bandwidth, so their times add up rather than overlap. Three plans are costed and the
+ * cheapest taken: everything on the device side (loading what is missing); resident experts on
+ * the device side and the missing ones on the pool where that beats load + compute; everything
+ * on the pool, whose workers run experts side by side (prefill: many tokens per expert, where one
+ * single-threaded worker per expert beats one multi-threaded kernel call after another).
  */
 import { InvalidOptionError } from "../errors.js";
 import type { CostModel } from "./CostModel.js";
@@ -43,7 +45,9 @@ export class HybridScheduler {
     private readonly cost: CostModel | undefined,
     numLayers: number,
     /** The device side computes on the same CPU cores as the pool. Default true. */
-    private readonly deviceIsCpu = true
+    private readonly deviceIsCpu = true,
+    /** Workers of the CPU pool (experts it runs side by side). Default 1. */
+    private readonly poolThreads = 1
   ) {
     if (name === "auto" && !cost) throw new Error("the auto schedule needs a cost model");
     this.placement = Array.from({ length: numLayers }, (_, layer) => ({ layer, device: 0, cpu: 0, deviceSeconds: 0, cpuSeconds: 0 }));
@@ -58,10 +62,7 @@ export class HybridScheduler {
       return cpu;
     }
     const c = this.cost!;
-    if (this.deviceIsCpu) {
-      for (const e of experts) if (!e.resident && c.cpuSeconds(e.tokens) < c.loadSeconds + c.deviceSeconds(e.tokens)) cpu.add(e.expert);
-      return cpu;
-    }
+    if (this.deviceIsCpu) return this.planSharedCores(experts, c);
     // Separate device: longest first, each to the side where the layer would finish sooner (greedy makespan).
     const items = experts.map((e) => ({ e, device: (e.resident ? 0 : c.loadSeconds) + c.deviceSeconds(e.tokens), cpu: c.cpuSeconds(e.tokens) }));
     items.sort((a, b) => Math.max(b.device, b.cpu) - Math.max(a.device, a.cpu) || a.e.expert - b.e.expert);
@@ -75,6 +76,38 @@ export class HybridScheduler {
       }
     }
     return cpu;
+  }
+
+  /** The cheapest of device-only, missing-to-pool and pool-only when both sides share the cores. */
+  private planSharedCores(experts: readonly PlannedExpert[], c: CostModel): Set<number> {
+    const onDevice = (e: PlannedExpert) => (e.resident ? 0 : c.loadSeconds) + c.deviceSeconds(e.tokens);
+    const cost = (toPool: Set<number>) => {
+      let device = 0;
+      let pool = 0;
+      let longest = 0;
+      for (const e of experts) {
+        if (!toPool.has(e.expert)) device += onDevice(e);
+        else {
+          const t = c.cpuSeconds(e.tokens);
+          pool += t;
+          longest = Math.max(longest, t);
+        }
+      }
+      return device + Math.max(longest, pool / this.poolThreads);
+    };
+    const missing = new Set(experts.filter((e) => !e.resident && c.cpuSeconds(e.tokens) < onDevice(e)).map((e) => e.expert));
+    const plans = [new Set<number>(), missing, new Set(experts.map((e) => e.expert))];
+    // Ties go to the plan listed first: fewer experts on the pool.
+    let best = plans[0]!;
+    let bestCost = cost(best);
+    for (const p of plans.slice(1)) {
+      const t = cost(p);
+      if (t < bestCost) {
+        best = p;
+        bestCost = t;
+      }
+    }
+    return best;
   }
 
   record(layer: number, side: "device" | "cpu", experts: number, seconds: number): void {

@@ -16,11 +16,16 @@ export interface ExpertTask {
   expert: number;
   x: Float32Array; // [T, H]
   tokens: number;
+  /** Also hand back a copy of the record (the device tier promotes it without a second read). */
+  returnRecord?: boolean;
 }
+
+/** One transferred buffer: y fp32 [T, H], then the record's bytes when asked for. */
+export type ExpertResult = ArrayBuffer;
 
 const stores = new Map<string, RootDatabase<Buffer, [number, number]>>();
 
-export default function compute(task: ExpertTask): Float32Array {
+export default function compute(task: ExpertTask): ExpertResult {
   const { addon, reason } = loadNativeAddon();
   if (!addon) throw new Error(`the CPU expert pool needs the native kernels: ${reason}`);
   let db = stores.get(task.store);
@@ -34,7 +39,11 @@ export default function compute(task: ExpertTask): Float32Array {
   const size = (db as unknown as { lastSize: number }).lastSize;
   const rec = fast && fast.subarray(0, size);
   if (!rec || rec.byteLength !== task.recordBytes) throw new Error(`expert (${task.layer}, ${task.expert}) is missing from ${task.store} or has the wrong size; re-import the model`);
-  const out = new Float32Array(task.tokens * task.hiddenSize);
+  const yBytes = task.tokens * task.hiddenSize * 4;
+  // The record is copied out of lmdb-js's reused read buffer; the whole result is moved, not cloned.
+  const result = new ArrayBuffer(yBytes + (task.returnRecord ? rec.byteLength : 0));
+  const out = new Float32Array(result, 0, task.tokens * task.hiddenSize);
   addon.expertForward(task.encoding, rec, task.hiddenSize, task.expertFfn, task.x, task.tokens, out, 1);
-  return move(out) as Float32Array;
+  if (task.returnRecord) new Uint8Array(result, yBytes).set(rec);
+  return move(result) as ExpertResult;
 }
