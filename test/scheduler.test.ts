@@ -100,6 +100,14 @@ describe("the cost-model plan", () => {
     expect(new HybridScheduler("auto", c, 1, true, 1).plan(prefill).size).toBe(0);
   });
 
+  it("a pool expert that would be promoted is costed with its record copy", () => {
+    // Load 3 ms, device 1 ms, pool 2 ms: the pool wins a miss, unless it must also copy the record out.
+    const c = cost({ deviceFixed: 1e-3, cpuFixed: 2e-3, loadSeconds: 3e-3 });
+    const s = new HybridScheduler("auto", c, 1, true, 1);
+    expect(s.plan([{ expert: 0, tokens: 1, resident: false }]).size).toBe(1);
+    expect(s.plan([{ expert: 0, tokens: 1, resident: false, promote: true }]).size).toBe(0);
+  });
+
   it("missing experts go to the pool on a shared CPU when loading costs more than computing there", () => {
     const s = new HybridScheduler("auto", cost({ loadSeconds: 10e-3 }), 1, true);
     expect([...s.plan([0, 1].map((expert) => ({ expert, tokens: 1, resident: expert === 0 })))]).toEqual([1]);

@@ -246,11 +246,16 @@ export class TieredExpertSource {
   recordAccess(layer: number, expert: number): boolean {
     const id = { layer, expert };
     if (this.cache.lookup(id)) return false;
-    const key = expertKey(layer, expert);
-    if (this.options.promote === false || this.inflight.has(key) || this.promoting.has(key)) return false;
-    if (this.cache.residentBytes + this.cache.reserved + this.residentBytes > this.cache.capacityBytes || !this.cache.reserve(id, this.residentBytes)) return false;
-    this.promoting.add(key);
+    if (!this.wouldPromote(layer, expert) || !this.cache.reserve(id, this.residentBytes)) return false;
+    this.promoting.add(expertKey(layer, expert));
     return true;
+  }
+
+  /** Not resident, not on its way, and free room for it: served by the pool, it would be promoted. */
+  wouldPromote(layer: number, expert: number): boolean {
+    const key = expertKey(layer, expert);
+    if (this.options.promote === false || this.inflight.has(key) || this.promoting.has(key) || this.cache.has({ layer, expert })) return false;
+    return this.cache.residentBytes + this.cache.reserved + this.residentBytes <= this.cache.capacityBytes;
   }
 
   /** The record of an expert recordAccess() chose to promote (undefined: the computation failed). */

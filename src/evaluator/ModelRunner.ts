@@ -34,6 +34,8 @@ export interface ExpertSource {
    */
   recordAccess?(layer: number, expert: number): boolean;
   admit?(layer: number, expert: number, record: Uint8Array | undefined): Promise<void>;
+  /** Whether recordAccess() would promote this expert now (the scheduler costs the record copy). */
+  wouldPromote?(layer: number, expert: number): boolean;
 }
 
 /** Called once per layer per forward with the router's decision; profilers and predictors listen here. */
@@ -183,7 +185,7 @@ export class ModelRunner {
     };
     // The CPU pool's share starts first and runs while the device side computes.
     const hybrid = this.hybrid;
-    const toCpu = hybrid ? hybrid.scheduler.plan(groups.map(([e, g]) => ({ expert: e, tokens: g.rows.length, resident: ready(e) === 0 }))) : new Set<number>();
+    const toCpu = hybrid ? hybrid.scheduler.plan(groups.map(([e, g]) => ({ expert: e, tokens: g.rows.length, resident: ready(e) === 0, promote: experts.wouldPromote?.(layer, e) ?? false }))) : new Set<number>();
     const cpuStart = performance.now();
     const cpuDone = Promise.all(
       groups

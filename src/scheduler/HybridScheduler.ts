@@ -6,11 +6,13 @@
  * calibration measured on this machine (CostModel). Both sides run at once.
  *
  * When the device side is the CPU itself (no GPU provider), both sides share the same cores and
- * memory bandwidth, so their times add up rather than overlap. Three plans are costed and the
- * cheapest taken: everything on the device side (loading what is missing); resident experts on
- * the device side and the missing ones on the pool where that beats load + compute; everything
- * on the pool, whose workers run experts side by side (prefill: many tokens per expert, where one
- * single-threaded worker per expert beats one multi-threaded kernel call after another).
+ * memory bandwidth, so their times add up rather than overlap. Plans are costed and the cheapest
+ * taken: everything on the device side (loading what is missing); everything on the pool, whose
+ * workers run experts side by side; and, for decode (one token per expert), resident experts on
+ * the device side with the missing ones on the pool where that beats load + compute. That mixed
+ * plan is not offered for multi-token chunks: there both sides are compute-bound and running them
+ * at once oversubscribes the cores (measured, 64-token prefill on 2 cores: mixed 0.71x of
+ * device-only, pool-only 0.91-1.07x).
  */
 import { InvalidOptionError } from "../errors.js";
 import type { CostModel } from "./CostModel.js";
@@ -27,6 +29,8 @@ export interface PlannedExpert {
   expert: number;
   tokens: number;
   resident: boolean;
+  /** Served by the pool, it would also be promoted into the device tier: the pool reads its record out too. */
+  promote?: boolean;
 }
 
 export interface LayerPlacement {
@@ -81,6 +85,7 @@ export class HybridScheduler {
   /** The cheapest of device-only, missing-to-pool and pool-only when both sides share the cores. */
   private planSharedCores(experts: readonly PlannedExpert[], c: CostModel): Set<number> {
     const onDevice = (e: PlannedExpert) => (e.resident ? 0 : c.loadSeconds) + c.deviceSeconds(e.tokens);
+    const onPool = (e: PlannedExpert) => c.cpuSeconds(e.tokens) + (e.promote ? c.loadSeconds : 0);
     const cost = (toPool: Set<number>) => {
       let device = 0;
       let pool = 0;
@@ -88,15 +93,15 @@ export class HybridScheduler {
       for (const e of experts) {
         if (!toPool.has(e.expert)) device += onDevice(e);
         else {
-          const t = c.cpuSeconds(e.tokens);
+          const t = onPool(e);
           pool += t;
           longest = Math.max(longest, t);
         }
       }
       return device + Math.max(longest, pool / this.poolThreads);
     };
-    const missing = new Set(experts.filter((e) => !e.resident && c.cpuSeconds(e.tokens) < onDevice(e)).map((e) => e.expert));
-    const plans = [new Set<number>(), missing, new Set(experts.map((e) => e.expert))];
+    const plans = [new Set<number>(), new Set(experts.map((e) => e.expert))];
+    if (experts.every((e) => e.tokens === 1)) plans.splice(1, 0, new Set(experts.filter((e) => !e.resident && onPool(e) < onDevice(e)).map((e) => e.expert)));
     // Ties go to the plan listed first: fewer experts on the pool.
     let best = plans[0]!;
     let bestCost = cost(best);
