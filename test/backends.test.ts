@@ -65,7 +65,7 @@ describe.each(["cpu", "webgpu", "cuda"] as const)("the %s provider's expert kern
         expect(maxRelErr(got, want), `${device} ${enc} T=${tokens}`).toBeLessThan(device === "cpu" ? 1e-5 : 1e-3);
       }
       kernel.free(resident);
-      expect(kernel.residency()).toMatchObject({ device, prepared: 1, freed: 1, liveBytes: 0 });
+      expect(kernel.residency()).toMatchObject({ device, memory: device === "webgpu" ? "gpu" : "host", prepared: 1, freed: 1, liveBytes: 0 });
       expect(() => kernel.free(resident)).toThrow(/freed twice/);
     } finally {
       await kernel.dispose();

@@ -42,8 +42,10 @@ export interface ResidentForm {
 }
 
 export interface ResidencyStats {
-  /** The execution provider holding resident experts. */
+  /** The execution provider computing resident experts. */
   device: string;
+  /** Where their bytes are: GPU memory, or host memory (CPU provider; CUDA, whose Node binding cannot hold device tensors between runs). */
+  memory: "gpu" | "host";
   /** Experts made resident and freed so far; bytes held now and at most. */
   prepared: number;
   freed: number;

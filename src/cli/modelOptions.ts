@@ -106,7 +106,7 @@ export function reportStats(model: MoeModel, o: ModelCliOptions, extra: Record<s
   const lines = [
     `expert cache (${r.cache.policy}, kernel ${model.expertKernel}): ${r.cache.hits} hits, ${r.cache.misses} misses, hit rate ${(100 * r.cache.hitRate).toFixed(1)}%, stalled ${(1000 * r.stallSeconds).toFixed(1)} ms`,
     `  device tier: budget ${formatBytes(dev.budgetBytes)}, resident max ${formatBytes(dev.residentBytesMax)}, loaded ${formatBytes(dev.bytesIn)}, ${dev.evictions} evictions` +
-      (dev.residency ? `; on ${dev.residency.device}: ${formatBytes(dev.residency.liveBytes)} held (max ${formatBytes(dev.residency.liveBytesMax)}), ${dev.residency.prepared} uploads` : ""),
+      (dev.residency ? `; held by onnxruntime on ${dev.residency.device} (${dev.residency.memory} memory): ${formatBytes(dev.residency.liveBytes)}, max ${formatBytes(dev.residency.liveBytesMax)}, ${dev.residency.prepared} made resident` : ""),
     `  host tier:   budget ${formatBytes(host.budgetBytes)}${host.enforced ? "" : Number.isFinite(host.budgetBytes) ? " (NOT enforced)" : ""}, resident max ${formatBytes(host.residentBytesMax)}, read ${formatBytes(host.bytesRead)}, ${host.drops} drops`,
     ...(pr ? [`  predictor ${pr.name}: next-layer recall@k ${(100 * pr.recall).toFixed(1)}%, precision ${(100 * pr.precision).toFixed(1)}%`] : []),
     ...(pf ? [`  prefetch: ${pf.issued} issued, ${pf.used} used (${pf.late} late), ${pf.wasted} wasted, ${pf.dropped} dropped, ${(1000 * pf.stallSavedSeconds).toFixed(1)} ms of loads overlapped`] : []),

@@ -165,7 +165,7 @@ export class DeviceExpertKernel implements ExpertKernel<ResidentExpert> {
     // int4 is held as int8 on the provider (no 4-bit tensors in the graph): twice its record's values.
     const perMatrix = (rows: number, cols: number) => (enc === "int4" ? matrixBytes("int8", rows, cols) : matrixBytes(enc, rows, cols));
     this.residentBytes = 2 * perMatrix(F, H) + perMatrix(H, F);
-    this.stats_ = { device: o.device, prepared: 0, freed: 0, liveBytes: 0, liveBytesMax: 0 };
+    this.stats_ = { device: o.device, memory: upload ? "gpu" : "host", prepared: 0, freed: 0, liveBytes: 0, liveBytesMax: 0 };
   }
 
   static async create(o: DeviceExpertKernelOptions): Promise<DeviceExpertKernel> {
