@@ -6,9 +6,9 @@
  * Providers this machine lacks are skipped with a message.
  */
 import { describe, expect, it } from "vitest";
-import { resolveDevice, type ExecutionDevice } from "../src/backends/onnx.js";
+import { OnnxSession, resolveDevice, type ExecutionDevice } from "../src/backends/onnx.js";
 import { loadModel, type LoadModelOptions } from "../src/index.js";
-import { buildResidentExpertGraph, DeviceExpertKernel } from "../src/kernels/DeviceExpertKernel.js";
+import { buildResidentExpertGraph, buildUploadGraph, DeviceExpertKernel, recordTensors } from "../src/kernels/DeviceExpertKernel.js";
 import { createExpertKernel } from "../src/kernels/expertKernels.js";
 import { EXPERT_ENCODINGS, type ExpertEncoding } from "../src/store/expertEncoding.js";
 import { ExpertStore } from "../src/store/ExpertStore.js";
@@ -71,6 +71,28 @@ describe.each(["cpu", "webgpu", "cuda"] as const)("the %s provider's expert kern
       await kernel.dispose();
     }
   });
+});
+
+it.each(EXPERT_ENCODINGS)("the upload graph (WebGPU's copy into GPU buffers) hands back every weight tensor unchanged, %s", async (enc: ExpertEncoding) => {
+  // Run on the CPU provider here: the same graph WebGPU runs with outputs kept on the GPU.
+  const layout = { hiddenSize: H, expertFfn: F, encoding: enc };
+  const record = ExpertStore.pack(layout, { gate: rand(F * H, 4, 0.2), up: rand(F * H, 5, 0.2), down: rand(H * F, 6, 0.15) });
+  const host = recordTensors(enc, record, H, F);
+  const session = await OnnxSession.create(buildUploadGraph(enc, H, F), { device: "cpu", outputsOnDevice: true, name: "upload" });
+  try {
+    const out = await session.runOnDevice(host);
+    expect(Object.keys(out).sort()).toEqual(Object.keys(host).map((n) => `${n}_device`).sort());
+    for (const [name, t] of Object.entries(host)) {
+      const got = out[`${name}_device`]!;
+      expect(got.dims).toEqual(t.dims);
+      expect(got.bytes).toBe(t.data.byteLength);
+      const d = await got.read();
+      expect(Buffer.from(d.buffer, d.byteOffset, d.byteLength).equals(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)), name).toBe(true);
+      got.dispose();
+    }
+  } finally {
+    await session.dispose();
+  }
 });
 
 describe("experts resident on the provider (onnx kernel)", () => {

@@ -56,6 +56,11 @@ export class DeviceTensor {
     return this.tensor;
   }
 
+  /** A host copy of the contents (downloads GPU buffers): for checks, not the hot path. */
+  async read(): Promise<TensorData> {
+    return (await this.value.getData()) as TensorData;
+  }
+
   dispose(): void {
     const t = this.tensor;
     this.tensor = undefined;

@@ -76,7 +76,7 @@ export function buildResidentExpertGraph(encoding: ExpertEncoding, H: number, F:
 }
 
 /** Copies every weight input to an output of the same type, which stays on the GPU. */
-function buildUploadGraph(encoding: ExpertEncoding, H: number, F: number): Uint8Array {
+export function buildUploadGraph(encoding: ExpertEncoding, H: number, F: number): Uint8Array {
   const g = new GraphBuilder(`upload_${encoding}`);
   const form = residentForm(encoding);
   for (const m of MATRICES) {
