@@ -8,7 +8,7 @@
 import { describe, expect, it } from "vitest";
 import { OnnxSession, resolveDevice, type ExecutionDevice } from "../src/backends/onnx.js";
 import { loadModel, type LoadModelOptions } from "../src/index.js";
-import { buildResidentExpertGraph, buildUploadGraph, DeviceExpertKernel, recordTensors } from "../src/kernels/DeviceExpertKernel.js";
+import { buildResidentExpertGraph, buildUploadGraph, DeviceExpertKernel, recordTensors, type ResidentLayout } from "../src/kernels/DeviceExpertKernel.js";
 import { createExpertKernel } from "../src/kernels/expertKernels.js";
 import { EXPERT_ENCODINGS, type ExpertEncoding } from "../src/store/expertEncoding.js";
 import { ExpertStore } from "../src/store/ExpertStore.js";
@@ -55,7 +55,7 @@ describe.each(["cpu", "webgpu", "cuda"] as const)("the %s provider's expert kern
       const resident = await kernel.prepare(record);
       // Resident bytes: the compact form (int4 is held as int8 values + scales).
       expect(resident.bytes).toBe(kernel.residentBytes);
-      if (enc !== "int4") expect(resident.bytes).toBe(record.byteLength);
+      if (enc !== "int4" && kernel.layout !== "f16") expect(resident.bytes).toBe(record.byteLength);
       for (const tokens of [1, 5]) {
         const x = rand(tokens * H, 9 + tokens, 1);
         const want = new Float32Array(tokens * H);
@@ -73,12 +73,20 @@ describe.each(["cpu", "webgpu", "cuda"] as const)("the %s provider's expert kern
   });
 });
 
-it.each(EXPERT_ENCODINGS)("the upload graph (WebGPU's copy into GPU buffers) hands back every weight tensor unchanged, %s", async (enc: ExpertEncoding) => {
+const LAYOUTS: [ExpertEncoding, ResidentLayout][] = [
+  ["f32", "f32"],
+  ["f16", "f16"],
+  ["int8", "q8"],
+  ["int4", "q8"],
+  ["int8", "f16"],
+  ["int4", "f16"],
+];
+
+it.each(LAYOUTS)("the upload graph (WebGPU's copy into GPU buffers) hands back every weight tensor unchanged, %s records held as %s", async (enc, layout) => {
   // Run on the CPU provider here: the same graph WebGPU runs with outputs kept on the GPU.
-  const layout = { hiddenSize: H, expertFfn: F, encoding: enc };
-  const record = ExpertStore.pack(layout, { gate: rand(F * H, 4, 0.2), up: rand(F * H, 5, 0.2), down: rand(H * F, 6, 0.15) });
-  const host = recordTensors(enc, record, H, F);
-  const session = await OnnxSession.create(buildUploadGraph(enc, H, F), { device: "cpu", outputsOnDevice: true, name: "upload" });
+  const record = ExpertStore.pack({ hiddenSize: H, expertFfn: F, encoding: enc }, { gate: rand(F * H, 4, 0.2), up: rand(F * H, 5, 0.2), down: rand(H * F, 6, 0.15) });
+  const host = recordTensors(enc, layout, record, H, F);
+  const session = await OnnxSession.create(buildUploadGraph(layout, H, F), { device: "cpu", outputsOnDevice: true, name: "upload" });
   try {
     const out = await session.runOnDevice(host);
     expect(Object.keys(out).sort()).toEqual(Object.keys(host).map((n) => `${n}_device`).sort());
@@ -92,6 +100,28 @@ it.each(EXPERT_ENCODINGS)("the upload graph (WebGPU's copy into GPU buffers) han
     }
   } finally {
     await session.dispose();
+  }
+});
+
+it.each(["int8", "int4"] as const)("%s experts held as f16 (WebGPU's layout; checked on the CPU provider) stay within half precision of the reference", async (enc) => {
+  const layout = { hiddenSize: H, expertFfn: F, encoding: enc };
+  const record = ExpertStore.pack(layout, { gate: rand(F * H, 1, 0.2), up: rand(F * H, 2, 0.2), down: rand(H * F, 3, 0.15) });
+  const ref = await createExpertKernel("js", { ...layout, threads: 1 });
+  const kernel = await DeviceExpertKernel.create({ ...layout, device: "cpu", layout: "f16" });
+  try {
+    const resident = await kernel.prepare(record);
+    expect(resident.bytes).toBe(3 * H * F * 2);
+    const x = rand(3 * H, 21, 1);
+    const want = new Float32Array(3 * H);
+    const got = new Float32Array(3 * H);
+    ref.forward(record, x, 3, want);
+    await kernel.forward(resident, x, 3, got);
+    const err = maxRelErr(got, want);
+    expect(err).toBeLessThan(2e-3);
+    expect(err).toBeGreaterThan(0); // it really is rounded to half
+    kernel.free(resident);
+  } finally {
+    await kernel.dispose();
   }
 });
 

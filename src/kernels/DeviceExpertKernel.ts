@@ -4,7 +4,8 @@
  * the cache admits the expert (prepare), in their compact form: f16 stays half precision, int8
  * and int4 become int8 values plus fp32 block scales; the graph dequantizes to fp32 as it
  * computes. They are freed when the cache evicts the expert (free). forward() moves only
- * activations: x [T, H] in, y [T, H] out.
+ * activations: x [T, H] in, y [T, H] out. WebGPU has no 8-bit tensor types (its kernels take
+ * f32, f16, i32, u32), so there int8 and int4 experts are held as f16, dequantized at upload.
  *
  * On WebGPU the weights are GPU buffers: an upload graph copies them to the GPU and its outputs
  * stay there (onnxruntime's "gpu-buffer" output location), and the expert graph takes them as
@@ -15,7 +16,7 @@ import { DeviceTensor, OnnxSession, type ExecutionDevice, type HostTensor, type 
 import { invariant } from "../errors.js";
 import { GraphBuilder, type ElemType } from "../onnx/GraphBuilder.js";
 import { swiglu } from "../importer/modelGraphs.js";
-import { BLOCK, matrixBytes, type ExpertEncoding } from "../store/expertEncoding.js";
+import { BLOCK, decodeMatrix, encodeMatrix, matrixBytes, type ExpertEncoding } from "../store/expertEncoding.js";
 import type { ResidencyStats } from "../cache/TieredExpertSource.js";
 import type { ExpertKernel } from "./expertKernels.js";
 
@@ -37,13 +38,29 @@ interface MatrixForm {
   scales?: { name: string };
 }
 
-/** How the weights of `encoding` are laid out on the provider: one or two tensors per matrix. */
-function residentForm(encoding: ExpertEncoding): Record<MatrixName, MatrixForm> {
-  const elem: ElemType = encoding === "f32" ? "float32" : encoding === "f16" ? "float16" : "int8";
-  const quantized = encoding === "int8" || encoding === "int4";
+/**
+ * How weights are held on the provider: f32; f16; q8 = int8 values + fp32 scales per block of 32
+ * (int8 records as stored, int4 records widened to int8).
+ */
+export type ResidentLayout = "f32" | "f16" | "q8";
+
+/** The layout for an encoding on a provider: as compact as the provider's tensor types allow. */
+export function residentLayoutFor(encoding: ExpertEncoding, device: ExecutionDevice): ResidentLayout {
+  if (encoding === "f32" || encoding === "f16") return encoding;
+  return device === "webgpu" ? "f16" : "q8";
+}
+
+function residentForm(layout: ResidentLayout): Record<MatrixName, MatrixForm> {
+  const elem: ElemType = layout === "f32" ? "float32" : layout === "f16" ? "float16" : "int8";
   const form = {} as Record<MatrixName, MatrixForm>;
-  for (const m of MATRICES) form[m] = { values: { name: `w_${m}`, elem }, scales: quantized ? { name: `s_${m}` } : undefined };
+  for (const m of MATRICES) form[m] = { values: { name: `w_${m}`, elem }, scales: layout === "q8" ? { name: `s_${m}` } : undefined };
   return form;
+}
+
+/** Bytes of one expert held in `layout`. */
+export function residentExpertBytes(layout: ResidentLayout, H: number, F: number): number {
+  const perWeight = { f32: 4, f16: 2, q8: 1 + 4 / BLOCK }[layout];
+  return 3 * H * F * perWeight;
 }
 
 /** Rows x cols of each matrix: gate and up [F, H], down [H, F]. */
@@ -52,10 +69,10 @@ function shapeOf(m: MatrixName, H: number, F: number): [number, number] {
 }
 
 /** The expert graph over resident weights: dequantize to fp32, then SwiGLU. */
-export function buildResidentExpertGraph(encoding: ExpertEncoding, H: number, F: number): Uint8Array {
-  const g = new GraphBuilder(`expert_${encoding}`);
+export function buildResidentExpertGraph(layout: ResidentLayout, H: number, F: number): Uint8Array {
+  const g = new GraphBuilder(`expert_${layout}`);
   const x = g.input("x", "float32", ["T", H]);
-  const form = residentForm(encoding);
+  const form = residentForm(layout);
   const w = {} as Record<MatrixName, string>;
   for (const m of MATRICES) {
     const [rows, cols] = shapeOf(m, H, F);
@@ -76,9 +93,9 @@ export function buildResidentExpertGraph(encoding: ExpertEncoding, H: number, F:
 }
 
 /** Copies every weight input to an output of the same type, which stays on the GPU. */
-export function buildUploadGraph(encoding: ExpertEncoding, H: number, F: number): Uint8Array {
-  const g = new GraphBuilder(`upload_${encoding}`);
-  const form = residentForm(encoding);
+export function buildUploadGraph(layout: ResidentLayout, H: number, F: number): Uint8Array {
+  const g = new GraphBuilder(`upload_${layout}`);
+  const form = residentForm(layout);
   for (const m of MATRICES) {
     const [rows, cols] = shapeOf(m, H, F);
     const f = form[m];
@@ -88,9 +105,9 @@ export function buildUploadGraph(encoding: ExpertEncoding, H: number, F: number)
   return g.toBytes();
 }
 
-/** Splits an encoded record into the host tensors of its resident form (views where possible). */
-export function recordTensors(encoding: ExpertEncoding, record: Uint8Array, H: number, F: number): Record<string, HostTensor<TensorData>> {
-  const form = residentForm(encoding);
+/** Splits an encoded record into the host tensors of its resident layout (views where possible). */
+export function recordTensors(encoding: ExpertEncoding, layout: ResidentLayout, record: Uint8Array, H: number, F: number): Record<string, HostTensor<TensorData>> {
+  const form = residentForm(layout);
   const out: Record<string, HostTensor<TensorData>> = {};
   let offset = 0;
   for (const m of MATRICES) {
@@ -102,6 +119,13 @@ export function recordTensors(encoding: ExpertEncoding, record: Uint8Array, H: n
     const f = form[m];
     const dims = [rows, cols];
     const aligned = (k: number) => (bytes.byteOffset % k === 0 ? bytes : bytes.slice());
+    if (layout === "f16" && encoding !== "f16") {
+      // Quantized record, provider without 8-bit types: dequantize, then round to half.
+      const halves = encodeMatrix("f16", decodeMatrix(encoding, bytes, rows, cols), rows, cols);
+      out[f.values.name] = { data: new Uint16Array(halves.buffer, halves.byteOffset, n), dims };
+      continue;
+    }
+    invariant(layout !== "f32" || encoding === "f32", `a ${encoding} record cannot be held as f32`);
     switch (encoding) {
       case "f32": {
         const b = aligned(4);
@@ -148,11 +172,14 @@ export interface DeviceExpertKernelOptions {
   device: ExecutionDevice;
   /** Intra-op threads (matter on the CPU provider). Default 1. */
   threads?: number;
+  /** How weights are held. Default: residentLayoutFor(encoding, device). */
+  layout?: ResidentLayout;
 }
 
 export class DeviceExpertKernel implements ExpertKernel<ResidentExpert> {
   readonly name = "onnx" as const;
   readonly residentBytes: number;
+  readonly layout: ResidentLayout;
   private readonly stats_: ResidencyStats;
 
   private constructor(
@@ -161,25 +188,24 @@ export class DeviceExpertKernel implements ExpertKernel<ResidentExpert> {
     /** Present on WebGPU: moves weights into GPU buffers. */
     private readonly upload: OnnxSession | undefined
   ) {
-    const { encoding: enc, hiddenSize: H, expertFfn: F } = o;
-    // int4 is held as int8 on the provider (no 4-bit tensors in the graph): twice its record's values.
-    const perMatrix = (rows: number, cols: number) => (enc === "int4" ? matrixBytes("int8", rows, cols) : matrixBytes(enc, rows, cols));
-    this.residentBytes = 2 * perMatrix(F, H) + perMatrix(H, F);
+    this.layout = o.layout ?? residentLayoutFor(o.encoding, o.device);
+    this.residentBytes = residentExpertBytes(this.layout, o.hiddenSize, o.expertFfn);
     this.stats_ = { device: o.device, memory: upload ? "gpu" : "host", prepared: 0, freed: 0, liveBytes: 0, liveBytesMax: 0 };
   }
 
   static async create(o: DeviceExpertKernelOptions): Promise<DeviceExpertKernel> {
     const { encoding: enc, hiddenSize: H, expertFfn: F, device } = o;
+    const layout = o.layout ?? residentLayoutFor(enc, device);
     const threads = o.threads ?? 1;
-    const expert = await OnnxSession.create(buildResidentExpertGraph(enc, H, F), { device, threads, name: `expert graph (${enc}, ${device})` });
+    const expert = await OnnxSession.create(buildResidentExpertGraph(layout, H, F), { device, threads, name: `expert graph (${layout}, ${device})` });
     let upload: OnnxSession | undefined;
     try {
-      if (device === "webgpu") upload = await OnnxSession.create(buildUploadGraph(enc, H, F), { device, threads, outputsOnDevice: true, name: `upload graph (${enc})` });
+      if (device === "webgpu") upload = await OnnxSession.create(buildUploadGraph(layout, H, F), { device, threads, outputsOnDevice: true, name: `upload graph (${layout})` });
     } catch (err) {
       await expert.dispose();
       throw err;
     }
-    return new DeviceExpertKernel(o, expert, upload);
+    return new DeviceExpertKernel({ ...o, layout }, expert, upload);
   }
 
   get device(): ExecutionDevice {
@@ -187,7 +213,7 @@ export class DeviceExpertKernel implements ExpertKernel<ResidentExpert> {
   }
 
   async prepare(record: Uint8Array): Promise<ResidentExpert> {
-    const host = recordTensors(this.o.encoding, record, this.o.hiddenSize, this.o.expertFfn);
+    const host = recordTensors(this.o.encoding, this.layout, record, this.o.hiddenSize, this.o.expertFfn);
     const tensors: Record<string, DeviceTensor> = {};
     if (this.upload) {
       const out = await this.upload.runOnDevice(host);
