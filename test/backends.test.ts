@@ -148,7 +148,7 @@ describe("experts resident on the provider (onnx kernel)", () => {
       const native = await run(dir, { expertKernel: "native", schedule: "device" });
       for (const budget of [25, 60, 100]) {
         for (const predictor of ["none", "gate"] as const) {
-          const r = await run(dir, { expertKernel: "onnx", deviceMem: { percent: budget }, schedule: "device", predictor });
+          const r = await run(dir, { expertKernel: "onnx", deviceMem: { percent: budget }, schedule: "device", predictor, prefetch: true });
           const label = `${enc} ${budget}% ${predictor}`;
           expect(r.kernel).toBe("onnx");
           expect(r.ids, label).toEqual(native.ids);

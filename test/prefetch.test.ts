@@ -5,6 +5,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { prefetchPays } from "../src/cache/prefetchPayoff.js";
 import { beforeAll, describe, expect, it } from "vitest";
 import { loadModel, type LoadModelOptions } from "../src/index.js";
 import type { RoutingLog } from "../src/predict/OraclePredictor.js";
@@ -40,7 +41,7 @@ describe.each(["moe-tiny-en", "tiny-qwen3-moe", "tiny-mixtral"])("prefetch on %s
   for (const predictor of ["gate", "pregate", "affinity", "reuse", "oracle"] as const) {
     it(`greedy output is identical with and without prefetch, predictor ${predictor}`, async () => {
       for (const deviceMem of [{ percent: 30 }, { percent: 60 }, undefined]) {
-        const r = await run(dir, { predictor, deviceMem, prefetchDepth: 1, oracleLog: reference.log });
+        const r = await run(dir, { predictor, deviceMem, prefetch: true, prefetchDepth: 1, oracleLog: reference.log });
         expect(r.ids).toEqual(reference.ids);
         expect(r.stats.cache.residentBytesMax).toBeLessThanOrEqual(r.stats.cache.budgetBytes);
         expect(r.stats.predictor?.name).toBe(predictor);
@@ -52,7 +53,7 @@ describe.each(["moe-tiny-en", "tiny-qwen3-moe", "tiny-mixtral"])("prefetch on %s
   }
 
   it("the oracle predicts every next-layer expert, and its prefetches are never wasted", async () => {
-    const r = await run(dir, { predictor: "oracle", oracleLog: reference.log, deviceMem: { percent: 50 } });
+    const r = await run(dir, { predictor: "oracle", oracleLog: reference.log, deviceMem: { percent: 50 }, prefetch: true });
     expect(r.stats.predictor!.recall).toBe(1);
     expect(r.stats.predictor!.precision).toBe(1);
     expect(r.stats.prefetch!.wasted).toBe(0);
@@ -86,7 +87,7 @@ describe("affinity statistics persist in the model directory", () => {
 it("--stats-json reports the predictor at the top level", async () => {
   const dir = await importFixture("tiny-qwen3-moe");
   const out = path.join(tmpDir(), "stats.json");
-  const r = runCli(["run", dir, "--prompt", PROMPT, "-n", "16", "--device-mem", "40%", "--predictor", "gate", "--stats", "--stats-json", out]);
+  const r = runCli(["run", dir, "--prompt", PROMPT, "-n", "16", "--device-mem", "40%", "--predictor", "gate", "--prefetch-always", "--stats", "--stats-json", out]);
   expect(r.status).toBe(0);
   expect(r.stderr).toMatch(/predictor gate: next-layer recall@k [\d.]+%, precision [\d.]+%/);
   expect(r.stderr).toMatch(/prefetch: \d+ issued, \d+ used/);
@@ -96,4 +97,32 @@ it("--stats-json reports the predictor at the top level", async () => {
   expect(s.predictor.recall).toBeLessThanOrEqual(1);
   expect(typeof s.predictor.precision).toBe("number");
   expect(s.predictor.layers.length).toBe(1); // two layers: only layer 1 is predicted
+});
+
+describe("prefetch where it pays", () => {
+  it("the rule: a read must stall compute longer than twice the loader's overhead", () => {
+    expect(prefetchPays(20e-6, 80e-6)).toBe(false); // small expert in RAM: 60 us of overhead for a 20 us read
+    expect(prefetchPays(3e-3, 3.5e-3)).toBe(true); // 4 MiB expert: 0.5 ms overhead for a 3 ms read
+    expect(prefetchPays(5e-3, 4e-3)).toBe(true); // the worker read faster than the compute thread (cold pages)
+  });
+
+  it("by default it is measured at load: cheap reads turn prefetch off with a note, and the predictor is still scored", async () => {
+    const dir = await importFixture("tiny-mixtral");
+    const notes: string[] = [];
+    const model = await loadModel(dir, { threads: 1, predictor: "gate", deviceMem: { percent: 40 }, log: (l) => notes.push(l) });
+    try {
+      for await (const _ of model.generate(PROMPT, { maxTokens: 8, stopAtEos: false })) void _;
+      const s = model.cacheStats();
+      const m = /prefetch off: an expert reads in (\d+) us, less than twice the loader's overhead \((\d+) us round trip\)/.exec(notes.join("\n"));
+      if (m) {
+        // Off: consistent with the measured figures, nothing loaded ahead, predictor scored.
+        expect(prefetchPays(Number(m[1]) / 1e6, Number(m[2]) / 1e6)).toBe(false);
+        expect(s.prefetch).toBeUndefined();
+      } else expect(s.prefetch).toBeDefined();
+      expect(s.predictor?.name).toBe("gate");
+      expect(s.predictor!.recall).toBeGreaterThan(0);
+    } finally {
+      await model.dispose();
+    }
+  });
 });

@@ -26,6 +26,7 @@ export interface ModelCliOptions {
   cpuThreads?: number;
   device: DeviceName;
   prefetch: boolean;
+  prefetchAlways: boolean;
   prefetchDepth: number;
   prefetchThreshold: number;
   stats: boolean;
@@ -65,6 +66,7 @@ export function addModelOptions(cmd: Command): Command {
     .option("--cpu-threads <n>", "threads of the CPU expert pool (default: cores - 1)", parseIntOption("cpu-threads", 1))
     .option("--predictor <name>", `predict upcoming layers' experts: ${PREDICTOR_NAMES.filter((p) => p !== "oracle").join(", ")}`, parsePredictorName, "none")
     .option("--no-prefetch", "score the predictor but do not load its predictions ahead")
+    .option("--prefetch-always", "load predictions ahead even where reading an expert is cheaper than the loader's round trip (default: measured at load)", false)
     .option("--prefetch-depth <n>", "layers ahead to predict and prefetch", parseIntOption("prefetch-depth", 1), 1)
     .option("--prefetch-threshold <p>", "minimum predicted probability to prefetch", parseFloatOption("prefetch-threshold", 0, 1), 0.05)
     .option("--verify", "check every file and expert against the manifest's checksums first", false)
@@ -86,7 +88,7 @@ export function loadOptions(o: ModelCliOptions): LoadModelOptions {
     schedule: o.schedule,
     device: o.device,
     cpuThreads: o.cpuThreads,
-    prefetch: o.prefetch,
+    prefetch: o.prefetch === false ? false : o.prefetchAlways ? true : "auto",
     prefetchDepth: o.prefetchDepth,
     prefetchThreshold: o.prefetchThreshold,
   };

@@ -11,6 +11,7 @@ import type { ExpertId } from "../cache/types.js";
 import { ContextOverflowError, InvalidOptionError, MoeRunError } from "../errors.js";
 import type { ExpertKernelName } from "../kernels/expertKernels.js";
 import { ExpertLoader } from "../cache/ExpertLoader.js";
+import { measurePrefetchPayoff } from "../cache/prefetchPayoff.js";
 import { createPredictor } from "../predict/createPredictor.js";
 import type { RoutingLog } from "../predict/OraclePredictor.js";
 import type { ExpertPredictor, PredictorName } from "../predict/types.js";
@@ -53,8 +54,12 @@ export interface LoadModelOptions {
    * `oracleLog`), or "none". Default "none".
    */
   predictor?: PredictorName;
-  /** Load predicted experts ahead of their layer. Default true when a predictor is set. */
-  prefetch?: boolean;
+  /**
+   * Load predicted experts ahead of their layer: true, false, or "auto" (the default with a
+   * predictor): only when a record's read stalls compute longer than twice the loader's overhead,
+   * measured at load (cache/prefetchPayoff.ts); otherwise the predictor is only scored.
+   */
+  prefetch?: boolean | "auto";
   /** Layers ahead to predict and prefetch. Default 1. */
   prefetchDepth?: number;
   /** Minimum predicted probability to prefetch. Default 0.05. */
@@ -191,8 +196,21 @@ export class MoeModel {
       const depth = options.prefetchDepth ?? 1;
       if (!Number.isInteger(depth) || depth < 1) throw new InvalidOptionError(`prefetch depth must be a whole number >= 1, got ${options.prefetchDepth}`);
       const schedule = options.schedule ?? (loadNativeAddon().addon ? "auto" : "device");
-      const fetch = predictor !== undefined && options.prefetch !== false;
+      let fetch = predictor !== undefined && options.prefetch !== false;
       if (fetch) loader = new ExpertLoader(store.path);
+      if (fetch && options.prefetch !== true) {
+        const payoff = await measurePrefetchPayoff(store, loader!, record, d.numLayers, d.numExperts);
+        if (!payoff.pays) {
+          fetch = false;
+          await loader!.close();
+          loader = undefined;
+          const us = (s: number) => `${Math.round(s * 1e6)} us`;
+          log(
+            `moe-run: prefetch off: an expert reads in ${us(payoff.readSeconds)}, less than twice the loader's overhead ` +
+              `(${us(payoff.loaderSeconds)} round trip), so loading ahead would only slow decode; the predictor is still scored (--prefetch-always to force)`
+          );
+        }
+      }
       const experts = new TieredExpertSource(store, {
         form: runner.kernel,
         deviceBudgetBytes: deviceBytes,
