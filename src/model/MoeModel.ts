@@ -229,7 +229,7 @@ export class MoeModel {
       if (schedule !== "device") {
         if (!loadNativeAddon().addon) throw new InvalidOptionError(`--schedule ${schedule} needs the CPU expert pool, which needs the native kernels: ${loadNativeAddon().reason}`);
         pool = new CpuExpertPool(store.path, { ...layout, recordBytes: record }, options.cpuThreads);
-        const cost = schedule === "auto" ? await CostModel.calibrate(layout, store, runner.kernel, runner.device, pool, { recalibrate: options.recalibrate }) : undefined;
+        const cost = schedule === "auto" ? await CostModel.calibrate({ ...layout, numLayers: d.numLayers, numExperts: d.numExperts }, store, runner.kernel, runner.device, pool, { recalibrate: options.recalibrate }) : undefined;
         runner.hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers, runner.device === "cpu", pool.threads), pool };
       }
       return new MoeModel(dir, manifest, tokenizer, contextSize, runner, store, experts, loader, predictor);

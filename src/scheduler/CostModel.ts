@@ -37,7 +37,7 @@ export class CostModel {
 
   /** Cached figures for this machine and shape, or a fresh measurement (a few runs of each side). */
   static async calibrate(
-    key: { encoding: string; hiddenSize: number; expertFfn: number },
+    key: { encoding: string; hiddenSize: number; expertFfn: number; numLayers: number; numExperts: number },
     store: ExpertStore,
     kernel: ExpertKernel<unknown>,
     device: ExecutionDevice,
@@ -45,7 +45,8 @@ export class CostModel {
     options: { recalibrate?: boolean; cacheFile?: string } = {}
   ): Promise<CostModel> {
     const file = options.cacheFile ?? path.join(os.homedir(), ".cache", "moe-run", "calibration.json");
-    const id = `${os.cpus()[0]?.model ?? "cpu"}|${os.availableParallelism()}|${pool.threads}|${kernel.name}@${device}|${key.encoding}|${key.hiddenSize}x${key.expertFfn}`;
+    // v2: figures measured over several experts.
+    const id = `v2|${os.cpus()[0]?.model ?? "cpu"}|${os.availableParallelism()}|${pool.threads}|${kernel.name}@${device}|${key.encoding}|${key.hiddenSize}x${key.expertFfn}`;
     let cache: Record<string, CostFigures> = {};
     try {
       cache = JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, CostFigures>;
@@ -60,34 +61,41 @@ export class CostModel {
       await f();
       return (performance.now() - t0) / 1000;
     };
+    // Rotate over several experts, as a run does: one expert measured again and again would sit
+    // in the CPU caches and make both sides look faster than they are (pool figures were ~35% low).
+    const n = Math.min(8, key.numLayers * key.numExperts);
+    const ids = Array.from({ length: n }, (_, i) => ({ layer: i % key.numLayers, expert: Math.floor(i / key.numLayers) % key.numExperts }));
     const loads: number[] = [];
-    kernel.free(await kernel.prepare(store.getRecord(0, 1))); // warm-up
-    for (let i = 0; i < 5; i++) {
+    kernel.free(await kernel.prepare(store.getRecord(ids[0]!.layer, ids[0]!.expert))); // warm-up
+    for (let i = 0; i < 2 * n; i++) {
+      const { layer, expert } = ids[i % n]!;
       let resident: unknown;
-      loads.push(await time(async () => (resident = await kernel.prepare(store.getRecord(0, i % 2)))));
+      loads.push(await time(async () => (resident = await kernel.prepare(store.getRecord(layer, expert)))));
       kernel.free(resident);
     }
-    const record = await kernel.prepare(store.getRecord(0, 0));
+    const residents: unknown[] = [];
     const measure = async (tokens: number) => {
       const x = new Float32Array(tokens * H).fill(0.01);
       const y = new Float32Array(tokens * H);
       const dev: number[] = [];
       const cpu: number[] = [];
-      await kernel.forward(record, x, tokens, y); // warm-up
-      await pool.compute(0, 0, x, tokens);
-      for (let i = 0; i < 5; i++) {
-        dev.push(await time(() => kernel.forward(record, x, tokens, y)));
-        cpu.push(await time(() => pool.compute(0, 0, x, tokens)));
+      await kernel.forward(residents[0], x, tokens, y); // warm-up
+      await pool.compute(ids[0]!.layer, ids[0]!.expert, x, tokens);
+      for (let i = 0; i < 2 * n; i++) {
+        const { layer, expert } = ids[i % n]!;
+        dev.push(await time(() => kernel.forward(residents[i % n], x, tokens, y)));
+        cpu.push(await time(() => pool.compute(layer, expert, x, tokens)));
       }
       return { dev: median(dev), cpu: median(cpu) };
     };
     let one: { dev: number; cpu: number };
     let many: { dev: number; cpu: number };
     try {
+      for (const { layer, expert } of ids) residents.push(await kernel.prepare(store.getRecord(layer, expert)));
       one = await measure(1);
       many = await measure(16);
     } finally {
-      kernel.free(record);
+      for (const r of residents) kernel.free(r);
     }
     const figures: CostFigures = {
       devicePerToken: Math.max(0, (many.dev - one.dev) / 15),
