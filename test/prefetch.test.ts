@@ -100,9 +100,10 @@ it("--stats-json reports the predictor at the top level", async () => {
 });
 
 describe("prefetch where it pays", () => {
-  it("the rule: a read must stall compute longer than twice the loader's overhead", () => {
+  it("the rule: a read must stall compute longer than four times the loader's overhead", () => {
     expect(prefetchPays(20e-6, 80e-6)).toBe(false); // small expert in RAM: 60 us of overhead for a 20 us read
-    expect(prefetchPays(3e-3, 3.5e-3)).toBe(true); // 4 MiB expert: 0.5 ms overhead for a 3 ms read
+    expect(prefetchPays(3e-3, 7.8e-3)).toBe(false); // 4.3 MB expert in RAM (measured: prefetch 12 vs 30 tok/s without)
+    expect(prefetchPays(20e-3, 23e-3)).toBe(true); // cold pages on disk: 3 ms overhead for a 20 ms read
     expect(prefetchPays(5e-3, 4e-3)).toBe(true); // the worker read faster than the compute thread (cold pages)
   });
 
@@ -113,7 +114,7 @@ describe("prefetch where it pays", () => {
     try {
       for await (const _ of model.generate(PROMPT, { maxTokens: 8, stopAtEos: false })) void _;
       const s = model.cacheStats();
-      const m = /prefetch off: an expert reads in (\d+) us, less than twice the loader's overhead \((\d+) us round trip\)/.exec(notes.join("\n"));
+      const m = /prefetch off: an expert reads in (\d+) us, not over four times the loader's overhead \((\d+) us round trip\)/.exec(notes.join("\n"));
       if (m) {
         // Off: consistent with the measured figures, nothing loaded ahead, predictor scored.
         expect(prefetchPays(Number(m[1]) / 1e6, Number(m[2]) / 1e6)).toBe(false);

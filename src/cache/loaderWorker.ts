@@ -21,11 +21,14 @@ export default function load(task: LoadTask): ArrayBuffer {
     db = open({ path: task.store, encoding: "binary", compression: false, readOnly: true, noReadAhead: true } as Parameters<typeof open>[0]) as RootDatabase<Buffer, [number, number]>;
     stores.set(task.store, db);
   }
-  const buf = db.getBinary([task.layer, task.expert]);
-  if (!buf || buf.byteLength !== task.bytes) {
-    throw new Error(`expert (${task.layer}, ${task.expert}) in ${task.store} is missing or has ${buf?.byteLength ?? 0} bytes, expected ${task.bytes}; re-import the model`);
+  // getBinaryFast: lmdb-js's reused read buffer (its value size in db.lastSize), copied once into
+  // the buffer that is moved to the caller (getBinary would allocate and copy a second time).
+  const fast = db.getBinaryFast([task.layer, task.expert]);
+  const size = fast ? (db as unknown as { lastSize: number }).lastSize : 0;
+  if (!fast || size !== task.bytes) {
+    throw new Error(`expert (${task.layer}, ${task.expert}) in ${task.store} is missing or has ${size} bytes, expected ${task.bytes}; re-import the model`);
   }
   const out = new Uint8Array(task.bytes);
-  out.set(buf);
+  out.set(fast.subarray(0, size));
   return move(out.buffer) as ArrayBuffer;
 }

@@ -1,10 +1,12 @@
 /**
  * Whether prefetching pays on this machine for this model: a prefetch saves the compute thread
- * the time a demand read would stall it, and costs it the loader's round trip (queueing, the
- * worker's message, the transfer). When a record reads from memory in less time than twice that
- * overhead (small experts in RAM: measured ~20 us read vs ~60 us round trip), prefetch only slows
- * decode (measured on the trained model: 175 -> 98 tok/s), so the default ("auto") turns it off
- * and keeps scoring the predictor.
+ * the time a demand read would stall it, and costs the loader's round trip (queueing, the
+ * worker's read and message, the transfer), while the loader's thread competes with compute for
+ * the cores. Measured on 2 cores with the store in RAM, prefetch slowed decode both for small
+ * experts (trained model, 221 KB: 175 -> 98 tok/s) and for large ones (4.3 MB f16: 30 -> 12
+ * tok/s, demand reads waiting on slower loads). So the default ("auto") loads ahead only when a
+ * read costs more than four times the loader's overhead (cold pages on disk), and otherwise keeps
+ * scoring the predictor without loading.
  */
 import type { ExpertStore } from "../store/ExpertStore.js";
 import type { ExpertLoader } from "./ExpertLoader.js";
@@ -17,9 +19,9 @@ export interface PrefetchPayoff {
   pays: boolean;
 }
 
-/** The rule, apart from the measurement: the read must exceed twice the loader's overhead. */
+/** The rule, apart from the measurement: the read must exceed four times the loader's overhead. */
 export function prefetchPays(readSeconds: number, loaderSeconds: number): boolean {
-  return readSeconds > 2 * Math.max(0, loaderSeconds - readSeconds);
+  return readSeconds > 4 * Math.max(0, loaderSeconds - readSeconds);
 }
 
 export async function measurePrefetchPayoff(store: ExpertStore, loader: ExpertLoader, recordBytes: number, numLayers: number, numExperts: number): Promise<PrefetchPayoff> {
@@ -29,7 +31,7 @@ export async function measurePrefetchPayoff(store: ExpertStore, loader: ExpertLo
   // Different experts each time, so neither side reads a record the other has just touched.
   const id = (i: number) => ({ layer: Math.floor(i / numExperts) % numLayers, expert: i % numExperts });
   await loader.load(id(0).layer, id(0).expert, recordBytes); // starts the worker and opens the store there
-  for (let i = 1; i <= 7; i++) {
+  for (let i = 1; i <= 9; i++) {
     const a = id(2 * i);
     let t0 = performance.now();
     store.getRecord(a.layer, a.expert);

@@ -206,7 +206,7 @@ export class MoeModel {
           loader = undefined;
           const us = (s: number) => `${Math.round(s * 1e6)} us`;
           log(
-            `moe-run: prefetch off: an expert reads in ${us(payoff.readSeconds)}, less than twice the loader's overhead ` +
+            `moe-run: prefetch off: an expert reads in ${us(payoff.readSeconds)}, not over four times the loader's overhead ` +
               `(${us(payoff.loaderSeconds)} round trip), so loading ahead would only slow decode; the predictor is still scored (--prefetch-always to force)`
           );
         }
