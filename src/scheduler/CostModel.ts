@@ -45,8 +45,8 @@ export class CostModel {
     options: { recalibrate?: boolean; cacheFile?: string } = {}
   ): Promise<CostModel> {
     const file = options.cacheFile ?? path.join(os.homedir(), ".cache", "moe-run", "calibration.json");
-    // v2: figures measured over several experts.
-    const id = `v2|${os.cpus()[0]?.model ?? "cpu"}|${os.availableParallelism()}|${pool.threads}|${kernel.name}@${device}|${key.encoding}|${key.hiddenSize}x${key.expertFfn}`;
+    // v3: figures measured over experts that do not fit in the CPU caches.
+    const id = `v3|${os.cpus()[0]?.model ?? "cpu"}|${os.availableParallelism()}|${pool.threads}|${kernel.name}@${device}|${key.encoding}|${key.hiddenSize}x${key.expertFfn}`;
     let cache: Record<string, CostFigures> = {};
     try {
       cache = JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, CostFigures>;
@@ -61,9 +61,10 @@ export class CostModel {
       await f();
       return (performance.now() - t0) / 1000;
     };
-    // Rotate over several experts, as a run does: one expert measured again and again would sit
-    // in the CPU caches and make both sides look faster than they are (pool figures were ~35% low).
-    const n = Math.min(8, key.numLayers * key.numExperts);
+    // Rotate over experts totalling more than the CPU caches (~96 MiB, 8 to 32 experts), as a run
+    // does: one expert measured again and again stays cached and makes both sides look faster
+    // than they are (the pool's figures were ~35% low).
+    const n = Math.min(key.numLayers * key.numExperts, 32, Math.max(8, Math.ceil((96 * 2 ** 20) / kernel.residentBytes)));
     const ids = Array.from({ length: n }, (_, i) => ({ layer: i % key.numLayers, expert: Math.floor(i / key.numLayers) % key.numExperts }));
     const loads: number[] = [];
     kernel.free(await kernel.prepare(store.getRecord(ids[0]!.layer, ids[0]!.expert))); // warm-up
