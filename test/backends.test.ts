@@ -7,7 +7,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { OnnxSession, resolveDevice, type ExecutionDevice } from "../src/backends/onnx.js";
-import { loadModel, type LoadModelOptions } from "../src/index.js";
+import { loadModel, loadModelInWorker, type LoadModelOptions } from "../src/index.js";
 import { buildResidentExpertGraph, buildUploadGraph, DeviceExpertKernel, recordTensors, type ResidentLayout } from "../src/kernels/DeviceExpertKernel.js";
 import { createExpertKernel } from "../src/kernels/expertKernels.js";
 import { EXPERT_ENCODINGS, type ExpertEncoding } from "../src/store/expertEncoding.js";
@@ -165,6 +165,22 @@ describe("experts resident on the provider (onnx kernel)", () => {
       }
     });
   }
+
+  it("works the same from the engine worker (loadModelInWorker), residency reported across the thread", async () => {
+    const dir = await importFixture("tiny-mixtral", { experts: "f16" });
+    const native = await run(dir, { expertKernel: "native", schedule: "device" });
+    const model = await loadModelInWorker(dir, { threads: 1, log: () => {}, expertKernel: "onnx", deviceMem: { percent: 50 }, schedule: "device" });
+    try {
+      const ids: number[] = [];
+      for await (const _ of model.generate(prompt, { maxTokens: 24, stopAtEos: false, onToken: (t) => ids.push(t) })) void _;
+      expect(ids).toEqual(native.ids);
+      const d = (await model.cacheStats()).tiers.device;
+      expect(d.residency!.liveBytes).toBe(d.residentBytes);
+      expect(d.residency!.prepared).toBeGreaterThan(0);
+    } finally {
+      await model.dispose();
+    }
+  });
 
   it("frees every resident expert at dispose, and the minimum budget counts the provider's form", async () => {
     const dir = await importFixture("tiny-mixtral", { experts: "int4" });
