@@ -4,7 +4,7 @@
  * device and cpu, at full and reduced device budgets, on a synthetic Mixtral-shaped model.
  * Prints a table, writes bench/results/scheduler.json. Medians over --reps; engines alternate.
  *
- *   node bench/scheduler.mjs [--reps 3] [--prompt-tokens 64] [--decode-tokens 32] [--budgets 100,25]
+ *   node bench/scheduler.mjs [--reps 3] [--prompt-tokens 64] [--decode-tokens 32] [--budgets 100,25] [--device cpu|webgpu|cuda]
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -21,6 +21,7 @@ const { values: args } = parseArgs({
     "prompt-tokens": { type: "string", default: "64" },
     "decode-tokens": { type: "string", default: "32" },
     budgets: { type: "string", default: "100,25" },
+    device: { type: "string", default: "cpu" },
     work: { type: "string", default: path.join(os.tmpdir(), "moe-run-bench-scheduler") },
     out: { type: "string", default: path.join(ROOT, "bench", "results", "scheduler.json") },
   },
@@ -43,11 +44,12 @@ if (!fs.existsSync(path.join(dir, "manifest.json"))) {
 const prompt = "The quick brown fox jumps over the lazy dog. ".repeat(40);
 const rows = [];
 const outputs = new Map();
+let resolvedDevice = "cpu"; // what the requested provider resolved to (it falls back to the CPU where missing)
 for (const budget of args.budgets.split(",").map(Number)) {
   const runs = { auto: [], device: [], cpu: [] };
   for (let r = 0; r <= reps; r++) {
     for (const schedule of ["auto", "device", "cpu"]) {
-      const model = await loadModel(dir, { schedule, deviceMem: budget >= 100 ? undefined : { percent: budget }, log: () => {} });
+      const model = await loadModel(dir, { schedule, device: args.device, deviceMem: budget >= 100 ? undefined : { percent: budget }, log: () => {} });
       const ids = model.tokenize(prompt).slice(0, Number(args["prompt-tokens"]));
       const text = model.tokenizer.decode(ids);
       let stats;
@@ -60,6 +62,7 @@ for (const budget of args.budgets.split(",").map(Number)) {
           break;
         }
       }
+      resolvedDevice = model.device;
       const placement = model.scheduleStats().layers.reduce((a, l) => ({ device: a.device + l.device, cpu: a.cpu + l.cpu }), { device: 0, cpu: 0 });
       await model.dispose();
       outputs.set(`${budget}/${schedule}`, out.join(","));
@@ -87,7 +90,7 @@ for (const r of rows) {
   const base = rows.find((x) => x.budgetPercent === r.budgetPercent && x.schedule === "device");
   console.log(`| ${r.budgetPercent}% | ${r.schedule} | ${r.prefillTokPerS.toFixed(1)} | ${r.decodeTokPerS.toFixed(1)} | ${(r.prefillTokPerS / base.prefillTokPerS).toFixed(2)}x | ${(r.decodeTokPerS / base.decodeTokPerS).toFixed(2)}x | ${r.expertsOnDevice}/${r.expertsOnCpu} |`);
 }
-console.log(`greedy output identical across schedules and budgets: ${identical}`);
+console.log(`greedy output identical across schedules and budgets: ${identical}; device ${resolvedDevice} (requested ${args.device})`);
 fs.mkdirSync(path.dirname(args.out), { recursive: true });
-fs.writeFileSync(args.out, JSON.stringify({ bench: "scheduler", date: new Date().toISOString(), machine: { cpus: os.availableParallelism(), cpu: os.cpus()[0]?.model, node: process.version }, model: { ...dims, experts: "f16" }, reps, identical, rows }, null, 2) + "\n");
+fs.writeFileSync(args.out, JSON.stringify({ bench: "scheduler", date: new Date().toISOString(), machine: { cpus: os.availableParallelism(), cpu: os.cpus()[0]?.model, node: process.version }, model: { ...dims, experts: "f16" }, device: resolvedDevice, requestedDevice: args.device, reps, identical, rows }, null, 2) + "\n");
 process.stderr.write(`wrote ${path.relative(process.cwd(), args.out)}\n`);
