@@ -56,9 +56,14 @@ export class DeviceTensor {
     return this.tensor;
   }
 
-  /** A host copy of the contents (downloads GPU buffers): for checks, not the hot path. */
+  /**
+   * A host copy of the contents, for checks. Host-backed tensors only: onnxruntime-node 1.30
+   * cannot download a GPU buffer ("not implemented"); run it through a session with CPU outputs.
+   */
   async read(): Promise<TensorData> {
-    return (await this.value.getData()) as TensorData;
+    const t = this.value;
+    if (t.location !== "cpu") throw new Error(`cannot read a ${t.location} tensor on the host; run it through a session whose outputs are on the CPU`);
+    return (await t.getData()) as TensorData;
   }
 
   dispose(): void {
