@@ -12,30 +12,12 @@ import { buildResidentExpertGraph, buildUploadGraph, DeviceExpertKernel, recordT
 import { createExpertKernel } from "../src/kernels/expertKernels.js";
 import { EXPERT_ENCODINGS, type ExpertEncoding } from "../src/store/expertEncoding.js";
 import { ExpertStore } from "../src/store/ExpertStore.js";
-import { importFixture } from "./helpers.js";
+import { importFixture, maxRelErr, rand } from "./helpers.js";
 
 const H = 64;
 const F = 96;
 
-function rand(n: number, seed: number, scale: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  return Float32Array.from({ length: n }, () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return ((s / 2 ** 32) * 2 - 1) * scale;
-  });
-}
-
-function maxRelErr(a: Float32Array, ref: Float32Array): number {
-  let err = 0;
-  let mag = 0;
-  for (let i = 0; i < ref.length; i++) {
-    err = Math.max(err, Math.abs(a[i]! - ref[i]!));
-    mag = Math.max(mag, Math.abs(ref[i]!));
-  }
-  return err / mag;
-}
-
-/** The provider itself, or undefined (with a message) when this machine lacks it. */
+/** Whether this machine has the provider; when not, says so (the test is then skipped). */
 async function available(device: ExecutionDevice): Promise<boolean> {
   if (device === "cpu") return true;
   const notes: string[] = [];

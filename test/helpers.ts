@@ -42,3 +42,23 @@ export function copyFixture(name: string): string {
   fs.cpSync(path.join(MODELS, name), dst, { recursive: true });
   return dst;
 }
+
+/** Deterministic pseudo-random values in [-scale, scale) (a linear congruential generator). */
+export function rand(n: number, seed: number, scale: number): Float32Array {
+  let s = seed >>> 0 || 1;
+  return Float32Array.from({ length: n }, () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return ((s / 2 ** 32) * 2 - 1) * scale;
+  });
+}
+
+/** Largest absolute difference relative to the reference's largest magnitude. */
+export function maxRelErr(a: Float32Array, ref: Float32Array): number {
+  let err = 0;
+  let mag = 0;
+  for (let i = 0; i < ref.length; i++) {
+    err = Math.max(err, Math.abs(a[i]! - ref[i]!));
+    mag = Math.max(mag, Math.abs(ref[i]!));
+  }
+  return err / mag;
+}

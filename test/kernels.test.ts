@@ -7,17 +7,10 @@ import { createExpertKernel, type ExpertKernelName } from "../src/kernels/expert
 import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
 import { EXPERT_ENCODINGS, decodeMatrix, encodeMatrix, encodeMatrixJs, matrixBytes, type ExpertEncoding } from "../src/store/expertEncoding.js";
 import { ExpertStore } from "../src/store/ExpertStore.js";
+import { maxRelErr, rand } from "./helpers.js";
 
 const H = 96;
 const F = 160;
-
-function rand(n: number, seed: number, scale: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  return Float32Array.from({ length: n }, () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return ((s / 2 ** 32) * 2 - 1) * scale;
-  });
-}
 
 const weights = { gate: rand(F * H, 1, 0.2), up: rand(F * H, 2, 0.2), down: rand(H * F, 3, 0.15) };
 
@@ -33,16 +26,6 @@ async function runKernel(name: ExpertKernelName, enc: ExpertEncoding, tokens: nu
   } finally {
     await kernel.dispose();
   }
-}
-
-function maxRelErr(a: Float32Array, ref: Float32Array): number {
-  let err = 0;
-  let mag = 0;
-  for (let i = 0; i < ref.length; i++) {
-    err = Math.max(err, Math.abs(a[i]! - ref[i]!));
-    mag = Math.max(mag, Math.abs(ref[i]!));
-  }
-  return err / mag;
 }
 
 it("the native kernels are built on this machine", () => {
