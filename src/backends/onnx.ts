@@ -92,6 +92,11 @@ export interface OnnxSessionOptions {
 
 type Feed = HostTensor<TensorData> | DeviceTensor;
 
+/** onnxruntime's create() from a file or bytes (its overloads take one or the other, not the union). */
+function openSession(model: string | Uint8Array, options: ort.InferenceSession.SessionOptions): Promise<ort.InferenceSession> {
+  return typeof model === "string" ? ort.InferenceSession.create(model, options) : ort.InferenceSession.create(model, options);
+}
+
 /**
  * The execution provider to use for `requested`, found by opening `probeModel` with it: "auto"
  * tries CUDA, then WebGPU, then the CPU. A provider this machine lacks falls back to the CPU,
@@ -103,7 +108,7 @@ export async function resolveDevice(requested: DeviceName, probeModel: string | 
   for (const device of candidates) {
     try {
       const options = { executionProviders: [device], logSeverityLevel: 4 as const };
-      const s = typeof probeModel === "string" ? await ort.InferenceSession.create(probeModel, options) : await ort.InferenceSession.create(probeModel, options);
+      const s = await openSession(probeModel, options);
       await s.release();
       return device;
     } catch (err) {
@@ -138,7 +143,7 @@ export class OnnxSession {
       extra: { session: { intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } },
       ...(onDevice ? { preferredOutputLocation: "gpu-buffer" as const } : {}),
     };
-    const session = typeof model === "string" ? await ort.InferenceSession.create(model, sessionOptions) : await ort.InferenceSession.create(model, sessionOptions);
+    const session = await openSession(model, sessionOptions);
     return new OnnxSession(label, session);
   }
 
