@@ -377,8 +377,8 @@ export class TieredExpertSource {
             if (resident) this.options.form.free(resident);
             return;
           }
-          this.cache.insert(id, resident, this.residentBytes, { reserved: true });
-          this.prefetched.set(key, entry.loadSeconds);
+          if (this.cache.insert(id, resident, this.residentBytes, { reserved: true }).admitted) this.prefetched.set(key, entry.loadSeconds);
+          else this.options.form.free(resident); // the policy declined it, as admit() handles
         },
         (err: unknown) => {
           entry.done = true;
