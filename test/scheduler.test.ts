@@ -122,7 +122,7 @@ describe("the cost-model plan", () => {
     const layout = { hiddenSize: 64, expertFfn: 96, encoding: "f32" as const };
     const store = ExpertStore.openReadOnly(path.join(dir, "experts.mdb"), layout);
     const kernel = await createExpertKernel("native", { ...layout, threads: 1 });
-    const pool = new CpuExpertPool(store.path, { ...layout, recordBytes: 3 * 64 * 96 * 4 }, 1);
+    const pool = new CpuExpertPool(store, { ...layout, recordBytes: 3 * 64 * 96 * 4 }, 1);
     try {
       const a = await CostModel.calibrate({ ...layout, numLayers: 2, numExperts: 8 }, store, kernel, "cpu", pool, { cacheFile });
       expect(a.deviceSeconds(1)).toBeGreaterThan(0);
@@ -178,7 +178,7 @@ describe("promotion of CPU-served experts", () => {
     const store = ExpertStore.openReadOnly(path.join(dir, "experts.mdb"), layout);
     const kernel = await createExpertKernel("native", { ...layout, threads: 1 });
     const recordBytes = kernel.residentBytes;
-    const pool = new CpuExpertPool(store.path, { ...layout, recordBytes }, 1);
+    const pool = new CpuExpertPool(store, { ...layout, recordBytes }, 1);
     // Room for exactly two experts.
     const source = new TieredExpertSource(store, { form: kernel, deviceBudgetBytes: 2 * recordBytes, workingBytes: 0, hostBytes: Infinity, policy: "lru", numLayers: 2, topK: 2 });
     try {

@@ -12,6 +12,7 @@
 
 #include "expert_kernels.h"
 #include "page_residency.h"
+#include "direct_read.h"
 
 namespace {
 
@@ -149,6 +150,137 @@ napi_value LowerThreadPriority(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// openForReads(path) -> { fd, direct, size }: the expert store's data file for direct reads.
+napi_value OpenForReads(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value a[1];
+  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  moe::OpenedFile f;
+  std::string err;
+  if (!moe::open_for_reads(str(env, a[0]), &f, &err)) return napi_throw_error(env, nullptr, err.c_str()), nullptr;
+  napi_value obj, v;
+  napi_create_object(env, &obj);
+  napi_create_int32(env, f.fd, &v);
+  napi_set_named_property(env, obj, "fd", v);
+  napi_get_boolean(env, f.direct, &v);
+  napi_set_named_property(env, obj, "direct", v);
+  napi_create_double(env, double(f.size), &v);
+  napi_set_named_property(env, obj, "size", v);
+  return obj;
+}
+
+napi_value CloseFd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value a[1];
+  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  ::close(int(num(env, a[0])));
+  return nullptr;
+}
+
+struct RangeArgs {
+  moe::OpenedFile file;
+  uint64_t offset = 0, length = 0;
+  int parallel = 1;
+};
+
+RangeArgs range_args(napi_env env, napi_value* a) {
+  RangeArgs r;
+  r.file.fd = int(num(env, a[0]));
+  bool direct = false;
+  napi_get_value_bool(env, a[1], &direct);
+  r.file.direct = direct;
+  r.file.size = uint64_t(num(env, a[2]));
+  r.offset = uint64_t(num(env, a[3]));
+  r.length = uint64_t(num(env, a[4]));
+  r.parallel = int(num(env, a[5]));
+  return r;
+}
+
+void finalize_range(napi_env env, void* data, void* hint) {
+  int64_t adjusted;
+  napi_adjust_external_memory(env, -int64_t(reinterpret_cast<uintptr_t>(hint)), &adjusted);
+  free(data);
+}
+
+// Wraps a read range as a Uint8Array over its own aligned memory (freed when collected).
+napi_value range_to_js(napi_env env, moe::ReadRange& r, uint64_t length) {
+  napi_value ab, view;
+  if (napi_create_external_arraybuffer(env, r.base, r.capacity, finalize_range, reinterpret_cast<void*>(uintptr_t(r.capacity)), &ab) != napi_ok) {
+    moe::free_range(&r);
+    napi_throw_error(env, nullptr, "moe_native: cannot wrap a read buffer");
+    return nullptr;
+  }
+  int64_t adjusted;
+  napi_adjust_external_memory(env, int64_t(r.capacity), &adjusted);
+  napi_create_typedarray(env, napi_uint8_array, length, ab, r.lead, &view);
+  return view;
+}
+
+// readRange(fd, direct, fileSize, offset, length, parallel) -> Uint8Array (synchronous)
+napi_value ReadRange(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value a[6];
+  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  if (argc < 6) return napi_throw_error(env, nullptr, "readRange: 6 arguments expected"), nullptr;
+  RangeArgs args = range_args(env, a);
+  moe::ReadRange r;
+  std::string err;
+  if (!moe::read_range(args.file, args.offset, args.length, args.parallel, &r, &err)) return napi_throw_error(env, "STORE_READ", err.c_str()), nullptr;
+  return range_to_js(env, r, args.length);
+}
+
+struct AsyncRead {
+  RangeArgs args;
+  moe::ReadRange range;
+  std::string err;
+  bool ok = false;
+  napi_deferred deferred;
+  napi_async_work work;
+};
+
+// readRangeAsync(fd, direct, fileSize, offset, length, parallel) -> Promise<Uint8Array>, read on
+// libuv's thread pool (several such reads are in flight at once).
+napi_value ReadRangeAsync(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value a[6];
+  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  if (argc < 6) return napi_throw_error(env, nullptr, "readRangeAsync: 6 arguments expected"), nullptr;
+  auto* job = new AsyncRead();
+  job->args = range_args(env, a);
+  napi_value promise, name;
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_string_utf8(env, "moe-run:readRange", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(
+      env, nullptr, name,
+      [](napi_env, void* data) {
+        auto* j = static_cast<AsyncRead*>(data);
+        j->ok = moe::read_range(j->args.file, j->args.offset, j->args.length, j->args.parallel, &j->range, &j->err);
+      },
+      [](napi_env env, napi_status, void* data) {
+        auto* j = static_cast<AsyncRead*>(data);
+        if (j->ok) {
+          napi_value view = range_to_js(env, j->range, j->args.length);
+          if (view) napi_resolve_deferred(env, j->deferred, view);
+          else {
+            napi_value exc;
+            napi_get_and_clear_last_exception(env, &exc);
+            napi_reject_deferred(env, j->deferred, exc);
+          }
+        } else {
+          napi_value msg, code, e;
+          napi_create_string_utf8(env, j->err.c_str(), NAPI_AUTO_LENGTH, &msg);
+          napi_create_string_utf8(env, "STORE_READ", NAPI_AUTO_LENGTH, &code);
+          napi_create_error(env, code, msg, &e);
+          napi_reject_deferred(env, j->deferred, e);
+        }
+        napi_delete_async_work(env, j->work);
+        delete j;
+      },
+      job, &job->work);
+  napi_queue_async_work(env, job->work);
+  return promise;
+}
+
 napi_value Init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"expertForward", nullptr, ExpertForward, nullptr, nullptr, nullptr, napi_default, nullptr},
@@ -157,6 +289,10 @@ napi_value Init(napi_env env, napi_value exports) {
       {"dropFileCache", nullptr, DropFileCache, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"willNeed", nullptr, WillNeed, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"lowerThreadPriority", nullptr, LowerThreadPriority, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"openForReads", nullptr, OpenForReads, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"closeFd", nullptr, CloseFd, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"readRange", nullptr, ReadRange, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"readRangeAsync", nullptr, ReadRangeAsync, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

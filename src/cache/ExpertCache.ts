@@ -108,11 +108,14 @@ export class ExpertCache<V extends NonNullable<unknown>> {
     return this.entries.size;
   }
 
-  /** The resident value, counting a hit or a miss and telling the policy. */
-  lookup(id: ExpertId): V | undefined {
+  /**
+   * The resident value, counting a hit or a miss and telling the policy. `loadedForThis`: the
+   * value was loaded on demand for this very access (it was missing when asked for): a miss.
+   */
+  lookup(id: ExpertId, options: { loadedForThis?: boolean } = {}): V | undefined {
     const key = keyOf(id);
     const entry = this.entries.get(key);
-    const hit = entry !== undefined;
+    const hit = entry !== undefined && !options.loadedForThis;
     if (hit) this.hits++;
     else this.misses++;
     const l = this.layer(key);

@@ -1,104 +1,104 @@
 /**
- * The host tier: the expert store's pages in the OS page cache. Its budget is kept with the
- * native addon: mincore measures how much of the store file is resident, and when the next load
- * could push it past the budget, the file's pages are dropped (madvise DONTNEED on LMDB's own
- * mapping, then posix_fadvise DONTNEED). The tracked figure is an upper bound: it adds every
- * loaded record's size, resident before or not, and is re-measured after each drop.
- * Without the addon the tier only reports that it cannot enforce the budget.
+ * The host tier: expert records in RAM, under their own byte budget, with a replacement policy of
+ * the same family as the device tier, evicting one expert at a time. A miss reads the record from
+ * the store's data file with direct reads (ExpertStore.readRecord): the page cache holds no second
+ * copy, so the budget is the whole of what the host tier costs.
+ *
+ * When the device tier's form of an expert IS its record (the CPU kernels), the two tiers would
+ * hold the same bytes: the memory plan then gives the host tier nothing, and the device tier is
+ * the one resident copy. With a GPU provider the host tier keeps records that were evicted from
+ * GPU memory, so that they come back at host-to-GPU speed instead of the disk's.
  */
-import * as fs from "node:fs";
-import { loadNativeAddon, type NativeAddon } from "../kernels/nativeAddon.js";
-
-const PAGE = 4096;
-/** Branch and leaf pages a lookup may touch besides the value's overflow pages. */
-const TREE_PAGES = 4;
+import type { ExpertStore } from "../store/ExpertStore.js";
+import { ExpertCache } from "./ExpertCache.js";
+import { parsePolicyName, type PolicyName } from "./policies/index.js";
+import type { ExpertId, ReplacementPolicy } from "./types.js";
 
 export interface HostTierStats {
-  /** The budget in bytes; Infinity when none was set. */
+  /** The budget in bytes (0 = no host tier: records go straight from the disk to the device tier). */
   budgetBytes: number;
+  /** Always true: the tier's bytes are its own records, counted exactly. Kept for report consumers. */
   enforced: boolean;
-  /** Why the budget is not enforced, when it is not. */
   note?: string;
-  /** Upper bound of the store's resident bytes, now and at most (sampled at loads and drops). */
+  /** Record bytes held now and at most. */
   residentBytes: number;
   residentBytesMax: number;
-  /** Times the store's pages were dropped to keep the budget. */
-  drops: number;
-  /** Bytes read from the store (copied into the device tier or computed from). */
+  hits: number;
+  misses: number;
+  evictions: number;
+  /** Records read from the store file, their bytes, and the seconds those reads took (summed over reads in flight). */
+  reads: number;
   bytesRead: number;
-}
-
-/** Address ranges where this process maps `file` (LMDB maps its data file once, read-only). */
-function mappingsOf(file: string): { start: number; length: number }[] {
-  const real = fs.realpathSync(file);
-  const out: { start: number; length: number }[] = [];
-  for (const line of fs.readFileSync("/proc/self/maps", "utf8").split("\n")) {
-    if (!line.endsWith(real)) continue;
-    const [range] = line.split(" ");
-    const [a, b] = range!.split("-").map((h) => parseInt(h, 16));
-    out.push({ start: a!, length: b! - a! });
-  }
-  return out;
+  readSeconds: number;
+  /** Reads bypass the page cache (O_DIRECT); false on filesystems without it (pages dropped after each read). */
+  directReads: boolean;
 }
 
 export class HostTier {
-  private readonly addon: NativeAddon | undefined;
-  private readonly stats_: HostTierStats;
+  private readonly cache: ExpertCache<Uint8Array> | undefined;
+  private reads = 0;
+  private bytesRead = 0;
+  private readSeconds = 0;
 
   constructor(
-    private readonly storeFile: string,
-    budgetBytes: number,
-    private readonly log: (line: string) => void = () => {}
+    private readonly store: ExpertStore,
+    private readonly budgetBytes: number,
+    policy: PolicyName | ReplacementPolicy,
+    numLayers: number
   ) {
-    const { addon, reason } = loadNativeAddon();
-    const wanted = Number.isFinite(budgetBytes);
-    this.addon = wanted ? addon : undefined;
-    this.stats_ = { budgetBytes, enforced: wanted && addon !== undefined, residentBytes: 0, residentBytesMax: 0, drops: 0, bytesRead: 0 };
-    if (wanted && !addon) {
-      this.stats_.note = `host budget not enforced: native addon ${reason}`;
-      this.log(`moe-run: ${this.stats_.note}`);
-    }
-    if (this.addon) {
-      // A fresh import leaves the whole store in the page cache: start within the budget.
-      if ((this.measure() ?? 0) > budgetBytes) this.drop();
-      this.stats_.drops = 0;
-      this.stats_.residentBytesMax = this.stats_.residentBytes;
+    if (budgetBytes > 0) {
+      this.cache = new ExpertCache<Uint8Array>({
+        capacityBytes: Number.isFinite(budgetBytes) ? budgetBytes : Number.MAX_SAFE_INTEGER,
+        policy: typeof policy === "string" ? parsePolicyName(policy) : policy,
+        policyOptions: { numLayers },
+      });
     }
   }
 
-  /** Call before reading `bytes` of a record from the store. */
-  beforeRead(bytes: number): void {
-    const s = this.stats_;
-    s.bytesRead += bytes;
-    if (!this.addon) return;
-    // Pages the read can fault in: the record's pages, one more for misalignment, and the
-    // B-tree pages on the way to it (the store is opened without readahead).
-    const pages = Math.ceil(bytes / PAGE) + 1 + TREE_PAGES;
-    const cost = pages * PAGE;
-    if (s.residentBytes + cost > s.budgetBytes) this.drop();
-    s.residentBytes += cost;
-    s.residentBytesMax = Math.max(s.residentBytesMax, s.residentBytes);
+  /** The record of `id`: from this tier, or read from the store (and kept when the policy admits it). */
+  async record(id: ExpertId): Promise<Uint8Array> {
+    const held = this.cache?.lookup(id);
+    if (held) return held;
+    const t0 = performance.now();
+    const record = await this.store.readRecord(id.layer, id.expert);
+    this.readSeconds += (performance.now() - t0) / 1000;
+    this.reads++;
+    this.bytesRead += record.byteLength;
+    if (this.cache && !this.cache.has(id) && record.byteLength <= this.cache.capacityBytes) {
+      try {
+        this.cache.insert(id, record, record.byteLength);
+      } catch {
+        // CacheCapacityError: nothing evictable right now; the record is used once, not kept.
+      }
+    }
+    return record;
   }
 
-  /** Resident bytes of the store file right now (mincore), when measurable. */
-  measure(): number | undefined {
-    if (!this.addon) return undefined;
-    const r = this.addon.fileResidency(this.storeFile).residentBytes;
-    this.stats_.residentBytes = r;
-    this.stats_.residentBytesMax = Math.max(this.stats_.residentBytesMax, r);
-    return r;
+  /** Counts a record read by someone else (the CPU pool reads records itself). */
+  countRead(bytes: number): void {
+    this.reads++;
+    this.bytesRead += bytes;
   }
 
-  private drop(): void {
-    const addon = this.addon!;
-    const maps = mappingsOf(this.storeFile);
-    if (maps.length === 0) addon.dropFileCache(this.storeFile, 0, 0);
-    for (const m of maps) addon.dropFileCache(this.storeFile, m.start, m.length);
-    this.stats_.drops++;
-    this.measure();
+  clear(): void {
+    this.cache?.clear();
   }
 
   stats(): HostTierStats {
-    return { ...this.stats_ };
+    const s = this.cache?.stats();
+    return {
+      budgetBytes: this.budgetBytes,
+      enforced: true,
+      note: this.cache ? undefined : "no host tier: records are read from the store straight into the device tier",
+      residentBytes: s?.residentBytes ?? 0,
+      residentBytesMax: s?.residentBytesMax ?? 0,
+      hits: s?.hits ?? 0,
+      misses: s?.misses ?? this.reads,
+      evictions: s?.evictions ?? 0,
+      reads: this.reads,
+      bytesRead: this.bytesRead,
+      readSeconds: this.readSeconds,
+      directReads: this.store.directReads,
+    };
   }
 }

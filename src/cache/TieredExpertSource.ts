@@ -2,24 +2,26 @@
  * The expert cache manager the runtime uses: a device tier (experts in the form the expert kernel
  * computes from: the encoded record in host memory for the CPU kernels, tensors in GPU memory for
  * a GPU provider) managed by ExpertCache under a byte budget, over the
- * host tier (the store's pages in RAM, HostTier) and the disk. With a predictor it prefetches the
- * experts of upcoming layers on a loader worker: each prefetch reserves its bytes in the budget
- * and is protected from eviction until its layer has run. Counts hits, misses, bytes moved, time
+ * host tier (expert records in RAM, HostTier) and the store on disk (direct reads). A layer's
+ * misses are read at once, several in flight, while its resident experts compute; with a predictor
+ * the experts of upcoming layers are prefetched the same way: each load reserves its bytes in the
+ * budget first, and a prefetch is protected from eviction until its layer has run. Counts hits, misses, bytes moved, time
  * stalled and prefetches used or wasted, per layer.
  */
 import type { Routing } from "../evaluator/routing.js";
+import type { MemoryPlan } from "../model/memoryPlan.js";
 import { PredictionTracker, type PredictionReport } from "../predict/PredictionTracker.js";
 import { topIds, type ExpertPredictor } from "../predict/types.js";
 import { expertRecordBytes, type ExpertStore } from "../store/ExpertStore.js";
 import { ExpertCache } from "./ExpertCache.js";
-import type { ExpertLoader } from "./ExpertLoader.js";
+import { ExpertLoader } from "./ExpertLoader.js";
 import { HostTier, type HostTierStats } from "./HostTier.js";
 import { parsePolicyName, type PolicyName } from "./policies/index.js";
 import { expertKey, idOfKey, type CacheStats, type ExpertId, type ExpertKey, type ReplacementPolicy } from "./types.js";
 
 export interface PrefetchOptions {
   predictor: ExpertPredictor;
-  /** Load predictions ahead (needs the source's loader); false = only score them. */
+  /** Load predictions ahead; false = only score them. */
   fetch: boolean;
   /** Layers ahead to predict. Default 1. */
   depth?: number;
@@ -60,15 +62,15 @@ export interface TieredExpertSourceOptions {
   deviceBudgetBytes: number;
   /** Of that budget, bytes the expert kernel's working memory takes; the cache gets the rest. */
   workingBytes: number;
-  /** Host-tier (page cache) budget in bytes (Infinity = not managed). */
+  /** Host-tier budget in bytes: expert records kept in RAM (0 = none; records go straight to the device tier). */
   hostBytes: number;
   policy: PolicyName | ReplacementPolicy;
   pinned?: ExpertId[];
   numLayers: number;
   topK: number;
   prefetch?: PrefetchOptions;
-  /** Loads predicted experts' records off the compute thread (prefetch). */
-  loader?: ExpertLoader;
+  /** Records read at once by the loader (prefetches and a layer's misses). Default 4. */
+  readsInFlight?: number;
   /**
    * Promote CPU-served experts into free device-tier room, from the record the pool read (so a
    * hot expert still becomes resident when the pool served its miss). Default true.
@@ -92,6 +94,8 @@ export interface PrefetchStats {
 }
 
 export interface ExpertCacheReport {
+  /** How memory was divided at load (MoeModel adds it; budgets of Infinity serialize as null = unlimited). */
+  memoryPlan?: MemoryPlan;
   cache: { hits: number; misses: number; hitRate: number; budgetBytes: number; residentBytesMax: number; policy: string };
   tiers: {
     device: {
@@ -108,8 +112,10 @@ export interface ExpertCacheReport {
     };
     host: HostTierStats;
   };
-  /** Seconds spent waiting for experts to be read from the store. */
+  /** Seconds the compute thread spent waiting for experts to be read from the store. */
   stallSeconds: number;
+  /** stallSeconds per acquire() call that had to wait, and per forward pass (token, in decode). */
+  stalls: { waits: number; forwards: number; secondsPerForward: number };
   prefetch?: PrefetchStats;
   predictor?: PredictionReport;
   layers: { layer: number; hits: number; misses: number; hitRate: number; evictions: number; bytesIn: number; stallSeconds: number }[];
@@ -126,7 +132,12 @@ interface Inflight {
 export class TieredExpertSource {
   readonly cache: ExpertCache<NonNullable<unknown>>;
   readonly host: HostTier;
+  private readonly loader: ExpertLoader;
   private readonly stall: number[];
+  private stallWaits = 0;
+  private forwards = 0;
+  /** Experts being loaded (or loaded) for the layer that needs them now: their acquire() is a miss. */
+  private readonly demanded = new Set<ExpertKey>();
   /** Bytes read from the store per expert, and bytes an expert occupies in the device tier. */
   private readonly recordBytes: number;
   private readonly residentBytes: number;
@@ -153,7 +164,8 @@ export class TieredExpertSource {
       pinned: options.pinned,
       onEvict: (_id, resident) => options.form.free(resident),
     });
-    this.host = new HostTier(store.path, options.hostBytes, options.log);
+    this.host = new HostTier(store, options.hostBytes, options.policy, options.numLayers);
+    this.loader = new ExpertLoader((layer, expert) => this.host.record({ layer, expert }), options.readsInFlight);
     this.stall = new Array<number>(options.numLayers).fill(0);
     this.recordBytes = expertRecordBytes(store.layout);
     this.residentBytes = options.form.residentBytes;
@@ -167,21 +179,45 @@ export class TieredExpertSource {
     const key = expertKey(layer, expert);
     const t0 = performance.now();
     const loading = this.inflight.get(key);
+    let waited = false;
     if (loading && !loading.done) {
       if (this.held.has(key)) this.prefetchStats.late++;
+      waited = true;
       await loading.promise; // a load already on its way: wait for the rest of it
     }
-    let resident: unknown = this.cache.lookup(id);
-    if (!resident) resident = await this.loadDemand(id, key);
+    let resident: unknown = this.cache.lookup(id, { loadedForThis: this.demanded.delete(key) });
+    if (!resident) {
+      waited = true;
+      resident = await this.loadDemand(id, key);
+    }
     const loadSeconds = this.prefetched.get(key);
     if (loadSeconds !== undefined) {
       this.prefetched.delete(key);
       this.prefetchStats.used++;
       this.prefetchStats.stallSavedSeconds += Math.max(0, loadSeconds - (performance.now() - t0) / 1000);
     }
+    if (waited) this.stallWaits++;
     this.stall[layer] = this.stall[layer]! + (performance.now() - t0) / 1000;
     if (this.cache.has(id)) this.cache.protect([id]);
     return resident;
+  }
+
+  /**
+   * The layer about to compute needs these experts: start reading every one that is missing now,
+   * several at once, so that the reads overlap each other and the compute of resident experts.
+   * Each reserves its room first; one that finds no room is loaded by acquire() instead.
+   */
+  request(layer: number, experts: readonly number[]): void {
+    for (const expert of experts) {
+      const key = expertKey(layer, expert);
+      if (this.cache.has({ layer, expert }) || this.inflight.has(key)) continue;
+      if (this.startLoad(layer, expert, true)) this.demanded.add(key);
+    }
+  }
+
+  /** A forward pass (one decode step, or a prefill chunk) is done: for stall-per-token figures. */
+  endForward(): void {
+    this.forwards++;
   }
 
   /**
@@ -205,8 +241,7 @@ export class TieredExpertSource {
       if (this.cache.has(id)) return this.cache.peek(id)!;
       reserved = this.cache.reserve(id, bytes);
     }
-    this.host.beforeRead(this.recordBytes);
-    const resident = (await form.prepare(this.store.getRecord(id.layer, id.expert))) as NonNullable<unknown>;
+    const resident = (await form.prepare(await this.host.record(id))) as NonNullable<unknown>;
     // A prefetch may have landed while this one was being prepared (on a GPU, prepare awaits the upload).
     if (this.cache.has(id)) {
       if (reserved) this.cache.cancelReservation(bytes);
@@ -248,6 +283,7 @@ export class TieredExpertSource {
   recordAccess(layer: number, expert: number): boolean {
     const id = { layer, expert };
     if (this.cache.lookup(id)) return false;
+    this.host.countRead(this.recordBytes); // the pool worker reads the record from the store
     if (!this.wouldPromote(layer, expert) || !this.cache.reserve(id, this.residentBytes)) return false;
     this.promoting.add(expertKey(layer, expert));
     return true;
@@ -311,7 +347,7 @@ export class TieredExpertSource {
     const predictions = p.predictor.observe({ layer, tokens: T, routing, gateInput, residual }, p.depth ?? 1);
     const E = routing.probs.length / T;
     if (predictions[0]) this.tracker!.predicted(layer + 1, predictions[0], T);
-    if (!p.fetch || !this.options.loader) return;
+    if (!p.fetch) return;
     const threshold = p.threshold ?? 0.05;
     predictions.forEach((scores, i) => {
       const target = layer + 1 + i;
@@ -336,28 +372,30 @@ export class TieredExpertSource {
       }
       return;
     }
-    this.load(layer, expert);
+    this.startLoad(layer, expert, false);
   }
 
   /**
-   * Prefetches a predicted expert into the device tier on the loader, its bytes reserved in the
-   * budget first; it is protected until its layer runs.
+   * Loads an expert into the device tier on the loader, its bytes reserved in the budget first.
+   * A prefetch (`demand` false) is protected until its layer runs and counted in the prefetch
+   * stats; a demand load is for the layer computing now. False when no room could be reserved.
    */
-  private load(layer: number, expert: number): void {
+  private startLoad(layer: number, expert: number, demand: boolean): boolean {
     const key = expertKey(layer, expert);
     const id = { layer, expert };
-    if (!this.options.loader || this.inflight.has(key)) return;
+    if (this.inflight.has(key)) return false;
     if (!this.cache.reserve(id, this.residentBytes)) {
-      this.prefetchStats.dropped++;
-      return;
+      if (!demand) this.prefetchStats.dropped++;
+      return false;
     }
-    this.cache.protect([id]);
-    this.held.set(key, layer);
-    this.prefetchStats.issued++;
+    if (!demand) {
+      this.cache.protect([id]);
+      this.held.set(key, layer);
+      this.prefetchStats.issued++;
+    }
     const entry: Inflight = { targetLayer: layer, started: performance.now(), loadSeconds: 0, done: false, promise: Promise.resolve() };
-    this.host.beforeRead(this.recordBytes);
-    entry.promise = this.options.loader
-      .load(layer, expert, this.recordBytes, () => this.held.has(key))
+    entry.promise = this.loader
+      .load(layer, expert, () => demand || this.held.has(key))
       .then(async (record) => {
         if (!record || this.cache.has(id)) return { record, resident: undefined };
         return { record, resident: (await this.options.form.prepare(record)) as NonNullable<unknown> };
@@ -377,17 +415,20 @@ export class TieredExpertSource {
             if (resident) this.options.form.free(resident);
             return;
           }
-          if (this.cache.insert(id, resident, this.residentBytes, { reserved: true }).admitted) this.prefetched.set(key, entry.loadSeconds);
-          else this.options.form.free(resident); // the policy declined it, as admit() handles
+          if (this.cache.insert(id, resident, this.residentBytes, { reserved: true }).admitted) {
+            if (!demand) this.prefetched.set(key, entry.loadSeconds);
+          } else this.options.form.free(resident); // the policy declined it, as admit() handles
         },
         (err: unknown) => {
           entry.done = true;
           this.inflight.delete(key);
           this.cache.cancelReservation(this.residentBytes);
+          if (demand) return; // acquire() reads it again and reports the error where it is awaited
           this.options.log?.(`moe-run: prefetch of expert (${layer}, ${expert}) failed: ${err instanceof Error ? err.message : String(err)}`);
         }
       );
     this.inflight.set(key, entry);
+    return true;
   }
 
   /** Prefetches aimed at `layer` are now right or wrong: release their protection. */
@@ -403,11 +444,13 @@ export class TieredExpertSource {
   /** Waits for loads in flight (before disposing). */
   async drain(): Promise<void> {
     await Promise.all([...this.inflight.values()].map((e) => e.promise));
+    await this.loader.close();
   }
 
   /** Frees every resident expert (device memory included). Call after drain(), before the kernel is disposed. */
   dispose(): void {
     this.cache.clear();
+    this.host.clear();
     for (const resident of this.bypassed.values()) this.options.form.free(resident);
     this.bypassed.clear();
   }
@@ -431,7 +474,8 @@ export class TieredExpertSource {
         host: this.host.stats(),
       },
       stallSeconds: this.stall.reduce((a, b) => a + b, 0),
-      prefetch: this.options.prefetch?.fetch && this.options.loader ? { ...this.prefetchStats } : undefined,
+      stalls: { waits: this.stallWaits, forwards: this.forwards, secondsPerForward: this.forwards ? this.stall.reduce((a, b) => a + b, 0) / this.forwards : 0 },
+      prefetch: this.options.prefetch?.fetch ? { ...this.prefetchStats } : undefined,
       predictor: this.tracker?.report(),
       layers: (s.layers ?? []).map((l, i) => ({ ...l, layer: i, stallSeconds: this.stall[i] ?? 0 })),
     };

@@ -1,4 +1,5 @@
 /** Options every command that loads a model shares: threads, budgets, policy, pins, kernel. */
+import { describePlan } from "../model/memoryPlan.js";
 import * as fs from "node:fs";
 import type { Command } from "commander";
 import { POLICY_NAMES, parsePolicyName, type PolicyName } from "../cache/policies/index.js";
@@ -109,7 +110,9 @@ export function reportStats(model: MoeModel, o: ModelCliOptions, extra: Record<s
     `expert cache (${r.cache.policy}, kernel ${model.expertKernel}): ${r.cache.hits} hits, ${r.cache.misses} misses, hit rate ${(100 * r.cache.hitRate).toFixed(1)}%, stalled ${(1000 * r.stallSeconds).toFixed(1)} ms`,
     `  device tier: budget ${formatBytes(dev.budgetBytes)}, resident max ${formatBytes(dev.residentBytesMax)}, loaded ${formatBytes(dev.bytesIn)}, ${dev.evictions} evictions` +
       (dev.residency ? `; held by onnxruntime on ${dev.residency.device} (${dev.residency.memory} memory): ${formatBytes(dev.residency.liveBytes)}, max ${formatBytes(dev.residency.liveBytesMax)}, ${dev.residency.prepared} made resident` : ""),
-    `  host tier:   budget ${formatBytes(host.budgetBytes)}${host.enforced ? "" : Number.isFinite(host.budgetBytes) ? " (NOT enforced)" : ""}, resident max ${formatBytes(host.residentBytesMax)}, read ${formatBytes(host.bytesRead)}, ${host.drops} drops`,
+    `  host tier:   budget ${formatBytes(host.budgetBytes)}, resident max ${formatBytes(host.residentBytesMax)}, ${host.hits} hits; read from the store ${host.reads} records, ${formatBytes(host.bytesRead)}${host.directReads ? " (direct I/O)" : " (buffered, pages dropped)"}`,
+    `  stalls: ${(1000 * r.stalls.secondsPerForward).toFixed(2)} ms per forward pass (${r.stalls.forwards} passes, ${r.stalls.waits} waits)`,
+    ...(r.memoryPlan ? [`  ${describePlan(r.memoryPlan)}`] : []),
     ...(pr ? [`  predictor ${pr.name}: next-layer recall@k ${(100 * pr.recall).toFixed(1)}%, precision ${(100 * pr.precision).toFixed(1)}%`] : []),
     ...(pf ? [`  prefetch: ${pf.issued} issued, ${pf.used} used (${pf.late} late), ${pf.wasted} wasted, ${pf.dropped} dropped, ${(1000 * pf.stallSavedSeconds).toFixed(1)} ms of loads overlapped`] : []),
     `  schedule ${sched.schedule}: experts on device / cpu pool per layer below`,

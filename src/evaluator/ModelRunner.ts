@@ -26,6 +26,10 @@ export interface ExpertSource {
   observeRouting?(layer: number, probs: Float32Array): void;
   /** Layer `layer` has routed (predictors and prefetch hook in here). */
   onLayerRouted?(layer: number, routing: Routing, gateInput: Float32Array, residual: Float32Array): void;
+  /** The layer about to compute needs these experts: start loading the missing ones together. */
+  request?(layer: number, experts: readonly number[]): void;
+  /** One forward pass is done (stall-per-token accounting). */
+  endForward?(): void;
   /** Whether the expert is resident now (resident experts are computed first). */
   isReady?(layer: number, expert: number): boolean;
   /**
@@ -162,6 +166,7 @@ export class ModelRunner {
       hidden = { data: next, dims: [T, d.hiddenSize] };
     }
     kv.length = past + T;
+    experts.endForward?.();
     const headIn = options.allLogits ? hidden : { data: hidden.data.subarray((T - 1) * d.hiddenSize), dims: [1, d.hiddenSize] };
     return (await this.head.run({ [IO.head.hidden]: headIn }))[IO.head.logits]!;
   }
@@ -201,6 +206,7 @@ export class ModelRunner {
           outputs.set(e, result.y);
         })
     ).then(() => (performance.now() - cpuStart) / 1000);
+    experts.request?.(layer, groups.filter(([e]) => !toCpu.has(e) && ready(e) === 1).map(([e]) => e));
     const deviceStart = performance.now();
     for (const [e, group] of groups) {
       if (toCpu.has(e)) continue;

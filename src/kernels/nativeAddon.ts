@@ -16,6 +16,16 @@ export interface NativeAddon {
   willNeed(path: string, offset: number, len: number): void;
   /** Sets the calling thread's nice value (higher = lower priority); inherited by its threads. */
   lowerThreadPriority(nice: number): void;
+  /** Opens a file for readRange: O_DIRECT where the filesystem allows it. */
+  openForReads(path: string): { fd: number; direct: boolean; size: number };
+  closeFd(fd: number): void;
+  /**
+   * Reads [offset, offset+length) with `parallel` threads of 1 MiB preads into fresh aligned
+   * memory (no page-cache copy left behind). Throws with code STORE_READ on a short read or I/O error.
+   */
+  readRange(fd: number, direct: boolean, fileSize: number, offset: number, length: number, parallel: number): Uint8Array;
+  /** readRange on libuv's thread pool. */
+  readRangeAsync(fd: number, direct: boolean, fileSize: number, offset: number, length: number, parallel: number): Promise<Uint8Array>;
 }
 
 let cached: { addon: NativeAddon | undefined; reason: string } | undefined;

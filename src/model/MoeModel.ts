@@ -10,7 +10,6 @@ import { TieredExpertSource, type ExpertCacheReport } from "../cache/TieredExper
 import type { ExpertId } from "../cache/types.js";
 import { ContextOverflowError, InvalidOptionError, MoeRunError } from "../errors.js";
 import type { ExpertKernelName } from "../kernels/expertKernels.js";
-import { ExpertLoader } from "../cache/ExpertLoader.js";
 import { measurePrefetchPayoff } from "../cache/prefetchPayoff.js";
 import { createPredictor } from "../predict/createPredictor.js";
 import type { RoutingLog } from "../predict/OraclePredictor.js";
@@ -28,6 +27,7 @@ import { Sampler, type SamplingOptions } from "../evaluator/sampler.js";
 import { ExpertStore } from "../store/ExpertStore.js";
 import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
 import { readManifest, type ModelManifest } from "./manifest.js";
+import { describePlan, planMemory, readMemoryLimits, type MemoryLimits, type MemoryPlan } from "./memoryPlan.js";
 
 export interface LoadModelOptions {
   /** onnxruntime intra-op threads. Default: the machine's available parallelism. */
@@ -38,12 +38,20 @@ export interface LoadModelOptions {
   verify?: boolean;
   /**
    * Budget of the device tier (resident, compute-ready experts): bytes, or { percent } of all
-   * experts' bytes. Default: unlimited. The minimum is one token's activated experts of a layer
+   * experts' bytes. Default: the memory plan's (model/memoryPlan.ts): what this process may use
+   * (cgroup limit, available RAM) minus the dense graphs, KV cache, working memory and a margin;
+   * unlimited when every expert fits. The minimum is one token's activated experts of a layer
    * plus the expert kernel's working memory; less is refused with the minimum in the message.
    */
   deviceMem?: ByteSize;
-  /** Budget of the host tier (the expert store's pages in RAM). Default: not managed. */
+  /**
+   * Budget of the host tier (expert records kept in RAM): bytes, or { percent } of all records.
+   * Default: the memory plan's: 0 with the CPU kernels (the device tier already holds the records
+   * in RAM), the room left in RAM with a GPU provider.
+   */
   hostMem?: ByteSize;
+  /** The memory limits to plan with, instead of reading them from this machine (tests, embedding apps). */
+  memoryLimits?: MemoryLimits;
   /** Replacement policy of the device tier. Default "lru". */
   policy?: PolicyName;
   /** Experts never evicted once loaded. */
@@ -132,6 +140,8 @@ export class MoeModel {
   private runner: ModelRunner | undefined;
   private readonly store: ExpertStore;
   readonly experts: TieredExpertSource;
+  /** How memory was divided between the tiers at load. */
+  readonly memoryPlan: MemoryPlan;
 
   private constructor(
     dir: string,
@@ -141,9 +151,10 @@ export class MoeModel {
     runner: ModelRunner,
     store: ExpertStore,
     experts: TieredExpertSource,
-    private readonly loader: ExpertLoader | undefined,
-    private readonly predictor: ExpertPredictor | undefined
+    private readonly predictor: ExpertPredictor | undefined,
+    memoryPlan: MemoryPlan
   ) {
+    this.memoryPlan = memoryPlan;
     this.dir = dir;
     this.manifest = manifest;
     this.dims = manifest.dims;
@@ -158,60 +169,96 @@ export class MoeModel {
     const dir = path.resolve(modelDir);
     const manifest = readManifest(dir, { verify: options.verify });
     const d = manifest.dims;
-    const contextSize = options.contextSize ?? d.maxPositions;
+    const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
+    const limits = options.memoryLimits ?? readMemoryLimits();
+    // KV cache [Hkv, S, hd] fp32 for K and V per layer; a step holds past and present at once.
+    const kvBytesPerPosition = 2 * 2 * d.numLayers * d.numKvHeads * d.headDim * 4;
+    let contextSize = options.contextSize ?? d.maxPositions;
+    if (options.contextSize === undefined && kvBytesPerPosition * contextSize > limits.availableBytes / 4) {
+      // The model's full context would take over a quarter of the memory there is: default to less.
+      const fit = Math.floor(limits.availableBytes / 4 / kvBytesPerPosition);
+      contextSize = Math.max(Math.min(256, d.maxPositions), 2 ** Math.floor(Math.log2(Math.max(2, fit))));
+      log(`moe-run: context size ${contextSize} (the model allows ${d.maxPositions}, whose KV cache would take ${formatBytes(kvBytesPerPosition * d.maxPositions)} of ${formatBytes(limits.availableBytes)} available); --context-size to change`);
+    }
     if (!Number.isInteger(contextSize) || contextSize < 2 || contextSize > d.maxPositions) {
       throw new InvalidOptionError(`context size must be a whole number from 2 to ${d.maxPositions} (the model's limit), got ${options.contextSize}`);
     }
     const tokenizer = TextTokenizer.load(path.join(dir, manifest.tokenizer.json), manifest.tokenizer.config && path.join(dir, manifest.tokenizer.config));
     const layout = { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: manifest.precision.experts };
     const record = expertRecordBytes(layout);
-    const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     const threads = options.threads ?? os.availableParallelism();
+    const rssBefore = process.memoryUsage().rss;
     // The expert kernel decides the device tier's form of an expert (record, or GPU tensors), hence its size.
     const runner = await ModelRunner.create(dir, manifest, { threads, expertKernel: options.expertKernel, device: options.device, log });
     let store: ExpertStore | undefined;
-    let loader: ExpertLoader | undefined;
     let predictor: ExpertPredictor | undefined;
     let pool: CpuExpertPool | undefined;
+    let experts: TieredExpertSource | undefined;
     try {
       const resident = runner.kernel.residentBytes;
       const totalResidentBytes = resident * d.numExperts * d.numLayers;
+      const totalRecordBytes = record * d.numExperts * d.numLayers;
       // Kernel scratch of one decode step: gate and up activations [F] and the output [H], fp32.
-      const workingBytes = (2 * d.expertFfn + d.hiddenSize) * 4;
-      const minDevice = d.topK * resident + workingBytes;
-      const deviceBytes = options.deviceMem === undefined ? Infinity : resolveByteSize(options.deviceMem, totalResidentBytes);
-      if (deviceBytes < minDevice) {
+      const kernelBytes = (2 * d.expertFfn + d.hiddenSize) * 4;
+      const readsInFlight = 4;
+      const minDevice = d.topK * resident + kernelBytes;
+      const deviceOverride = options.deviceMem === undefined ? undefined : resolveByteSize(options.deviceMem, totalResidentBytes);
+      if (deviceOverride !== undefined && deviceOverride < minDevice) {
         throw new InvalidOptionError(
-          `device memory budget ${formatBytes(deviceBytes)} is below the minimum ${formatBytes(minDevice)} (${minDevice} bytes): ` +
-            `${d.topK} activated experts of ${formatBytes(resident)} each plus ${formatBytes(workingBytes)} working memory`
+          `device memory budget ${formatBytes(deviceOverride)} is below the minimum ${formatBytes(minDevice)} (${minDevice} bytes): ` +
+            `${d.topK} activated experts of ${formatBytes(resident)} each plus ${formatBytes(kernelBytes)} working memory`
         );
       }
-      const hostBytes = options.hostMem === undefined ? Infinity : resolveByteSize(options.hostMem, record * d.numExperts * d.numLayers);
-      if (hostBytes < record) {
-        throw new InvalidOptionError(`host memory budget ${formatBytes(hostBytes)} is below the minimum ${formatBytes(record)} (${record} bytes): one expert record read from the store`);
+      const hostOverride = options.hostMem === undefined ? undefined : resolveByteSize(options.hostMem, totalRecordBytes);
+      if (hostOverride !== undefined && hostOverride !== 0 && hostOverride < record) {
+        throw new InvalidOptionError(`host memory budget ${formatBytes(hostOverride)} is below the minimum ${formatBytes(record)} (${record} bytes): one expert record (or 0 for no host tier)`);
       }
-      store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout);
+      const rss = process.memoryUsage().rss;
+      const memoryPlan = planMemory(
+        {
+          limits: options.memoryLimits ?? readMemoryLimits(), // again: loading the graphs used some
+          processBytes: rss,
+          denseBytes: Math.max(0, rss - rssBefore),
+          kvBytes: kvBytesPerPosition * contextSize,
+          // The kernel's scratch, plus records a bypass or a failed reservation holds beyond the budget.
+          workingBytes: kernelBytes + readsInFlight * record,
+          deviceFormTotalBytes: totalResidentBytes,
+          recordTotalBytes: totalRecordBytes,
+          formIsRecord: runner.kernel.residency === undefined,
+          deviceOverride,
+          hostOverride,
+        },
+        minDevice
+      );
+      if (memoryPlan.deviceFrom === "user" && deviceOverride! > memoryPlan.availableBytes && !memoryPlan.allExpertsFit) {
+        log(`moe-run: warning: the device budget ${formatBytes(deviceOverride!)} is more than this process may use (${formatBytes(memoryPlan.availableBytes)}, ${memoryPlan.source}); it may run out of memory`);
+      }
+      if (!memoryPlan.allExpertsFit) log(`moe-run: ${describePlan(memoryPlan)}`);
+      const deviceBytes = memoryPlan.deviceBytes;
+      const workingBytes = kernelBytes;
+      const hostBytes = memoryPlan.hostBytes;
+      store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout, { numLayers: d.numLayers, numExperts: d.numExperts });
       if (options.verify) verifyExperts(store, manifest);
       predictor = createPredictor(options.predictor ?? "none", { modelDir: dir, manifest, oracleLog: options.oracleLog, log });
       const depth = options.prefetchDepth ?? 1;
       if (!Number.isInteger(depth) || depth < 1) throw new InvalidOptionError(`prefetch depth must be a whole number >= 1, got ${options.prefetchDepth}`);
       const schedule = options.schedule ?? (loadNativeAddon().addon ? "auto" : "device");
       let fetch = predictor !== undefined && options.prefetch !== false;
-      if (fetch) loader = new ExpertLoader(store.path);
       if (fetch && options.prefetch !== true) {
-        const payoff = await measurePrefetchPayoff(store, loader!, record, d.numLayers, d.numExperts);
+        const payoff = await measurePrefetchPayoff(store, d.numLayers, d.numExperts);
         if (!payoff.pays) {
           fetch = false;
-          await loader!.close();
-          loader = undefined;
           const us = (s: number) => `${Math.round(s * 1e6)} us`;
           log(
             `moe-run: prefetch off: an expert reads in ${us(payoff.readSeconds)}, not over four times the loader's overhead ` +
               `(${us(payoff.loaderSeconds)} round trip), so loading ahead would only slow decode; the predictor is still scored (--prefetch-always to force)`
           );
+        } else if (memoryPlan.allExpertsFit) {
+          // Everything stays resident after its first use: prefetch only helps the first tokens.
+          fetch = false;
         }
       }
-      const experts = new TieredExpertSource(store, {
+      experts = new TieredExpertSource(store, {
         form: runner.kernel,
         deviceBudgetBytes: deviceBytes,
         workingBytes,
@@ -221,20 +268,20 @@ export class MoeModel {
         numLayers: d.numLayers,
         topK: d.topK,
         prefetch: predictor ? { predictor, fetch, depth, threshold: options.prefetchThreshold } : undefined,
-        loader,
+        readsInFlight,
         promote: schedule === "auto",
         log,
       });
       runner.attach(experts);
       if (schedule !== "device") {
         if (!loadNativeAddon().addon) throw new InvalidOptionError(`--schedule ${schedule} needs the CPU expert pool, which needs the native kernels: ${loadNativeAddon().reason}`);
-        pool = new CpuExpertPool(store.path, { ...layout, recordBytes: record }, options.cpuThreads);
+        pool = new CpuExpertPool(store, { ...layout, recordBytes: record }, options.cpuThreads);
         const cost = schedule === "auto" ? await CostModel.calibrate({ ...layout, numLayers: d.numLayers, numExperts: d.numExperts }, store, runner.kernel, runner.device, pool, { recalibrate: options.recalibrate }) : undefined;
         runner.hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers, runner.device === "cpu", pool.threads), pool };
       }
-      return new MoeModel(dir, manifest, tokenizer, contextSize, runner, store, experts, loader, predictor);
+      return new MoeModel(dir, manifest, tokenizer, contextSize, runner, store, experts, predictor, memoryPlan);
     } catch (err) {
-      await loader?.close();
+      await experts?.drain();
       await pool?.close();
       await runner.dispose();
       store?.close();
@@ -387,9 +434,9 @@ export class MoeModel {
     };
   }
 
-  /** Expert cache statistics since load: hits, misses, bytes per tier, stalls, per layer. */
+  /** Expert cache statistics since load: hits, misses, bytes per tier, stalls, per layer, and the memory plan. */
   cacheStats(): ExpertCacheReport {
-    return this.experts.report();
+    return { ...this.experts.report(), memoryPlan: this.memoryPlan };
   }
 
   /** Where experts ran, per layer, and the cost figures the scheduler planned with. */
@@ -421,7 +468,6 @@ export class MoeModel {
     if (runner) {
       await this.experts.drain();
       this.experts.dispose(); // frees resident experts (GPU memory) before the kernel goes
-      await this.loader?.close();
       await runner.hybrid?.pool.close();
       this.predictor?.save?.();
       await runner.dispose();

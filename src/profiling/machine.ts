@@ -8,9 +8,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { HostTier } from "../cache/HostTier.js";
 import { createExpertKernel, type ExpertKernelName } from "../kernels/expertKernels.js";
-import { loadNativeAddon } from "../kernels/nativeAddon.js";
 import type { MoeModel } from "../model/MoeModel.js";
 import { ExpertStore } from "../store/ExpertStore.js";
 
@@ -100,7 +98,10 @@ function shuffled<T>(xs: T[], seed = 12345): T[] {
   return xs;
 }
 
-/** Store read bandwidth through ExpertStore.getRecord (what a cache miss does), cold then warm. */
+/**
+ * Store read bandwidth: cold = ExpertStore.getRecord (direct reads from the file, what a miss
+ * costs: the page cache keeps no copy); warm = copying records already in RAM (the host tier).
+ */
 export function measureStore(model: MoeModel, maxBytes = 128 * 2 ** 20): Pick<ModelFigures, "storeWarmGBps" | "storeColdGBps" | "storeColdNote"> {
   const m = model.manifest;
   const d = model.dims;
@@ -109,29 +110,17 @@ export function measureStore(model: MoeModel, maxBytes = 128 * 2 ** 20): Pick<Mo
   for (let l = 0; l < d.numLayers; l++) for (let e = 0; e < d.numExperts; e++) ids.push([l, e]);
   const sample = shuffled(ids).slice(0, Math.max(1, Math.floor(maxBytes / record)));
   const store = ExpertStore.openReadOnly(path.join(model.dir, m.experts.store), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: m.precision.experts });
-  const pass = () => {
-    const t0 = performance.now();
-    for (const [l, e] of sample) store.getRecord(l, e);
-    return (sample.length * record) / ((performance.now() - t0) / 1000) / 1e9;
-  };
   try {
-    let storeColdGBps: number | null = null;
-    let storeColdNote: string | undefined;
-    const { addon, reason } = loadNativeAddon();
-    if (!addon) storeColdNote = `cold reads not measured: native addon ${reason}`;
-    else {
-      // A host tier with a 1-byte budget drops the store's pages as it starts (HostTier's own path).
-      new HostTier(store.path, 1);
-      const { fileBytes, residentBytes } = addon.fileResidency(store.path);
-      if (residentBytes > 0.1 * fileBytes + sample.length * 8192) storeColdNote = `cold reads not measured: the page cache kept ${residentBytes} of ${fileBytes} bytes after a drop`;
-      else storeColdGBps = pass();
-    }
-    pass(); // fault everything in
-    // Small stores take microseconds a pass: repeat for at least 100 ms and average.
+    const records: Uint8Array[] = [];
+    let t0 = performance.now();
+    for (const [l, e] of sample) records.push(store.getRecord(l, e));
+    const storeColdGBps = (sample.length * record) / ((performance.now() - t0) / 1000) / 1e9;
+    const storeColdNote = store.directReads ? undefined : "buffered reads (this filesystem has no O_DIRECT): pages may come from the page cache";
+    // Small samples take microseconds a pass: repeat for at least 100 ms and average.
     let passes = 0;
-    const t0 = performance.now();
+    t0 = performance.now();
     while (passes < 2 || performance.now() - t0 < 100) {
-      pass();
+      for (const r of records) r.slice();
       passes++;
     }
     const storeWarmGBps = (passes * sample.length * record) / ((performance.now() - t0) / 1000) / 1e9;

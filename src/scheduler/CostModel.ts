@@ -2,8 +2,10 @@
  * Costs the scheduler plans with, measured on this machine for this expert shape and cached in
  * ~/.cache/moe-run/calibration.json (keyed by CPU, core count, kernel, provider, encoding and shape):
  *   device(T) = a + b T   engine-side expert kernel on a resident expert
- *   cpu(T)    = c + d T   CPU pool task from host memory (includes the message round trip)
- *   load                  reading a record from the store and making it resident (GPU upload)
+ *   cpu(T)    = c + d T   CPU pool task: the worker's direct read of the record, then compute
+ *                         (includes the message round trip)
+ *   load                  reading a record from the store (direct reads) and making it resident
+ * (v4 of the cache key: records are read from the store file, no longer from mapped pages.)
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -46,7 +48,7 @@ export class CostModel {
   ): Promise<CostModel> {
     const file = options.cacheFile ?? path.join(os.homedir(), ".cache", "moe-run", "calibration.json");
     // v3: figures measured over experts that do not fit in the CPU caches.
-    const id = `v3|${os.cpus()[0]?.model ?? "cpu"}|${os.availableParallelism()}|${pool.threads}|${kernel.name}@${device}|${key.encoding}|${key.hiddenSize}x${key.expertFfn}`;
+    const id = `v4|${os.cpus()[0]?.model ?? "cpu"}|${os.availableParallelism()}|${pool.threads}|${kernel.name}@${device}|${key.encoding}|${key.hiddenSize}x${key.expertFfn}`;
     let cache: Record<string, CostFigures> = {};
     try {
       cache = JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, CostFigures>;

@@ -1,12 +1,13 @@
 /**
  * The CPU side of the hybrid scheduler: a piscina pool whose workers compute experts from host
- * memory. Closed gracefully (never terminated mid-task: that would abort the process).
+ * memory (each worker reads the records it computes from the store file). Closed gracefully (never terminated mid-task: that would abort the process).
  */
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Piscina } from "piscina";
 import { encodingCode, type ExpertEncoding } from "../store/expertEncoding.js";
+import type { ExpertStore } from "../store/ExpertStore.js";
 import type { ExpertResult, ExpertTask } from "./expertWorker.js";
 
 export class CpuExpertPool {
@@ -14,7 +15,7 @@ export class CpuExpertPool {
   readonly threads: number;
 
   constructor(
-    private readonly store: string,
+    private readonly store: ExpertStore,
     private readonly layout: { hiddenSize: number; expertFfn: number; encoding: ExpertEncoding; recordBytes: number },
     threads = Math.max(1, os.availableParallelism() - 1)
   ) {
@@ -31,7 +32,7 @@ export class CpuExpertPool {
   /** compute(), and with `withRecord` the expert's record as the worker read it (for promotion). */
   async computeAndRead(layer: number, expert: number, x: Float32Array, tokens: number, withRecord: boolean): Promise<{ y: Float32Array; record?: Uint8Array }> {
     const { hiddenSize, expertFfn, encoding, recordBytes } = this.layout;
-    const task: ExpertTask = { store: this.store, encoding: encodingCode(encoding), hiddenSize, expertFfn, recordBytes, layer, expert, x: x.slice(), tokens, returnRecord: withRecord };
+    const task: ExpertTask = { store: this.store.path, offset: this.store.span(layer, expert).offset, encoding: encodingCode(encoding), hiddenSize, expertFfn, recordBytes, layer, expert, x: x.slice(), tokens, returnRecord: withRecord };
     const result = (await this.pool.run(task, { transferList: [task.x.buffer as ArrayBuffer] })) as ExpertResult;
     const yBytes = tokens * hiddenSize * 4;
     return { y: new Float32Array(result, 0, tokens * hiddenSize), record: withRecord ? new Uint8Array(result, yBytes, recordBytes) : undefined };

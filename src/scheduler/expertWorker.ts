@@ -1,10 +1,11 @@
 /**
- * CPU pool worker: computes an expert straight from the store's pages in host memory (no copy into
- * the device tier). Each worker opens the LMDB store itself; the OS shares the map.
+ * CPU pool worker: reads an expert's record from the store's data file (direct reads, as the
+ * main thread does; nothing left in the page cache) and computes it. Each worker opens the file
+ * once.
  */
-import { open, type RootDatabase } from "lmdb";
 import { move } from "piscina";
 import { loadNativeAddon } from "../kernels/nativeAddon.js";
+import { RecordFile } from "../store/RecordFile.js";
 
 export interface ExpertTask {
   store: string;
@@ -14,6 +15,8 @@ export interface ExpertTask {
   recordBytes: number;
   layer: number;
   expert: number;
+  /** Where the record lies in the data file (ExpertStore.span). */
+  offset: number;
   x: Float32Array; // [T, H]
   tokens: number;
   /** Also hand back a copy of the record (the device tier promotes it without a second read). */
@@ -23,24 +26,19 @@ export interface ExpertTask {
 /** One transferred buffer: y fp32 [T, H], then the record's bytes when asked for. */
 export type ExpertResult = ArrayBuffer;
 
-const stores = new Map<string, RootDatabase<Buffer, [number, number]>>();
+const files = new Map<string, RecordFile>();
 
 export default function compute(task: ExpertTask): ExpertResult {
   const { addon, reason } = loadNativeAddon();
   if (!addon) throw new Error(`the CPU expert pool needs the native kernels: ${reason}`);
-  let db = stores.get(task.store);
-  if (!db) {
-    db = open({ path: task.store, encoding: "binary", compression: false, readOnly: true, noReadAhead: true } as Parameters<typeof open>[0]) as RootDatabase<Buffer, [number, number]>;
-    stores.set(task.store, db);
+  let file = files.get(task.store);
+  if (!file) {
+    file = new RecordFile(task.store);
+    files.set(task.store, file);
   }
-  // getBinaryFast: lmdb-js's reused buffer (valid until the next read on this thread, which is
-  // after the kernel); the value's size is in db.lastSize.
-  const fast = db.getBinaryFast([task.layer, task.expert]);
-  const size = (db as unknown as { lastSize: number }).lastSize;
-  const rec = fast && fast.subarray(0, size);
-  if (!rec || rec.byteLength !== task.recordBytes) throw new Error(`expert (${task.layer}, ${task.expert}) is missing from ${task.store} or has the wrong size; re-import the model`);
+  const rec = file.read(task.offset, task.recordBytes);
   const yBytes = task.tokens * task.hiddenSize * 4;
-  // The record is copied out of lmdb-js's reused read buffer; the whole result is moved, not cloned.
+  // The whole result is moved, not cloned.
   const result = new ArrayBuffer(yBytes + (task.returnRecord ? rec.byteLength : 0));
   const out = new Float32Array(result, 0, task.tokens * task.hiddenSize);
   addon.expertForward(task.encoding, rec, task.hiddenSize, task.expertFfn, task.x, task.tokens, out, 1);

@@ -4,11 +4,18 @@
  * store/expertEncoding.ts describes, concatenated.
  * LMDB commits are atomic, and the importer only publishes a model directory once every record
  * is in, so a reader never sees a half-written store.
+ *
+ * Writing goes through lmdb-js. Reading does not: at open, where each record lies in the data file
+ * is resolved once by walking LMDB's B-tree with plain reads (store/lmdbLocations.ts, which checks
+ * every page it follows), and records are then read with large direct reads (RecordFile). So a
+ * damaged file is an error, never a SIGBUS, and no record is also held as mapped file pages.
  */
 import { createHash } from "node:crypto";
 import { open, type Database, type RootDatabase } from "lmdb";
 import { MoeRunError, invariant } from "../errors.js";
 import { encodeMatrix, recordBytes, type ExpertEncoding } from "./expertEncoding.js";
+import { locateRecords } from "./lmdbLocations.js";
+import { RecordFile } from "./RecordFile.js";
 
 export interface ExpertLayout {
   hiddenSize: number; // H
@@ -32,12 +39,22 @@ export function expertChecksum(record: Uint8Array): string {
   return createHash("sha256").update(record).digest("hex").slice(0, 16);
 }
 
+/** Where one record lies in the store's data file. */
+export interface RecordSpan {
+  offset: number;
+  length: number;
+}
+
 export class ExpertStore {
   readonly path: string;
   readonly layout: ExpertLayout;
+  /** Writer (import) only. */
   private db: RootDatabase<Buffer, [number, number]> | undefined;
+  /** Reader only: the data file and each record's span in it, by expertKey-like "layer:expert". */
+  private file: RecordFile | undefined;
+  private readonly spans = new Map<number, RecordSpan>();
 
-  private constructor(path: string, layout: ExpertLayout, db: RootDatabase<Buffer, [number, number]>) {
+  private constructor(path: string, layout: ExpertLayout, db: RootDatabase<Buffer, [number, number]> | undefined) {
     this.path = path;
     this.layout = layout;
     this.db = db;
@@ -47,9 +64,41 @@ export class ExpertStore {
     return new ExpertStore(path, layout, open({ path, encoding: "binary", compression: false }) as RootDatabase<Buffer, [number, number]>);
   }
 
-  /** Opens for reading; without OS readahead, so a load faults in only the record's own pages. */
-  static openReadOnly(path: string, layout: ExpertLayout): ExpertStore {
-    return new ExpertStore(path, layout, open({ path, encoding: "binary", compression: false, readOnly: true, noReadAhead: true } as Parameters<typeof open>[0] & { noReadAhead: boolean }) as RootDatabase<Buffer, [number, number]>);
+  /**
+   * Opens for reading: resolves every record's place in the data file and checks it (size, pages,
+   * inside the file); with `experts`, also that every (layer, expert) below those counts is there.
+   */
+  static openReadOnly(path: string, layout: ExpertLayout, experts?: { numLayers: number; numExperts: number }): ExpertStore {
+    const store = new ExpertStore(path, layout, undefined);
+    const expected = expertRecordBytes(layout);
+    const located = locateRecords(path);
+    for (const r of located.records) {
+      if (r.length !== expected) {
+        throw new MoeRunError("STORE_CORRUPT", `expert (${r.layer}, ${r.expert}) in ${path} has ${r.length} bytes, expected ${expected}; re-import the model`);
+      }
+      store.spans.set(spanKey(r.layer, r.expert), { offset: r.offset, length: r.length });
+    }
+    if (experts) {
+      for (let l = 0; l < experts.numLayers; l++) {
+        for (let e = 0; e < experts.numExperts; e++) {
+          if (!store.spans.has(spanKey(l, e))) throw new MoeRunError("STORE_CORRUPT", `expert store ${path} lacks expert (${l}, ${e}); re-import the model`);
+        }
+      }
+    }
+    store.file = new RecordFile(path);
+    return store;
+  }
+
+  /** Where (layer, expert)'s record lies in the data file (for readers on other threads). */
+  span(layer: number, expert: number): RecordSpan {
+    const s = this.spans.get(spanKey(layer, expert));
+    if (!s) throw new MoeRunError("STORE_CORRUPT", `expert store ${this.path} lacks expert (${layer}, ${expert}); re-import the model`);
+    return s;
+  }
+
+  /** The data file's reads bypass the page cache. */
+  get directReads(): boolean {
+    return this.reader().direct;
   }
 
   /** Encodes one expert's matrices into a store record. */
@@ -76,25 +125,37 @@ export class ExpertStore {
     db.transactionSync(() => db.putSync([layer, expert], Buffer.from(record.buffer, record.byteOffset, record.byteLength)));
   }
 
-  /** The raw record of (layer, expert), checked for size; a fresh copy the caller owns. */
+  /** The raw record of (layer, expert), read now on this thread; memory of its own the caller owns. */
   getRecord(layer: number, expert: number): Uint8Array {
-    const buf = this.handle().getBinary([layer, expert]);
-    const expected = expertRecordBytes(this.layout);
-    if (!buf) throw new MoeRunError("STORE_CORRUPT", `expert store ${this.path} lacks expert (${layer}, ${expert}); re-import the model`);
-    if (buf.byteLength !== expected) {
-      throw new MoeRunError("STORE_CORRUPT", `expert (${layer}, ${expert}) in ${this.path} has ${buf.byteLength} bytes, expected ${expected}; re-import the model`);
-    }
-    return buf.byteOffset % 4 === 0 ? new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength) : Uint8Array.from(buf);
+    const s = this.span(layer, expert);
+    return this.reader().read(s.offset, s.length);
+  }
+
+  /** getRecord() off this thread; several reads may be in flight. */
+  readRecord(layer: number, expert: number): Promise<Uint8Array> {
+    const s = this.span(layer, expert);
+    return this.reader().readAsync(s.offset, s.length);
   }
 
   close(): void {
     const db = this.db;
     this.db = undefined;
     if (db) void db.close();
+    this.file?.close();
+    this.file = undefined;
+  }
+
+  private reader(): RecordFile {
+    if (!this.file) throw new MoeRunError("DISPOSED", `expert store ${this.path} is closed or not opened for reading`);
+    return this.file;
   }
 
   private handle(): Database<Buffer, [number, number]> {
     if (!this.db) throw new MoeRunError("DISPOSED", `expert store ${this.path} is closed`);
     return this.db;
   }
+}
+
+function spanKey(layer: number, expert: number): number {
+  return layer * 0x10000 + expert;
 }
