@@ -1,7 +1,8 @@
 /**
  * The cache manager in the running model: offloading is lossless across budgets and policies,
- * budgets hold during long generations (device tier by the cache's own accounting, host tier by
- * measuring the store file's page-cache residency independently), and bad budgets are refused.
+ * budgets hold during long generations (device and host tiers by the caches' own accounting, and
+ * the store file's page-cache residency measured independently stays near zero: records are read
+ * with direct I/O, never held a second time as file pages), and bad budgets are refused.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -91,10 +92,14 @@ describe("budgets are enforced", () => {
       expect(s.cache.residentBytesMax).toBeLessThanOrEqual(s.cache.budgetBytes);
       expect(s.tiers.device.residentBytesMax + s.tiers.device.workingBytes).toBeLessThanOrEqual(s.tiers.device.budgetBytes);
       expect(s.tiers.host.enforced).toBe(true);
-      expect(s.tiers.host.drops).toBeGreaterThan(0);
       expect(s.tiers.host.residentBytesMax).toBeLessThanOrEqual(s.tiers.host.budgetBytes);
-      // Measured independently of the tier's own bookkeeping:
-      expect(worstHost).toBeLessThanOrEqual(s.tiers.host.budgetBytes);
+      expect(s.tiers.host.residentBytesMax).toBeGreaterThan(s.tiers.device.residentBytesMax); // it held what the device tier could not
+      expect(s.tiers.host.hits).toBeGreaterThan(0);
+      expect(s.tiers.host.evictions).toBeGreaterThan(0); // one record at a time, never the whole store
+      expect(s.tiers.host.reads).toBeGreaterThanOrEqual(s.tiers.host.misses); // the CPU pool reads records itself too
+      // Measured independently of the tiers' bookkeeping: the store's pages are not a second copy
+      // (only the B-tree pages read once at open may be cached).
+      expect(worstHost).toBeLessThan(0.05 * storeBytes);
       expect(s.tiers.host.budgetBytes).toBeLessThan(storeBytes);
     } finally {
       await model.dispose();

@@ -33,11 +33,15 @@ async function runMoeRun() {
   emit("EVENT", { phase: "measuring" });
   const out = [];
   const tStart = now();
+  // Cache counters at the first token (prefill done) and at the end: their difference is decode's.
+  let atFirst;
   const stats = await gen(job.decodeTokens, (id) => {
     out.push(id);
+    if (out.length === 1) atFirst = cacheStats(model);
     emit("EVENT", { phase: "token", n: out.length, t: now() - tStart });
   });
-  const extra = { manifestPrecision: model.manifest?.precision };
+  const atEnd = cacheStats(model);
+  const extra = { manifestPrecision: model.manifest?.precision, ...cacheSummary(atFirst, atEnd) };
   await model.dispose();
   return {
     loadSeconds,
@@ -49,6 +53,46 @@ async function runMoeRun() {
     decodeTokPerS: stats.decodeTokensPerSecond,
     ...extra,
   };
+}
+
+function cacheStats(model) {
+  try {
+    return model.cacheStats();
+  } catch {
+    return undefined;
+  }
+}
+
+/** A few figures of moe-run's cache report (the full one has per-layer rows): decode's hit rate and the run's totals. */
+function cacheSummary(first, end) {
+  if (!end) return {};
+  const out = {
+    cacheStats: {
+      hits: end.cache.hits,
+      misses: end.cache.misses,
+      hitRate: end.cache.hitRate,
+      stallSeconds: end.stallSeconds,
+      stallSecondsPerForward: end.stalls?.secondsPerForward,
+      hostReads: end.tiers?.host?.reads,
+      hostBytesRead: end.tiers?.host?.bytesRead,
+      hostReadSeconds: end.tiers?.host?.readSeconds,
+      directReads: end.tiers?.host?.directReads,
+      memoryPlan: end.memoryPlan,
+      prefetch: end.prefetch,
+    },
+  };
+  if (first) {
+    const hits = end.cache.hits - first.cache.hits;
+    const misses = end.cache.misses - first.cache.misses;
+    out.decodeHitRate = hits + misses > 0 ? hits / (hits + misses) : undefined;
+    out.decodeCache = {
+      hits,
+      misses,
+      hostBytesRead: (end.tiers?.host?.bytesRead ?? 0) - (first.tiers?.host?.bytesRead ?? 0),
+      stallSeconds: end.stallSeconds - first.stallSeconds,
+    };
+  }
+  return out;
 }
 
 async function runLlama() {

@@ -4,7 +4,8 @@
  *
  *   npx tsc -p tsconfig.json && node bench/llama/run.mjs [options]
  *
- *   --scenarios bundled,600m,oversize   which to run (default: bundled,600m)
+ *   --scenarios bundled,600m,oversize   which to run (default: bundled,600m); oversize runs once
+ *                          per --oversize-ratios entry, oversize-3x runs just that ratio
  *   --reps N               measured runs per engine, engines alternating (default 3)
  *   --oversize-reps N      the same for the oversize scenario (default 1)
  *   --threads N            threads for both engines (default: available parallelism)
@@ -13,10 +14,14 @@
  *   --formats F16,Q8_0     GGUF types for node-llama-cpp
  *   --moe-run-experts f16,int8   moe-run expert precisions (import --experts), each paired with
  *                          the GGUF type of the same width (f32/f16 -> F16, int8/int4 -> Q8_0)
- *   --moe-run-options JSON extra loadModel options for moe-run (e.g. a cache budget)
+ *   --moe-run-options JSON extra loadModel options for moe-run (default {}: moe-run sizes its
+ *                          caches itself, from the cgroup limit in oversize runs)
  *   --seed S --dtype BF16|F16   synthetic weights (default seed 1, BF16)
  *   --oversize-experts N   experts per layer of the oversize model (default 16: ~1.1 B params)
- *   --oversize-limit-mb N  its memory limit (default: half the F16 GGUF size)
+ *   --oversize-ratios R,.. model-to-limit ratios of the oversize runs (default 2,4): each moe-run/
+ *                          node-llama-cpp pair runs under a limit of its GGUF's size / R (F16 for
+ *                          moe-run f16 and GGUF F16, Q8_0 for moe-run int8 and GGUF Q8_0)
+ *   --oversize-limit-mb N  one memory limit for every engine instead of the ratios
  *   --timeout-s N          per-run time limit (default 600; oversize 150); a run past it is killed
  *                          and counts as not finished
  *   --work DIR             generated models, reused between runs (default $TMPDIR/moe-run-bench-llama)
@@ -26,6 +31,9 @@
  * Each engine+model+rep runs in a child process (bench/llama/child.mjs) so peak RSS (VmHWM) and
  * bytes read from storage (/proc/<pid>/io read_bytes) are its own. Oversize runs go into a fresh
  * cgroup v1 memory group (page cache counted) after the model files are evicted from the page cache.
+ * The roofline is measured once, on the first model with a file over 256 MB: memory bandwidth, the
+ * disk's sequential direct-I/O bandwidth (dd iflag=direct) and moe-run's own read path (every
+ * expert record through ExpertStore.readRecord, 4 in flight).
  * Writes bench/results/latest.json (merged with earlier results of scenarios not run now) and
  * bench/RESULTS.md.
  */
@@ -36,7 +44,7 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { ROOT, activeBytesGguf, activeBytesMoeRun, makePrompt, paramCounts, prepareModel, scenarioModels } from "./models.mjs";
 import { markdown, writeReports } from "./report.mjs";
-import { createMemoryCgroup, evictFromPageCache, machineInfo, measureDiskBandwidth, measureMemoryBandwidth, procReadBytes, procStatus } from "./system.mjs";
+import { createMemoryCgroup, evictFromPageCache, machineInfo, measureDiskBandwidth, measureMemoryBandwidth, measureReadPath, procReadBytes, procStatus } from "./system.mjs";
 
 const { values: a } = parseArgs({
   options: {
@@ -52,6 +60,7 @@ const { values: a } = parseArgs({
     seed: { type: "string", default: "1" },
     dtype: { type: "string", default: "BF16" },
     "oversize-experts": { type: "string", default: "16" },
+    "oversize-ratios": { type: "string", default: "2,4" },
     "oversize-limit-mb": { type: "string" },
     "timeout-s": { type: "string" },
     work: { type: "string", default: path.join(os.tmpdir(), "moe-run-bench-llama") },
@@ -76,8 +85,22 @@ const args = {
   seed: Number(a.seed),
   dtype: a.dtype,
   oversizeExperts: Number(a["oversize-experts"]),
+  oversizeRatios: a["oversize-ratios"].split(",").filter(Boolean).map(Number),
+  oversizeLimitMb: a["oversize-limit-mb"] ? Number(a["oversize-limit-mb"]) : undefined,
   work: a.work,
 };
+if (!args.oversizeRatios.every((r) => Number.isFinite(r) && r > 0)) throw new Error(`--oversize-ratios must be positive numbers, got ${a["oversize-ratios"]}`);
+// What runs: "oversize" once per ratio (labelled oversize-2x, ...), or once at the fixed limit.
+const plan = [];
+for (const s of args.scenarios) {
+  const one = /^oversize-(\d+(?:\.\d+)?)x$/.exec(s);
+  let items = [{ scenario: s, kind: s }];
+  if (s === "oversize" || one) {
+    if (args.oversizeLimitMb) items = [{ scenario: `oversize-${args.oversizeLimitMb}MiB`, kind: "oversize" }];
+    else items = (one ? [Number(one[1])] : args.oversizeRatios).map((r) => ({ scenario: `oversize-${r}x`, kind: "oversize", ratio: r }));
+  }
+  for (const it of items) if (!plan.some((x) => x.scenario === it.scenario)) plan.push(it);
+}
 const PAIR = { f32: "F16", f16: "F16", int8: "Q8_0", int4: "Q8_0" };
 const log = (line) => process.stderr.write(`[bench:llama] ${line}\n`);
 const median = (xs) => {
@@ -115,7 +138,7 @@ log(
     ? `memory read bandwidth: ${(memN.bytesPerSecond / 1e9).toFixed(1)} GB/s (${args.threads} threads), ${(mem1.bytesPerSecond / 1e9).toFixed(1)} GB/s (1 thread); bounds use ${(memBw / 1e9).toFixed(1)} GB/s`
     : `memory read bandwidth: ${(memBw / 1e9).toFixed(1)} GB/s (1 thread)`
 );
-const roofline = { memory: { nThreads: memN, oneThread: mem1, bytesPerSecond: memBw }, disk: undefined };
+const roofline = { memory: { nThreads: memN, oneThread: mem1, bytesPerSecond: memBw }, disk: undefined, readPath: undefined };
 
 /** Runs one child; never throws for a failed/killed child (that is a result). */
 function runChild(job, { cgroup, timeoutS }) {
@@ -195,6 +218,9 @@ function runChild(job, { cgroup, timeoutS }) {
         rssAnonEndBytes: result?.rssAnon,
         rssFileEndBytes: result?.rssFile,
         readBytes: result?.readBytes ?? (sampled.readBytes || undefined),
+        decodeHitRate: result?.decodeHitRate,
+        decodeCache: result?.decodeCache,
+        cacheStats: result?.cacheStats,
         ids: result?.ids,
         cgroup: cg,
         stderrTail: finished ? undefined : stderr.trim().split("\n").slice(-5).join("\n"),
@@ -205,14 +231,14 @@ function runChild(job, { cgroup, timeoutS }) {
 
 const newRuns = [];
 const scenarioInfo = [];
-for (const scenario of args.scenarios) {
-  const oversize = scenario === "oversize";
+for (const { scenario, kind, ratio } of plan) {
+  const oversize = kind === "oversize";
   const reps = Number(oversize ? a["oversize-reps"] : a.reps);
   const promptTokens = Number(a["prompt-tokens"] ?? (oversize ? 32 : 64));
   const decodeTokens = Number(a["decode-tokens"] ?? (oversize ? 16 : 64));
   const timeoutS = Number(a["timeout-s"] ?? (oversize ? 150 : 600));
   const warmup = !a["no-warmup"] && !oversize;
-  for (const m of scenarioModels(scenario, args)) {
+  for (const m of scenarioModels(kind, args)) {
     if (m.skipped) {
       log(`${scenario}/${m.id}: skipped: ${m.skipped}`);
       scenarioInfo.push({ scenario, model: m.id, skipped: m.skipped, date, threads: args.threads });
@@ -228,8 +254,20 @@ for (const scenario of args.scenarios) {
     if (!roofline.disk) {
       const biggest = Object.values(p.gguf).sort((x, y) => y.bytes - x.bytes)[0];
       if (biggest && biggest.bytes > 256e6) {
-        roofline.disk = measureDiskBandwidth(biggest.path);
-        log(`disk read bandwidth: ${(roofline.disk.bytesPerSecond / 1e9).toFixed(2)} GB/s (${(roofline.disk.bytes / 1e9).toFixed(2)} GB file)`);
+        roofline.disk = { date, ...measureDiskBandwidth(biggest.path) };
+        log(`disk read bandwidth: ${(roofline.disk.bytesPerSecond / 1e9).toFixed(2)} GB/s (${roofline.disk.method}, ${(roofline.disk.bytes / 1e9).toFixed(2)} GB file)`);
+        // moe-run's misses come through this path; it should get most of what the disk gives sequentially.
+        const mm = p.moe.f16 ?? Object.values(p.moe)[0];
+        if (mm) {
+          try {
+            const rp = await measureReadPath(mm.dir, { inFlight: 4 });
+            roofline.readPath = { date, ...rp, diskBytesPerSecond: roofline.disk.bytesPerSecond, fractionOfDisk: rp.bytesPerSecond / roofline.disk.bytesPerSecond };
+            log(`read path ${(rp.bytesPerSecond / 1e9).toFixed(2)} GB/s = ${(roofline.readPath.fractionOfDisk * 100).toFixed(0)}% of the disk's sequential ${(roofline.disk.bytesPerSecond / 1e9).toFixed(2)} GB/s (${rp.encoding} store, ${rp.records} records, direct reads ${rp.directReads}; target >= 80%)`);
+          } catch (err) {
+            roofline.readPath = { date, error: String(err?.message ?? err) };
+            log(`read path: not measured (${roofline.readPath.error})`);
+          }
+        }
       }
     }
 
@@ -243,12 +281,18 @@ for (const scenario of args.scenarios) {
       engines.push({ engine: "node-llama-cpp", format: fmt, model: g.path, fileBytes: g.bytes, ...activeBytesGguf(g.header, p.config) });
     }
 
-    let limitBytes;
+    // Each pair's limit is its GGUF's size / ratio, so both engines of a pair see the same limit and
+    // every model is about `ratio` times it (moe-run's directory is a little larger than the GGUF).
+    const limits = new Map();
     let cgroupError;
     if (oversize) {
-      limitBytes = a["oversize-limit-mb"] ? Number(a["oversize-limit-mb"]) * 1024 * 1024 : Math.round(p.gguf.F16?.bytes ?? engines[0].fileBytes) / 2;
-      limitBytes = Math.floor(limitBytes / 4096) * 4096;
-      const probe = createMemoryCgroup(`moe-run-bench-probe-${process.pid}`, limitBytes);
+      for (const e of engines) {
+        const fmt = e.engine === "moe-run" ? e.pair : e.format;
+        const basis = args.oversizeLimitMb ? undefined : p.gguf[fmt] ? `${fmt} GGUF / ${ratio}` : `own files / ${ratio} (no ${fmt} GGUF in --formats)`;
+        const bytes = args.oversizeLimitMb ? args.oversizeLimitMb * 2 ** 20 : (p.gguf[fmt]?.bytes ?? e.fileBytes) / ratio;
+        limits.set(e, { bytes: Math.floor(bytes / 4096) * 4096, basis: basis ?? "--oversize-limit-mb" });
+      }
+      const probe = createMemoryCgroup(`moe-run-bench-probe-${process.pid}`, Math.min(...[...limits.values()].map((x) => x.bytes)));
       if (probe.error) cgroupError = probe.error;
       else probe.remove();
       if (cgroupError) log(`oversize: ${cgroupError}; the oversize runs are recorded as not run`);
@@ -266,7 +310,9 @@ for (const scenario of args.scenarios) {
       reps,
       warmup,
       threads: args.threads,
-      memoryLimitBytes: limitBytes,
+      oversizeRatio: ratio,
+      memoryLimitBytes: args.oversizeLimitMb && oversize ? limits.get(engines[0]).bytes : undefined,
+      memoryLimits: oversize ? Object.fromEntries(engines.map((e) => [`${e.engine}:${e.format}`, limits.get(e).bytes])) : undefined,
       cgroupError,
       files: Object.fromEntries(engines.map((e) => [`${e.engine}:${e.format}`, e.fileBytes])),
       prepareTimings: p.timings,
@@ -276,6 +322,7 @@ for (const scenario of args.scenarios) {
     for (let rep = 0; rep < reps; rep++) {
       const order = rep % 2 === 0 ? engines : [...engines].reverse();
       for (const e of order) {
+        const limitBytes = limits.get(e)?.bytes;
         const job = {
           engine: e.engine,
           model: e.model,
@@ -296,19 +343,20 @@ for (const scenario of args.scenarios) {
           }
           // Start cold: every model file of this scenario out of the page cache, a fresh group.
           evictFromPageCache(engines.map((x) => x.model));
-          cgroup = createMemoryCgroup(`moe-run-bench-${process.pid}-${rep}-${e.engine}-${e.format}`, limitBytes);
+          cgroup = createMemoryCgroup(`moe-run-bench-${process.pid}-${scenario}-${rep}-${e.engine}-${e.format}`, limitBytes);
           if (cgroup.error) {
             s = { finished: false, reason: `not run: ${cgroup.error}` };
             samples.get(e).push(s);
             continue;
           }
         }
-        log(`${scenario}/${p.id}: rep ${rep + 1}/${reps} ${e.engine} ${e.format}${oversize ? ` (memory limit ${(limitBytes / 2 ** 20).toFixed(0)} MiB)` : ""}...`);
+        log(`${scenario}/${p.id}: rep ${rep + 1}/${reps} ${e.engine} ${e.format}${oversize ? ` (memory limit ${(limitBytes / 2 ** 20).toFixed(0)} MiB, model ${(e.fileBytes / limitBytes).toFixed(1)}x it)` : ""}...`);
         s = await runChild(job, { cgroup, timeoutS });
         cgroup?.remove();
         log(
           `  ${s.finished ? "done" : `NOT FINISHED (${s.reason})`}: prefill ${fmt(s.prefillTokPerS)} tok/s, decode ${fmt(s.decodeTokPerS)} tok/s, ` +
-            `peak RSS ${mb(s.peakRssBytes)}, read ${mb(s.readBytes)}${s.cgroup ? `, cgroup max ${mb(s.cgroup.maxUsageBytes)}` : ""}`
+            `peak RSS ${mb(s.peakRssBytes)}, read ${mb(s.readBytes)}${s.cgroup ? `, cgroup max ${mb(s.cgroup.maxUsageBytes)}` : ""}` +
+            `${s.decodeHitRate !== undefined ? `, decode hit rate ${(s.decodeHitRate * 100).toFixed(0)}%` : ""}`
         );
         samples.get(e).push(s);
       }
@@ -320,13 +368,21 @@ for (const scenario of args.scenarios) {
       const done = ss.filter((x) => x.finished);
       const use = done.length ? done : ss;
       const activeExpertBytes = (e.expertBytesTotal * p.config.num_experts_per_tok) / p.config.num_local_experts;
+      const limitBytes = limits.get(e)?.bytes;
+      const decodeHitRate = median(use.map((x) => x.decodeHitRate));
       let boundTokPerS = memBw / e.activeBytes;
       let boundNote = "all active bytes from memory at the measured read bandwidth";
+      let boundHitRate;
       if (oversize && roofline.disk && limitBytes) {
-        const h = Math.max(0, Math.min(1, (limitBytes - (e.totalBytes - e.expertBytesTotal)) / e.expertBytesTotal));
+        // moe-run: the hit rate its decode measured; llama.cpp (no such counter): what the limit allows at best.
+        const measured = e.engine === "moe-run" && decodeHitRate !== undefined;
+        const h = measured ? decodeHitRate : Math.max(0, Math.min(1, (limitBytes - (e.totalBytes - e.expertBytesTotal)) / e.expertBytesTotal));
         const t = (e.activeBytes - activeExpertBytes) / memBw + activeExpertBytes * (h / memBw + (1 - h) / roofline.disk.bytesPerSecond);
         boundTokPerS = 1 / t;
-        boundNote = `expert hit rate at most ${(h * 100).toFixed(0)}% (limit minus non-expert bytes over all expert bytes, uniform routing); misses at the measured disk bandwidth`;
+        boundHitRate = h;
+        boundNote = measured
+          ? `measured decode expert hit rate ${(h * 100).toFixed(0)}%: hits at the memory bandwidth, misses at the disk's sequential direct-I/O bandwidth`
+          : `expert hit rate at most ${(h * 100).toFixed(0)}% (limit minus non-expert bytes over all expert bytes, uniform routing); misses at the measured disk bandwidth`;
       }
       const decode = median(use.map((x) => x.decodeTokPerS));
       return {
@@ -349,16 +405,25 @@ for (const scenario of args.scenarios) {
         readBytes: median(ss.map((x) => x.readBytes)),
         readBytesPerToken: undefined,
         cgroupMaxUsageBytes: oversize ? Math.max(0, ...ss.map((x) => x.cgroup?.maxUsageBytes ?? 0)) || undefined : undefined,
+        oomKills: oversize ? ss.reduce((n, x) => n + (x.cgroup?.oomKills ?? 0), 0) : undefined,
         memoryLimitBytes: limitBytes,
+        memoryLimitBasis: limits.get(e)?.basis,
+        oversizeRatio: ratio,
+        modelToLimit: limitBytes ? e.fileBytes / limitBytes : undefined,
+        decodeHitRate,
+        decodeCache: use.find((x) => x.decodeCache)?.decodeCache,
+        cacheStats: use.find((x) => x.cacheStats)?.cacheStats,
         fileBytes: e.fileBytes,
         activeBytesPerToken: e.activeBytes,
         boundTokPerS,
         boundNote,
+        boundHitRate,
         fractionOfBound: decode !== undefined ? decode / boundTokPerS : undefined,
         memoryBandwidthBytesPerS: memBw,
         diskBandwidthBytesPerS: roofline.disk?.bytesPerSecond,
         pairedWith: e.pair ? `node-llama-cpp:${e.pair}` : undefined,
-        samples: ss.map(({ ids, stderrTail, ...rest }) => ({ ...rest, ...(stderrTail ? { stderrTail } : {}) })),
+        // The cache summary is on the row (from one run); samples keep their hit rates only.
+        samples: ss.map(({ ids, stderrTail, cacheStats, decodeCache, ...rest }) => ({ ...rest, ...(stderrTail ? { stderrTail } : {}) })),
         ids: ss.find((x) => x.ids)?.ids,
       };
     });
@@ -385,9 +450,9 @@ for (const scenario of args.scenarios) {
 }
 
 const text = writeReports({ out: a.out, md: a.md, date, machine, moeRun: git, nodeLlamaCppVersion, llamaCppRelease, roofline, newRuns, scenarioInfo, args: { ...args, argv: process.argv.slice(2) } });
-// The results table and the targets on stdout.
 const lines = text.split("\n");
-const table = lines.filter((l) => l.startsWith("|"));
+// The results table and the targets on stdout (tables kept apart by a blank line).
+const table = lines.filter((l, i) => l.startsWith("|") || (l === "" && lines[i - 1]?.startsWith("|")));
 const tStart = lines.indexOf("## Targets");
 console.log([...table, "", ...lines.slice(tStart, lines.indexOf("## How it is measured"))].join("\n").trim());
 log(`wrote ${path.relative(process.cwd(), a.out)} and ${path.relative(process.cwd(), a.md)}`);

@@ -34,6 +34,9 @@ export class RecordFile {
         this.fd = f.fd;
         this.direct = f.direct;
         this.size = f.size;
+        // Pages an import (or an earlier reader) left in the page cache would be a second copy of
+        // what the tiers hold, charged to whoever wrote them: drop them (clean pages, no data lost).
+        this.addon.dropFileCache(file, 0, 0);
       } else {
         this.fd = fs.openSync(file, "r");
         this.direct = false;
