@@ -62,3 +62,49 @@ export function maxRelErr(a: Float32Array, ref: Float32Array): number {
   }
   return err / mag;
 }
+
+/**
+ * The shared folder next to the project (not part of the repository, and never copied into it: its
+ * traces carry no licence): $MOE_RUN_SHARED (a directory that contains traces/), else ../shared
+ * beside the repository root.
+ */
+export function sharedDir(): string {
+  return process.env.MOE_RUN_SHARED ? path.resolve(process.env.MOE_RUN_SHARED) : path.resolve(ROOT, "..", "shared");
+}
+
+/** The path of a trace in the shared folder's traces/, or undefined when it is not there. */
+export function sharedTrace(name: string): string | undefined {
+  const file = path.join(sharedDir(), "traces", name);
+  return fs.existsSync(file) ? file : undefined;
+}
+
+/**
+ * For tests that need a shared trace: `describe.skipIf(t.skip)(`title${t.note}`, ...)` with
+ * `t.require()` in its beforeAll. When the trace is absent the tests are skipped, with the reason in
+ * their title; with MOE_RUN_REQUIRE_SHARED=1 (CI) they run instead and fail on require(), which
+ * names the path that was looked for.
+ */
+export function sharedTraceGate(name: string): { path: string | undefined; skip: boolean; note: string; require: () => string } {
+  const found = sharedTrace(name);
+  const wanted = path.join(sharedDir(), "traces", name);
+  const shown = process.env.MOE_RUN_SHARED ? wanted : `../shared/traces/${name}`;
+  const required = process.env.MOE_RUN_REQUIRE_SHARED === "1";
+  return {
+    path: found,
+    skip: !found && !required,
+    note: found || required ? "" : ` (skipped: ${shown} not found; set MOE_RUN_SHARED to a folder with traces/)`,
+    require: () => {
+      if (found) return found;
+      throw new Error(
+        `the shared routing trace is missing: ${wanted} (MOE_RUN_REQUIRE_SHARED=1 makes it required; ` +
+          `put the shared folder at ../shared beside the repository or set MOE_RUN_SHARED to a directory that contains traces/)`
+      );
+    },
+  };
+}
+
+/**
+ * A routing trace the project itself ships (recorded by bench/cache-policies.mjs from a synthetic
+ * 24-layer, 8-expert, top-2 model), for trace tests that must run on a fresh clone.
+ */
+export const BUNDLED_TRACE = path.join(ROOT, "bench", "results", "cache-policies.synthetic-24L-1024H-3584F-8E-top2-int8.trace.jsonl");

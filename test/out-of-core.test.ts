@@ -14,6 +14,8 @@ import { importModel } from "../src/importer/importModel.js";
 import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
 import type { MemoryLimits } from "../src/model/memoryPlan.js";
 import { writeSyntheticCheckpoint } from "../src/synthetic/syntheticCheckpoint.js";
+import { ExpertStore } from "../src/store/ExpertStore.js";
+import { releaseRecord, retainRecord } from "../src/store/RecordFile.js";
 import { CLI, MODELS, importFixture, runCli, tmpDir } from "./helpers.js";
 import { spawnSync } from "node:child_process";
 
@@ -104,6 +106,24 @@ describe("out-of-core decode from the store on disk", () => {
     const all = await greedy(dir, { memoryLimits: limitsOf(16 * 2 ** 30) });
     expect(all.stats.memoryPlan!.allExpertsFit).toBe(true);
     expect(all.stats.tiers.host.bytesRead).toBeLessThanOrEqual(expertBytes);
+  });
+
+  it("a record's memory is freed when its last owner releases it, not at the next GC", () => {
+    const manifest = JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8"));
+    const d = manifest.dims;
+    const store = ExpertStore.openReadOnly(path.join(dir, "experts.mdb"), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: manifest.precision.experts });
+    try {
+      const a = store.getRecord(0, 1);
+      const copy = a.slice();
+      retainRecord(a); // a second owner (a tier)
+      releaseRecord(a);
+      expect(a).toEqual(copy); // still owned: intact
+      releaseRecord(a);
+      expect(a.byteLength).toBe(0); // freed: the buffer is detached, a later use cannot reach freed memory
+      expect(store.getRecord(0, 1)).toEqual(copy);
+    } finally {
+      store.close();
+    }
   });
 
   it("too little memory is refused with the minimum named", async () => {

@@ -6,7 +6,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <mutex>
+#include <unordered_map>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -196,19 +200,44 @@ RangeArgs range_args(napi_env env, napi_value* a) {
   return r;
 }
 
+// Buffers handed to JS: releaseRange() frees one at once; the GC's finalizer frees it otherwise.
+// A block outlives its memory until the finalizer runs, so neither frees twice (and a reused
+// address can never be mistaken for a released one).
+struct Block {
+  uint8_t* base;
+  uint64_t capacity;
+  bool freed;
+};
+std::mutex blocks_mutex;
+std::unordered_map<const void*, Block*> live_blocks;  // by base address, while not freed
+
 void finalize_range(napi_env env, void* data, void* hint) {
-  int64_t adjusted;
-  napi_adjust_external_memory(env, -int64_t(reinterpret_cast<uintptr_t>(hint)), &adjusted);
-  free(data);
+  Block* b = static_cast<Block*>(hint);
+  {
+    std::lock_guard<std::mutex> lock(blocks_mutex);
+    if (!b->freed) live_blocks.erase(b->base);
+  }
+  if (!b->freed) {
+    int64_t adjusted;
+    napi_adjust_external_memory(env, -int64_t(b->capacity), &adjusted);
+    free(b->base);
+  }
+  delete b;
 }
 
-// Wraps a read range as a Uint8Array over its own aligned memory (freed when collected).
+// Wraps a read range as a Uint8Array over its own aligned memory.
 napi_value range_to_js(napi_env env, moe::ReadRange& r, uint64_t length) {
   napi_value ab, view;
-  if (napi_create_external_arraybuffer(env, r.base, r.capacity, finalize_range, reinterpret_cast<void*>(uintptr_t(r.capacity)), &ab) != napi_ok) {
+  Block* b = new Block{r.base, r.capacity, false};
+  if (napi_create_external_arraybuffer(env, r.base, r.capacity, finalize_range, b, &ab) != napi_ok) {
+    delete b;
     moe::free_range(&r);
     napi_throw_error(env, nullptr, "moe_native: cannot wrap a read buffer");
     return nullptr;
+  }
+  {
+    std::lock_guard<std::mutex> lock(blocks_mutex);
+    live_blocks[r.base] = b;
   }
   int64_t adjusted;
   napi_adjust_external_memory(env, int64_t(r.capacity), &adjusted);
@@ -281,6 +310,60 @@ napi_value ReadRangeAsync(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+// releaseRange(view): frees the memory of a buffer made by readRange/allocRange now, instead of
+// whenever the GC collects it (evicted experts must give their bytes back at once, or a process
+// under a memory limit overshoots it). Detaches the ArrayBuffer: later use sees length 0.
+napi_value ReleaseRange(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value a[1];
+  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  napi_typedarray_type type;
+  size_t length, offset;
+  void* data;
+  napi_value ab;
+  if (napi_get_typedarray_info(env, a[0], &type, &length, &data, &ab, &offset) != napi_ok) {
+    return napi_throw_type_error(env, nullptr, "releaseRange: a Uint8Array from readRange expected"), nullptr;
+  }
+  void* base = nullptr;
+  size_t ab_len = 0;
+  napi_get_arraybuffer_info(env, ab, &base, &ab_len);
+  Block* b = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(blocks_mutex);
+    auto it = live_blocks.find(base);
+    if (it != live_blocks.end()) {
+      b = it->second;
+      live_blocks.erase(it);
+    }
+  }
+  if (!b) return nullptr;  // not ours, or already released: the GC owns it
+  if (napi_detach_arraybuffer(env, ab) != napi_ok) {
+    std::lock_guard<std::mutex> lock(blocks_mutex);
+    live_blocks[base] = b;
+    return napi_throw_error(env, nullptr, "releaseRange: the buffer cannot be detached"), nullptr;
+  }
+  b->freed = true;
+  int64_t adjusted;
+  napi_adjust_external_memory(env, -int64_t(b->capacity), &adjusted);
+  free(b->base);
+  return nullptr;
+}
+
+// allocRange(length) -> Uint8Array over fresh aligned memory released like readRange's.
+napi_value AllocRange(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value a[1];
+  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  const uint64_t length = uint64_t(num(env, a[0]));
+  moe::ReadRange r;
+  void* mem = nullptr;
+  const uint64_t cap = std::max<uint64_t>(moe::kDirectAlign, (length + moe::kDirectAlign - 1) / moe::kDirectAlign * moe::kDirectAlign);
+  if (posix_memalign(&mem, moe::kDirectAlign, cap) != 0) return napi_throw_error(env, nullptr, "allocRange: out of memory"), nullptr;
+  r.base = static_cast<uint8_t*>(mem);
+  r.capacity = cap;
+  return range_to_js(env, r, length);
+}
+
 napi_value Init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"expertForward", nullptr, ExpertForward, nullptr, nullptr, nullptr, napi_default, nullptr},
@@ -293,6 +376,8 @@ napi_value Init(napi_env env, napi_value exports) {
       {"closeFd", nullptr, CloseFd, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"readRange", nullptr, ReadRange, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"readRangeAsync", nullptr, ReadRangeAsync, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"releaseRange", nullptr, ReleaseRange, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"allocRange", nullptr, AllocRange, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

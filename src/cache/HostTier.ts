@@ -10,6 +10,7 @@
  * GPU memory, so that they come back at host-to-GPU speed instead of the disk's.
  */
 import type { ExpertStore } from "../store/ExpertStore.js";
+import { releaseRecord, retainRecord } from "../store/RecordFile.js";
 import { ExpertCache } from "./ExpertCache.js";
 import { parsePolicyName, type PolicyName } from "./policies/index.js";
 import type { ExpertId, ReplacementPolicy } from "./types.js";
@@ -51,14 +52,21 @@ export class HostTier {
         capacityBytes: Number.isFinite(budgetBytes) ? budgetBytes : Number.MAX_SAFE_INTEGER,
         policy: typeof policy === "string" ? parsePolicyName(policy) : policy,
         policyOptions: { numLayers },
+        onEvict: (_id, record) => releaseRecord(record), // one record at a time, its memory freed now
       });
     }
   }
 
-  /** The record of `id`: from this tier, or read from the store (and kept when the policy admits it). */
+  /**
+   * The record of `id`: from this tier, or read from the store (and kept when the policy admits
+   * it). The caller owns one reference (releaseRecord when done, or hand it to a tier).
+   */
   async record(id: ExpertId): Promise<Uint8Array> {
     const held = this.cache?.lookup(id);
-    if (held) return held;
+    if (held) {
+      retainRecord(held);
+      return held;
+    }
     const t0 = performance.now();
     const record = await this.store.readRecord(id.layer, id.expert);
     this.readSeconds += (performance.now() - t0) / 1000;
@@ -66,7 +74,7 @@ export class HostTier {
     this.bytesRead += record.byteLength;
     if (this.cache && !this.cache.has(id) && record.byteLength <= this.cache.capacityBytes) {
       try {
-        this.cache.insert(id, record, record.byteLength);
+        if (this.cache.insert(id, record, record.byteLength).admitted) retainRecord(record);
       } catch {
         // CacheCapacityError: nothing evictable right now; the record is used once, not kept.
       }

@@ -13,6 +13,7 @@ import type { MemoryPlan } from "../model/memoryPlan.js";
 import { PredictionTracker, type PredictionReport } from "../predict/PredictionTracker.js";
 import { topIds, type ExpertPredictor } from "../predict/types.js";
 import { expertRecordBytes, type ExpertStore } from "../store/ExpertStore.js";
+import { copyRecord, releaseRecord } from "../store/RecordFile.js";
 import { ExpertCache } from "./ExpertCache.js";
 import { ExpertLoader } from "./ExpertLoader.js";
 import { HostTier, type HostTierStats } from "./HostTier.js";
@@ -162,7 +163,7 @@ export class TieredExpertSource {
       policy: typeof options.policy === "string" ? parsePolicyName(options.policy) : options.policy,
       policyOptions: { numLayers: options.numLayers },
       pinned: options.pinned,
-      onEvict: (_id, resident) => options.form.free(resident),
+      onEvict: (_id, resident) => this.drop(resident),
     });
     this.host = new HostTier(store, options.hostBytes, options.policy, options.numLayers);
     this.loader = new ExpertLoader((layer, expert) => this.host.record({ layer, expert }), options.readsInFlight);
@@ -241,11 +242,17 @@ export class TieredExpertSource {
       if (this.cache.has(id)) return this.cache.peek(id)!;
       reserved = this.cache.reserve(id, bytes);
     }
-    const resident = (await form.prepare(await this.host.record(id))) as NonNullable<unknown>;
+    let resident: NonNullable<unknown>;
+    try {
+      resident = await this.prepareFrom(await this.host.record(id));
+    } catch (err) {
+      if (reserved) this.cache.cancelReservation(bytes);
+      throw err;
+    }
     // A prefetch may have landed while this one was being prepared (on a GPU, prepare awaits the upload).
     if (this.cache.has(id)) {
       if (reserved) this.cache.cancelReservation(bytes);
-      form.free(resident);
+      this.drop(resident);
       return this.cache.peek(id)!;
     }
     try {
@@ -253,7 +260,7 @@ export class TieredExpertSource {
         if (!this.cache.insert(id, resident, bytes, { reserved: true }).admitted) this.bypassed.set(key, resident); // the policy declined it
       } else if (this.cache.reserved > 0 || !this.cache.insert(id, resident, bytes).admitted) this.bypassed.set(key, resident);
     } catch (err) {
-      form.free(resident); // CacheCapacityError: pins and protections leave no room; it says so
+      this.drop(resident); // CacheCapacityError: pins and protections leave no room; it says so
       throw err;
     }
     return resident;
@@ -266,6 +273,25 @@ export class TieredExpertSource {
       this.held.delete(key);
       this.cache.unprotect([idOfKey(key)]);
     }
+  }
+
+  /** The device form of a record the caller owns; the record is released unless the form is the record itself. */
+  private async prepareFrom(record: Uint8Array): Promise<NonNullable<unknown>> {
+    let resident: NonNullable<unknown>;
+    try {
+      resident = (await this.options.form.prepare(record)) as NonNullable<unknown>;
+    } catch (err) {
+      releaseRecord(record);
+      throw err;
+    }
+    if (resident !== record) releaseRecord(record);
+    return resident;
+  }
+
+  /** Frees a device-tier form (GPU memory, or the record's own memory for the CPU kernels). */
+  private drop(resident: unknown): void {
+    this.options.form.free(resident);
+    if (resident instanceof Uint8Array) releaseRecord(resident);
   }
 
   /** Resident or on its way: computing it first would not wait on the store. */
@@ -307,15 +333,16 @@ export class TieredExpertSource {
     }
     let resident: NonNullable<unknown>;
     try {
-      resident = (await this.options.form.prepare(record)) as NonNullable<unknown>;
+      // The pool's copy lives in a GC-managed buffer: kept, it goes into memory freed on eviction.
+      resident = await this.prepareFrom(copyRecord(record));
     } catch (err) {
       this.cache.cancelReservation(this.residentBytes);
       throw err;
     }
     if (this.cache.has(id)) {
       this.cache.cancelReservation(this.residentBytes);
-      this.options.form.free(resident);
-    } else if (!this.cache.insert(id, resident, this.residentBytes, { reserved: true }).admitted) this.options.form.free(resident);
+      this.drop(resident);
+    } else if (!this.cache.insert(id, resident, this.residentBytes, { reserved: true }).admitted) this.drop(resident);
   }
 
   release(layer: number, expert: number): void {
@@ -324,7 +351,7 @@ export class TieredExpertSource {
     const once = this.bypassed.get(key);
     if (once !== undefined) {
       this.bypassed.delete(key);
-      this.options.form.free(once);
+      this.drop(once);
     }
     if (this.cache.isProtected(id)) this.cache.unprotect([id]);
   }
@@ -397,8 +424,12 @@ export class TieredExpertSource {
     entry.promise = this.loader
       .load(layer, expert, () => demand || this.held.has(key))
       .then(async (record) => {
-        if (!record || this.cache.has(id)) return { record, resident: undefined };
-        return { record, resident: (await this.options.form.prepare(record)) as NonNullable<unknown> };
+        if (!record) return { record, resident: undefined };
+        if (this.cache.has(id)) {
+          releaseRecord(record);
+          return { record, resident: undefined };
+        }
+        return { record, resident: await this.prepareFrom(record) };
       })
       .then(
         ({ record, resident }) => {
@@ -412,12 +443,12 @@ export class TieredExpertSource {
           }
           if (!resident || this.cache.has(id)) {
             this.cache.cancelReservation(this.residentBytes); // a demand load got there first
-            if (resident) this.options.form.free(resident);
+            if (resident) this.drop(resident);
             return;
           }
           if (this.cache.insert(id, resident, this.residentBytes, { reserved: true }).admitted) {
             if (!demand) this.prefetched.set(key, entry.loadSeconds);
-          } else this.options.form.free(resident); // the policy declined it, as admit() handles
+          } else this.drop(resident); // the policy declined it, as admit() handles
         },
         (err: unknown) => {
           entry.done = true;
@@ -451,7 +482,7 @@ export class TieredExpertSource {
   dispose(): void {
     this.cache.clear();
     this.host.clear();
-    for (const resident of this.bypassed.values()) this.options.form.free(resident);
+    for (const resident of this.bypassed.values()) this.drop(resident);
     this.bypassed.clear();
   }
 

@@ -11,6 +11,7 @@
  * the loader's overhead is a thread hop: the rule turns prefetch on wherever the store is on disk.
  */
 import type { ExpertStore } from "../store/ExpertStore.js";
+import { releaseRecord } from "../store/RecordFile.js";
 import { ExpertLoader } from "./ExpertLoader.js";
 
 export interface PrefetchPayoff {
@@ -33,15 +34,16 @@ export async function measurePrefetchPayoff(store: ExpertStore, numLayers: numbe
   const loads: number[] = [];
   // Different experts each time, so neither side reads a record the other has just touched.
   const id = (i: number) => ({ layer: Math.floor(i / numExperts) % numLayers, expert: i % numExperts });
-  await loader.load(id(0).layer, id(0).expert); // warm-up
+  const release = (r: Uint8Array | undefined) => r && releaseRecord(r);
+  release(await loader.load(id(0).layer, id(0).expert)); // warm-up
   for (let i = 1; i <= 9; i++) {
     const a = id(2 * i);
     let t0 = performance.now();
-    store.getRecord(a.layer, a.expert);
+    release(store.getRecord(a.layer, a.expert));
     reads.push((performance.now() - t0) / 1000);
     const b = id(2 * i + 1);
     t0 = performance.now();
-    await loader.load(b.layer, b.expert);
+    release(await loader.load(b.layer, b.expert));
     loads.push((performance.now() - t0) / 1000);
   }
   const readSeconds = median(reads);

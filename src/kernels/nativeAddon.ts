@@ -24,6 +24,10 @@ export interface NativeAddon {
    * memory (no page-cache copy left behind). Throws with code STORE_READ on a short read or I/O error.
    */
   readRange(fd: number, direct: boolean, fileSize: number, offset: number, length: number, parallel: number): Uint8Array;
+  /** Frees a readRange/allocRange buffer now (detaching it: later use sees length 0); others are left to the GC. */
+  releaseRange(view: Uint8Array): void;
+  /** Fresh aligned memory that releaseRange frees. */
+  allocRange(length: number): Uint8Array;
   /** readRange on libuv's thread pool. */
   readRangeAsync(fd: number, direct: boolean, fileSize: number, offset: number, length: number, parallel: number): Promise<Uint8Array>;
 }

@@ -25,6 +25,7 @@ import { KvCache } from "../evaluator/KvCache.js";
 import { ModelRunner, type RoutingObserver } from "../evaluator/ModelRunner.js";
 import { Sampler, type SamplingOptions } from "../evaluator/sampler.js";
 import { ExpertStore } from "../store/ExpertStore.js";
+import { releaseRecord } from "../store/RecordFile.js";
 import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
 import { readManifest, type ModelManifest } from "./manifest.js";
 import { describePlan, planMemory, readMemoryLimits, type MemoryLimits, type MemoryPlan } from "./memoryPlan.js";
@@ -174,9 +175,10 @@ export class MoeModel {
     // KV cache [Hkv, S, hd] fp32 for K and V per layer; a step holds past and present at once.
     const kvBytesPerPosition = 2 * 2 * d.numLayers * d.numKvHeads * d.headDim * 4;
     let contextSize = options.contextSize ?? d.maxPositions;
-    if (options.contextSize === undefined && kvBytesPerPosition * contextSize > limits.availableBytes / 4) {
-      // The model's full context would take over a quarter of the memory there is: default to less.
-      const fit = Math.floor(limits.availableBytes / 4 / kvBytesPerPosition);
+    if (options.contextSize === undefined && kvBytesPerPosition * contextSize > limits.availableBytes / 8) {
+      // The model's full context would take over an eighth of the memory there is, memory the
+      // experts need more: default to less.
+      const fit = Math.floor(limits.availableBytes / 8 / kvBytesPerPosition);
       contextSize = Math.max(Math.min(256, d.maxPositions), 2 ** Math.floor(Math.log2(Math.max(2, fit))));
       log(`moe-run: context size ${contextSize} (the model allows ${d.maxPositions}, whose KV cache would take ${formatBytes(kvBytesPerPosition * d.maxPositions)} of ${formatBytes(limits.availableBytes)} available); --context-size to change`);
     }
@@ -213,15 +215,31 @@ export class MoeModel {
       if (hostOverride !== undefined && hostOverride !== 0 && hostOverride < record) {
         throw new InvalidOptionError(`host memory budget ${formatBytes(hostOverride)} is below the minimum ${formatBytes(record)} (${record} bytes): one expert record (or 0 for no host tier)`);
       }
+      store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout, { numLayers: d.numLayers, numExperts: d.numExperts });
+      if (options.verify) verifyExperts(store, manifest);
+      predictor = createPredictor(options.predictor ?? "none", { modelDir: dir, manifest, oracleLog: options.oracleLog, log });
+      const depth = options.prefetchDepth ?? 1;
+      if (!Number.isInteger(depth) || depth < 1) throw new InvalidOptionError(`prefetch depth must be a whole number >= 1, got ${options.prefetchDepth}`);
+      const schedule = options.schedule ?? (loadNativeAddon().addon ? "auto" : "device");
+      let hybrid: ModelRunner["hybrid"];
+      if (schedule !== "device") {
+        if (!loadNativeAddon().addon) throw new InvalidOptionError(`--schedule ${schedule} needs the CPU expert pool, which needs the native kernels: ${loadNativeAddon().reason}`);
+        pool = new CpuExpertPool(store, { ...layout, recordBytes: record }, options.cpuThreads);
+        const cost = schedule === "auto" ? await CostModel.calibrate({ ...layout, numLayers: d.numLayers, numExperts: d.numExperts }, store, runner.kernel, runner.device, pool, { recalibrate: options.recalibrate }) : undefined;
+        hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers, runner.device === "cpu", pool.threads), pool };
+      }
+      // Planned once everything but the experts is loaded (graphs, kernel, pool workers), so the
+      // process's RSS now is what the experts must fit beside.
       const rss = process.memoryUsage().rss;
       const memoryPlan = planMemory(
         {
-          limits: options.memoryLimits ?? readMemoryLimits(), // again: loading the graphs used some
+          limits: options.memoryLimits ?? readMemoryLimits(),
           processBytes: rss,
           denseBytes: Math.max(0, rss - rssBefore),
           kvBytes: kvBytesPerPosition * contextSize,
-          // The kernel's scratch, plus records a bypass or a failed reservation holds beyond the budget.
-          workingBytes: kernelBytes + readsInFlight * record,
+          // The kernel's scratch, plus the records held beyond the budget at once: a bypass (used once, not
+          // kept) and a host-tier read; loads in flight have their room reserved inside the budget.
+          workingBytes: kernelBytes + 2 * record,
           deviceFormTotalBytes: totalResidentBytes,
           recordTotalBytes: totalRecordBytes,
           formIsRecord: runner.kernel.residency === undefined,
@@ -234,15 +252,6 @@ export class MoeModel {
         log(`moe-run: warning: the device budget ${formatBytes(deviceOverride!)} is more than this process may use (${formatBytes(memoryPlan.availableBytes)}, ${memoryPlan.source}); it may run out of memory`);
       }
       if (!memoryPlan.allExpertsFit) log(`moe-run: ${describePlan(memoryPlan)}`);
-      const deviceBytes = memoryPlan.deviceBytes;
-      const workingBytes = kernelBytes;
-      const hostBytes = memoryPlan.hostBytes;
-      store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout, { numLayers: d.numLayers, numExperts: d.numExperts });
-      if (options.verify) verifyExperts(store, manifest);
-      predictor = createPredictor(options.predictor ?? "none", { modelDir: dir, manifest, oracleLog: options.oracleLog, log });
-      const depth = options.prefetchDepth ?? 1;
-      if (!Number.isInteger(depth) || depth < 1) throw new InvalidOptionError(`prefetch depth must be a whole number >= 1, got ${options.prefetchDepth}`);
-      const schedule = options.schedule ?? (loadNativeAddon().addon ? "auto" : "device");
       let fetch = predictor !== undefined && options.prefetch !== false;
       if (fetch && options.prefetch !== true) {
         const payoff = await measurePrefetchPayoff(store, d.numLayers, d.numExperts);
@@ -260,9 +269,9 @@ export class MoeModel {
       }
       experts = new TieredExpertSource(store, {
         form: runner.kernel,
-        deviceBudgetBytes: deviceBytes,
-        workingBytes,
-        hostBytes,
+        deviceBudgetBytes: memoryPlan.deviceBytes,
+        workingBytes: kernelBytes,
+        hostBytes: memoryPlan.hostBytes,
         policy: options.policy ?? "lru",
         pinned: options.pin,
         numLayers: d.numLayers,
@@ -273,12 +282,7 @@ export class MoeModel {
         log,
       });
       runner.attach(experts);
-      if (schedule !== "device") {
-        if (!loadNativeAddon().addon) throw new InvalidOptionError(`--schedule ${schedule} needs the CPU expert pool, which needs the native kernels: ${loadNativeAddon().reason}`);
-        pool = new CpuExpertPool(store, { ...layout, recordBytes: record }, options.cpuThreads);
-        const cost = schedule === "auto" ? await CostModel.calibrate({ ...layout, numLayers: d.numLayers, numExperts: d.numExperts }, store, runner.kernel, runner.device, pool, { recalibrate: options.recalibrate }) : undefined;
-        runner.hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers, runner.device === "cpu", pool.threads), pool };
-      }
+      runner.hybrid = hybrid;
       return new MoeModel(dir, manifest, tokenizer, contextSize, runner, store, experts, predictor, memoryPlan);
     } catch (err) {
       await experts?.drain();
@@ -485,7 +489,10 @@ export class MoeModel {
 function verifyExperts(store: ExpertStore, manifest: ModelManifest): void {
   manifest.experts.checksums.forEach((layer, l) =>
     layer.forEach((sum, e) => {
-      if (expertChecksum(store.getRecord(l, e)) !== sum) {
+      const record = store.getRecord(l, e);
+      const ok = expertChecksum(record) === sum;
+      releaseRecord(record);
+      if (!ok) {
         store.close();
         throw new MoeRunError("STORE_CORRUPT", `expert (${l}, ${e}) in ${store.path} fails its checksum; re-import the model`);
       }

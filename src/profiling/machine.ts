@@ -11,6 +11,7 @@ import * as path from "node:path";
 import { createExpertKernel, type ExpertKernelName } from "../kernels/expertKernels.js";
 import type { MoeModel } from "../model/MoeModel.js";
 import { ExpertStore } from "../store/ExpertStore.js";
+import { releaseRecord } from "../store/RecordFile.js";
 
 export interface ModelFigures {
   key: string;
@@ -124,6 +125,7 @@ export function measureStore(model: MoeModel, maxBytes = 128 * 2 ** 20): Pick<Mo
       passes++;
     }
     const storeWarmGBps = (passes * sample.length * record) / ((performance.now() - t0) / 1000) / 1e9;
+    for (const r of records) releaseRecord(r);
     return storeColdNote === undefined ? { storeWarmGBps, storeColdGBps } : { storeWarmGBps, storeColdGBps, storeColdNote };
   } finally {
     store.close();
@@ -138,7 +140,11 @@ export async function measureExpertCompute(model: MoeModel, threads: number): Pr
   const records: Uint8Array[] = [];
   try {
     const n = Math.max(1, Math.min(d.numLayers * d.numExperts, Math.floor((64 * 2 ** 20) / m.experts.recordBytes)));
-    for (let i = 0; i < n; i++) records.push(Uint8Array.from(store.getRecord(Math.floor(i / d.numExperts) % d.numLayers, i % d.numExperts)));
+    for (let i = 0; i < n; i++) {
+      const r = store.getRecord(Math.floor(i / d.numExperts) % d.numLayers, i % d.numExperts);
+      records.push(Uint8Array.from(r));
+      releaseRecord(r);
+    }
   } finally {
     store.close();
   }

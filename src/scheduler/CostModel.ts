@@ -13,6 +13,7 @@ import * as path from "node:path";
 import type { ExecutionDevice } from "../backends/onnx.js";
 import type { ExpertKernel } from "../kernels/expertKernels.js";
 import type { ExpertStore } from "../store/ExpertStore.js";
+import { releaseRecord } from "../store/RecordFile.js";
 import type { CpuExpertPool } from "./CpuExpertPool.js";
 
 export interface CostFigures {
@@ -69,12 +70,23 @@ export class CostModel {
     const n = Math.min(key.numLayers * key.numExperts, 32, Math.max(8, Math.ceil((96 * 2 ** 20) / kernel.residentBytes)));
     const ids = Array.from({ length: n }, (_, i) => ({ layer: i % key.numLayers, expert: Math.floor(i / key.numLayers) % key.numExperts }));
     const loads: number[] = [];
-    kernel.free(await kernel.prepare(store.getRecord(ids[0]!.layer, ids[0]!.expert))); // warm-up
+    // Records read here are released when done (their memory is freed at once, not at the next GC).
+    const prepare = async (layer: number, expert: number) => {
+      const record = store.getRecord(layer, expert);
+      const resident = await kernel.prepare(record);
+      if (resident !== record) releaseRecord(record);
+      return resident;
+    };
+    const drop = (resident: unknown) => {
+      kernel.free(resident);
+      if (resident instanceof Uint8Array) releaseRecord(resident);
+    };
+    drop(await prepare(ids[0]!.layer, ids[0]!.expert)); // warm-up
     for (let i = 0; i < 2 * n; i++) {
       const { layer, expert } = ids[i % n]!;
       let resident: unknown;
-      loads.push(await time(async () => (resident = await kernel.prepare(store.getRecord(layer, expert)))));
-      kernel.free(resident);
+      loads.push(await time(async () => (resident = await prepare(layer, expert))));
+      drop(resident);
     }
     const residents: unknown[] = [];
     const measure = async (tokens: number) => {
@@ -94,11 +106,11 @@ export class CostModel {
     let one: { dev: number; cpu: number };
     let many: { dev: number; cpu: number };
     try {
-      for (const { layer, expert } of ids) residents.push(await kernel.prepare(store.getRecord(layer, expert)));
+      for (const { layer, expert } of ids) residents.push(await prepare(layer, expert));
       one = await measure(1);
       many = await measure(16);
     } finally {
-      for (const r of residents) kernel.free(r);
+      for (const r of residents) drop(r);
     }
     const figures: CostFigures = {
       devicePerToken: Math.max(0, (many.dev - one.dev) / 15),

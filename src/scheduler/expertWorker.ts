@@ -5,7 +5,7 @@
  */
 import { move } from "piscina";
 import { loadNativeAddon } from "../kernels/nativeAddon.js";
-import { RecordFile } from "../store/RecordFile.js";
+import { RecordFile, releaseRecord } from "../store/RecordFile.js";
 
 export interface ExpertTask {
   store: string;
@@ -43,5 +43,6 @@ export default function compute(task: ExpertTask): ExpertResult {
   const out = new Float32Array(result, 0, task.tokens * task.hiddenSize);
   addon.expertForward(task.encoding, rec, task.hiddenSize, task.expertFfn, task.x, task.tokens, out, 1);
   if (task.returnRecord) new Uint8Array(result, yBytes).set(rec);
+  releaseRecord(rec); // freed now: a worker's GC runs rarely
   return move(result) as ExpertResult;
 }

@@ -16,6 +16,48 @@ import { loadNativeAddon, type NativeAddon } from "../kernels/nativeAddon.js";
  */
 export const READ_PARALLEL = 4;
 
+/**
+ * Records are big (MBs) and churn (every miss reads one, every eviction drops one): left to the
+ * GC, dropped records pile up until a collection and a process under a memory limit overshoots
+ * it. So a record read here has an owner count: the reader owns it (1); a tier that keeps it
+ * retains it; each owner releases it when done, and the last release frees its memory at once
+ * (the buffer is detached: a use after that sees an empty array, never freed memory). Buffers not
+ * made here (the JS fallback, copies) are left to the GC.
+ */
+const owners = new WeakMap<ArrayBufferLike, number>();
+
+function adopt(record: Uint8Array): Uint8Array {
+  owners.set(record.buffer, 1);
+  return record;
+}
+
+/** One more owner of `record` (no-op for buffers not made by RecordFile). */
+export function retainRecord(record: Uint8Array): void {
+  const n = owners.get(record.buffer);
+  if (n !== undefined) owners.set(record.buffer, n + 1);
+}
+
+/** One owner fewer; the last frees the memory now. */
+export function releaseRecord(record: Uint8Array): void {
+  const n = owners.get(record.buffer);
+  if (n === undefined) return;
+  if (n > 1) {
+    owners.set(record.buffer, n - 1);
+    return;
+  }
+  owners.delete(record.buffer);
+  loadNativeAddon().addon?.releaseRange(record);
+}
+
+/** A copy of `bytes` in memory that releaseRecord frees (for records that arrive from elsewhere). */
+export function copyRecord(bytes: Uint8Array): Uint8Array {
+  const addon = loadNativeAddon().addon;
+  if (!addon) return bytes.slice();
+  const out = adopt(addon.allocRange(bytes.byteLength));
+  out.set(bytes);
+  return out;
+}
+
 export class RecordFile {
   readonly path: string;
   /** Bytes of the file when opened. */
@@ -47,12 +89,12 @@ export class RecordFile {
     }
   }
 
-  /** [offset, offset+length) in memory of its own (4-byte aligned view). */
+  /** [offset, offset+length) in memory of its own (4-byte aligned view); the caller owns it (releaseRecord). */
   read(offset: number, length: number): Uint8Array {
     const fd = this.handle();
     this.check(offset, length);
     try {
-      if (this.addon) return this.addon.readRange(fd, this.direct, this.size, offset, length, READ_PARALLEL);
+      if (this.addon) return adopt(this.addon.readRange(fd, this.direct, this.size, offset, length, READ_PARALLEL));
       const out = new Uint8Array(length);
       let done = 0;
       while (done < length) {
@@ -71,7 +113,7 @@ export class RecordFile {
     const fd = this.handle();
     this.check(offset, length);
     try {
-      if (this.addon) return await this.addon.readRangeAsync(fd, this.direct, this.size, offset, length, READ_PARALLEL);
+      if (this.addon) return adopt(await this.addon.readRangeAsync(fd, this.direct, this.size, offset, length, READ_PARALLEL));
       const out = new Uint8Array(length);
       let done = 0;
       while (done < length) {
