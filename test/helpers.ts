@@ -79,10 +79,11 @@ export function sharedTrace(name: string): string | undefined {
 }
 
 /**
- * For tests that need a shared trace: `describe.skipIf(t.skip)(`title${t.note}`, ...)` with
- * `t.require()` in its beforeAll. When the trace is absent the tests are skipped, with the reason in
- * their title; with MOE_RUN_REQUIRE_SHARED=1 (CI) they run instead and fail on require(), which
- * names the path that was looked for.
+ * For tests that need a shared trace: `describe.skipIf(t.skip)(`title${t.note}`, ...)` (or
+ * it.skipIf) reading `t.path` when set, with `t.require()` in a beforeEach (or the test). When the
+ * trace is absent the tests are skipped, with the reason in their title; with
+ * MOE_RUN_REQUIRE_SHARED=1 (CI) they run instead and each fails on require(), which names the path
+ * that was looked for.
  */
 export function sharedTraceGate(name: string): { path: string | undefined; skip: boolean; note: string; require: () => string } {
   const found = sharedTrace(name);

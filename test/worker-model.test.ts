@@ -47,49 +47,36 @@ describe("a model on a worker thread", () => {
   }, 300_000);
 
   it("keeps the caller's event loop responsive during generate() (worst timer delay well below inline's)", async () => {
-    // No absolute bound: a loaded machine delays every timer, inline or not. What must hold anywhere
-    // is that generating on the worker blocks the caller's loop far less than the same generation
-    // on the caller's thread, whose worst delay is a whole forward pass.
-    const prompt = "Permission is hereby granted, free of charge, to any person obtaining a copy of this software ".repeat(2);
+    // No absolute bound: a loaded machine delays every timer, worker or not. What holds anywhere is
+    // that generating on the worker blocks the caller's loop far less than the same generation on
+    // the caller's thread (loadModel), whose worst delay is the whole prefill (~300 tokens).
+    const prompt = "Permission is hereby granted, free of charge, to any person obtaining a copy of this software ".repeat(8);
+    const run = (m: Pick<WorkerModel, "generate">) => drain(m.generate(prompt, { maxTokens: 12, stopAtEos: false }));
     const inline = await loadModel(bigDir, { threads: 1, schedule: "device", log: () => {} });
-    let inlineText = "";
-    let inlineDelay: number;
-    try {
-      // Both sides are measured warm: a first generation's one-time work (compiling, first reads)
-      // would otherwise make inline look slower than the same work on any thread.
-      await drain(inline.generate(prompt, { maxTokens: 2, stopAtEos: false }));
-      inlineDelay = await largestTimerDelay(async () => {
-        inlineText = await drain(inline.generate(prompt, { maxTokens: 12, stopAtEos: false }));
-      });
-    } finally {
-      await inline.dispose();
-    }
-    // The same work on the caller's thread blocks it for long: the comparison below can fail.
-    expect(inlineDelay, `inline worst timer delay ${inlineDelay.toFixed(1)} ms`).toBeGreaterThan(20);
-
     // One compute thread leaves the other core to the caller.
     const model = await loadModelInWorker(bigDir, { threads: 1, schedule: "device", log: () => {} });
     try {
-      await drain(model.generate(prompt, { maxTokens: 2, stopAtEos: false }));
-      // A busy machine can preempt the caller once at a bad moment: up to 3 tries, each compared
-      // with inline's worst; work on the caller's thread fails all of them.
-      const delays: number[] = [];
-      for (let attempt = 0; attempt < 3; attempt++) {
+      // Both measured warm (a first generation's one-time work would favour whichever ran second),
+      // in alternating rounds so that a burst of load on the machine hits both; medians of 3 rounds
+      // so that one preemption at a bad moment decides nothing.
+      const inlineText = await run(inline);
+      expect(await run(model)).toBe(inlineText);
+      const inlineDelays: number[] = [];
+      const workerDelays: number[] = [];
+      for (let round = 0; round < 3; round++) {
+        inlineDelays.push(await largestTimerDelay(async () => void (await run(inline))));
         let text = "";
-        delays.push(
-          await largestTimerDelay(async () => {
-            text = await drain(model.generate(prompt, { maxTokens: 12, stopAtEos: false }));
-          })
-        );
+        workerDelays.push(await largestTimerDelay(async () => void (text = await run(model))));
         expect(text).toBe(inlineText);
-        if (delays.at(-1)! < inlineDelay / 2) break;
       }
-      const best = Math.min(...delays);
-      console.log("MEASURE", delays, inlineDelay); // TEMP
-      const figures = `worker worst timer delay ${delays.map((d) => d.toFixed(1)).join(", ")} ms vs inline ${inlineDelay.toFixed(1)} ms`;
-      expect(best, figures).toBeLessThan(inlineDelay / 2);
-      expect(best, `${figures}: over the 250 ms cap`).toBeLessThan(250);
+      const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[1]!;
+      const figures = `worst timer delays, worker ${workerDelays.map((d) => d.toFixed(1)).join(", ")} ms vs inline ${inlineDelays.map((d) => d.toFixed(1)).join(", ")} ms`;
+      // The work inline blocks the loop long enough for the comparison to mean something.
+      expect(median(inlineDelays), figures).toBeGreaterThan(20);
+      expect(median(workerDelays), figures).toBeLessThan(median(inlineDelays) / 2);
+      expect(median(workerDelays), `${figures}: over the 250 ms cap`).toBeLessThan(250);
     } finally {
+      await inline.dispose();
       await model.dispose();
     }
   }, 300_000);
