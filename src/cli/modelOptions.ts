@@ -22,7 +22,7 @@ export interface ModelCliOptions {
   policy: PolicyName;
   pin?: ExpertId[];
   expertKernel: ExpertKernelName | "auto";
-  predictor: PredictorName;
+  predictor: PredictorName | "auto";
   schedule?: ScheduleName;
   cpuThreads?: number;
   device: DeviceName;
@@ -65,7 +65,7 @@ export function addModelOptions(cmd: Command): Command {
     .option("--device <name>", `execution provider: ${DEVICE_NAMES.join(", ")} (unavailable ones fall back to the CPU with a note)`, parseDevice, "cpu")
     .option("--schedule <name>", `where experts run: ${SCHEDULE_NAMES.join(", ")} (default auto: split by a measured cost model)`, parseScheduleName)
     .option("--cpu-threads <n>", "threads of the CPU expert pool (default: cores - 1)", parseIntOption("cpu-threads", 1))
-    .option("--predictor <name>", `predict upcoming layers' experts: ${PREDICTOR_NAMES.filter((p) => p !== "oracle").join(", ")}`, parsePredictorName, "none")
+    .option("--predictor <name>", `predict upcoming layers' experts: auto (gate where prefetch pays for a model that does not fit, else none), ${PREDICTOR_NAMES.filter((p) => p !== "oracle").join(", ")}`, (v: string) => (v.trim().toLowerCase() === "auto" ? "auto" : parsePredictorName(v)), "auto")
     .option("--no-prefetch", "score the predictor but do not load its predictions ahead")
     .option("--prefetch-always", "load predictions ahead even where reading an expert is cheaper than the loader's round trip (default: measured at load)", false)
     .option("--prefetch-depth <n>", "layers ahead to predict and prefetch", parseIntOption("prefetch-depth", 1), 1)

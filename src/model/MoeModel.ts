@@ -60,13 +60,15 @@ export interface LoadModelOptions {
   /**
    * Predictor of upcoming layers' experts: "gate" (cross-layer gate, Fate), "pregate",
    * "affinity" (learned inter-layer statistics), "reuse" (previous token), "oracle" (needs
-   * `oracleLog`), or "none". Default "none".
+   * `oracleLog`), "none", or "auto" (the default): "gate" when the experts do not all fit the
+   * memory plan and prefetching pays on this machine (see `prefetch`), else "none".
    */
-  predictor?: PredictorName;
+  predictor?: PredictorName | "auto";
   /**
    * Load predicted experts ahead of their layer: true, false, or "auto" (the default with a
-   * predictor): only when a record's read stalls compute longer than twice the loader's overhead,
-   * measured at load (cache/prefetchPayoff.ts); otherwise the predictor is only scored.
+   * predictor): only when a record's read takes over four times the loader's overhead and a
+   * layer's compute can hide more read time than wrong predictions add, measured at load
+   * (cache/prefetchPayoff.ts); otherwise the predictor is only scored.
    */
   prefetch?: boolean | "auto";
   /** Layers ahead to predict and prefetch. Default 1. */
@@ -217,7 +219,6 @@ export class MoeModel {
       }
       store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout, { numLayers: d.numLayers, numExperts: d.numExperts });
       if (options.verify) verifyExperts(store, manifest);
-      predictor = createPredictor(options.predictor ?? "none", { modelDir: dir, manifest, oracleLog: options.oracleLog, log });
       const depth = options.prefetchDepth ?? 1;
       if (!Number.isInteger(depth) || depth < 1) throw new InvalidOptionError(`prefetch depth must be a whole number >= 1, got ${options.prefetchDepth}`);
       const schedule = options.schedule ?? (loadNativeAddon().addon ? "auto" : "device");
@@ -252,21 +253,30 @@ export class MoeModel {
         log(`moe-run: warning: the device budget ${formatBytes(deviceOverride!)} is more than this process may use (${formatBytes(memoryPlan.availableBytes)}, ${memoryPlan.source}); it may run out of memory`);
       }
       if (!memoryPlan.allExpertsFit) log(`moe-run: ${describePlan(memoryPlan)}`);
-      let fetch = predictor !== undefined && options.prefetch !== false;
-      if (fetch && options.prefetch !== true) {
-        const payoff = await measurePrefetchPayoff(store, d.numLayers, d.numExperts);
+      // Prefetch: a predictor the user named, loaded ahead where it pays; by default ("auto") the
+      // cross-layer gate, only for a model that does not fit and only where loading ahead pays.
+      const asked = options.predictor ?? "auto";
+      const compute = { topK: d.topK, hiddenSize: d.hiddenSize, kernel: runner.kernel };
+      let fetch = asked !== "none" && options.prefetch !== false;
+      let predictorName: PredictorName = asked === "auto" ? "none" : asked;
+      if (asked === "auto") {
+        predictorName = "none";
+        if (!memoryPlan.allExpertsFit && options.prefetch !== false) {
+          const payoff = options.prefetch === true ? undefined : await measurePrefetchPayoff(store, d.numLayers, d.numExperts, compute);
+          if (!payoff || payoff.pays) predictorName = "gate";
+          else log(`moe-run: no prefetch: ${payoff.reason} (--predictor gate --prefetch-always to force)`);
+        }
+        fetch = predictorName !== "none";
+      } else if (fetch && options.prefetch !== true) {
+        const payoff = await measurePrefetchPayoff(store, d.numLayers, d.numExperts, compute);
         if (!payoff.pays) {
           fetch = false;
-          const us = (s: number) => `${Math.round(s * 1e6)} us`;
-          log(
-            `moe-run: prefetch off: an expert reads in ${us(payoff.readSeconds)}, not over four times the loader's overhead ` +
-              `(${us(payoff.loaderSeconds)} round trip), so loading ahead would only slow decode; the predictor is still scored (--prefetch-always to force)`
-          );
+          log(`moe-run: prefetch off: ${payoff.reason}; the predictor is still scored (--prefetch-always to force)`);
         } else if (memoryPlan.allExpertsFit) {
-          // Everything stays resident after its first use: prefetch only helps the first tokens.
-          fetch = false;
+          fetch = false; // everything stays resident after its first use: prefetch only helps the first tokens
         }
       }
+      predictor = createPredictor(predictorName, { modelDir: dir, manifest, oracleLog: options.oracleLog, log });
       experts = new TieredExpertSource(store, {
         form: runner.kernel,
         deviceBudgetBytes: memoryPlan.deviceBytes,
