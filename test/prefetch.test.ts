@@ -105,19 +105,28 @@ describe("prefetch where it pays", () => {
     expect(prefetchPays(3e-3, 7.8e-3)).toBe(false); // 4.3 MB expert in RAM (measured: prefetch 12 vs 30 tok/s without)
     expect(prefetchPays(20e-3, 23e-3)).toBe(true); // cold pages on disk: 3 ms overhead for a 20 ms read
     expect(prefetchPays(5e-3, 4e-3)).toBe(true); // the worker read faster than the compute thread (cold pages)
+    // Disk-bound: a layer's compute (2 experts) hides less than wrong predictions (30%) would add.
+    expect(prefetchPays(29e-3, 0.2e-3, 5.4e-3, 2)).toBe(false); // 17 MB f16 experts from disk on 2 cores (measured: 0.82x)
+    expect(prefetchPays(29e-3, 0.2e-3, 20e-3, 2)).toBe(true); // compute long enough to hide reads behind
   });
 
-  it("by default it is measured at load: cheap reads turn prefetch off with a note, and the predictor is still scored", async () => {
+  it("by default it is measured at load: cheap reads or disk-bound reads turn prefetch off with a note, and the predictor is still scored", async () => {
     const dir = await importFixture("tiny-mixtral");
     const notes: string[] = [];
     const model = await loadModel(dir, { threads: 1, predictor: "gate", deviceMem: { percent: 40 }, log: (l) => notes.push(l) });
     try {
       for await (const _ of model.generate(PROMPT, { maxTokens: 8, stopAtEos: false })) void _;
       const s = model.cacheStats();
-      const m = /prefetch off: an expert reads in (\d+) us, not over four times the loader's overhead \((\d+) us round trip\)/.exec(notes.join("\n"));
-      if (m) {
+      const text = notes.join("\n");
+      const cheap = /prefetch off: an expert reads in (\d+) us, not over four times the loader's overhead \((\d+) us round trip\)/.exec(text);
+      const diskBound = /prefetch off: reads are the bottleneck: a layer computes in (\d+) us while its (\d+) experts read in (\d+) us/.exec(text);
+      if (cheap) {
         // Off: consistent with the measured figures, nothing loaded ahead, predictor scored.
-        expect(prefetchPays(Number(m[1]) / 1e6, Number(m[2]) / 1e6)).toBe(false);
+        expect(prefetchPays(Number(cheap[1]) / 1e6, Number(cheap[2]) / 1e6)).toBe(false);
+        expect(s.prefetch).toBeUndefined();
+      } else if (diskBound) {
+        const k = Number(diskBound[2]);
+        expect(prefetchPays(Number(diskBound[3]) / 1e6 / k, 0, Number(diskBound[1]) / 1e6, k)).toBe(false);
         expect(s.prefetch).toBeUndefined();
       } else expect(s.prefetch).toBeDefined();
       expect(s.predictor?.name).toBe("gate");

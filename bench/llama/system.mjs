@@ -105,6 +105,7 @@ export function measureMemoryBandwidth(workDir, threads, log) {
  * 8 MiB reads of the file evicted from the page cache instead (`direct: false`).
  */
 export function measureDiskBandwidth(file, { passes = 2 } = {}) {
+  spawnSync("sync"); // writes still being flushed would share the disk with these reads
   const left = evictFromPageCache([file]);
   let best;
   for (let i = 0; i < passes; i++) {
@@ -150,6 +151,9 @@ export function measureDiskBandwidth(file, { passes = 2 } = {}) {
 export async function measureReadPath(modelDir, { inFlight = 4, passes = 2 } = {}) {
   // Imported here, not at the top: child.mjs imports this module and must not load the store for nothing.
   const { ExpertStore } = await import("../../dist/store/ExpertStore.js");
+  const { releaseRecord } = await import("../../dist/store/RecordFile.js");
+  // Writes still being flushed (a model just imported) would share the disk with these reads.
+  spawnSync("sync");
   const manifest = JSON.parse(fs.readFileSync(path.join(modelDir, "manifest.json"), "utf8"));
   const d = manifest.dims;
   const file = path.join(modelDir, manifest.experts.store);
@@ -166,7 +170,9 @@ export async function measureReadPath(modelDir, { inFlight = 4, passes = 2 } = {
       const worker = async () => {
         while (next < ids.length) {
           const [l, e] = ids[next++];
-          bytes += (await store.readRecord(l, e)).byteLength;
+          const record = await store.readRecord(l, e);
+          bytes += record.byteLength;
+          releaseRecord(record); // as the cache does on eviction: memory freed at once
         }
       };
       const t0 = performance.now();
