@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
-import { planMemory, readMemoryLimits, type MemoryLimits, type MemoryPlanInput } from "../src/model/memoryPlan.js";
+import { planMemory, readGpuFreeBytes, readMemoryLimits, type MemoryLimits, type MemoryPlanInput } from "../src/model/memoryPlan.js";
 import { tmpDir } from "./helpers.js";
 
 const MiB = 2 ** 20;
@@ -77,6 +77,19 @@ describe("readMemoryLimits", () => {
     expect(l.limitBytes).toBeGreaterThan(0);
     expect(l.availableBytes).toBeGreaterThan(0);
     expect(l.availableBytes).toBeLessThanOrEqual(l.memTotalBytes);
+  });
+});
+
+describe("readGpuFreeBytes", () => {
+  it("parses nvidia-smi's free MiB of the first GPU; anything else is unknown", () => {
+    expect(readGpuFreeBytes(() => "80543\n40000\n")).toBe(80543 * MiB);
+    expect(readGpuFreeBytes(() => "")).toBeUndefined();
+    expect(readGpuFreeBytes(() => "[N/A]")).toBeUndefined();
+    expect(
+      readGpuFreeBytes(() => {
+        throw new Error("spawnSync nvidia-smi ENOENT");
+      })
+    ).toBeUndefined();
   });
 });
 

@@ -9,10 +9,47 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 namespace moe {
+
+namespace {
+std::mutex spare_mutex;
+struct Spare {
+  uint8_t* base;
+  uint64_t capacity;
+};
+std::vector<Spare> spares;
+}  // namespace
+
+uint8_t* alloc_block(uint64_t capacity) {
+  {
+    std::lock_guard<std::mutex> lock(spare_mutex);
+    for (size_t i = 0; i < spares.size(); i++) {
+      if (spares[i].capacity == capacity) {
+        uint8_t* b = spares[i].base;
+        spares.erase(spares.begin() + long(i));
+        return b;
+      }
+    }
+  }
+  void* mem = nullptr;
+  if (posix_memalign(&mem, kDirectAlign, std::max<uint64_t>(capacity, kDirectAlign)) != 0) return nullptr;
+  return static_cast<uint8_t*>(mem);
+}
+
+void free_block(uint8_t* base, uint64_t capacity) {
+  {
+    std::lock_guard<std::mutex> lock(spare_mutex);
+    if (int(spares.size()) < kSpareBlocks) {
+      spares.push_back({base, capacity});
+      return;
+    }
+  }
+  free(base);
+}
 
 bool open_for_reads(const std::string& path, OpenedFile* out, std::string* err) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
@@ -63,12 +100,11 @@ bool read_range(const OpenedFile& f, uint64_t offset, uint64_t length, int paral
   }
   // The last aligned block may extend past the end of the file: read only what exists.
   const uint64_t readable_end = std::min(end, (f.size + kDirectAlign - 1) / kDirectAlign * kDirectAlign);
-  void* mem = nullptr;
-  if (posix_memalign(&mem, kDirectAlign, std::max<uint64_t>(end - start, kDirectAlign)) != 0) {
+  uint8_t* base = alloc_block(std::max<uint64_t>(end - start, kDirectAlign));
+  if (!base) {
     *err = "out of memory allocating " + std::to_string(end - start) + " bytes for an expert record";
     return false;
   }
-  uint8_t* base = static_cast<uint8_t*>(mem);
   const uint64_t chunks = (readable_end - start + kChunkBytes - 1) / kChunkBytes;
   std::atomic<uint64_t> next{0};
   std::atomic<int> failure{0};
@@ -96,7 +132,7 @@ bool read_range(const OpenedFile& f, uint64_t offset, uint64_t length, int paral
     for (auto& t : pool) t.join();
   }
   if (failure != 0) {
-    free(base);
+    free_block(base, std::max<uint64_t>(end - start, kDirectAlign));
     const int e = failure.load();
     *err = e == -1 ? "short read at byte " + std::to_string(failed_at.load()) + ": the store file ended early (truncated)"
                    : "read error at byte " + std::to_string(failed_at.load()) + ": " + std::strerror(e);
@@ -106,12 +142,12 @@ bool read_range(const OpenedFile& f, uint64_t offset, uint64_t length, int paral
   if (!f.direct) posix_fadvise(f.fd, off_t(start), off_t(readable_end - start), POSIX_FADV_DONTNEED);
   out->base = base;
   out->lead = offset - start;
-  out->capacity = end - start;
+  out->capacity = std::max<uint64_t>(end - start, kDirectAlign);
   return true;
 }
 
 void free_range(ReadRange* r) {
-  free(r->base);
+  free_block(r->base, r->capacity);
   r->base = nullptr;
 }
 

@@ -220,7 +220,7 @@ void finalize_range(napi_env env, void* data, void* hint) {
   if (!b->freed) {
     int64_t adjusted;
     napi_adjust_external_memory(env, -int64_t(b->capacity), &adjusted);
-    free(b->base);
+    moe::free_block(b->base, b->capacity);
   }
   delete b;
 }
@@ -345,7 +345,7 @@ napi_value ReleaseRange(napi_env env, napi_callback_info info) {
   b->freed = true;
   int64_t adjusted;
   napi_adjust_external_memory(env, -int64_t(b->capacity), &adjusted);
-  free(b->base);
+  moe::free_block(b->base, b->capacity);
   return nullptr;
 }
 
@@ -356,10 +356,9 @@ napi_value AllocRange(napi_env env, napi_callback_info info) {
   CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
   const uint64_t length = uint64_t(num(env, a[0]));
   moe::ReadRange r;
-  void* mem = nullptr;
   const uint64_t cap = std::max<uint64_t>(moe::kDirectAlign, (length + moe::kDirectAlign - 1) / moe::kDirectAlign * moe::kDirectAlign);
-  if (posix_memalign(&mem, moe::kDirectAlign, cap) != 0) return napi_throw_error(env, nullptr, "allocRange: out of memory"), nullptr;
-  r.base = static_cast<uint8_t*>(mem);
+  r.base = moe::alloc_block(cap);
+  if (!r.base) return napi_throw_error(env, nullptr, "allocRange: out of memory"), nullptr;
   r.capacity = cap;
   return range_to_js(env, r, length);
 }

@@ -186,7 +186,8 @@ export class TieredExpertSource {
       waited = true;
       await loading.promise; // a load already on its way: wait for the rest of it
     }
-    let resident: unknown = this.cache.lookup(id, { loadedForThis: this.demanded.delete(key) });
+    const demanded = this.demanded.delete(key); // request() loaded it for this access: a miss
+    let resident: unknown = this.cache.lookup(id, { loadedForThis: demanded });
     if (!resident) {
       waited = true;
       resident = await this.loadDemand(id, key);
@@ -212,6 +213,9 @@ export class TieredExpertSource {
     for (const expert of experts) {
       const key = expertKey(layer, expert);
       if (this.cache.has({ layer, expert }) || this.inflight.has(key)) continue;
+      // Not protected until acquire(): protecting a whole prefill's worth of requests would leave
+      // a small budget no victim for the layer's other misses. A request evicted before its
+      // acquire() (the newest entries are the last an LRU picks) is read again.
       if (this.startLoad(layer, expert, true)) this.demanded.add(key);
     }
   }

@@ -28,7 +28,7 @@ import { ExpertStore } from "../store/ExpertStore.js";
 import { releaseRecord } from "../store/RecordFile.js";
 import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
 import { readManifest, type ModelManifest } from "./manifest.js";
-import { describePlan, planMemory, readMemoryLimits, type MemoryLimits, type MemoryPlan } from "./memoryPlan.js";
+import { describePlan, planMemory, readGpuFreeBytes, readMemoryLimits, type MemoryLimits, type MemoryPlan } from "./memoryPlan.js";
 
 export interface LoadModelOptions {
   /** onnxruntime intra-op threads. Default: the machine's available parallelism. */
@@ -239,11 +239,13 @@ export class MoeModel {
           denseBytes: Math.max(0, rss - rssBefore),
           kvBytes: kvBytesPerPosition * contextSize,
           // The kernel's scratch, plus the records held beyond the budget at once: a bypass (used once, not
-          // kept) and a host-tier read; loads in flight have their room reserved inside the budget.
-          workingBytes: kernelBytes + 2 * record,
+          // kept), a host-tier read, and the native reader's two spare blocks kept for reuse; loads in
+          // flight have their room reserved inside the budget.
+          workingBytes: kernelBytes + 4 * record,
           deviceFormTotalBytes: totalResidentBytes,
           recordTotalBytes: totalRecordBytes,
           formIsRecord: runner.kernel.residency === undefined,
+          gpuFreeBytes: runner.device === "cpu" || deviceOverride !== undefined ? undefined : readGpuFreeBytes(),
           deviceOverride,
           hostOverride,
         },

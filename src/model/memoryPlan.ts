@@ -9,6 +9,7 @@
  * host tier gets nothing and the device tier everything; records are read with direct I/O, so the
  * page cache holds no second copy.
  */
+import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { InvalidOptionError } from "../errors.js";
@@ -108,6 +109,20 @@ export function readMemoryLimits(files: LimitFiles = {}): MemoryLimits {
   const source: LimitSource = cgBinding ? (cg.version === 1 ? "cgroup-v1" : "cgroup-v2") : "meminfo";
   const cgAvailable = cgBinding ? Math.max(0, cg.limitBytes - cg.anonBytes) : Infinity;
   return { limitBytes, source, availableBytes: Math.min(mem.available, cgAvailable), memTotalBytes: mem.total, memAvailableBytes: mem.available, cgroup: cg };
+}
+
+/**
+ * Free memory of the first GPU, from `nvidia-smi` (MiB, "memory.free"); undefined where it cannot
+ * be read (no NVIDIA driver, or another vendor's GPU: then the device tier is unlimited unless set).
+ */
+export function readGpuFreeBytes(run: () => string = () => execFileSync("nvidia-smi", ["--query-gpu=memory.free", "--format=csv,noheader,nounits"], { encoding: "utf8", timeout: 5000, stdio: ["ignore", "pipe", "ignore"] })): number | undefined {
+  try {
+    const first = run().split("\n")[0]?.trim() ?? "";
+    const mib = Number(first);
+    return first !== "" && Number.isFinite(mib) && mib >= 0 ? mib * 2 ** 20 : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export interface MemoryPlanInput {

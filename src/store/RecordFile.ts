@@ -13,8 +13,15 @@ import { loadNativeAddon, type NativeAddon } from "../kernels/nativeAddon.js";
 /**
  * Threads per record read, each issuing 1 MiB preads: this disk reaches its ceiling (~1.3 GB/s)
  * with 1 MiB reads or with 4+ in flight (design.md, fio); several records in flight add more.
+ * MOE_RUN_READ_PARALLEL overrides it (1-64) for measuring other disks; 2, 8 and 16 measured no
+ * better here (0.5-0.8 GB/s either way, within this virtual disk's noise).
  */
-export const READ_PARALLEL = 4;
+export const READ_PARALLEL = readParallel();
+
+function readParallel(): number {
+  const v = Number(process.env.MOE_RUN_READ_PARALLEL);
+  return Number.isInteger(v) && v >= 1 && v <= 64 ? v : 4;
+}
 
 /**
  * Records are big (MBs) and churn (every miss reads one, every eviction drops one): left to the
