@@ -37,10 +37,7 @@ bool read_range(const OpenedFile& f, uint64_t offset, uint64_t length, int paral
 
 void free_range(ReadRange* r);
 
-// Aligned blocks for records. Freed blocks are kept for reuse, at most kSpareBlocks of them: a
-// fresh block costs a page fault and zero fill per 4 KiB before the disk can even write into it
-// (~15% of a 17 MB record's read), and records come and go all the time at one size.
-constexpr int kSpareBlocks = 2;
+// Aligned memory for records (posix_memalign; free_block frees it).
 uint8_t* alloc_block(uint64_t capacity);
 void free_block(uint8_t* base, uint64_t capacity);
 
