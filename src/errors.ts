@@ -21,7 +21,20 @@ export type MoeRunErrorCode =
   | "CACHE_CAPACITY"
   | "CACHE_IN_USE"
   | "TRACE_INVALID"
-  | "PROMPTS_INVALID";
+  | "PROMPTS_INVALID"
+  /** import: another import into the same model directory holds its lock. */
+  | "IMPORT_IN_PROGRESS"
+  /** import: refuses to create or replace this path (not a moe-run model, the source, the current directory). */
+  | "UNSAFE_TARGET"
+  /** import: the output cannot be written (permissions, read-only file system). */
+  | "NOT_WRITABLE"
+  /** import: another file system error while writing. */
+  | "IO_ERROR"
+  | "CHAT_TEMPLATE_FAILED"
+  | "NON_FINITE_OUTPUT"
+  | "OUTPUT_FAILED"
+  | "INPUT_INVALID"
+  | "PROCESS_FAILED";
 
 export class MoeRunError extends Error {
   readonly code: MoeRunErrorCode;

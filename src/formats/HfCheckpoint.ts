@@ -6,6 +6,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { CheckpointCorruptError, CheckpointMissingError, ShapeMismatchError } from "../errors.js";
 import { SafetensorsFile, type SafetensorsEntry } from "./safetensors.js";
+import { isSameOrInside, readSourceJson, sourceReadError } from "./sourceFiles.js";
 
 export type HfConfig = Record<string, unknown>;
 
@@ -24,22 +25,36 @@ export class HfCheckpoint {
   }
 
   static open(dir: string): HfCheckpoint {
-    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
+    let dirStat: fs.Stats | undefined;
+    try {
+      dirStat = fs.statSync(dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT" && (err as NodeJS.ErrnoException).code !== "ENOTDIR") throw sourceReadError(dir, "the checkpoint folder", err);
+    }
+    if (!dirStat?.isDirectory()) {
       throw new CheckpointMissingError(`${dir} is not a directory; pass the folder that holds config.json and *.safetensors`);
     }
-    const config = readJson(path.join(dir, "config.json"), "config.json") as HfConfig;
+    const config = readJson(path.join(dir, "config.json"), "config.json");
+    if (config === null || typeof config !== "object" || Array.isArray(config)) {
+      throw new CheckpointCorruptError(`${path.join(dir, "config.json")} is not a JSON object`);
+    }
     const indexPath = path.join(dir, "model.safetensors.index.json");
     let shardNames: string[];
     let weightMap: Record<string, string> | undefined;
     if (fs.existsSync(indexPath)) {
-      const index = readJson(indexPath, "model.safetensors.index.json") as { weight_map?: Record<string, string> };
-      if (!index.weight_map || typeof index.weight_map !== "object") {
+      const index = readJson(indexPath, "model.safetensors.index.json") as { weight_map?: Record<string, unknown> } | null;
+      if (!index || typeof index.weight_map !== "object" || index.weight_map === null || Array.isArray(index.weight_map)) {
         throw new CheckpointCorruptError(`${indexPath} has no weight_map`);
       }
-      weightMap = index.weight_map;
+      for (const shard of new Set(Object.values(index.weight_map))) checkShardName(dir, shard);
+      weightMap = index.weight_map as Record<string, string>;
       shardNames = [...new Set(Object.values(weightMap))].sort();
     } else {
-      shardNames = fs.readdirSync(dir).filter((f) => f.endsWith(".safetensors")).sort();
+      try {
+        shardNames = fs.readdirSync(dir).filter((f) => f.endsWith(".safetensors")).sort();
+      } catch (err) {
+        throw sourceReadError(dir, "the checkpoint folder", err);
+      }
     }
     if (shardNames.length === 0) {
       throw new CheckpointMissingError(`${dir} has no *.safetensors weights (moe-run imports safetensors checkpoints)`);
@@ -70,7 +85,7 @@ export class HfCheckpoint {
       for (const f of files) f.close();
       throw err;
     }
-    return new HfCheckpoint(dir, config, files, tensorFiles);
+    return new HfCheckpoint(dir, config as HfConfig, files, tensorFiles);
   }
 
   has(name: string): boolean {
@@ -90,10 +105,24 @@ export class HfCheckpoint {
     }
   }
 
-  /** Reads a tensor as fp32 after checking its shape. */
+  /**
+   * Reads a tensor as fp32 after checking its shape; a NaN or infinite value is refused, naming the
+   * tensor (such weights only make the model print nothing or NaN later).
+   */
   readFloat32(name: string, expectedShape: readonly number[]): Float32Array {
     this.checkShape(name, expectedShape);
-    return this.file(name).readFloat32(name);
+    const file = this.file(name);
+    const values = file.readFloat32(name);
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i]!;
+      if (v - v !== 0) {
+        throw new CheckpointCorruptError(
+          `tensor "${name}" in ${path.basename(file.path)} holds ${Number.isNaN(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf"} (element ${i}); ` +
+            `moe-run does not import non-finite weights: the checkpoint is damaged or was saved after training diverged`
+        );
+      }
+    }
+    return values;
   }
 
   /** The distinct dtypes of the stored tensors, for the manifest. */
@@ -119,10 +148,29 @@ export class HfCheckpoint {
 }
 
 function readJson(p: string, what: string): unknown {
-  if (!fs.existsSync(p)) throw new CheckpointMissingError(`${what} is missing: expected ${p}`);
+  return readSourceJson(p, what).value;
+}
+
+/**
+ * A shard named by model.safetensors.index.json must be a .safetensors file inside the checkpoint
+ * folder: a plain relative name without "..", whose folder (after symbolic links) is the checkpoint
+ * folder or below it. The file itself may be a symbolic link (the Hugging Face cache links
+ * snapshots to blobs), but it is opened only as a regular file.
+ */
+function checkShardName(dir: string, shard: unknown): void {
+  const shown = typeof shard === "string" ? JSON.stringify(shard.length > 200 ? `${shard.slice(0, 200)}...` : shard) : String(shard);
+  const refuse = (why: string) =>
+    new CheckpointCorruptError(`model.safetensors.index.json in ${dir} names the shard ${shown}, ${why}; refusing to read it`);
+  if (typeof shard !== "string" || shard === "") throw refuse("which is not a file name");
+  if (shard.includes("\0") || path.isAbsolute(shard) || shard.split(/[\\/]/).includes("..")) throw refuse("which lies outside the checkpoint folder");
+  if (!shard.endsWith(".safetensors")) throw refuse("which is not a .safetensors file");
+  let realDir: string;
+  let realParent: string;
   try {
-    return JSON.parse(fs.readFileSync(p, "utf8"));
-  } catch (cause) {
-    throw new CheckpointCorruptError(`${p} is not valid JSON`, { cause });
+    realDir = fs.realpathSync(dir);
+    realParent = fs.realpathSync(path.dirname(path.join(dir, shard)));
+  } catch {
+    return; // its folder does not exist: reported below as a missing shard
   }
+  if (!isSameOrInside(realParent, realDir)) throw refuse("which lies outside the checkpoint folder");
 }

@@ -7,6 +7,7 @@
 import * as fs from "node:fs";
 import { CheckpointCorruptError } from "../errors.js";
 import { BYTES_PER_ELEMENT, decodeToFloat32, type FloatDType } from "../util/dtype.js";
+import { openSourceFile } from "./sourceFiles.js";
 
 export interface SafetensorsEntry {
   name: string;
@@ -36,25 +37,32 @@ export class SafetensorsFile {
 
   /** Opens and validates a safetensors file; throws CheckpointCorruptError naming the problem. */
   static open(path: string): SafetensorsFile {
-    const fd = fs.openSync(path, "r");
+    // A regular file, checked before anything is read (a link to /dev/zero or a FIFO is refused).
+    const { fd, size: fileSize } = openSourceFile(path, "safetensors file");
     try {
-      const fileSize = fs.fstatSync(fd).size;
       if (fileSize < 8) throw new CheckpointCorruptError(`${path} is truncated: ${fileSize} bytes, shorter than the 8-byte header length`);
       const lenBuf = Buffer.alloc(8);
-      fs.readSync(fd, lenBuf, 0, 8, 0);
+      readFully(fd, lenBuf, 0, path);
       const headerLen = Number(lenBuf.readBigUInt64LE(0));
-      if (headerLen > MAX_HEADER_BYTES || 8 + headerLen > fileSize) {
+      if (headerLen < 2 || headerLen > MAX_HEADER_BYTES) {
+        // No number from the file in the message: it may not be a safetensors file at all.
+        throw new CheckpointCorruptError(`${path} is not a safetensors file (its first 8 bytes are not a plausible header length)`);
+      }
+      if (8 + headerLen > fileSize) {
         throw new CheckpointCorruptError(
           `${path} is truncated or not a safetensors file: header claims ${headerLen} bytes but the file has ${fileSize}`
         );
       }
       const headerBuf = Buffer.alloc(headerLen);
-      fs.readSync(fd, headerBuf, 0, headerLen, 8);
+      readFully(fd, headerBuf, 8, path);
       let header: Record<string, unknown>;
       try {
         header = JSON.parse(headerBuf.toString("utf8")) as Record<string, unknown>;
       } catch (cause) {
         throw new CheckpointCorruptError(`${path} has a corrupt safetensors header (not valid JSON)`, { cause });
+      }
+      if (header === null || typeof header !== "object" || Array.isArray(header)) {
+        throw new CheckpointCorruptError(`${path} has a corrupt safetensors header (not a JSON object)`);
       }
       const dataStart = 8 + headerLen;
       const entries = new Map<string, SafetensorsEntry>();
@@ -64,7 +72,7 @@ export class SafetensorsFile {
           metadata = (raw ?? {}) as Record<string, string>;
           continue;
         }
-        const info = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+        const info = (raw ?? {}) as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
         if (typeof info.dtype !== "string" || !Array.isArray(info.shape) || !Array.isArray(info.data_offsets) || info.data_offsets.length !== 2) {
           throw new CheckpointCorruptError(`${path}: header entry "${name}" lacks dtype, shape or data_offsets`);
         }
@@ -72,8 +80,12 @@ export class SafetensorsFile {
           throw new CheckpointCorruptError(`${path}: tensor "${name}" has dtype ${info.dtype}; moe-run imports F32, F16 and BF16 checkpoints`);
         }
         const dtype = info.dtype as FloatDType;
-        const shape = (info.shape as unknown[]).map(Number);
-        const [begin, end] = (info.data_offsets as unknown[]).map(Number) as [number, number];
+        const isCount = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+        if (!info.shape.every(isCount) || !info.data_offsets.every(isCount)) {
+          throw new CheckpointCorruptError(`${path}: tensor "${name}" has a shape or data_offsets that are not whole numbers >= 0`);
+        }
+        const shape = info.shape as number[];
+        const [begin, end] = info.data_offsets as [number, number];
         const elements = shape.reduce((a, b) => a * b, 1);
         if (!(end >= begin) || end - begin !== elements * BYTES_PER_ELEMENT[dtype]) {
           throw new CheckpointCorruptError(
@@ -88,6 +100,7 @@ export class SafetensorsFile {
         }
         entries.set(name, { name, dtype, shape, offset: dataStart + begin, byteLength: end - begin });
       }
+      checkNoOverlap(path, entries);
       return new SafetensorsFile(path, fd, entries, metadata);
     } catch (err) {
       fs.closeSync(fd);
@@ -127,6 +140,32 @@ export class SafetensorsFile {
   private handle(): number {
     if (this.fd === undefined) throw new Error(`${this.path} is closed`);
     return this.fd;
+  }
+}
+
+function readFully(fd: number, buf: Buffer, position: number, path: string): void {
+  let done = 0;
+  while (done < buf.length) {
+    const n = fs.readSync(fd, buf, done, buf.length - done, position + done);
+    if (n === 0) throw new CheckpointCorruptError(`${path} ended early while reading its header`);
+    done += n;
+  }
+}
+
+/**
+ * Two tensors may not share bytes: a file whose header points two names at one range would import
+ * one tensor's data as another's. (Empty tensors take no bytes and cannot overlap.)
+ */
+function checkNoOverlap(path: string, entries: ReadonlyMap<string, SafetensorsEntry>): void {
+  const spans = [...entries.values()].filter((e) => e.byteLength > 0).sort((a, b) => a.offset - b.offset || a.byteLength - b.byteLength);
+  for (let i = 1; i < spans.length; i++) {
+    const prev = spans[i - 1]!;
+    const cur = spans[i]!;
+    if (cur.offset < prev.offset + prev.byteLength) {
+      throw new CheckpointCorruptError(
+        `${path}: tensors "${prev.name}" and "${cur.name}" overlap (their data_offsets share bytes); the file is damaged or was not written by a safetensors writer`
+      );
+    }
   }
 }
 

@@ -3,7 +3,10 @@
  *
  * Everything is written into `<model-dir>.importing` and renamed into place only after the
  * manifest is durable, so `<model-dir>` is either complete or absent. A leftover staging directory
- * (killed import, full disk) is detected on the next import and redone from scratch.
+ * (killed import, full disk) is detected on the next import and redone from scratch. One import at
+ * a time per target: `<model-dir>.import-lock` (importLock.ts); a second one stops with a message.
+ * What may be replaced or removed is decided in importTarget.ts; every checkpoint file is read
+ * only after it is checked to be a regular file of a plausible size (formats/sourceFiles.ts).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -11,12 +14,24 @@ import { COMMON_NAMES, readModelDims, type ArchitectureSpec } from "../architect
 import type { ModelDims } from "../architectures/ModelDims.js";
 import { MoeRunError, TokenizerMissingError } from "../errors.js";
 import { HfCheckpoint } from "../formats/HfCheckpoint.js";
+import { MAX_SMALL_JSON_BYTES, MAX_TOKENIZER_BYTES, readSourceJson } from "../formats/sourceFiles.js";
 import { FORMAT_VERSION, IMPORTING_SUFFIX, sha256File, writeManifest, type ModelManifest } from "../model/manifest.js";
 import { checkEncodable, type ExpertEncoding } from "../store/expertEncoding.js";
 import { ExpertStore, expertChecksum, expertRecordBytes } from "../store/ExpertStore.js";
-import { formatBytes } from "../util/bytes.js";
 import { Progress } from "../util/progress.js";
 import { VERSION } from "../version.js";
+import { ImportLock } from "./importLock.js";
+import {
+  REPLACED_INFIX,
+  checkReplaceable,
+  clearStaging,
+  diskFullError,
+  existsError,
+  freeBytes,
+  isDiskFull,
+  recoverReplaced,
+  writeError,
+} from "./importTarget.js";
 import { buildEmbeddingGraph, buildExpertGraph, buildHeadGraph, buildLayerGraph, type LayerWeights } from "./modelGraphs.js";
 
 export interface ImportOptions {
@@ -42,9 +57,56 @@ export async function importModel(hfDir: string, modelDir: string, options: Impo
   const started = performance.now();
   const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
   const target = path.resolve(modelDir);
+  if (target === path.parse(target).root) {
+    throw new MoeRunError("UNSAFE_TARGET", `refusing to import into ${modelDir}: it is the root directory`);
+  }
+  // Refused before anything is created; checked again with the lock held.
+  if (lstatOrNull(target) && !options.force) throw existsError(target, modelDir);
+
+  const parent = path.dirname(target);
+  let createdParent: string | undefined;
+  let lock: ImportLock;
+  let real: string;
+  try {
+    createdParent = fs.mkdirSync(parent, { recursive: true });
+    // The lock and every rename work on the resolved parent, so "a/../b/m" and a linked parent
+    // take the same lock as "b/m".
+    real = path.join(fs.realpathSync(parent), path.basename(target));
+    lock = ImportLock.acquire(real, modelDir);
+  } catch (err) {
+    removeCreatedParents(createdParent, parent);
+    throw writeError(err, modelDir);
+  }
+  let ok = false;
+  try {
+    const result = await importLocked(hfDir, modelDir, real, lock, options, log);
+    ok = true;
+    return { ...result, modelDir: target, seconds: (performance.now() - started) / 1000 };
+  } catch (err) {
+    throw writeError(err, modelDir);
+  } finally {
+    try {
+      lock.release();
+    } finally {
+      if (!ok) removeCreatedParents(createdParent, parent);
+    }
+  }
+}
+
+/** The import proper, with the lock of `target` (absolute, resolved parent) held. */
+async function importLocked(
+  hfDir: string,
+  shown: string,
+  target: string,
+  lock: ImportLock,
+  options: ImportOptions,
+  log: (line: string) => void
+): Promise<{ manifest: ModelManifest }> {
   const staging = target + IMPORTING_SUFFIX;
-  if (fs.existsSync(target) && !options.force) {
-    throw new MoeRunError("MODEL_DIR_EXISTS", `${modelDir} already exists; pass --force to replace it`);
+  recoverReplaced(target, log);
+  if (lstatOrNull(target)) {
+    if (!options.force) throw existsError(target, shown);
+    checkReplaceable(target, shown, hfDir);
   }
 
   const ckpt = HfCheckpoint.open(hfDir);
@@ -52,30 +114,34 @@ export async function importModel(hfDir: string, modelDir: string, options: Impo
     const { spec, dims } = readModelDims(ckpt.config);
     const encoding = options.experts ?? "f32";
     checkEncodable(encoding, dims.hiddenSize, dims.expertFfn);
-    const tokenizerFiles = findTokenizer(hfDir);
+    const tokenizer = readTokenizer(hfDir);
     const shapes = expectedShapes(spec, dims, ckpt);
     for (const [name, shape] of shapes) ckpt.checkShape(name, shape);
 
-    if (fs.existsSync(staging)) {
-      log(`found an interrupted import in ${staging}; removing it and importing again`);
-      fs.rmSync(staging, { recursive: true, force: true });
-    }
-    fs.mkdirSync(path.join(staging, "graphs"), { recursive: true });
+    clearStaging(staging, shown, log);
     try {
-      const manifest = await writeModel(ckpt, spec, dims, encoding, shapes, staging, tokenizerFiles, options.progress ?? true);
+      fs.mkdirSync(path.join(staging, "graphs"), { recursive: true });
+      const manifest = await writeModel(ckpt, spec, dims, encoding, shapes, staging, tokenizer, options.progress ?? true);
       writeManifest(staging, manifest);
       fsyncDir(staging);
-      publish(staging, target);
-      return { modelDir: target, manifest, seconds: (performance.now() - started) / 1000 };
-    } catch (err) {
-      fs.rmSync(staging, { recursive: true, force: true });
-      if (isDiskFull(err, path.dirname(target))) {
+      if (!lock.stillHeld()) {
         throw new MoeRunError(
-          "DISK_FULL",
-          `no space left on the device while importing into ${modelDir}; the partial import was removed. ` +
-            `Free about ${formatBytes(estimateImportBytes(ckpt))} there or import into another directory.`,
-          { cause: err }
+          "IMPORT_IN_PROGRESS",
+          `the import lock ${lock.file} was taken by another import into ${shown} while this one ran; nothing was published`
         );
+      }
+      if (lstatOrNull(target)) {
+        if (!options.force) throw existsError(target, shown);
+        checkReplaceable(target, shown, hfDir); // still the model directory that was checked
+      }
+      publish(staging, target);
+      return { manifest };
+    } catch (err) {
+      // Free space as the failure left it, before the partial import is removed.
+      const free = freeBytes(path.dirname(target));
+      fs.rmSync(staging, { recursive: true, force: true });
+      if (isDiskFull(err, free, 2 * expertRecordBytes({ hiddenSize: dims.hiddenSize, expertFfn: dims.expertFfn, encoding }))) {
+        throw diskFullError(shown, estimateImportBytes(ckpt), err);
       }
       throw err;
     }
@@ -84,17 +150,26 @@ export async function importModel(hfDir: string, modelDir: string, options: Impo
   }
 }
 
-/**
- * Whether a failed write means the disk is full: ENOSPC itself, or (LMDB reports a failed commit
- * as EIO) almost no space left where the import was writing.
- */
-function isDiskFull(err: unknown, dir: string): boolean {
-  if ((err as NodeJS.ErrnoException).code === "ENOSPC" || /MDB_MAP_FULL|No space left/i.test(String((err as Error)?.message))) return true;
+function lstatOrNull(p: string): fs.Stats | null {
   try {
-    const fsStat = fs.statfsSync(dir);
-    return fsStat.bavail * fsStat.bsize < 4 * 1024 * 1024;
-  } catch {
-    return false;
+    return fs.lstatSync(p);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "ENOTDIR") return null;
+    throw err;
+  }
+}
+
+/** Removes the folders mkdir -p made for the target's parent, if they are still empty. */
+function removeCreatedParents(created: string | undefined, parent: string): void {
+  if (!created) return;
+  for (let dir = parent; dir.length >= created.length; dir = path.dirname(dir)) {
+    try {
+      fs.rmdirSync(dir);
+    } catch {
+      return;
+    }
+    if (dir === created) return;
   }
 }
 
@@ -145,18 +220,24 @@ function expectedShapes(spec: ArchitectureSpec, d: ModelDims, ckpt: HfCheckpoint
   return m;
 }
 
-function findTokenizer(hfDir: string): { json: string; config: string | null } {
+interface TokenizerFiles {
+  json: Buffer;
+  config: Buffer | null;
+}
+
+/**
+ * tokenizer.json and tokenizer_config.json, read once (regular files of bounded size, valid JSON);
+ * the bytes read are what the model directory gets.
+ */
+function readTokenizer(hfDir: string): TokenizerFiles {
   const json = path.join(hfDir, "tokenizer.json");
-  if (!fs.existsSync(json)) {
+  if (!lstatOrNull(json)) {
     throw new TokenizerMissingError(`${hfDir} has no tokenizer.json; moe-run needs the Hugging Face fast-tokenizer file beside the weights`);
   }
-  try {
-    JSON.parse(fs.readFileSync(json, "utf8"));
-  } catch (cause) {
-    throw new MoeRunError("CHECKPOINT_CORRUPT", `${json} is not valid JSON`, { cause });
-  }
-  const config = path.join(hfDir, "tokenizer_config.json");
-  return { json, config: fs.existsSync(config) ? config : null };
+  const tokenizer = readSourceJson(json, "tokenizer.json", MAX_TOKENIZER_BYTES).bytes;
+  const configPath = path.join(hfDir, "tokenizer_config.json");
+  const config = lstatOrNull(configPath) ? readSourceJson(configPath, "tokenizer_config.json", MAX_SMALL_JSON_BYTES).bytes : null;
+  return { json: tokenizer, config };
 }
 
 async function writeModel(
@@ -166,7 +247,7 @@ async function writeModel(
   encoding: ExpertEncoding,
   shapes: Map<string, number[]>,
   dir: string,
-  tokenizer: { json: string; config: string | null },
+  tokenizer: TokenizerFiles,
   showProgress: boolean
 ): Promise<ModelManifest> {
   const read = (name: string) => ckpt.readFloat32(name, shapes.get(name)!);
@@ -235,6 +316,8 @@ async function writeModel(
       }
       checksums.push(layerSums);
       progress.tick(1, `layer ${l + 1}/${d.numLayers}`);
+      // Let the event loop run between layers (timers, signals, other work of a library user).
+      await new Promise<void>((resolve) => setImmediate(resolve));
     }
   } finally {
     store.close();
@@ -246,10 +329,10 @@ async function writeModel(
   fs.writeSync(pfd, new Uint8Array(postNorms.buffer));
   fs.closeSync(pfd);
   written.push(predictorFile);
-  fs.copyFileSync(tokenizer.json, path.join(dir, "tokenizer.json"));
+  fs.writeFileSync(path.join(dir, "tokenizer.json"), tokenizer.json, { flag: "wx" });
   written.push("tokenizer.json");
   if (tokenizer.config) {
-    fs.copyFileSync(tokenizer.config, path.join(dir, "tokenizer_config.json"));
+    fs.writeFileSync(path.join(dir, "tokenizer_config.json"), tokenizer.config, { flag: "wx" });
     written.push("tokenizer_config.json");
   }
   const files: ModelManifest["files"] = {};
@@ -283,14 +366,20 @@ function fsyncDir(dir: string): void {
   }
 }
 
-/** Moves the finished staging directory into place; an existing target (--force) goes only after. */
+/**
+ * Moves the finished staging directory into place; an existing target (--force, checked to be a
+ * moe-run model) is moved aside first and removed only after. An importer killed between the two
+ * renames leaves `<target>.replaced-<pid>`, which the next import puts back (recoverReplaced).
+ */
 function publish(staging: string, target: string): void {
-  if (!fs.existsSync(target)) {
+  if (!lstatOrNull(target)) {
     fs.renameSync(staging, target);
+    fsyncDir(path.dirname(target));
     return;
   }
-  const old = `${target}.replaced-${process.pid}`;
+  const old = `${target}${REPLACED_INFIX}${process.pid}`;
   fs.renameSync(target, old);
   fs.renameSync(staging, target);
+  fsyncDir(path.dirname(target));
   fs.rmSync(old, { recursive: true, force: true });
 }

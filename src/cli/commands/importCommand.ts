@@ -8,7 +8,7 @@ export function registerImport(program: Command): void {
     .description("import a Hugging Face MoE checkpoint (config.json, *.safetensors, tokenizer.json) into a moe-run model directory")
     .argument("<hf-dir>", "folder of the Hugging Face checkpoint")
     .argument("<model-dir>", "moe-run model directory to create")
-    .option("--force", "replace <model-dir> if it exists", false)
+    .option("--force", "replace <model-dir> if it is a moe-run model directory (never anything else)", false)
     .option("--no-progress", "no progress bar")
     .option("--experts <precision>", `expert storage precision: ${EXPERT_ENCODINGS.join(", ")}`, parseEncoding, "f32")
     .action(async (hfDir: string, modelDir: string, opts: { force: boolean; progress: boolean; experts: ExpertEncoding }) => {
