@@ -89,6 +89,15 @@ describe("import refuses bad checkpoints and writes nothing", () => {
     expectCleanFailure(importTo(hf).r, /model_type "deepseek_v9" is not supported; supported model types: mixtral, qwen2_moe/);
   });
 
+  it("a negative expert count names its own key (not top-k)", () => {
+    const hf = copyFixture("tiny-mixtral");
+    const cfgPath = path.join(hf, "config.json");
+    const cfg = JSON.parse(fs.readFileSync(cfgPath, "utf8"));
+    cfg.num_local_experts = -8;
+    fs.writeFileSync(cfgPath, JSON.stringify(cfg));
+    expectCleanFailure(importTo(hf).r, /num_local_experts in config\.json must be a whole number >= 1, got -8/);
+  });
+
   it("missing tokenizer", () => {
     const hf = copyFixture("tiny-mixtral");
     fs.rmSync(path.join(hf, "tokenizer.json"));

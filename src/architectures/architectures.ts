@@ -158,6 +158,18 @@ export function readModelDims(config: HfConfig): { spec: ArchitectureSpec; dims:
     bosTokenId: typeof bos === "number" ? bos : undefined,
     eosTokenIds,
   };
+  // Sizes first, each naming its own config key (a negative expert count must not be blamed on top-k).
+  const sizes: [string, number][] = [
+    ["vocab_size", dims.vocabSize],
+    ["hidden_size", dims.hiddenSize],
+    ["num_hidden_layers", dims.numLayers],
+    ["num_attention_heads", dims.numHeads],
+    ["num_key_value_heads", dims.numKvHeads],
+    [spec.keys.numExperts, dims.numExperts],
+    [spec.keys.expertFfn, dims.expertFfn],
+    ["max_position_embeddings", dims.maxPositions],
+  ];
+  for (const [key, v] of sizes) if (!Number.isInteger(v) || v < 1) throw new UnsupportedConfigError(`${key} in config.json must be a whole number >= 1, got ${v}`);
   if (!Number.isInteger(dims.headDim)) throw new UnsupportedConfigError(`hidden_size ${hiddenSize} is not divisible by ${numHeads} heads and no head_dim is given`);
   if (dims.numHeads % dims.numKvHeads !== 0) throw new UnsupportedConfigError(`num_attention_heads ${dims.numHeads} is not a multiple of num_key_value_heads ${dims.numKvHeads}`);
   if (dims.topK < 1 || dims.topK > dims.numExperts) throw new UnsupportedConfigError(`num_experts_per_tok ${dims.topK} must be between 1 and ${dims.numExperts}`);

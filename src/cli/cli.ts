@@ -1,40 +1,17 @@
 #!/usr/bin/env node
-/** The `moe-run` command line. Model output goes to stdout; progress, timings and errors to stderr. */
-import { Command, CommanderError } from "commander";
-import { MoeRunError } from "../errors.js";
-import { VERSION } from "../version.js";
-import { registerImport } from "./commands/importCommand.js";
-import { registerPerplexity } from "./commands/perplexityCommand.js";
-import { registerRun } from "./commands/runCommand.js";
-import { registerSimulate } from "./commands/simulateCommand.js";
-import { registerProfile } from "./commands/profileCommand.js";
-import { registerPlan } from "./commands/planCommand.js";
-import { registerReport } from "./commands/reportCommand.js";
+/**
+ * The `moe-run` executable. Only Node's own modules are loaded before the command line is looked
+ * at: a large one is handed to a fresh process first (relaunch.ts), because onnxruntime crashes
+ * in a process whose argv is large.
+ */
+import { relaunchIfArgvLarge } from "./relaunch.js";
+import { installOutputGuards } from "./output.js";
 
-const program = new Command();
-program.name("moe-run").description("run Mixture-of-Experts language models in less memory than the model").version(VERSION);
-program.exitOverride();
-registerImport(program);
-registerRun(program);
-registerPerplexity(program);
-registerSimulate(program);
-registerProfile(program);
-registerPlan(program);
-registerReport(program);
-
-try {
-  await program.parseAsync(process.argv);
-} catch (err) {
-  if (err instanceof CommanderError) {
-    process.exitCode = err.exitCode;
-  } else if (err instanceof MoeRunError) {
-    process.stderr.write(`moe-run: error: ${err.message}\n`);
-    process.exitCode = 1;
-  } else if (err instanceof DOMException && err.name === "AbortError") {
-    process.stderr.write("moe-run: interrupted\n");
-    process.exitCode = 130;
-  } else {
-    process.stderr.write(`moe-run: unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = 1;
-  }
+installOutputGuards();
+const relaunched = await relaunchIfArgvLarge();
+if (relaunched !== undefined) {
+  process.exitCode = relaunched;
+} else {
+  const { main } = await import("./main.js");
+  process.exitCode = await main();
 }

@@ -4,15 +4,15 @@ import * as fs from "node:fs";
 import type { Command } from "commander";
 import { POLICY_NAMES, parsePolicyName, type PolicyName } from "../cache/policies/index.js";
 import type { ExpertId } from "../cache/types.js";
-import { InvalidOptionError } from "../errors.js";
+import { InvalidOptionError, MoeRunError } from "../errors.js";
 import type { ExpertKernelName } from "../kernels/expertKernels.js";
-import type { LoadModelOptions, MoeModel } from "../model/MoeModel.js";
+import { loadModel, type LoadModelOptions, type MoeModel } from "../model/MoeModel.js";
 import { DEVICE_NAMES, type DeviceName } from "../backends/onnx.js";
 import { parsePredictorName } from "../predict/createPredictor.js";
 import { PREDICTOR_NAMES, type PredictorName } from "../predict/types.js";
 import { parseScheduleName, SCHEDULE_NAMES, type ScheduleName } from "../scheduler/HybridScheduler.js";
 import { formatBytes, parseByteSize, type ByteSize } from "../util/bytes.js";
-import { parseFloatOption, parseIntOption } from "./parse.js";
+import { parseFloatOption, parseIntOption, parseOutputFile, parseThreadsOption } from "./parse.js";
 
 export interface ModelCliOptions {
   threads?: number;
@@ -55,7 +55,7 @@ function parseKernel(text: string): ExpertKernelName | "auto" {
 
 export function addModelOptions(cmd: Command): Command {
   return cmd
-    .option("--threads <n>", "compute threads (default: all cores)", parseIntOption("threads", 1))
+    .option("--threads <n>", "compute threads (default: all cores; more do not help and are capped there)", parseThreadsOption("threads"))
     .option("--context-size <n>", "context length (default: the model's)", parseIntOption("context-size", 2))
     .option("--device-mem <size>", "budget for resident experts, e.g. 2GiB or 50% of expert bytes (default: unlimited)", (v) => parseByteSize(v, "device-mem"))
     .option("--host-mem <size>", "budget for the expert store's pages in RAM (default: not managed)", (v) => parseByteSize(v, "host-mem"))
@@ -64,7 +64,7 @@ export function addModelOptions(cmd: Command): Command {
     .option("--expert-kernel <name>", "auto, native, onnx or js", parseKernel, "auto")
     .option("--device <name>", `execution provider: ${DEVICE_NAMES.join(", ")} (unavailable ones fall back to the CPU with a note)`, parseDevice, "cpu")
     .option("--schedule <name>", `where experts run: ${SCHEDULE_NAMES.join(", ")} (default auto: split by a measured cost model)`, parseScheduleName)
-    .option("--cpu-threads <n>", "threads of the CPU expert pool (default: cores - 1)", parseIntOption("cpu-threads", 1))
+    .option("--cpu-threads <n>", "threads of the CPU expert pool (default: cores - 1; at most the cores)", parseThreadsOption("cpu-threads"))
     .option("--predictor <name>", `predict upcoming layers' experts: auto (gate where prefetch pays for a model that does not fit, else none), ${PREDICTOR_NAMES.filter((p) => p !== "oracle").join(", ")}`, (v: string) => (v.trim().toLowerCase() === "auto" ? "auto" : parsePredictorName(v)), "auto")
     .option("--no-prefetch", "score the predictor but do not load its predictions ahead")
     .option("--prefetch-always", "load predictions ahead even where reading an expert is cheaper than the loader's round trip (default: measured at load)", false)
@@ -72,7 +72,7 @@ export function addModelOptions(cmd: Command): Command {
     .option("--prefetch-threshold <p>", "minimum predicted probability to prefetch", parseFloatOption("prefetch-threshold", 0, 1), 0.05)
     .option("--verify", "check every file and expert against the manifest's checksums first", false)
     .option("--stats", "print expert cache statistics to stderr", false)
-    .option("--stats-json <file>", "write statistics as JSON");
+    .option("--stats-json <file>", "write statistics as JSON", parseOutputFile("stats-json"));
 }
 
 export function loadOptions(o: ModelCliOptions): LoadModelOptions {
@@ -93,6 +93,24 @@ export function loadOptions(o: ModelCliOptions): LoadModelOptions {
     prefetchDepth: o.prefetchDepth,
     prefetchThreshold: o.prefetchThreshold,
   };
+}
+
+/**
+ * loadModel for the CLI: an error that is not moe-run's own (onnxruntime refusing a graph file,
+ * say) becomes one line that names the model directory and what to do.
+ */
+export async function loadModelForCli(modelDir: string, options: LoadModelOptions): Promise<MoeModel> {
+  try {
+    return await loadModel(modelDir, options);
+  } catch (err) {
+    if (err instanceof MoeRunError || (err instanceof Error && err.name === "AbortError")) throw err;
+    const message = (err instanceof Error ? err.message : String(err)).split("\n").map((l) => l.trim()).find((l) => l !== "") ?? "unknown error";
+    throw new MoeRunError(
+      "MODEL_DIR_INVALID",
+      `cannot load the model in ${modelDir}: ${message.length > 300 ? message.slice(0, 300) + "..." : message}; it may be damaged: check it with --verify, or re-import it`,
+      { cause: err }
+    );
+  }
 }
 
 /** Prints and/or writes the statistics the options asked for. */

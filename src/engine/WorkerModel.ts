@@ -7,7 +7,9 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import type { ModelDims } from "../architectures/ModelDims.js";
+import * as errors from "../errors.js";
 import { MoeRunError, type MoeRunErrorCode } from "../errors.js";
+import { CacheCapacityError, CacheInUseError } from "../cache/types.js";
 import type { ModelManifest } from "../model/manifest.js";
 import type { GenerateOptions, LoadModelOptions } from "../model/MoeModel.js";
 import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
@@ -15,9 +17,14 @@ import type { ExpertCacheReport, GenerationStats, PerplexityResult, Request, Res
 
 type Listener = (msg: Response) => void;
 
+/** Error classes by name, so that an error from the worker keeps its subclass (instanceof works). */
+const ERROR_CLASSES: Record<string, { prototype: MoeRunError }> = { ...errors, CacheCapacityError, CacheInUseError } as never;
+
 function toError(e: WireError): Error {
   if (e.code) {
     const err = new MoeRunError(e.code as MoeRunErrorCode, e.message);
+    const cls = ERROR_CLASSES[e.name];
+    if (cls && cls.prototype instanceof MoeRunError) Object.setPrototypeOf(err, cls.prototype);
     err.name = e.name;
     return err;
   }
@@ -96,8 +103,11 @@ export class WorkerModel {
       queue.push(msg);
       wake?.();
     });
-    const onAbort = () => this.worker.postMessage({ id: this.nextId++, method: "abort", target: id } satisfies Request);
+    const onAbort = () => {
+      if (!this.disposed) this.worker.postMessage({ id: this.nextId++, method: "abort", target: id } satisfies Request);
+    };
     signal?.addEventListener("abort", onAbort, { once: true });
+    let settled = false;
     try {
       this.post({ method: "generate", prompt: typeof prompt === "string" ? prompt : [...prompt], options: { ...wire, wantLogits: onLogits !== undefined } }, id);
       if (signal?.aborted) onAbort();
@@ -119,8 +129,10 @@ export class WorkerModel {
             process.stderr.write(msg.line + "\n");
             break;
           case "result":
+            settled = true;
             return msg.value as GenerationStats;
           case "error":
+            settled = true;
             if (msg.error.name === "AbortError" && signal?.aborted) throw signal.reason ?? toError(msg.error);
             throw toError(msg.error);
         }
@@ -128,6 +140,8 @@ export class WorkerModel {
     } finally {
       signal?.removeEventListener("abort", onAbort);
       this.listeners.delete(id);
+      // The consumer left early (break, return, throw): stop the worker's generation too.
+      if (!settled) onAbort();
     }
   }
 
@@ -156,6 +170,9 @@ export class WorkerModel {
       await this.call({ method: "dispose" }, true);
     } finally {
       await this.worker.terminate();
+      // Anything still waiting on the worker (a generation its consumer did not finish) settles now.
+      const gone = { name: "MoeRunError", code: "DISPOSED", message: "the model was disposed during generation" };
+      for (const [id, listener] of [...this.listeners]) listener({ id, type: "error", error: gone });
     }
   }
 

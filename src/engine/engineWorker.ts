@@ -74,6 +74,9 @@ async function handle(req: Request): Promise<unknown> {
     case "dispose": {
       const m = model;
       model = undefined;
+      // Generations still running end at their next step with DISPOSED; dispose() waits for the
+      // forward pass in flight, so no session goes away under onnxruntime.
+      for (const c of aborts.values()) c.abort(new MoeRunError("DISPOSED", "the model was disposed during generation"));
       await m?.dispose();
       return undefined;
     }

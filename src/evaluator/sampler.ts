@@ -2,7 +2,7 @@
  * Token sampling: greedy at temperature 0; otherwise temperature, top-k, top-p (nucleus), drawn
  * from a seeded generator so a seed reproduces a run.
  */
-import { InvalidOptionError } from "../errors.js";
+import { InvalidOptionError, MoeRunError } from "../errors.js";
 
 export interface SamplingOptions {
   /** 0 = greedy (argmax). Default 0. */
@@ -27,6 +27,25 @@ export function createRng(seed: number): () => number {
   };
 }
 
+/**
+ * The error for logits that are NaN or infinite: the model's numbers broke down (NaN or Inf in
+ * its weights, or an overflow), and whatever would be sampled or scored from them is garbage.
+ */
+export function nonFiniteLogitsError(where: string): MoeRunError {
+  return new MoeRunError(
+    "NON_FINITE_OUTPUT",
+    `the model computed non-finite logits (NaN or infinity) ${where}: its weights may hold NaN or Inf values or overflow; ` +
+      `check the model with --verify, re-import it (the import refuses non-finite weights), or try another precision`
+  );
+}
+
+/** Throws nonFiniteLogitsError when any logit is NaN or infinite. */
+export function assertFiniteLogits(logits: Float32Array, where = "for the next token"): void {
+  for (let i = 0; i < logits.length; i++) {
+    if (!Number.isFinite(logits[i]!)) throw nonFiniteLogitsError(where);
+  }
+}
+
 export function argmax(v: Float32Array): number {
   let best = 0;
   for (let i = 1; i < v.length; i++) if (v[i]! > v[best]!) best = i;
@@ -49,7 +68,9 @@ export class Sampler {
     this.rng = createRng(options.seed ?? Math.floor(Math.random() * 2 ** 32));
   }
 
+  /** A token id drawn from `logits`; throws (NON_FINITE_OUTPUT) when they hold NaN or infinity. */
   sample(logits: Float32Array): number {
+    assertFiniteLogits(logits);
     if (this.temperature === 0) return argmax(logits);
     const ids = Array.from({ length: logits.length }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]!);
     const kept = this.topK > 0 ? ids.slice(0, this.topK) : ids;

@@ -20,10 +20,11 @@ import { CostModel } from "../scheduler/CostModel.js";
 import { CpuExpertPool } from "../scheduler/CpuExpertPool.js";
 import { HybridScheduler, type ScheduleName } from "../scheduler/HybridScheduler.js";
 import { expertChecksum, expertRecordBytes } from "../store/ExpertStore.js";
-import { formatBytes, resolveByteSize, type ByteSize } from "../util/bytes.js";
+import { formatBytes, formatBytesDistinct, resolveByteSize, type ByteSize } from "../util/bytes.js";
+import { checkLoadOptions, checkPins } from "../util/optionChecks.js";
 import { KvCache } from "../evaluator/KvCache.js";
 import { ModelRunner, type RoutingObserver } from "../evaluator/ModelRunner.js";
-import { Sampler, type SamplingOptions } from "../evaluator/sampler.js";
+import { nonFiniteLogitsError, Sampler, type SamplingOptions } from "../evaluator/sampler.js";
 import { ExpertStore } from "../store/ExpertStore.js";
 import { releaseRecord } from "../store/RecordFile.js";
 import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
@@ -145,6 +146,8 @@ export class MoeModel {
   readonly experts: TieredExpertSource;
   /** How memory was divided between the tiers at load. */
   readonly memoryPlan: MemoryPlan;
+  /** Forward passes running now (settled or not), for dispose() to wait on. */
+  private readonly passes = new Set<Promise<void>>();
 
   private constructor(
     dir: string,
@@ -169,9 +172,11 @@ export class MoeModel {
   }
 
   static async load(modelDir: string, options: LoadModelOptions = {}): Promise<MoeModel> {
+    options = checkLoadOptions(options);
     const dir = path.resolve(modelDir);
     const manifest = readManifest(dir, { verify: options.verify });
     const d = manifest.dims;
+    checkPins(options.pin, d.numLayers, d.numExperts);
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     const limits = options.memoryLimits ?? readMemoryLimits();
     // KV cache [Hkv, S, hd] fp32 for K and V per layer; a step holds past and present at once.
@@ -209,48 +214,54 @@ export class MoeModel {
       const deviceOverride = options.deviceMem === undefined ? undefined : resolveByteSize(options.deviceMem, totalResidentBytes);
       if (deviceOverride !== undefined && deviceOverride < minDevice) {
         throw new InvalidOptionError(
-          `device memory budget ${formatBytes(deviceOverride)} is below the minimum ${formatBytes(minDevice)} (${minDevice} bytes): ` +
+          `device memory budget ${formatBytesDistinct(deviceOverride, minDevice)[0]} is below the minimum ${formatBytesDistinct(deviceOverride, minDevice)[1]} (${minDevice} bytes): ` +
             `${d.topK} activated experts of ${formatBytes(resident)} each plus ${formatBytes(kernelBytes)} working memory`
         );
       }
       const hostOverride = options.hostMem === undefined ? undefined : resolveByteSize(options.hostMem, totalRecordBytes);
       if (hostOverride !== undefined && hostOverride !== 0 && hostOverride < record) {
-        throw new InvalidOptionError(`host memory budget ${formatBytes(hostOverride)} is below the minimum ${formatBytes(record)} (${record} bytes): one expert record (or 0 for no host tier)`);
+        throw new InvalidOptionError(`host memory budget ${formatBytesDistinct(hostOverride, record)[0]} is below the minimum ${formatBytesDistinct(hostOverride, record)[1]} (${record} bytes): one expert record (or 0 for no host tier)`);
       }
       store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout, { numLayers: d.numLayers, numExperts: d.numExperts });
       if (options.verify) verifyExperts(store, manifest);
       const depth = options.prefetchDepth ?? 1;
       if (!Number.isInteger(depth) || depth < 1) throw new InvalidOptionError(`prefetch depth must be a whole number >= 1, got ${options.prefetchDepth}`);
-      const schedule = options.schedule ?? (loadNativeAddon().addon ? "auto" : "device");
+      // The plan is made with what is loaded so far; made again once the CPU pool's workers (if
+      // any) are up, so that the process's RSS then is what the experts must fit beside.
+      const plan = () => {
+        const rss = process.memoryUsage().rss;
+        return planMemory(
+          {
+            limits: options.memoryLimits ?? readMemoryLimits(),
+            processBytes: rss,
+            denseBytes: Math.max(0, rss - rssBefore),
+            kvBytes: kvBytesPerPosition * contextSize,
+            // The kernel's scratch, plus the records held beyond the budget at once: a bypass (used once, not
+            // kept) and a host-tier read; loads in flight have their room reserved inside the budget.
+            workingBytes: kernelBytes + 2 * record,
+            deviceFormTotalBytes: totalResidentBytes,
+            recordTotalBytes: totalRecordBytes,
+            formIsRecord: runner.kernel.residency === undefined,
+            gpuFreeBytes: runner.device === "cpu" || deviceOverride !== undefined ? undefined : readGpuFreeBytes(),
+            deviceOverride,
+            hostOverride,
+          },
+          minDevice
+        );
+      };
+      let memoryPlan = plan();
+      let schedule = options.schedule ?? (loadNativeAddon().addon ? "auto" : "device");
+      // On the CPU with every expert resident after its first use, the pool would only serve the
+      // first misses while costing a worker, its calibration and memory: compute on one side.
+      if (options.schedule === undefined && schedule === "auto" && runner.device === "cpu" && memoryPlan.allExpertsFit) schedule = "device";
       let hybrid: ModelRunner["hybrid"];
       if (schedule !== "device") {
         if (!loadNativeAddon().addon) throw new InvalidOptionError(`--schedule ${schedule} needs the CPU expert pool, which needs the native kernels: ${loadNativeAddon().reason}`);
         pool = new CpuExpertPool(store, { ...layout, recordBytes: record }, options.cpuThreads);
         const cost = schedule === "auto" ? await CostModel.calibrate({ ...layout, numLayers: d.numLayers, numExperts: d.numExperts }, store, runner.kernel, runner.device, pool, { recalibrate: options.recalibrate }) : undefined;
         hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers, runner.device === "cpu", pool.threads), pool };
+        memoryPlan = plan();
       }
-      // Planned once everything but the experts is loaded (graphs, kernel, pool workers), so the
-      // process's RSS now is what the experts must fit beside.
-      const rss = process.memoryUsage().rss;
-      const memoryPlan = planMemory(
-        {
-          limits: options.memoryLimits ?? readMemoryLimits(),
-          processBytes: rss,
-          denseBytes: Math.max(0, rss - rssBefore),
-          kvBytes: kvBytesPerPosition * contextSize,
-          // The kernel's scratch, plus the records held beyond the budget at once: a bypass (used once, not
-          // kept), a host-tier read, and the native reader's two spare blocks kept for reuse; loads in
-          // flight have their room reserved inside the budget.
-          workingBytes: kernelBytes + 4 * record,
-          deviceFormTotalBytes: totalResidentBytes,
-          recordTotalBytes: totalRecordBytes,
-          formIsRecord: runner.kernel.residency === undefined,
-          gpuFreeBytes: runner.device === "cpu" || deviceOverride !== undefined ? undefined : readGpuFreeBytes(),
-          deviceOverride,
-          hostOverride,
-        },
-        minDevice
-      );
       if (memoryPlan.deviceFrom === "user" && deviceOverride! > memoryPlan.availableBytes && !memoryPlan.allExpertsFit) {
         log(`moe-run: warning: the device budget ${formatBytes(deviceOverride!)} is more than this process may use (${formatBytes(memoryPlan.availableBytes)}, ${memoryPlan.source}); it may run out of memory`);
       }
@@ -333,11 +344,12 @@ export class MoeModel {
     };
     const generated: number[] = [];
     let emitted = "";
+    let t0 = performance.now();
     try {
       if (maxTokens === 0) return stats;
       throwIfAborted(options.signal);
-      let t0 = performance.now();
-      let logits = (await runner.forward(promptIds, kv)).data;
+      t0 = performance.now();
+      let logits = (await this.forward(runner, promptIds, kv)).data;
       stats.prefillSeconds = (performance.now() - t0) / 1000;
       t0 = performance.now();
       for (;;) {
@@ -365,7 +377,7 @@ export class MoeModel {
         // Let the caller's event loop run between tokens.
         await new Promise((r) => setImmediate(r));
         throwIfAborted(options.signal);
-        logits = (await runner.forward([id], kv)).data;
+        logits = (await this.forward(runner, [id], kv)).data;
       }
       stats.decodeSeconds = (performance.now() - t0) / 1000;
       return stats;
@@ -373,6 +385,8 @@ export class MoeModel {
       if (options.signal?.aborted) stats.finishReason = "abort";
       throw err;
     } finally {
+      // Stopped early (Ctrl-C, an error, the consumer's break): the decode time so far, not 0.
+      if (stats.prefillSeconds > 0 && stats.decodeSeconds === 0) stats.decodeSeconds = (performance.now() - t0) / 1000;
       stats.prefillTokensPerSecond = stats.prefillSeconds > 0 ? stats.promptTokens / stats.prefillSeconds : 0;
       stats.decodeTokensPerSecond = stats.decodeSeconds > 0 && stats.generatedTokens > 1 ? (stats.generatedTokens - 1) / stats.decodeSeconds : 0;
       options.onStats?.(stats);
@@ -384,7 +398,7 @@ export class MoeModel {
     if (ids.length > this.contextSize) throw new ContextOverflowError(ids.length, this.contextSize);
     const kv = new KvCache(this.dims.numLayers, this.dims.numKvHeads, this.dims.headDim);
     this.experts.startSequence();
-    return this.live().forward(ids, kv, { allLogits: true });
+    return this.forward(this.live(), ids, kv, { allLogits: true });
   }
 
   /**
@@ -402,7 +416,7 @@ export class MoeModel {
         kv = new KvCache(this.dims.numLayers, this.dims.numKvHeads, this.dims.headDim);
         this.experts.startSequence();
       }
-      await runner.forward([id], kv);
+      await this.forward(runner, [id], kv);
     }
   }
 
@@ -433,6 +447,7 @@ export class MoeModel {
         nll += Math.log(sum) + max - row[chunk[i + 1]!]!;
         count++;
       }
+      if (!Number.isFinite(nll)) throw nonFiniteLogitsError(`for tokens ${s}-${s + chunk.length - 1} of the text`);
       await new Promise((r) => setImmediate(r));
     }
     return { perplexity: Math.exp(nll / count), nll, tokens: count };
@@ -478,16 +493,38 @@ export class MoeModel {
     return [...ids];
   }
 
+  /**
+   * Frees everything the model holds. Safe while a generation runs: the forward pass in flight
+   * finishes first (onnxruntime must not lose a session mid-run: that aborts the process), and the
+   * generation then ends with a DISPOSED error at its next step.
+   */
   async dispose(): Promise<void> {
     const runner = this.runner;
     this.runner = undefined;
     if (runner) {
+      while (this.passes.size) await Promise.all(this.passes);
       await this.experts.drain();
       this.experts.dispose(); // frees resident experts (GPU memory) before the kernel goes
       await runner.hybrid?.pool.close();
       this.predictor?.save?.();
       await runner.dispose();
       this.store.close();
+    }
+  }
+
+  /** One forward pass, tracked so that dispose() waits for it; refused once disposal has begun. */
+  private async forward(runner: ModelRunner, ids: readonly number[], kv: KvCache, options?: { allLogits?: boolean }) {
+    if (!this.runner) throw new MoeRunError("DISPOSED", "this model was disposed during generation");
+    const pass = runner.forward(ids, kv, options);
+    const settled = pass.then(
+      () => undefined,
+      () => undefined
+    );
+    this.passes.add(settled);
+    try {
+      return await pass;
+    } finally {
+      this.passes.delete(settled);
     }
   }
 

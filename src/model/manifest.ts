@@ -5,9 +5,10 @@
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import onnxProto from "onnx-proto";
 import type { ModelDims } from "../architectures/ModelDims.js";
 import { MoeRunError } from "../errors.js";
-import type { ExpertEncoding } from "../store/expertEncoding.js";
+import { EXPERT_ENCODINGS, recordBytes, type ExpertEncoding } from "../store/expertEncoding.js";
 
 export const MANIFEST_FILE = "manifest.json";
 export const FORMAT_VERSION = 1;
@@ -49,6 +50,18 @@ export function sha256File(p: string): string {
  */
 export function readManifest(modelDir: string, options: { verify?: boolean } = {}): ModelManifest {
   const manifestPath = path.join(modelDir, MANIFEST_FILE);
+  let dirStat: fs.Stats | undefined;
+  try {
+    dirStat = fs.statSync(modelDir);
+  } catch {
+    dirStat = undefined;
+  }
+  if (!dirStat && !fs.existsSync(modelDir + IMPORTING_SUFFIX)) {
+    throw new MoeRunError("MODEL_DIR_INVALID", `${modelDir} does not exist; create a model directory with \`moe-run import <hf-dir> ${modelDir}\``);
+  }
+  if (dirStat && !dirStat.isDirectory()) {
+    throw new MoeRunError("MODEL_DIR_INVALID", `${modelDir} is a file, not a model directory; give the directory made by \`moe-run import\``);
+  }
   if (!fs.existsSync(manifestPath)) {
     if (fs.existsSync(modelDir + IMPORTING_SUFFIX) || (fs.existsSync(modelDir) && fs.readdirSync(modelDir).length > 0)) {
       throw new MoeRunError(
@@ -61,9 +74,13 @@ export function readManifest(modelDir: string, options: { verify?: boolean } = {
   }
   let manifest: ModelManifest;
   try {
+    if (fs.statSync(manifestPath).size > MAX_MANIFEST_BYTES) throw new Error("too large");
     manifest = JSON.parse(fs.readFileSync(manifestPath, "utf8")) as ModelManifest;
   } catch (cause) {
     throw new MoeRunError("MODEL_DIR_INVALID", `${manifestPath} is corrupt; re-import the model`, { cause });
+  }
+  if (manifest === null || typeof manifest !== "object" || Array.isArray(manifest)) {
+    throw new MoeRunError("MODEL_DIR_INVALID", `${manifestPath} is corrupt; re-import the model`);
   }
   if (manifest.format !== "moe-run-model" || manifest.formatVersion !== FORMAT_VERSION) {
     throw new MoeRunError(
@@ -71,10 +88,13 @@ export function readManifest(modelDir: string, options: { verify?: boolean } = {
       `${modelDir} has model format ${manifest.format} v${manifest.formatVersion}; this moe-run reads v${FORMAT_VERSION}. Re-import the model.`
     );
   }
+  checkManifestShape(modelDir, manifest);
   for (const [rel, info] of Object.entries(manifest.files)) {
     const p = path.join(modelDir, rel);
     if (!fs.existsSync(p)) throw new MoeRunError("MODEL_DIR_INCOMPLETE", `${modelDir} lacks ${rel}; re-import the model`);
-    const size = fs.statSync(p).size;
+    const st = fs.statSync(p);
+    if (!st.isFile()) throw new MoeRunError("MODEL_DIR_INVALID", `${rel} in ${modelDir} is not a file; re-import the model`);
+    const size = st.size;
     if (size !== info.bytes) throw new MoeRunError("MODEL_DIR_INCOMPLETE", `${rel} in ${modelDir} has ${size} bytes, expected ${info.bytes}; re-import the model`);
     if (options.verify && sha256File(p) !== info.sha256) {
       throw new MoeRunError("MODEL_DIR_INVALID", `${rel} in ${modelDir} fails its checksum; re-import the model`);
@@ -83,7 +103,203 @@ export function readManifest(modelDir: string, options: { verify?: boolean } = {
   if (!fs.existsSync(path.join(modelDir, manifest.experts.store))) {
     throw new MoeRunError("MODEL_DIR_INCOMPLETE", `${modelDir} lacks its expert store ${manifest.experts.store}; re-import the model`);
   }
+  if (!fs.statSync(path.join(modelDir, manifest.experts.store)).isFile()) {
+    throw new MoeRunError("MODEL_DIR_INVALID", `the expert store ${manifest.experts.store} in ${modelDir} is not a file; re-import the model`);
+  }
+  checkFilesAgreeWithDims(modelDir, manifest);
   return manifest;
+}
+
+/** A manifest is JSON, a few KB per layer; anything much larger is not one. */
+const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
+/** The graph files (.onnx) hold structure only, their weights are in .onnx.data. */
+const MAX_GRAPH_BYTES = 64 * 1024 * 1024;
+
+function invalid(modelDir: string, what: string): MoeRunError {
+  return new MoeRunError("MODEL_DIR_INVALID", `${path.join(modelDir, MANIFEST_FILE)} is invalid: ${what}; re-import the model`);
+}
+
+function isWhole(v: unknown, min: number): v is number {
+  return typeof v === "number" && Number.isInteger(v) && v >= min;
+}
+
+/**
+ * A relative path inside the model directory: not absolute, no "..", no empty or odd parts. A
+ * manifest must not make moe-run read (or serve) files elsewhere, e.g. "../other/experts.mdb" or
+ * "/etc/passwd".
+ */
+export function isInsideModelDir(rel: unknown): rel is string {
+  if (typeof rel !== "string" || rel === "" || rel.includes("\0") || rel.includes("\\")) return false;
+  if (path.isAbsolute(rel) || path.posix.isAbsolute(rel) || path.win32.isAbsolute(rel)) return false;
+  const parts = rel.split("/");
+  return parts.every((p) => p !== "" && p !== "." && p !== "..");
+}
+
+/** Types, ranges and paths of the manifest's fields, before any file is opened through them. */
+function checkManifestShape(modelDir: string, m: ModelManifest): void {
+  const d = m.dims as ModelDims | undefined;
+  if (!d || typeof d !== "object") throw invalid(modelDir, "it has no dims");
+  const whole: [keyof ModelDims, number][] = [
+    ["vocabSize", 1], ["hiddenSize", 1], ["numLayers", 1], ["numHeads", 1], ["numKvHeads", 1], ["headDim", 2],
+    ["numExperts", 1], ["topK", 1], ["expertFfn", 1], ["sharedExpertFfn", 0], ["maxPositions", 2],
+  ];
+  for (const [key, min] of whole) {
+    if (!isWhole(d[key], min)) throw invalid(modelDir, `dims.${key} must be a whole number >= ${min}, got ${JSON.stringify(d[key])}`);
+  }
+  if (d.topK > d.numExperts) throw invalid(modelDir, `dims.topK ${d.topK} must be between 1 and dims.numExperts ${d.numExperts}`);
+  if (d.numHeads % d.numKvHeads !== 0) throw invalid(modelDir, `dims.numHeads ${d.numHeads} is not a multiple of dims.numKvHeads ${d.numKvHeads}`);
+  if (d.headDim % 2 !== 0) throw invalid(modelDir, `dims.headDim ${d.headDim} must be even`);
+  for (const key of ["rmsNormEps", "ropeTheta"] as const) {
+    if (typeof d[key] !== "number" || !Number.isFinite(d[key]) || d[key] <= 0) throw invalid(modelDir, `dims.${key} must be a positive number, got ${JSON.stringify(d[key])}`);
+  }
+  if (!Array.isArray(d.eosTokenIds) || !d.eosTokenIds.every((id) => isWhole(id, 0) && id < d.vocabSize)) {
+    throw invalid(modelDir, `dims.eosTokenIds must be token ids below the vocabulary size ${d.vocabSize}, got ${JSON.stringify(d.eosTokenIds)}`);
+  }
+  if (d.bosTokenId !== undefined && d.bosTokenId !== null && !(isWhole(d.bosTokenId, 0) && d.bosTokenId < d.vocabSize)) {
+    throw invalid(modelDir, `dims.bosTokenId must be a token id below the vocabulary size ${d.vocabSize}, got ${JSON.stringify(d.bosTokenId)}`);
+  }
+  if (!["none", "head", "full"].includes(d.qkNorm)) throw invalid(modelDir, `dims.qkNorm must be none, head or full, got ${JSON.stringify(d.qkNorm)}`);
+  if (!m.precision || !(EXPERT_ENCODINGS as readonly string[]).includes(m.precision.experts)) {
+    throw invalid(modelDir, `precision.experts must be one of ${EXPERT_ENCODINGS.join(", ")}, got ${JSON.stringify(m.precision?.experts)}`);
+  }
+
+  const g = m.graphs;
+  if (!g || typeof g !== "object" || !Array.isArray(g.layers)) throw invalid(modelDir, "it has no graphs");
+  if (!m.experts || typeof m.experts !== "object") throw invalid(modelDir, "it has no experts");
+  if (!m.tokenizer || typeof m.tokenizer !== "object") throw invalid(modelDir, "it has no tokenizer");
+  if (!m.predictor || typeof m.predictor !== "object") throw invalid(modelDir, "it has no predictor");
+  if (!m.files || typeof m.files !== "object" || Array.isArray(m.files)) throw invalid(modelDir, "it has no file list");
+  const paths: [string, unknown][] = [
+    ["graphs.embed", g.embed],
+    ["graphs.head", g.head],
+    ["graphs.expert", g.expert],
+    ...g.layers.map((p, i): [string, unknown] => [`graphs.layers[${i}]`, p]),
+    ["experts.store", m.experts.store],
+    ["predictor.file", m.predictor.file],
+    ["tokenizer.json", m.tokenizer.json],
+    ...(m.tokenizer.config === null ? [] : [["tokenizer.config", m.tokenizer.config] as [string, unknown]]),
+  ];
+  for (const [field, rel] of paths) {
+    if (!isInsideModelDir(rel)) throw invalid(modelDir, `${field} ${JSON.stringify(rel)} is not a path inside the model directory`);
+  }
+  for (const [rel, info] of Object.entries(m.files)) {
+    if (!isInsideModelDir(rel)) throw invalid(modelDir, `the file ${JSON.stringify(rel)} is not a path inside the model directory`);
+    if (!info || !isWhole(info.bytes, 0) || typeof info.sha256 !== "string") throw invalid(modelDir, `the entry of ${rel} has no size and checksum`);
+  }
+  // Every file moe-run reads is size-checked (and checksummed with --verify) through `files`;
+  // the store has per-expert checksums instead.
+  for (const [field, rel] of paths) {
+    if (field !== "experts.store" && !((rel as string) in m.files)) throw invalid(modelDir, `${field} ${rel} is not among its files`);
+  }
+
+  if (g.layers.length !== d.numLayers) {
+    throw invalid(modelDir, `dims.numLayers is ${d.numLayers} but it lists ${g.layers.length} layer graphs`);
+  }
+  const sums = m.experts.checksums;
+  if (!Array.isArray(sums) || sums.length !== d.numLayers || !sums.every((row) => Array.isArray(row) && row.length === d.numExperts)) {
+    throw invalid(modelDir, `its expert checksums are not ${d.numLayers} layers x ${d.numExperts} experts (dims.numLayers x dims.numExperts)`);
+  }
+  const record = recordBytes(m.precision.experts, d.hiddenSize, d.expertFfn);
+  if (m.experts.recordBytes !== record) {
+    throw invalid(modelDir, `experts.recordBytes is ${m.experts.recordBytes} but ${m.precision.experts} experts of dims.hiddenSize ${d.hiddenSize} x dims.expertFfn ${d.expertFfn} take ${record}`);
+  }
+}
+
+const { onnx } = onnxProto;
+
+/** protobufjs gives int64 fields as numbers, or as Long objects when the long package is there. */
+function int(v: unknown): number {
+  if (typeof v === "number") return v;
+  if (v && typeof (v as { toNumber?: unknown }).toNumber === "function") return (v as { toNumber(): number }).toNumber();
+  return Number(v);
+}
+
+type Initializer = { dims: number[]; external?: { location: string; offset: number; length: number } };
+
+/** The initializers of a graph file and its inputs' shapes; a file that is not ONNX is refused. */
+function readGraph(modelDir: string, rel: string): { inits: Map<string, Initializer>; inputs: (number | string)[][] } {
+  const p = path.join(modelDir, rel);
+  const damaged = (why: string) => new MoeRunError("MODEL_DIR_INVALID", `${rel} in ${modelDir} is damaged (${why}); re-import the model`);
+  if (fs.statSync(p).size > MAX_GRAPH_BYTES) throw damaged("far larger than a graph file");
+  let model: InstanceType<typeof onnx.ModelProto>;
+  try {
+    model = onnx.ModelProto.decode(fs.readFileSync(p));
+  } catch (err) {
+    throw damaged(`not an ONNX model: ${(err instanceof Error ? err.message : String(err)).split("\n")[0]}`);
+  }
+  if (!model.graph) throw damaged("an ONNX model without a graph");
+  const inits = new Map<string, Initializer>();
+  for (const t of model.graph.initializer ?? []) {
+    const init: Initializer = { dims: (t.dims ?? []).map(int) };
+    if (t.dataLocation === onnx.TensorProto.DataLocation.EXTERNAL) {
+      const kv = new Map((t.externalData ?? []).map((e): [string, string] => [e.key ?? "", e.value ?? ""]));
+      init.external = { location: kv.get("location") ?? "", offset: Number(kv.get("offset") ?? 0), length: Number(kv.get("length") ?? NaN) };
+    }
+    inits.set(t.name ?? "", init);
+  }
+  const inputs = (model.graph.input ?? []).map((i) => (i.type?.tensorType?.shape?.dim ?? []).map((x) => (x.dimParam ? x.dimParam : int(x.dimValue ?? 0))));
+  return { inits, inputs };
+}
+
+/**
+ * The dimensions the manifest states against the files: every graph must parse, its weights
+ * must have the shapes the dims imply and lie inside its own data file (listed in the
+ * manifest), and the predictor file must hold L x (E + 1) x H floats. A manifest edited to other
+ * numbers (topK, numLayers, vocabSize, ...) is refused here instead of running wrong.
+ */
+function checkFilesAgreeWithDims(modelDir: string, m: ModelManifest): void {
+  const d = m.dims;
+  const { hiddenSize: H, vocabSize: V, numHeads: Hq, numKvHeads: Hkv, headDim: hd, numExperts: E } = d;
+  const disagree = (rel: string, what: string) =>
+    new MoeRunError("MODEL_DIR_INVALID", `${rel} in ${modelDir} disagrees with manifest.json: ${what}; re-import the model`);
+  const check = (rel: string, required: Record<string, number[]>, optional: Record<string, number[]> = {}) => {
+    const { inits } = readGraph(modelDir, rel);
+    const dataRel = `${rel}.data`;
+    for (const [name, want] of Object.entries({ ...required, ...optional })) {
+      const t = inits.get(name);
+      if (!t) {
+        if (name in required) throw disagree(rel, `it has no weight ${name}`);
+        continue;
+      }
+      if (t.dims.length !== want.length || t.dims.some((n, i) => n !== want[i])) {
+        throw disagree(rel, `weight ${name} is [${t.dims.join(", ")}] but the dims imply [${want.join(", ")}]`);
+      }
+    }
+    for (const [name, t] of inits) {
+      if (!t.external) continue;
+      const { location, offset, length } = t.external;
+      const info = m.files[dataRel];
+      if (path.posix.join(path.posix.dirname(rel), location) !== dataRel || !info) {
+        throw disagree(rel, `weight ${name} is read from ${JSON.stringify(location)}, not from its own data file`);
+      }
+      if (!isWhole(offset, 0) || !isWhole(length, 0) || offset + length > info.bytes) {
+        throw disagree(rel, `weight ${name} lies outside ${dataRel}`);
+      }
+    }
+  };
+  check(m.graphs.embed, { embed_tokens: [V, H] });
+  check(m.graphs.head, { norm: [H], lm_head: [V, H] });
+  const biases: Record<string, number[]> = d.qkvBias ? { q_bias: [Hq * hd], k_bias: [Hkv * hd], v_bias: [Hkv * hd] } : {};
+  const qkNorm: Record<string, number[]> = d.qkNorm === "head" ? { q_norm: [hd], k_norm: [hd] } : d.qkNorm === "full" ? { q_norm: [Hq * hd], k_norm: [Hkv * hd] } : {};
+  const Fs = d.sharedExpertFfn;
+  const shared: Record<string, number[]> = Fs > 0 ? { shared_gate: [Fs, H], shared_up: [Fs, H], shared_down: [H, Fs], shared_expert_gate: [1, H] } : {};
+  for (const rel of m.graphs.layers) {
+    check(
+      rel,
+      { input_norm: [H], q_proj: [Hq * hd, H], k_proj: [Hkv * hd, H], v_proj: [Hkv * hd, H], o_proj: [H, Hq * hd], post_attention_norm: [H], router: [E, H], ...qkNorm },
+      { rotate_half: [hd, hd], ...biases, ...shared }
+    );
+  }
+  const expert = readGraph(modelDir, m.graphs.expert);
+  const shapes = expert.inputs.map((s) => s.join(","));
+  if (!shapes.includes(`${d.expertFfn},${H}`) || !shapes.includes(`${H},${d.expertFfn}`)) {
+    throw disagree(m.graphs.expert, `its expert weights are not [${d.expertFfn}, ${H}] and [${H}, ${d.expertFfn}] (dims.expertFfn x dims.hiddenSize)`);
+  }
+  const predictorBytes = 4 * d.numLayers * H * (E + 1);
+  const predictor = m.files[m.predictor.file]!;
+  if (predictor.bytes !== predictorBytes) {
+    throw disagree(m.predictor.file, `it has ${predictor.bytes} bytes but ${d.numLayers} layers of ${E} experts x ${H} take ${predictorBytes}`);
+  }
 }
 
 /** Writes the manifest durably: to a temporary name, fsync, then rename. */

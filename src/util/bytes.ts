@@ -13,14 +13,21 @@ const UNITS: Record<string, number> = {
 export type ByteSize = number | { percent: number };
 
 export function parseByteSize(text: string, option = "size"): ByteSize {
+  return parseByteSizeAs(text, `--${option}`);
+}
+
+/** parseByteSize with the name shown in errors as given (a library option: "deviceMem"). */
+export function parseByteSizeAs(text: string, label: string): ByteSize {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z%]*)\s*$/.exec(text);
-  if (!m) throw new InvalidOptionError(`--${option} must look like 6GiB, 512MiB, 1.5GB, 1000000 or 50%, got "${text}"`);
+  if (!m) throw new InvalidOptionError(`${label} must look like 6GiB, 512MiB, 1.5GB, 1000000 or 50%, got "${text}"`);
   const value = Number(m[1]);
   const unit = m[2]!.toLowerCase();
   if (unit === "%") return { percent: value };
   const scale = unit === "" ? 1 : UNITS[unit];
-  if (scale === undefined) throw new InvalidOptionError(`--${option}: unknown unit "${m[2]}" in "${text}" (use B, KiB, MiB, GiB, KB, MB, GB)`);
-  return Math.floor(value * scale);
+  if (scale === undefined) throw new InvalidOptionError(`${label}: unknown unit "${m[2]}" in "${text}" (use B, KiB, MiB, GiB, KB, MB, GB)`);
+  const bytes = Math.floor(value * scale);
+  if (!Number.isSafeInteger(bytes)) throw new InvalidOptionError(`${label} "${text}" is too large`);
+  return bytes;
 }
 
 export function resolveByteSize(size: ByteSize, total: number): number {
@@ -37,4 +44,22 @@ export function formatBytes(n: number): string {
     i++;
   }
   return `${v.toFixed(i === 0 ? 0 : 2)} ${units[i]}`;
+}
+
+/**
+ * Two sizes formatted with enough decimals that unequal sizes read differently: "770.50 KiB is
+ * below the minimum 770.50 KiB" becomes "770.499 KiB is below the minimum 770.500 KiB".
+ */
+export function formatBytesDistinct(a: number, b: number): [string, string] {
+  let fa = formatBytes(a);
+  let fb = formatBytes(b);
+  if (a === b || fa !== fb || !Number.isFinite(a) || !Number.isFinite(b)) return [fa, fb];
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (Math.max(a, b) >= 1024 ** (i + 1) && i < units.length - 1) i++;
+  for (let decimals = 3; decimals <= 12 && fa === fb; decimals++) {
+    fa = `${(a / 1024 ** i).toFixed(decimals)} ${units[i]}`;
+    fb = `${(b / 1024 ** i).toFixed(decimals)} ${units[i]}`;
+  }
+  return fa === fb ? [`${a} bytes`, `${b} bytes`] : [fa, fb];
 }

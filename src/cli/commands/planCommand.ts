@@ -4,14 +4,15 @@ import type { Command } from "commander";
 import { parsePolicyName, POLICY_NAMES, type PolicyName } from "../../cache/policies/index.js";
 import { InvalidOptionError } from "../../errors.js";
 import { readManifest } from "../../model/manifest.js";
-import { loadModel } from "../../model/MoeModel.js";
 import { machineFigures } from "../../profiling/machine.js";
 import { formatPlan, planDecode, type DeviceBudget } from "../../profiling/plan.js";
 import { profilePrompts, readPrompts } from "../../profiling/profileModel.js";
 import { parseTraceFormat, readTrace, type TraceFormat } from "../../profiling/readTrace.js";
 import type { RoutingTrace } from "../../profiling/trace.js";
 import { formatBytes, parseByteSize, resolveByteSize, type ByteSize } from "../../util/bytes.js";
-import { parseIntOption } from "../parse.js";
+import { loadModelForCli } from "../modelOptions.js";
+import { out } from "../output.js";
+import { parseIntOption, parseOutputFile, parseThreadsOption } from "../parse.js";
 
 interface PlanCliOptions {
   deviceMem: string;
@@ -47,10 +48,10 @@ export function registerPlan(program: Command): void {
     .option("--prompts <file>", "prompts to profile when no --trace is given (default: a few built-in sentences)")
     .option("-n, --max-tokens <n>", "tokens generated per prompt when profiling", parseIntOption("max-tokens", 1), 32)
     .option("--policy <name>", `cache policy to simulate: ${POLICY_NAMES.join(", ")}`, parsePolicyName, "lru")
-    .option("--threads <n>", "compute threads (default: all cores)", parseIntOption("threads", 1))
+    .option("--threads <n>", "compute threads (default: all cores)", parseThreadsOption("threads"))
     .option("--machine-file <file>", "where measured machine figures are cached (default: ~/.cache/moe-run/machine.json)")
     .option("--remeasure", "measure the machine again instead of using cached figures", false)
-    .option("--json <file>", "also write the plan as JSON")
+    .option("--json <file>", "also write the plan as JSON", parseOutputFile("json"))
     .action(async (modelDir: string, opts: PlanCliOptions) => {
       const threads = opts.threads ?? os.availableParallelism();
       // Measuring and profiling want every expert resident, but a model larger than memory must
@@ -58,7 +59,7 @@ export function registerPlan(program: Command): void {
       const manifest = readManifest(modelDir);
       const all = manifest.dims.numLayers * manifest.dims.numExperts * manifest.experts.recordBytes;
       const cap = Math.floor(os.freemem() / 2);
-      const model = await loadModel(modelDir, { threads, log: () => {}, deviceMem: all <= cap ? undefined : Math.max(cap, 4 * manifest.dims.topK * manifest.experts.recordBytes) });
+      const model = await loadModelForCli(modelDir, { threads, log: () => {}, deviceMem: all <= cap ? undefined : Math.max(cap, 4 * manifest.dims.topK * manifest.experts.recordBytes) });
       let figures;
       let trace: RoutingTrace | undefined;
       let traceSource = "";
@@ -94,7 +95,7 @@ export function registerPlan(program: Command): void {
         if (opts.policy === "belady") notes.push("belady needs the future: an offline bound, not a policy the runtime can run");
         const plan = planDecode({ manifest: model.manifest, machine: figures.machine, figures: figures.model, trace: trace!, traceSource, budgets, hostBytes, policy: opts.policy, promptTokens });
         plan.notes.push(...notes, `machine figures ${figures.cached ? "from" : "measured now, cached in"} ${figures.file}${figures.cached ? " (--remeasure to refresh)" : ""}`);
-        process.stdout.write(formatPlan(plan) + "\n");
+        out(formatPlan(plan) + "\n");
         if (opts.json !== undefined) fs.writeFileSync(opts.json, JSON.stringify(plan, (_k, v) => (v === Infinity ? null : v), 2) + "\n");
       } finally {
         await model.dispose();

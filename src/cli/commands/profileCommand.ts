@@ -1,10 +1,10 @@
 import * as fs from "node:fs";
 import type { Command } from "commander";
-import { loadModel } from "../../model/MoeModel.js";
 import { profilePrompts, readPrompts, writeRoutingTrace } from "../../profiling/profileModel.js";
 import { formatSummary, summarizeTrace } from "../../profiling/profileSummary.js";
-import { addModelOptions, loadOptions, reportStats, type ModelCliOptions } from "../modelOptions.js";
-import { parseIntOption } from "../parse.js";
+import { addModelOptions, loadModelForCli, loadOptions, reportStats, type ModelCliOptions } from "../modelOptions.js";
+import { out } from "../output.js";
+import { parseIntOption, parseOutputFile } from "../parse.js";
 
 interface ProfileCliOptions extends ModelCliOptions {
   prompts: string;
@@ -23,17 +23,19 @@ export function registerProfile(program: Command): void {
     .argument("<model-dir>", "a model directory made by `moe-run import`")
     .requiredOption("--prompts <file>", "prompts: one per line, or *.jsonl with one {\"prompt\": \"...\"} per line")
     .option("-n, --max-tokens <n>", "most tokens to generate per prompt", parseIntOption("max-tokens"), 32)
-    .option("--out <file>", "write the trace: *.moetrace = compact binary, anything else = JSONL")
+    .option("--out <file>", "write the trace: *.moetrace = compact binary, anything else = JSONL", parseOutputFile("out"))
     .option("--gate-inputs", "also record each token's gate (router) input", false)
     .option("--no-probs", "do not record the router probabilities over all experts")
     .option("--chat", "apply the model's chat template to each prompt", false)
-    .option("--json <file>", "write the summary as JSON");
+    .option("--json <file>", "write the summary as JSON", parseOutputFile("json"));
   addModelOptions(cmd).action(async (modelDir: string, opts: ProfileCliOptions) => {
     const prompts = readPrompts(opts.prompts);
-    const model = await loadModel(modelDir, loadOptions(opts));
+    const model = await loadModelForCli(modelDir, loadOptions(opts));
     const controller = new AbortController();
-    const onSigint = () => controller.abort(new DOMException("interrupted", "AbortError"));
-    process.once("SIGINT", onSigint);
+    const onSigint = () => {
+      if (!controller.signal.aborted) controller.abort(new DOMException("interrupted", "AbortError"));
+    };
+    process.on("SIGINT", onSigint);
     try {
       const result = await profilePrompts(model, prompts, {
         maxTokens: opts.maxTokens,
@@ -45,8 +47,8 @@ export function registerProfile(program: Command): void {
       });
       const format = opts.out !== undefined ? writeRoutingTrace(opts.out, result.trace) : undefined;
       const summary = summarizeTrace(result.trace);
-      process.stdout.write(formatSummary(summary) + "\n");
-      process.stdout.write(
+      out(formatSummary(summary) + "\n");
+      out(
         `\nprompt tokens ${result.promptTokens}, generated ${result.generatedTokens}; decode ${result.decodeTokensPerSecond.toFixed(1)} tok/s while recording\n` +
           (opts.out !== undefined ? `trace: ${opts.out} (${format}, ${fs.statSync(opts.out).size} bytes)\n` : "trace not saved (pass --out trace.jsonl or trace.moetrace)\n")
       );

@@ -6,6 +6,8 @@ import { readManifest } from "../../model/manifest.js";
 import { parseTraceFormat, readTrace, type TraceFormat } from "../../profiling/readTrace.js";
 import { buildReport, formatReport, readPredictors } from "../../profiling/report.js";
 import { renderReportHtml } from "../../profiling/reportHtml.js";
+import { out } from "../output.js";
+import { parseOutputFile } from "../parse.js";
 
 interface ReportCliOptions {
   modelDir?: string;
@@ -28,8 +30,8 @@ export function registerReport(program: Command): void {
     .description("an HTML report of a routing trace: hit rate vs capacity per policy beside Belady, expert usage heatmap, predictor recall, SRP/SCH")
     .argument("<trace>", "routing trace: moe-run JSONL or compact binary, or the Mixtral trace format")
     .option("--model-dir <dir>", "the model the trace came from: expert size and name when the trace lacks them, routers for the gate predictor")
-    .option("--out <file>", "the HTML report", "report.html")
-    .option("--json <file>", "also write the report data as JSON")
+    .option("--out <file>", "the HTML report", parseOutputFile("out"), "report.html")
+    .option("--json <file>", "also write the report data as JSON", parseOutputFile("json"))
     .option("--format <format>", "trace format: auto, moe-run, mixtral", parseTraceFormat, "auto")
     .option("--predictors <file>", "predictor evaluation JSON (a \"predictors\" array) to show recall per layer")
     .option("--policies <list>", "policies to plot (Belady is always added)", parsePolicyList, [...POLICY_NAMES])
@@ -49,6 +51,6 @@ export function registerReport(program: Command): void {
       const report = buildReport(trace, { source: file, policies: opts.policies, predictors, model });
       fs.writeFileSync(opts.out, renderReportHtml(report));
       if (opts.json !== undefined) fs.writeFileSync(opts.json, JSON.stringify(report, null, 2) + "\n");
-      process.stdout.write(formatReport(report) + `\n\nreport: ${opts.out}${opts.json !== undefined ? `, data: ${opts.json}` : ""}\n`);
+      out(formatReport(report) + `\n\nreport: ${opts.out}${opts.json !== undefined ? `, data: ${opts.json}` : ""}\n`);
     });
 }

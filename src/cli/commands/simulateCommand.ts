@@ -6,7 +6,8 @@ import { localRoutingConsistency, SEGMENT_LENGTHS } from "../../profiling/consis
 import { parseTraceFormat, readTrace, type TraceFormat } from "../../profiling/readTrace.js";
 import { DEFAULT_BANDWIDTH_GBPS, simulate, type SimulationResult } from "../../profiling/simulate.js";
 import { countAccesses } from "../../profiling/trace.js";
-import { parseFloatOption, parseIntOption } from "../parse.js";
+import { out } from "../output.js";
+import { parseFloatOption, parseIntOption, parseOutputFile } from "../parse.js";
 
 interface SimulateCliOptions {
   capacities?: number[];
@@ -47,7 +48,7 @@ export function registerSimulate(program: Command): void {
     .option("--protect-layer", "protect a record's experts while it is served, as the runtime does", false)
     .option("--segments <list>", "segment lengths for SRP/SCH", parseIntList("segments", 1), [...SEGMENT_LENGTHS])
     .option("--sch-capacity <n>", "experts per layer in SCH's cache (default: 2 x top-k)", parseIntOption("sch-capacity", 1))
-    .option("--json <file>", "also write the results as JSON to this file")
+    .option("--json <file>", "also write the results as JSON to this file", parseOutputFile("json"))
     .action((file: string, opts: SimulateCliOptions) => {
       const trace = readTrace(file, opts.format);
       const { meta } = trace;
@@ -58,18 +59,17 @@ export function registerSimulate(program: Command): void {
       const consistency = localRoutingConsistency(trace, { segmentLengths: opts.segments, schCapacity: opts.schCapacity });
       const accesses = countAccesses(trace);
 
-      const out = process.stdout;
-      out.write(
+      out(
         `trace ${file}: ${trace.records.length} records, ${accesses} expert accesses, ${meta.numLayers} layers x ${meta.numExperts} experts, top-${meta.topK}` +
           `${meta.model ? ` (${meta.model})` : ""}\n` +
           (expertBytes !== undefined ? `expert size ${(expertBytes / 2 ** 20).toFixed(1)} MiB, bandwidth ${opts.bandwidth} GB/s\n` : `expert size unknown (pass --expert-bytes for bytes and stall time)\n`)
       );
-      out.write(formatTable(results, total) + "\n");
+      out(formatTable(results, total) + "\n");
       const fmt = (v: number | null) => (v === null ? "n/a" : v.toFixed(4));
-      out.write(`routing consistency (per layer; SCH with ${consistency.schCapacity} experts per layer):\n`);
-      out.write(`  segment  ${opts.segments.map((m) => String(m).padStart(7)).join("")}\n`);
-      out.write(`  SRP      ${opts.segments.map((m) => fmt(consistency.srp[m] ?? null).padStart(7)).join("")}\n`);
-      out.write(`  SCH      ${opts.segments.map((m) => fmt(consistency.sch[m] ?? null).padStart(7)).join("")}\n`);
+      out(`routing consistency (per layer; SCH with ${consistency.schCapacity} experts per layer):\n`);
+      out(`  segment  ${opts.segments.map((m) => String(m).padStart(7)).join("")}\n`);
+      out(`  SRP      ${opts.segments.map((m) => fmt(consistency.srp[m] ?? null).padStart(7)).join("")}\n`);
+      out(`  SCH      ${opts.segments.map((m) => fmt(consistency.sch[m] ?? null).padStart(7)).join("")}\n`);
 
       if (opts.json !== undefined) {
         const report = {
