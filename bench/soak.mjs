@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * Soak: one process generates 2,000 tokens, then runs 100 load / generate / dispose cycles on the
+ * Soak: one process generates 2,000 tokens (sequences of 200: the bundled model's context is 256), then runs 100 load / generate / dispose cycles on the
  * worker model, half of them disposed mid-generation. Prints RSS and open file descriptors after
  * warm-up and at the end (they must stay flat: no leak of records, sessions, workers or fds) and
  * writes bench/results/soak.json.
@@ -29,13 +29,13 @@ const samples = [];
 const log = (s) => process.stderr.write(`[soak] ${s.label}: RSS ${s.rssMiB.toFixed(0)} MiB, ${s.fds} open fds\n`);
 
 // 1. A long generation in one model (tokens well past the warm-up).
-const model = await loadModel(dir, { threads: 1, log: () => {}, contextSize: 4096 });
+const model = await loadModel(dir, { threads: 1, log: () => {} });
 let n = 0;
 const tokens = Number(a.tokens);
 const t0 = performance.now();
 while (n < tokens) {
-  for await (const _ of model.generate("And the LORD spake unto Moses, saying,", { maxTokens: Math.min(500, tokens - n), stopAtEos: false, temperature: 0.8, seed: n, onToken: () => n++ }));
-  if (n === 500) samples.push(sample("after 500 tokens (warm)"));
+  for await (const _ of model.generate("And the LORD spake unto Moses, saying,", { maxTokens: Math.min(200, tokens - n), stopAtEos: false, temperature: 0.8, seed: n, onToken: () => n++ }));
+  if (n === 400) samples.push(sample("after 400 tokens (warm)"));
 }
 const longSeconds = (performance.now() - t0) / 1000;
 samples.push(sample(`after ${n} tokens`));
