@@ -37,7 +37,7 @@ bool read_range(const OpenedFile& f, uint64_t offset, uint64_t length, int paral
 
 void free_range(ReadRange* r);
 
-// Aligned memory for records (posix_memalign; free_block frees it).
+// Page-aligned memory for records (mmap; free_block unmaps it).
 uint8_t* alloc_block(uint64_t capacity);
 void free_block(uint8_t* base, uint64_t capacity);
 

@@ -5,7 +5,8 @@
  * the transition matrices. Counts persist across sessions in the model directory's
  * routing-stats.mdb (LMDB), so a new session starts warm.
  */
-import { open, type RootDatabase } from "lmdb";
+import type { RootDatabase } from "lmdb";
+import { lmdbModule } from "../util/lazyLmdb.js";
 import type { ExpertPredictor, LayerObservation } from "./types.js";
 
 export class AffinityPredictor implements ExpertPredictor {
@@ -104,6 +105,6 @@ export class AffinityPredictor implements ExpertPredictor {
   }
 
   private db(path: string): RootDatabase<Buffer, (string | number)[]> {
-    return open({ path, encoding: "binary", compression: false }) as RootDatabase<Buffer, (string | number)[]>;
+    return lmdbModule().open({ path, encoding: "binary", compression: false }) as RootDatabase<Buffer, (string | number)[]>;
   }
 }

@@ -11,7 +11,8 @@
  * damaged file is an error, never a SIGBUS, and no record is also held as mapped file pages.
  */
 import { createHash } from "node:crypto";
-import { open, type Database, type RootDatabase } from "lmdb";
+import type { Database, RootDatabase } from "lmdb";
+import { lmdbModule } from "../util/lazyLmdb.js";
 import { MoeRunError, invariant } from "../errors.js";
 import { encodeMatrix, recordBytes, type ExpertEncoding } from "./expertEncoding.js";
 import { locateRecords } from "./lmdbLocations.js";
@@ -61,7 +62,7 @@ export class ExpertStore {
   }
 
   static create(path: string, layout: ExpertLayout): ExpertStore {
-    return new ExpertStore(path, layout, open({ path, encoding: "binary", compression: false }) as RootDatabase<Buffer, [number, number]>);
+    return new ExpertStore(path, layout, lmdbModule().open({ path, encoding: "binary", compression: false }) as RootDatabase<Buffer, [number, number]>);
   }
 
   /**
