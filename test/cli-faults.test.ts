@@ -81,6 +81,27 @@ function exited(child: ReturnType<typeof spawn>): Promise<{ status: number | nul
   return new Promise((resolve) => child.on("exit", (status, signal) => resolve({ status, signal })));
 }
 
+/** Starts `moe-run run` with `args`, waits until it has printed `minOut` characters (or ended), then sends SIGINT. */
+async function interruptRun(args: string[], minOut: number) {
+  const child = spawn(process.execPath, [CLI, "run", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (b: Buffer) => (stdout += b.toString()));
+  child.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
+  const done = exited(child);
+  await new Promise<void>((resolve) => {
+    const t = setInterval(() => {
+      if (stdout.length >= minOut || child.exitCode !== null || child.signalCode !== null) {
+        clearInterval(t);
+        resolve();
+      }
+    }, 5);
+  });
+  child.kill("SIGINT");
+  const { status, signal } = await done;
+  return { status, signal, stdout, stderr };
+}
+
 let model: string;
 beforeAll(async () => {
   model = await importFixture("tiny-mixtral");
@@ -106,24 +127,7 @@ describe("large command lines and prompts on stdin (item 5)", () => {
 
   it("Ctrl-C sent to a CLI with a large command line reaches the generation", async () => {
     const pins = Array.from({ length: 8000 }, (_, i) => `${i % 2}:${i % 8}`).join(",");
-    const child = spawn(process.execPath, [CLI, "run", model, "-p", "The license", "-n", "100000", "--pin", pins, "--expert-kernel", "js", "--schedule", "device", "--threads", "1"], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout!.on("data", (b: Buffer) => (stdout += b.toString()));
-    child.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
-    const done = exited(child);
-    await new Promise<void>((resolve) => {
-      const t = setInterval(() => {
-        if (stdout.length > 0 || child.exitCode !== null || child.signalCode !== null) {
-          clearInterval(t);
-          resolve();
-        }
-      }, 5);
-    });
-    child.kill("SIGINT");
-    const { status, signal } = await done;
+    const { status, signal, stderr } = await interruptRun([model, "-p", "The license", "-n", "100000", "--pin", pins, "--expert-kernel", "js", "--schedule", "device", "--threads", "1"], 1);
     expect(signal).toBeNull();
     expect(status, stderr).toBe(130);
     expect(stderr).toMatch(/stop: abort/);
@@ -363,24 +367,7 @@ describe("options (item 11)", () => {
   });
 
   it("Ctrl-C's stats line reports the decode speed so far, not 0", async () => {
-    const child = spawn(process.execPath, [CLI, "run", model, "-p", "The license", "-n", "100000", "--expert-kernel", "js", "--schedule", "device", "--threads", "1"], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout!.on("data", (b: Buffer) => (stdout += b.toString()));
-    child.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
-    const done = exited(child);
-    await new Promise<void>((resolve) => {
-      const t = setInterval(() => {
-        if (stdout.length >= 20 || child.exitCode !== null || child.signalCode !== null) {
-          clearInterval(t);
-          resolve();
-        }
-      }, 5);
-    });
-    child.kill("SIGINT");
-    const { status } = await done;
+    const { status, stderr } = await interruptRun([model, "-p", "The license", "-n", "100000", "--expert-kernel", "js", "--schedule", "device", "--threads", "1"], 20);
     expect(status, stderr).toBe(130);
     const m = /generated (\d+) tok, decode ([\d.]+) tok\/s; stop: abort/.exec(stderr);
     expect(m, stderr).not.toBeNull();
