@@ -9,23 +9,12 @@ import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { POLICY_NAMES } from "../src/cache/policies/index.js";
 import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
-import { loadModel, type LoadModelOptions } from "../src/index.js";
+import { loadModel } from "../src/index.js";
 import { importModel } from "../src/importer/importModel.js";
-import { MODELS, importFixture, runCli, tmpDir } from "./helpers.js";
+import { MODELS, greedyRun, importFixture, runCli, tmpDir } from "./helpers.js";
 
 const ONLINE = POLICY_NAMES.filter((p) => p !== "belady");
 const BUDGETS = ["min", "25%", "50%", "75%", "unlimited"] as const;
-
-async function greedy(modelDir: string, prompt: string, tokens: number, options: LoadModelOptions) {
-  const model = await loadModel(modelDir, { threads: 1, log: () => {}, ...options });
-  try {
-    const ids: number[] = [];
-    for await (const _ of model.generate(prompt, { maxTokens: tokens, stopAtEos: false, onToken: (id) => ids.push(id) })) void _;
-    return { ids, stats: model.cacheStats() };
-  } finally {
-    await model.dispose();
-  }
-}
 
 function minimumBytes(modelDir: string): number {
   const r = runCli(["run", modelDir, "--prompt", "x", "--device-mem", "1"]);
@@ -40,7 +29,7 @@ describe.each(["moe-tiny-en", "tiny-qwen3-moe", "tiny-mixtral"])("lossless offlo
   let min: number;
   beforeAll(async () => {
     dir = await importFixture(fixture);
-    reference = (await greedy(dir, "Permission is hereby granted", 40, {})).ids;
+    reference = (await greedyRun(dir, "Permission is hereby granted", 40, {})).ids;
     min = minimumBytes(dir);
   });
 
@@ -48,7 +37,7 @@ describe.each(["moe-tiny-en", "tiny-qwen3-moe", "tiny-mixtral"])("lossless offlo
     it(`greedy output is identical at every budget with --policy ${policy}`, async () => {
       for (const budget of BUDGETS) {
         const deviceMem = budget === "unlimited" ? undefined : budget === "min" ? min : { percent: Number(budget.slice(0, -1)) };
-        const r = await greedy(dir, "Permission is hereby granted", 40, { policy, deviceMem });
+        const r = await greedyRun(dir, "Permission is hereby granted", 40, { policy, deviceMem });
         expect(r.ids, `${policy} at ${budget}`).toEqual(reference);
         if (budget !== "unlimited") expect(r.stats.cache.residentBytesMax).toBeLessThanOrEqual(r.stats.cache.budgetBytes);
         if (budget === "min") expect(r.stats.cache.misses).toBeGreaterThan(r.stats.cache.hits);
@@ -157,8 +146,8 @@ describe("quantized expert storage", () => {
       for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i]! - exact[i]!));
       expect(worst, enc).toBeLessThan(bound[enc]);
       expect(worst, enc).toBeGreaterThan(0);
-      const full = await greedy(dir, "The license", 24, {});
-      const tight = await greedy(dir, "The license", 24, { deviceMem: { percent: 25 }, policy: "score" });
+      const full = await greedyRun(dir, "The license", 24, {});
+      const tight = await greedyRun(dir, "The license", 24, { deviceMem: { percent: 25 }, policy: "score" });
       expect(tight.ids).toEqual(full.ids);
     }
   });

@@ -4,6 +4,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { importModel, type ImportOptions } from "../src/importer/importModel.js";
+import { loadModel, type LoadModelOptions } from "../src/model/MoeModel.js";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 export const CLI = path.join(ROOT, "dist", "cli", "cli.js");
@@ -109,3 +110,15 @@ export function sharedTraceGate(name: string): { path: string | undefined; skip:
  * 24-layer, 8-expert, top-2 model), for trace tests that must run on a fresh clone.
  */
 export const BUNDLED_TRACE = path.join(ROOT, "bench", "results", "cache-policies.synthetic-24L-1024H-3584F-8E-top2-int8.trace.jsonl");
+
+/** Greedy token ids of `tokens` generated tokens (end-of-sequence ignored), and the cache stats after. */
+export async function greedyRun(modelDir: string, prompt: string, tokens: number, options: LoadModelOptions = {}) {
+  const model = await loadModel(modelDir, { threads: 1, log: () => {}, ...options });
+  try {
+    const ids: number[] = [];
+    for await (const _ of model.generate(prompt, { maxTokens: tokens, stopAtEos: false, onToken: (id) => ids.push(id) })) void _;
+    return { ids, stats: model.cacheStats() };
+  } finally {
+    await model.dispose();
+  }
+}

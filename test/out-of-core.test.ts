@@ -16,21 +16,15 @@ import type { MemoryLimits } from "../src/model/memoryPlan.js";
 import { writeSyntheticCheckpoint } from "../src/synthetic/syntheticCheckpoint.js";
 import { ExpertStore } from "../src/store/ExpertStore.js";
 import { releaseRecord, retainRecord } from "../src/store/RecordFile.js";
-import { CLI, MODELS, importFixture, runCli, tmpDir } from "./helpers.js";
+import { CLI, MODELS, greedyRun, importFixture, runCli, tmpDir } from "./helpers.js";
 import { spawnSync } from "node:child_process";
 
 const MiB = 2 ** 20;
 const PROMPT = "And God said, Let there be light";
 
-async function greedy(dir: string, options: LoadModelOptions, tokens = 32) {
-  const model = await loadModel(dir, { threads: 1, log: () => {}, ...options });
-  try {
-    const ids: number[] = [];
-    for await (const _ of model.generate(PROMPT, { maxTokens: tokens, stopAtEos: false, onToken: (id) => ids.push(id) })) void _;
-    return { ids, stats: model.cacheStats() };
-  } finally {
-    await model.dispose();
-  }
+/** Greedy ids of PROMPT (32 tokens by default) with these options, and the cache stats. */
+function greedy(dir: string, options: LoadModelOptions, tokens = 32) {
+  return greedyRun(dir, PROMPT, tokens, options);
 }
 
 /** Limits as if this process could use only `availableBytes` more. */

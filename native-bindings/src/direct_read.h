@@ -20,7 +20,8 @@ struct OpenedFile {
   uint64_t size = 0;    // bytes, at open
 };
 
-// Opens read-only, with O_DIRECT when the filesystem supports it (tmpfs does not).
+// Opens read-only, with O_DIRECT when the filesystem supports it (tmpfs does not), and drops
+// the file's pages from the page cache.
 bool open_for_reads(const std::string& path, OpenedFile* out, std::string* err);
 
 // A buffer holding [offset, offset+length) of the file: `base` is aligned to kDirectAlign and

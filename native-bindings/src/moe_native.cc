@@ -53,6 +53,12 @@ double num(napi_env env, napi_value v) {
   return d;
 }
 
+void set_number(napi_env env, napi_value obj, const char* name, double value) {
+  napi_value v;
+  napi_create_double(env, value, &v);
+  napi_set_named_property(env, obj, name, v);
+}
+
 std::string str(napi_env env, napi_value v) {
   size_t len = 0;
   napi_get_value_string_utf8(env, v, nullptr, 0, &len);
@@ -107,27 +113,12 @@ napi_value FileResidency(napi_env env, napi_callback_info info) {
   moe::Residency r{};
   std::string err;
   if (!moe::file_residency(str(env, a[0]), &r, &err)) return napi_throw_error(env, nullptr, err.c_str()), nullptr;
-  napi_value obj, v;
+  napi_value obj;
   napi_create_object(env, &obj);
-  napi_create_double(env, double(r.file_bytes), &v);
-  napi_set_named_property(env, obj, "fileBytes", v);
-  napi_create_double(env, double(r.resident_bytes), &v);
-  napi_set_named_property(env, obj, "residentBytes", v);
-  napi_create_double(env, double(r.page_size), &v);
-  napi_set_named_property(env, obj, "pageSize", v);
+  set_number(env, obj, "fileBytes", double(r.file_bytes));
+  set_number(env, obj, "residentBytes", double(r.resident_bytes));
+  set_number(env, obj, "pageSize", double(r.page_size));
   return obj;
-}
-
-// dropFileCache(path, mapAddr: number (0 = none), mapLen: number)
-napi_value DropFileCache(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value a[3];
-  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
-  std::string err;
-  if (!moe::drop_file_cache(str(env, a[0]), uint64_t(num(env, a[1])), uint64_t(num(env, a[2])), &err)) {
-    return napi_throw_error(env, nullptr, err.c_str()), nullptr;
-  }
-  return nullptr;
 }
 
 napi_value WillNeed(napi_env env, napi_callback_info info) {
@@ -162,14 +153,12 @@ napi_value OpenForReads(napi_env env, napi_callback_info info) {
   moe::OpenedFile f;
   std::string err;
   if (!moe::open_for_reads(str(env, a[0]), &f, &err)) return napi_throw_error(env, nullptr, err.c_str()), nullptr;
-  napi_value obj, v;
+  napi_value obj, direct;
   napi_create_object(env, &obj);
-  napi_create_int32(env, f.fd, &v);
-  napi_set_named_property(env, obj, "fd", v);
-  napi_get_boolean(env, f.direct, &v);
-  napi_set_named_property(env, obj, "direct", v);
-  napi_create_double(env, double(f.size), &v);
-  napi_set_named_property(env, obj, "size", v);
+  set_number(env, obj, "fd", f.fd);
+  napi_get_boolean(env, f.direct, &direct);
+  napi_set_named_property(env, obj, "direct", direct);
+  set_number(env, obj, "size", double(f.size));
   return obj;
 }
 
@@ -368,7 +357,6 @@ napi_value Init(napi_env env, napi_value exports) {
       {"expertForward", nullptr, ExpertForward, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"encodeMatrix", nullptr, EncodeMatrix, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"fileResidency", nullptr, FileResidency, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"dropFileCache", nullptr, DropFileCache, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"willNeed", nullptr, WillNeed, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"lowerThreadPriority", nullptr, LowerThreadPriority, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"openForReads", nullptr, OpenForReads, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -45,18 +45,6 @@ bool file_residency(const std::string& path, Residency* out, std::string* err) {
   return true;
 }
 
-bool drop_file_cache(const std::string& path, uint64_t map_addr, uint64_t map_len, std::string* err) {
-  if (map_addr && map_len && madvise(reinterpret_cast<void*>(map_addr), size_t(map_len), MADV_DONTNEED) != 0) {
-    return *err = errno_text("madvise(DONTNEED) on the mapping of", path), false;
-  }
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return *err = errno_text("open", path), false;
-  int rc = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  close(fd);
-  if (rc != 0) return *err = "posix_fadvise(DONTNEED) " + path + ": " + std::strerror(rc), false;
-  return true;
-}
-
 bool will_need(const std::string& path, uint64_t offset, uint64_t len, std::string* err) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return *err = errno_text("open", path), false;

@@ -37,11 +37,6 @@ export class ExpertLoader {
     });
   }
 
-  /** Reads waiting to start or running. */
-  get pending(): number {
-    return this.queue.length + this.inFlight;
-  }
-
   private pump(): void {
     while (this.inFlight < this.maxInFlight && this.queue.length) {
       const job = this.queue.shift()!;

@@ -14,6 +14,7 @@ import { PredictionTracker, type PredictionReport } from "../predict/PredictionT
 import { topIds, type ExpertPredictor } from "../predict/types.js";
 import { expertRecordBytes, type ExpertStore } from "../store/ExpertStore.js";
 import { copyRecord, releaseRecord } from "../store/RecordFile.js";
+import { freeResident, prepareOwned } from "./residentRecords.js";
 import { ExpertCache } from "./ExpertCache.js";
 import { ExpertLoader } from "./ExpertLoader.js";
 import { HostTier, type HostTierStats } from "./HostTier.js";
@@ -279,23 +280,14 @@ export class TieredExpertSource {
     }
   }
 
-  /** The device form of a record the caller owns; the record is released unless the form is the record itself. */
-  private async prepareFrom(record: Uint8Array): Promise<NonNullable<unknown>> {
-    let resident: NonNullable<unknown>;
-    try {
-      resident = (await this.options.form.prepare(record)) as NonNullable<unknown>;
-    } catch (err) {
-      releaseRecord(record);
-      throw err;
-    }
-    if (resident !== record) releaseRecord(record);
-    return resident;
+  /** The device form of a record the caller owns (prepareOwned). */
+  private prepareFrom(record: Uint8Array): Promise<NonNullable<unknown>> {
+    return prepareOwned(this.options.form, record);
   }
 
   /** Frees a device-tier form (GPU memory, or the record's own memory for the CPU kernels). */
   private drop(resident: unknown): void {
-    this.options.form.free(resident);
-    if (resident instanceof Uint8Array) releaseRecord(resident);
+    freeResident(this.options.form, resident);
   }
 
   /** Resident or on its way: computing it first would not wait on the store. */
@@ -492,6 +484,7 @@ export class TieredExpertSource {
 
   report(): ExpertCacheReport {
     const s: CacheStats = this.cache.stats();
+    const stallSeconds = this.stall.reduce((a, b) => a + b, 0);
     return {
       cache: { hits: s.hits, misses: s.misses, hitRate: s.hitRate, budgetBytes: this.options.deviceBudgetBytes, residentBytesMax: s.residentBytesMax, policy: this.cache.policy.name },
       tiers: {
@@ -508,8 +501,8 @@ export class TieredExpertSource {
         },
         host: this.host.stats(),
       },
-      stallSeconds: this.stall.reduce((a, b) => a + b, 0),
-      stalls: { waits: this.stallWaits, forwards: this.forwards, secondsPerForward: this.forwards ? this.stall.reduce((a, b) => a + b, 0) / this.forwards : 0 },
+      stallSeconds,
+      stalls: { waits: this.stallWaits, forwards: this.forwards, secondsPerForward: this.forwards ? stallSeconds / this.forwards : 0 },
       prefetch: this.options.prefetch?.fetch ? { ...this.prefetchStats } : undefined,
       predictor: this.tracker?.report(),
       layers: (s.layers ?? []).map((l, i) => ({ ...l, layer: i, stallSeconds: this.stall[i] ?? 0 })),

@@ -12,11 +12,10 @@ export interface NativeAddon {
   expertForward(enc: number, record: Uint8Array, H: number, F: number, x: Float32Array, T: number, out: Float32Array, threads: number): void;
   encodeMatrix(enc: number, src: Float32Array, rows: number, cols: number, dst: Uint8Array): void;
   fileResidency(path: string): { fileBytes: number; residentBytes: number; pageSize: number };
-  dropFileCache(path: string, mapAddr: number, mapLen: number): void;
   willNeed(path: string, offset: number, len: number): void;
   /** Sets the calling thread's nice value (higher = lower priority); inherited by its threads. */
   lowerThreadPriority(nice: number): void;
-  /** Opens a file for readRange: O_DIRECT where the filesystem allows it. */
+  /** Opens a file for readRange: O_DIRECT where the filesystem allows it; drops the file's cached pages. */
   openForReads(path: string): { fd: number; direct: boolean; size: number };
   closeFd(fd: number): void;
   /**

@@ -213,14 +213,16 @@ export class MoeModel {
       const minDevice = d.topK * resident + kernelBytes;
       const deviceOverride = options.deviceMem === undefined ? undefined : resolveByteSize(options.deviceMem, totalResidentBytes);
       if (deviceOverride !== undefined && deviceOverride < minDevice) {
+        const [budget, minimum] = formatBytesDistinct(deviceOverride, minDevice);
         throw new InvalidOptionError(
-          `device memory budget ${formatBytesDistinct(deviceOverride, minDevice)[0]} is below the minimum ${formatBytesDistinct(deviceOverride, minDevice)[1]} (${minDevice} bytes): ` +
+          `device memory budget ${budget} is below the minimum ${minimum} (${minDevice} bytes): ` +
             `${d.topK} activated experts of ${formatBytes(resident)} each plus ${formatBytes(kernelBytes)} working memory`
         );
       }
       const hostOverride = options.hostMem === undefined ? undefined : resolveByteSize(options.hostMem, totalRecordBytes);
       if (hostOverride !== undefined && hostOverride !== 0 && hostOverride < record) {
-        throw new InvalidOptionError(`host memory budget ${formatBytesDistinct(hostOverride, record)[0]} is below the minimum ${formatBytesDistinct(hostOverride, record)[1]} (${record} bytes): one expert record (or 0 for no host tier)`);
+        const [budget, minimum] = formatBytesDistinct(hostOverride, record);
+        throw new InvalidOptionError(`host memory budget ${budget} is below the minimum ${minimum} (${record} bytes): one expert record (or 0 for no host tier)`);
       }
       store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout, { numLayers: d.numLayers, numExperts: d.numExperts });
       if (options.verify) verifyExperts(store, manifest);
@@ -232,6 +234,7 @@ export class MoeModel {
         const rss = process.memoryUsage().rss;
         return planMemory(
           {
+            // Read again, not `limits`: what is available changed as the graphs loaded.
             limits: options.memoryLimits ?? readMemoryLimits(),
             processBytes: rss,
             denseBytes: Math.max(0, rss - rssBefore),
@@ -273,7 +276,6 @@ export class MoeModel {
       let fetch = asked !== "none" && options.prefetch !== false;
       let predictorName: PredictorName = asked === "auto" ? "none" : asked;
       if (asked === "auto") {
-        predictorName = "none";
         if (!memoryPlan.allExpertsFit && options.prefetch !== false) {
           const payoff = options.prefetch === true ? undefined : await measurePrefetchPayoff(store, d.numLayers, d.numExperts, compute);
           if (!payoff || payoff.pays) predictorName = "gate";

@@ -13,7 +13,7 @@ import * as path from "node:path";
 import type { ExecutionDevice } from "../backends/onnx.js";
 import type { ExpertKernel } from "../kernels/expertKernels.js";
 import type { ExpertStore } from "../store/ExpertStore.js";
-import { releaseRecord } from "../store/RecordFile.js";
+import { freeResident, prepareOwned } from "../cache/residentRecords.js";
 import type { CpuExpertPool } from "./CpuExpertPool.js";
 
 export interface CostFigures {
@@ -71,16 +71,8 @@ export class CostModel {
     const ids = Array.from({ length: n }, (_, i) => ({ layer: i % key.numLayers, expert: Math.floor(i / key.numLayers) % key.numExperts }));
     const loads: number[] = [];
     // Records read here are released when done (their memory is freed at once, not at the next GC).
-    const prepare = async (layer: number, expert: number) => {
-      const record = store.getRecord(layer, expert);
-      const resident = await kernel.prepare(record);
-      if (resident !== record) releaseRecord(record);
-      return resident;
-    };
-    const drop = (resident: unknown) => {
-      kernel.free(resident);
-      if (resident instanceof Uint8Array) releaseRecord(resident);
-    };
+    const prepare = (layer: number, expert: number) => prepareOwned(kernel, store.getRecord(layer, expert));
+    const drop = (resident: unknown) => freeResident(kernel, resident);
     drop(await prepare(ids[0]!.layer, ids[0]!.expert)); // warm-up
     for (let i = 0; i < 2 * n; i++) {
       const { layer, expert } = ids[i % n]!;

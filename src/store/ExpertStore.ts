@@ -13,6 +13,7 @@
 import { createHash } from "node:crypto";
 import type { Database, RootDatabase } from "lmdb";
 import { lmdbModule } from "../util/lazyLmdb.js";
+import { expertKey } from "../cache/types.js";
 import { MoeRunError, invariant } from "../errors.js";
 import { encodeMatrix, recordBytes, type ExpertEncoding } from "./expertEncoding.js";
 import { locateRecords } from "./lmdbLocations.js";
@@ -51,7 +52,7 @@ export class ExpertStore {
   readonly layout: ExpertLayout;
   /** Writer (import) only. */
   private db: RootDatabase<Buffer, [number, number]> | undefined;
-  /** Reader only: the data file and each record's span in it, by expertKey-like "layer:expert". */
+  /** Reader only: the data file and each record's span in it, by expertKey(layer, expert). */
   private file: RecordFile | undefined;
   private readonly spans = new Map<number, RecordSpan>();
 
@@ -74,15 +75,18 @@ export class ExpertStore {
     const expected = expertRecordBytes(layout);
     const located = locateRecords(path);
     for (const r of located.records) {
+      if (r.layer > 0xffff || r.expert > 0xffff) {
+        throw new MoeRunError("STORE_CORRUPT", `expert store ${path} holds a record keyed (${r.layer}, ${r.expert}), beyond any model's layers and experts; re-import the model`);
+      }
       if (r.length !== expected) {
         throw new MoeRunError("STORE_CORRUPT", `expert (${r.layer}, ${r.expert}) in ${path} has ${r.length} bytes, expected ${expected}; re-import the model`);
       }
-      store.spans.set(spanKey(r.layer, r.expert), { offset: r.offset, length: r.length });
+      store.spans.set(expertKey(r.layer, r.expert), { offset: r.offset, length: r.length });
     }
     if (experts) {
       for (let l = 0; l < experts.numLayers; l++) {
         for (let e = 0; e < experts.numExperts; e++) {
-          if (!store.spans.has(spanKey(l, e))) throw new MoeRunError("STORE_CORRUPT", `expert store ${path} lacks expert (${l}, ${e}); re-import the model`);
+          if (!store.spans.has(expertKey(l, e))) throw new MoeRunError("STORE_CORRUPT", `expert store ${path} lacks expert (${l}, ${e}); re-import the model`);
         }
       }
     }
@@ -92,7 +96,7 @@ export class ExpertStore {
 
   /** Where (layer, expert)'s record lies in the data file (for readers on other threads). */
   span(layer: number, expert: number): RecordSpan {
-    const s = this.spans.get(spanKey(layer, expert));
+    const s = this.spans.get(expertKey(layer, expert));
     if (!s) throw new MoeRunError("STORE_CORRUPT", `expert store ${this.path} lacks expert (${layer}, ${expert}); re-import the model`);
     return s;
   }
@@ -155,8 +159,4 @@ export class ExpertStore {
     if (!this.db) throw new MoeRunError("DISPOSED", `expert store ${this.path} is closed`);
     return this.db;
   }
-}
-
-function spanKey(layer: number, expert: number): number {
-  return layer * 0x10000 + expert;
 }

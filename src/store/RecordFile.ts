@@ -82,10 +82,7 @@ export class RecordFile {
         const f = this.addon.openForReads(file);
         this.fd = f.fd;
         this.direct = f.direct;
-        this.size = f.size;
-        // Pages an import (or an earlier reader) left in the page cache would be a second copy of
-        // what the tiers hold, charged to whoever wrote them: drop them (clean pages, no data lost).
-        this.addon.dropFileCache(file, 0, 0);
+        this.size = f.size; // (opening also dropped pages an import left in the page cache)
       } else {
         this.fd = fs.openSync(file, "r");
         this.direct = false;
