@@ -18,6 +18,10 @@
 #include "page_residency.h"
 #include "direct_read.h"
 
+namespace moe {
+void register_dense(napi_env env, napi_value exports);  // dense_native.cc
+}
+
 namespace {
 
 #define CHECK(call)                                                     \
@@ -367,6 +371,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"allocRange", nullptr, AllocRange, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  moe::register_dense(env, exports);
   return exports;
 }
 

@@ -1,22 +1,34 @@
-/** Per-layer attention keys and values of one sequence: [Hkv, S, hd] fp32 each. */
+/**
+ * Per-layer attention keys and values of one sequence, in the form the dense layers compute
+ * with: onnx keeps the tensors its graphs return ([Hkv, S, hd] fp32, copied in and out of
+ * onnxruntime each step); native keeps buffers [Hkv, capacity, hd] fp32 that the layer appends to
+ * in place and that grow by doubling (the only copies, counted in copiedBytes).
+ */
 import type { HostTensor } from "../backends/onnx.js";
 
 export class KvCache {
   /** Number of positions held. */
   length = 0;
-  readonly keys: HostTensor[];
-  readonly values: HostTensor[];
+  /** onnx: [Hkv, length, hd] per layer. */
+  readonly keys: HostTensor[] = [];
+  readonly values: HostTensor[] = [];
+  /** native: [Hkv, capacity, hd] per layer. */
+  readonly nativeKeys: Float32Array[] = [];
+  readonly nativeValues: Float32Array[] = [];
+  /** Positions the native buffers hold room for. */
+  capacity = 0;
+  /** Bytes copied by growing the native buffers (the KV handling cost outside the kernels). */
+  copiedBytes = 0;
 
   constructor(
     readonly numLayers: number,
     private readonly numKvHeads: number,
     private readonly headDim: number
   ) {
-    this.keys = [];
-    this.values = [];
     this.reset();
   }
 
+  /** Empties the cache (native buffers are kept for reuse). */
   reset(): void {
     this.length = 0;
     const empty = (): HostTensor => ({ data: new Float32Array(0), dims: [this.numKvHeads, 0, this.headDim] });
@@ -26,5 +38,29 @@ export class KvCache {
       this.keys.push(empty());
       this.values.push(empty());
     }
+  }
+
+  /**
+   * Makes the native buffers hold at least `positions` positions, keeping their contents:
+   * capacity at least doubles, so appending N tokens one by one copies O(N) positions in all.
+   */
+  reserve(positions: number): void {
+    if (positions <= this.capacity) return;
+    const Hkv = this.numKvHeads;
+    const hd = this.headDim;
+    const next = Math.max(positions, 2 * this.capacity, 64);
+    const grow = (old: Float32Array | undefined): Float32Array => {
+      const fresh = new Float32Array(Hkv * next * hd); // [Hkv, next, hd]
+      if (old && this.length > 0) {
+        for (let g = 0; g < Hkv; g++) fresh.set(old.subarray(g * this.capacity * hd, (g * this.capacity + this.length) * hd), g * next * hd);
+        this.copiedBytes += Hkv * this.length * hd * 4;
+      }
+      return fresh;
+    };
+    for (let l = 0; l < this.numLayers; l++) {
+      this.nativeKeys[l] = grow(this.nativeKeys[l]);
+      this.nativeValues[l] = grow(this.nativeValues[l]);
+    }
+    this.capacity = next;
   }
 }

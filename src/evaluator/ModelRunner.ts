@@ -1,20 +1,24 @@
 /**
- * One forward pass over a sequence chunk: embedding -> per layer (attention graph, router top-k,
+ * One forward pass over a sequence chunk: embedding -> per layer (dense layer, router top-k,
  * experts, combine) -> final norm + LM head. Experts come from an ExpertSource (the cache
  * manager's interface) and run on the shared expert graph, each expert once per chunk with all the
  * tokens routed to it.
  */
 import * as path from "node:path";
-import { OnnxSession, resolveDevice, type DeviceName, type ExecutionDevice, type HostTensor } from "../backends/onnx.js";
+import { resolveDevice, type DeviceName, type ExecutionDevice, type HostTensor } from "../backends/onnx.js";
 import type { ModelDims } from "../architectures/ModelDims.js";
-import { invariant } from "../errors.js";
-import { IO } from "../importer/modelGraphs.js";
+import { InvalidOptionError, invariant } from "../errors.js";
 import type { ModelManifest } from "../model/manifest.js";
 import { createExpertKernel, type ExpertKernel, type ExpertKernelName } from "../kernels/expertKernels.js";
+import { loadNativeAddon } from "../kernels/nativeAddon.js";
 import type { CpuExpertPool } from "../scheduler/CpuExpertPool.js";
 import type { HybridScheduler } from "../scheduler/HybridScheduler.js";
+import type { DenseLayers, DenseLayersName } from "./DenseLayers.js";
 import type { KvCache } from "./KvCache.js";
-import { causalMask, ropeTables } from "./rope.js";
+import { NativeDenseLayers } from "./NativeDenseLayers.js";
+import { OnnxDenseLayers } from "./OnnxDenseLayers.js";
+import { ropeTables } from "./rope.js";
+import { StepTimes } from "./StepTimes.js";
 import { groupByExpert, routeTokens, type Routing } from "./routing.js";
 
 /** Where expert records come from; the cache manager implements this. */
@@ -52,14 +56,17 @@ export interface ModelRunnerOptions {
   expertKernel?: ExpertKernelName | "auto";
   /** Execution provider of the dense graphs. Default "cpu". */
   device?: DeviceName;
+  /**
+   * Dense layers by name. Default "auto": native on the CPU when the native kernels are built
+   * (weights at the experts' width, KV cache appended in place), else onnx.
+   */
+  dense?: DenseLayersName | "auto";
   log?: (line: string) => void;
 }
 
 export class ModelRunner {
   readonly dims: ModelDims;
-  private readonly embed: OnnxSession;
-  private readonly layers: OnnxSession[];
-  private readonly head: OnnxSession;
+  readonly dense: DenseLayers;
   readonly kernel: ExpertKernel<unknown>;
   private experts: ExpertSource | undefined;
   /** The execution provider the dense graphs run on. */
@@ -67,46 +74,38 @@ export class ModelRunner {
   observers: RoutingObserver[] = [];
   /** Hybrid scheduling: which experts go to the CPU pool. Absent = all on the device side. */
   hybrid: { scheduler: HybridScheduler; pool: CpuExpertPool } | undefined;
+  /** Where forward passes spend their time, summed since creation. */
+  readonly times = new StepTimes();
 
-  private constructor(dims: ModelDims, embed: OnnxSession, layers: OnnxSession[], head: OnnxSession, kernel: ExpertKernel<unknown>) {
+  private constructor(dims: ModelDims, dense: DenseLayers, kernel: ExpertKernel<unknown>, readonly threads: number) {
     this.dims = dims;
-    this.embed = embed;
-    this.layers = layers;
-    this.head = head;
+    this.dense = dense;
     this.kernel = kernel;
   }
 
   /**
-   * Opens the dense graphs on the resolved provider and the expert kernel. The cache that feeds
+   * Opens the dense layers on the resolved provider and the expert kernel. The cache that feeds
    * the kernel is built around the kernel (its resident form), then attach()ed.
    */
   static async create(modelDir: string, manifest: ModelManifest, options: ModelRunnerOptions = {}): Promise<ModelRunner> {
-    const device = await resolveDevice(options.device ?? "cpu", path.join(modelDir, manifest.graphs.head), options.log ?? (() => {}));
-    const open = (rel: string) => OnnxSession.create(path.join(modelDir, rel), { threads: options.threads ?? 1, device });
-    const sessions: OnnxSession[] = [];
+    const log = options.log ?? (() => {});
+    const device = await resolveDevice(options.device ?? "cpu", path.join(modelDir, manifest.graphs.head), log);
+    const threads = options.threads ?? 1;
+    const dense = await createDenseLayers(options.dense ?? "auto", modelDir, manifest, { threads, device, log });
     try {
-      const track = async (p: Promise<OnnxSession>) => {
-        const s = await p;
-        sessions.push(s);
-        return s;
-      };
-      const embed = await track(open(manifest.graphs.embed));
-      const head = await track(open(manifest.graphs.head));
-      const layers: OnnxSession[] = [];
-      for (const rel of manifest.graphs.layers) layers.push(await track(open(rel)));
       const kernel = await createExpertKernel(options.expertKernel ?? "auto", {
         encoding: manifest.precision.experts,
         hiddenSize: manifest.dims.hiddenSize,
         expertFfn: manifest.dims.expertFfn,
-        threads: options.threads ?? 1,
+        threads,
         device,
         log: options.log,
       });
-      const runner = new ModelRunner(manifest.dims, embed, layers, head, kernel);
+      const runner = new ModelRunner(manifest.dims, dense, kernel, threads);
       runner.device = device;
       return runner;
     } catch (err) {
-      await Promise.all(sessions.map((s) => s.dispose()));
+      await dense.dispose();
       throw err;
     }
   }
@@ -129,50 +128,66 @@ export class ModelRunner {
     const d = this.dims;
     const T = ids.length;
     invariant(T > 0, "forward needs at least one token");
-    const past = kv.length;
-    const { cos, sin } = ropeTables(past, T, d.headDim, d.ropeTheta);
-    const mask = causalMask(past, T);
-    const rope = { cos: { data: cos, dims: [T, d.headDim] }, sin: { data: sin, dims: [T, d.headDim] } };
-
-    const emb = await this.embed.run({ [IO.embed.ids]: { data: BigInt64Array.from(ids, (i) => BigInt(i)), dims: [T] } });
-    let hidden = emb[IO.embed.hidden]!; // [T, H]
-    const L = IO.layer;
+    const times = this.times;
+    let mark = performance.now();
+    const lap = (key: keyof StepTimes["seconds"]) => {
+      const now = performance.now();
+      times.seconds[key] += (now - mark) / 1000;
+      mark = now;
+    };
+    const { cos, sin } = ropeTables(kv.length, T, d.headDim, d.ropeTheta);
+    if (this.dense.name === "native") {
+      const copied = kv.copiedBytes;
+      kv.reserve(kv.length + T);
+      times.kvCopiedBytes += kv.copiedBytes - copied;
+    }
+    lap("kv");
+    let hidden = await this.dense.embed(ids); // [T, H]
+    lap("embed");
     const experts = this.source();
     for (let l = 0; l < d.numLayers; l++) {
-      const out = await this.layers[l]!.run({
-        [L.hidden]: hidden,
-        [L.cos]: rope.cos,
-        [L.sin]: rope.sin,
-        [L.mask]: { data: mask, dims: [T, past + T] },
-        [L.pastKey]: kv.keys[l]!,
-        [L.pastValue]: kv.values[l]!,
-      });
-      kv.keys[l] = out[L.presentKey]!;
-      kv.values[l] = out[L.presentValue]!;
-      const moeIn = out[L.moeIn]!;
-      const routing = routeTokens(out[L.routerLogits]!.data, T, d.numExperts, d.topK, d.normTopkProb);
+      const out = await this.dense.layer(l, hidden, T, kv, { cos, sin });
+      lap("dense");
+      const moeIn: HostTensor = { data: out.moeIn, dims: [T, d.hiddenSize] };
+      const routing = routeTokens(out.routerLogits, T, d.numExperts, d.topK, d.normTopkProb);
       for (const observe of this.observers) observe(l, routing, moeIn);
-      experts.onLayerRouted?.(l, routing, moeIn.data, out[L.attnOut]!.data);
+      experts.onLayerRouted?.(l, routing, out.moeIn, out.attnOut);
       if (experts.observeRouting) {
         const E = d.numExperts;
         for (let t = 0; t < T; t++) experts.observeRouting(l, routing.probs.subarray(t * E, (t + 1) * E));
       }
-      const moeOut = await this.runExperts(l, routing, moeIn.data);
+      lap("routing");
+      const moeOut = await this.runExperts(l, routing, out.moeIn);
+      mark = performance.now();
       // Residual: attn_out + (sum of weighted experts [+ gated shared expert]), in fp32.
-      const next = out[L.attnOut]!.data;
-      const shared = out[L.sharedOut]?.data;
+      const next = out.attnOut;
+      const shared = out.sharedOut;
       if (shared) for (let i = 0; i < moeOut.length; i++) moeOut[i] = moeOut[i]! + shared[i]!;
       for (let i = 0; i < next.length; i++) next[i] = next[i]! + moeOut[i]!;
-      hidden = { data: next, dims: [T, d.hiddenSize] };
+      hidden = next;
+      lap("routing");
     }
-    kv.length = past + T;
+    kv.length += T;
     experts.endForward?.();
-    const headIn = options.allLogits ? hidden : { data: hidden.data.subarray((T - 1) * d.hiddenSize), dims: [1, d.hiddenSize] };
-    return (await this.head.run({ [IO.head.hidden]: headIn }))[IO.head.logits]!;
+    const rows = options.allLogits ? T : 1;
+    const logits = await this.dense.head(options.allLogits ? hidden : hidden.subarray((T - 1) * d.hiddenSize), rows);
+    lap("head");
+    times.forwards++;
+    times.tokens += T;
+    return { data: logits, dims: [rows, d.vocabSize] };
   }
 
   /** Weighted sum of the routed experts' outputs, [T, H]; each expert runs once on its tokens. */
   private async runExperts(layer: number, routing: Routing, x: Float32Array): Promise<Float32Array> {
+    const start = performance.now();
+    try {
+      return await this.runExpertsTimed(layer, routing, x);
+    } finally {
+      this.times.seconds.experts += (performance.now() - start) / 1000;
+    }
+  }
+
+  private async runExpertsTimed(layer: number, routing: Routing, x: Float32Array): Promise<Float32Array> {
     const H = this.dims.hiddenSize;
     const experts = this.source();
     const out = new Float32Array(routing.tokens * H);
@@ -240,7 +255,37 @@ export class ModelRunner {
   }
 
   async dispose(): Promise<void> {
-    await Promise.all([this.embed, this.head, ...this.layers].map((s) => s.dispose()));
+    await this.dense.dispose();
     await this.kernel.dispose();
+  }
+}
+
+/** Resolves the dense layers by name ("auto": native on the CPU when built, else onnx). */
+async function createDenseLayers(
+  name: DenseLayersName | "auto",
+  modelDir: string,
+  manifest: ModelManifest,
+  o: { threads: number; device: ExecutionDevice; log: (line: string) => void }
+): Promise<DenseLayers> {
+  switch (name) {
+    case "auto": {
+      if (o.device !== "cpu") return OnnxDenseLayers.create(modelDir, manifest, o);
+      const { addon, reason } = loadNativeAddon();
+      if (addon) return NativeDenseLayers.create(modelDir, manifest, addon, o.threads);
+      o.log(`native dense layers unavailable (${reason}); using onnxruntime's`);
+      return OnnxDenseLayers.create(modelDir, manifest, o);
+    }
+    case "native": {
+      const { addon, reason } = loadNativeAddon();
+      if (!addon) throw new InvalidOptionError(`dense "native" needs the native kernels, which are ${reason}`);
+      if (o.device !== "cpu") throw new InvalidOptionError(`dense "native" runs on the CPU; the dense layers were asked to run on ${o.device}`);
+      return NativeDenseLayers.create(modelDir, manifest, addon, o.threads);
+    }
+    case "onnx":
+      return OnnxDenseLayers.create(modelDir, manifest, o);
+    default: {
+      const never: never = name;
+      throw new InvalidOptionError(`unknown dense layers "${String(never)}": use auto, native or onnx`);
+    }
   }
 }

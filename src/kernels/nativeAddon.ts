@@ -27,6 +27,35 @@ export interface NativeAddon {
   releaseRange(view: Uint8Array): void;
   /** Fresh aligned memory that releaseRange frees. */
   allocRange(length: number): Uint8Array;
+  /**
+   * One layer's dense part (native-bindings/src/dense_layer.h): spec [H,Hq,Hkv,hd,E,Fs,eps,qkNorm],
+   * a weight blob with its section table [offset|-1, bytes, enc] x 16, and the KV buffers
+   * [Hkv, capacity, hd] holding `past` positions, to which the T new ones are appended.
+   */
+  denseLayer(
+    spec: Float64Array,
+    blob: Uint8Array,
+    sections: Float64Array,
+    hidden: Float32Array,
+    T: number,
+    past: number,
+    cos: Float32Array,
+    sin: Float32Array,
+    kvKeys: Float32Array,
+    kvValues: Float32Array,
+    capacity: number,
+    attnOut: Float32Array,
+    moeIn: Float32Array,
+    routerLogits: Float32Array,
+    sharedOut: Float32Array | null,
+    threads: number
+  ): void;
+  /** out[T,n] = x / sqrt(mean(x^2) + eps) * w per row. */
+  rmsNorm(x: Float32Array, T: number, n: number, w: Float32Array, eps: number, out: Float32Array): void;
+  /** y[T,rows] = x[T,cols] . W^T for one encoded matrix. */
+  matmul(enc: number, w: Uint8Array, rows: number, cols: number, x: Float32Array, T: number, y: Float32Array, threads: number): void;
+  /** out[n,cols] = rows ids of an F32 (0) or F16 (1) matrix, as fp32. */
+  gatherRows(enc: number, w: Uint8Array, rows: number, cols: number, ids: Int32Array, out: Float32Array): void;
   /** readRange on libuv's thread pool. */
   readRangeAsync(fd: number, direct: boolean, fileSize: number, offset: number, length: number, parallel: number): Promise<Uint8Array>;
 }

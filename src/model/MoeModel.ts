@@ -22,7 +22,9 @@ import { HybridScheduler, type ScheduleName } from "../scheduler/HybridScheduler
 import { expertChecksum, expertRecordBytes } from "../store/ExpertStore.js";
 import { formatBytes, formatBytesDistinct, resolveByteSize, type ByteSize } from "../util/bytes.js";
 import { checkLoadOptions, checkPins } from "../util/optionChecks.js";
+import type { DenseLayersName } from "../evaluator/DenseLayers.js";
 import { KvCache } from "../evaluator/KvCache.js";
+import type { StepTimesSnapshot } from "../evaluator/StepTimes.js";
 import { ModelRunner, type RoutingObserver } from "../evaluator/ModelRunner.js";
 import { nonFiniteLogitsError, Sampler, type SamplingOptions } from "../evaluator/sampler.js";
 import { ExpertStore } from "../store/ExpertStore.js";
@@ -95,6 +97,12 @@ export interface LoadModelOptions {
   recalibrate?: boolean;
   /** Expert kernel. Default "auto": native when built, else onnxruntime. */
   expertKernel?: ExpertKernelName | "auto";
+  /**
+   * Dense layers (attention, router, LM head). Default "auto": "native" on the CPU when the
+   * native kernels are built (weights at the experts' width, KV cache appended in place), else
+   * "onnx" (onnxruntime, fp32 weights).
+   */
+  dense?: DenseLayersName | "auto";
   /** Where notes (fallbacks, warnings) go. Default: stderr. */
   log?: (line: string) => void;
 }
@@ -125,6 +133,10 @@ export interface GenerationStats {
   /** Decode speed over the tokens after the first (each needs one forward of one token). */
   decodeTokensPerSecond: number;
   finishReason: "eos" | "length" | "context" | "abort";
+  /** Where the decode steps (after the first token) spent their time; see evaluator/StepTimes.ts. */
+  decodeBreakdown: StepTimesSnapshot;
+  /** The same for the prompt's forward pass. */
+  prefillBreakdown: StepTimesSnapshot;
 }
 
 export interface PerplexityResult {
@@ -198,7 +210,7 @@ export class MoeModel {
     const threads = options.threads ?? os.availableParallelism();
     const rssBefore = process.memoryUsage().rss;
     // The expert kernel decides the device tier's form of an expert (record, or GPU tensors), hence its size.
-    const runner = await ModelRunner.create(dir, manifest, { threads, expertKernel: options.expertKernel, device: options.device, log });
+    const runner = await ModelRunner.create(dir, manifest, { threads, expertKernel: options.expertKernel, device: options.device, dense: options.dense, log });
     let store: ExpertStore | undefined;
     let predictor: ExpertPredictor | undefined;
     let pool: CpuExpertPool | undefined;
@@ -343,7 +355,10 @@ export class MoeModel {
       prefillTokensPerSecond: 0,
       decodeTokensPerSecond: 0,
       finishReason: "length",
+      decodeBreakdown: runner.times.since(runner.times.snapshot()),
+      prefillBreakdown: runner.times.since(runner.times.snapshot()),
     };
+    let timesMark = runner.times.snapshot();
     const generated: number[] = [];
     let emitted = "";
     let t0 = performance.now();
@@ -353,10 +368,14 @@ export class MoeModel {
       t0 = performance.now();
       let logits = (await this.forward(runner, promptIds, kv)).data;
       stats.prefillSeconds = (performance.now() - t0) / 1000;
+      stats.prefillBreakdown = runner.times.since(timesMark);
+      timesMark = runner.times.snapshot();
       t0 = performance.now();
       for (;;) {
         options.onLogits?.(logits);
+        const sampleStart = performance.now();
         const id = sampler.sample(logits);
+        runner.times.seconds.sampling += (performance.now() - sampleStart) / 1000;
         if (options.stopAtEos !== false && eos.has(id)) {
           stats.finishReason = "eos";
           break;
@@ -389,6 +408,7 @@ export class MoeModel {
     } finally {
       // Stopped early (Ctrl-C, an error, the consumer's break): the decode time so far, not 0.
       if (stats.prefillSeconds > 0 && stats.decodeSeconds === 0) stats.decodeSeconds = (performance.now() - t0) / 1000;
+      if (stats.prefillSeconds > 0) stats.decodeBreakdown = runner.times.since(timesMark);
       stats.prefillTokensPerSecond = stats.prefillSeconds > 0 ? stats.promptTokens / stats.prefillSeconds : 0;
       stats.decodeTokensPerSecond = stats.decodeSeconds > 0 && stats.generatedTokens > 1 ? (stats.generatedTokens - 1) / stats.decodeSeconds : 0;
       options.onStats?.(stats);
@@ -468,6 +488,12 @@ export class MoeModel {
   }
 
   /** Expert cache statistics since load: hits, misses, bytes per tier, stalls, per layer, and the memory plan. */
+  /** Which implementations run this model, and the dense bytes one decode token reads. */
+  engineInfo(): { dense: DenseLayersName; denseBytesPerToken: number; expertKernel: string; threads: number } {
+    const runner = this.live();
+    return { dense: runner.dense.name, denseBytesPerToken: runner.dense.bytesPerToken, expertKernel: runner.kernel.name, threads: runner.threads };
+  }
+
   cacheStats(): ExpertCacheReport {
     return { ...this.experts.report(), memoryPlan: this.memoryPlan };
   }

@@ -5,9 +5,9 @@
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import onnxProto from "onnx-proto";
 import type { ModelDims } from "../architectures/ModelDims.js";
 import { MoeRunError } from "../errors.js";
+import { readGraph } from "../onnx/graphFile.js";
 import { EXPERT_ENCODINGS, recordBytes, type ExpertEncoding } from "../store/expertEncoding.js";
 
 export const MANIFEST_FILE = "manifest.json";
@@ -112,8 +112,6 @@ export function readManifest(modelDir: string, options: { verify?: boolean } = {
 
 /** A manifest is JSON, a few KB per layer; anything much larger is not one. */
 const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
-/** The graph files (.onnx) hold structure only, their weights are in .onnx.data. */
-const MAX_GRAPH_BYTES = 64 * 1024 * 1024;
 
 function invalid(modelDir: string, what: string): MoeRunError {
   return new MoeRunError("MODEL_DIR_INVALID", `${path.join(modelDir, MANIFEST_FILE)} is invalid: ${what}; re-import the model`);
@@ -203,42 +201,6 @@ function checkManifestShape(modelDir: string, m: ModelManifest): void {
   if (m.experts.recordBytes !== record) {
     throw invalid(modelDir, `experts.recordBytes is ${m.experts.recordBytes} but ${m.precision.experts} experts of dims.hiddenSize ${d.hiddenSize} x dims.expertFfn ${d.expertFfn} take ${record}`);
   }
-}
-
-const { onnx } = onnxProto;
-
-/** protobufjs gives int64 fields as numbers, or as Long objects when the long package is there. */
-function int(v: unknown): number {
-  if (typeof v === "number") return v;
-  if (v && typeof (v as { toNumber?: unknown }).toNumber === "function") return (v as { toNumber(): number }).toNumber();
-  return Number(v);
-}
-
-type Initializer = { dims: number[]; external?: { location: string; offset: number; length: number } };
-
-/** The initializers of a graph file and its inputs' shapes; a file that is not ONNX is refused. */
-function readGraph(modelDir: string, rel: string): { inits: Map<string, Initializer>; inputs: (number | string)[][] } {
-  const p = path.join(modelDir, rel);
-  const damaged = (why: string) => new MoeRunError("MODEL_DIR_INVALID", `${rel} in ${modelDir} is damaged (${why}); re-import the model`);
-  if (fs.statSync(p).size > MAX_GRAPH_BYTES) throw damaged("far larger than a graph file");
-  let model: InstanceType<typeof onnx.ModelProto>;
-  try {
-    model = onnx.ModelProto.decode(fs.readFileSync(p));
-  } catch (err) {
-    throw damaged(`not an ONNX model: ${(err instanceof Error ? err.message : String(err)).split("\n")[0]}`);
-  }
-  if (!model.graph) throw damaged("an ONNX model without a graph");
-  const inits = new Map<string, Initializer>();
-  for (const t of model.graph.initializer ?? []) {
-    const init: Initializer = { dims: (t.dims ?? []).map(int) };
-    if (t.dataLocation === onnx.TensorProto.DataLocation.EXTERNAL) {
-      const kv = new Map((t.externalData ?? []).map((e): [string, string] => [e.key ?? "", e.value ?? ""]));
-      init.external = { location: kv.get("location") ?? "", offset: Number(kv.get("offset") ?? 0), length: Number(kv.get("length") ?? NaN) };
-    }
-    inits.set(t.name ?? "", init);
-  }
-  const inputs = (model.graph.input ?? []).map((i) => (i.type?.tensorType?.shape?.dim ?? []).map((x) => (x.dimParam ? x.dimParam : int(x.dimValue ?? 0))));
-  return { inits, inputs };
 }
 
 /**

@@ -1,0 +1,185 @@
+#include "dense_layer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace moe {
+
+// TEMPORARY until expert_kernels.h offers batched matmuls and parallel_for: serial stand-ins.
+namespace {
+struct Job { Enc enc; const uint8_t* w; size_t rows, cols; const float* x; size_t T; float* y; };
+void run_jobs(const Job* jobs, size_t n, int threads) {
+  for (size_t i = 0; i < n; i++) matmul_rows(jobs[i].enc, jobs[i].w, jobs[i].rows, jobs[i].cols, jobs[i].x, jobs[i].T, jobs[i].y, threads);
+}
+template <class F> void par_for(int, size_t n, F&& fn) { fn(size_t(0), n); }
+}  // namespace
+
+void rms_norm(const float* x, size_t T, size_t n, const float* w, float eps, float* out) {
+  for (size_t t = 0; t < T; t++) {
+    const float* xr = x + t * n;
+    float* o = out + t * n;
+    double ss = 0;  // double: the mean of squares of a few thousand values, rounded once
+    for (size_t i = 0; i < n; i++) ss += double(xr[i]) * xr[i];
+    const float rms = std::sqrt(float(ss / double(n)) + eps);
+    for (size_t i = 0; i < n; i++) o[i] = xr[i] / rms * w[i];
+  }
+}
+
+static float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {
+      exp = 127 - 15 + 1;
+      while (!(mant & 0x400)) { mant <<= 1; exp--; }
+      bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+    }
+  } else if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+void gather_rows(Enc enc, const uint8_t* w, size_t rows, size_t cols, const int32_t* ids, size_t n, float* out) {
+  (void)rows;
+  for (size_t i = 0; i < n; i++) {
+    const size_t r = size_t(ids[i]);
+    if (enc == Enc::F16) {
+      const uint16_t* p = reinterpret_cast<const uint16_t*>(w) + r * cols;
+      for (size_t c = 0; c < cols; c++) out[i * cols + c] = half_bits_to_float(p[c]);
+    } else {
+      std::memcpy(out + i * cols, w + r * cols * 4, cols * 4);
+    }
+  }
+}
+
+static inline const float* f32(const WeightRef& r) { return reinterpret_cast<const float*>(r.p); }
+
+// RoPE, half-split layout, in place on [T, heads, hd] rows: x' = x*cos + rotate_half(x)*sin.
+static void rope(float* x, size_t T, size_t heads, size_t hd, const float* cos, const float* sin) {
+  const size_t h = hd / 2;
+  std::vector<float> tmp(hd);
+  for (size_t t = 0; t < T; t++) {
+    const float* c = cos + t * hd;
+    const float* s = sin + t * hd;
+    for (size_t k = 0; k < heads; k++) {
+      float* v = x + (t * heads + k) * hd;
+      for (size_t i = 0; i < h; i++) {
+        tmp[i] = v[i] * c[i] + (-v[i + h]) * s[i];
+        tmp[i + h] = v[i + h] * c[i + h] + v[i] * s[i + h];
+      }
+      std::memcpy(v, tmp.data(), hd * 4);
+    }
+  }
+}
+
+// ctx[T, Hq*hd] from q [T, Hq*hd] and the cache's first past+T positions (causal).
+static void attention(const DenseSpec& s, const float* q, const float* kv_k, const float* kv_v, size_t capacity, size_t past,
+                      size_t T, float* ctx, int threads) {
+  const size_t hd = s.hd, G = s.Hq / s.Hkv;
+  const float scale = 1.f / std::sqrt(float(hd));
+  // One task per (kv head, token): the G query heads sharing a kv head read its keys once.
+  auto work = [&](size_t begin, size_t end) {
+    std::vector<float> scores(G * (past + T));
+    for (size_t task = begin; task < end; task++) {
+      const size_t g = task / T, t = task % T, S = past + t + 1;
+      const float* K = kv_k + g * capacity * hd;
+      const float* V = kv_v + g * capacity * hd;
+      for (size_t j = 0; j < G; j++) {
+        const float* qh = q + t * s.Hq * hd + (g * G + j) * hd;
+        float* sc = scores.data() + j * S;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (size_t p = 0; p < S; p++) {
+          const float* kp = K + p * hd;
+          float acc = 0.f;
+          for (size_t i = 0; i < hd; i++) acc += qh[i] * kp[i];
+          sc[p] = acc * scale;
+          mx = std::max(mx, sc[p]);
+        }
+        float sum = 0.f;
+        for (size_t p = 0; p < S; p++) {
+          sc[p] = std::exp(sc[p] - mx);
+          sum += sc[p];
+        }
+        const float inv = 1.f / sum;
+        float* o = ctx + t * s.Hq * hd + (g * G + j) * hd;
+        std::fill(o, o + hd, 0.f);
+        for (size_t p = 0; p < S; p++) {
+          const float pw = sc[p] * inv;
+          const float* vp = V + p * hd;
+          for (size_t i = 0; i < hd; i++) o[i] += pw * vp[i];
+        }
+      }
+    }
+  };
+  par_for(threads, s.Hkv * T, work);
+}
+
+void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, size_t T, size_t past, const float* cos,
+                   const float* sin, float* kv_k, float* kv_v, size_t capacity, float* attn_out, float* moe_in,
+                   float* router_logits, float* shared_out, int threads) {
+  const size_t H = s.H, hd = s.hd, nq = s.Hq * hd, nkv = s.Hkv * hd;
+  std::vector<float> x(T * H), q(T * nq), k(T * nkv), v(T * nkv), ctx(T * nq);  // [T, *] activations
+  rms_norm(hidden, T, H, f32(w[kInNorm]), s.eps, x.data());
+  const Job qkv[3] = {
+      {w[kQ].enc, w[kQ].p, nq, H, x.data(), T, q.data()},
+      {w[kK].enc, w[kK].p, nkv, H, x.data(), T, k.data()},
+      {w[kV].enc, w[kV].p, nkv, H, x.data(), T, v.data()},
+  };
+  run_jobs(qkv, 3, threads);
+  const auto add_bias = [T](float* y, size_t n, const WeightRef& b) {
+    if (!b.p) return;
+    for (size_t t = 0; t < T; t++)
+      for (size_t i = 0; i < n; i++) y[t * n + i] += f32(b)[i];
+  };
+  add_bias(q.data(), nq, w[kQBias]);
+  add_bias(k.data(), nkv, w[kKBias]);
+  add_bias(v.data(), nkv, w[kVBias]);
+  if (s.qk_norm == 2) {
+    rms_norm(q.data(), T, nq, f32(w[kQNorm]), s.eps, q.data());
+    rms_norm(k.data(), T, nkv, f32(w[kKNorm]), s.eps, k.data());
+  } else if (s.qk_norm == 1) {
+    rms_norm(q.data(), T * s.Hq, hd, f32(w[kQNorm]), s.eps, q.data());
+    rms_norm(k.data(), T * s.Hkv, hd, f32(w[kKNorm]), s.eps, k.data());
+  }
+  rope(q.data(), T, s.Hq, hd, cos, sin);
+  rope(k.data(), T, s.Hkv, hd, cos, sin);
+  for (size_t t = 0; t < T; t++)
+    for (size_t g = 0; g < s.Hkv; g++) {
+      std::memcpy(kv_k + (g * capacity + past + t) * hd, k.data() + (t * s.Hkv + g) * hd, hd * 4);
+      std::memcpy(kv_v + (g * capacity + past + t) * hd, v.data() + (t * s.Hkv + g) * hd, hd * 4);
+    }
+  attention(s, q.data(), kv_k, kv_v, capacity, past, T, ctx.data(), threads);
+  matmul_rows(w[kO].enc, w[kO].p, H, nq, ctx.data(), T, attn_out, threads);
+  for (size_t i = 0; i < T * H; i++) attn_out[i] += hidden[i];
+  rms_norm(attn_out, T, H, f32(w[kPostNorm]), s.eps, moe_in);
+  matmul_rows(w[kRouter].enc, w[kRouter].p, s.E, H, moe_in, T, router_logits, threads);
+  if (s.Fs && shared_out) {
+    std::vector<float> g(T * s.Fs), u(T * s.Fs);  // [T, Fs]
+    const Job gu[2] = {
+        {w[kSharedGate].enc, w[kSharedGate].p, s.Fs, H, moe_in, T, g.data()},
+        {w[kSharedUp].enc, w[kSharedUp].p, s.Fs, H, moe_in, T, u.data()},
+    };
+    run_jobs(gu, 2, threads);
+    for (size_t i = 0; i < T * s.Fs; i++) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+    matmul_rows(w[kSharedDown].enc, w[kSharedDown].p, H, s.Fs, g.data(), T, shared_out, threads);
+    const float* gp = f32(w[kSharedProj]);
+    for (size_t t = 0; t < T; t++) {
+      float a = 0.f;
+      for (size_t i = 0; i < H; i++) a += moe_in[t * H + i] * gp[i];
+      const float gate = 1.f / (1.f + std::exp(-a));
+      for (size_t i = 0; i < H; i++) shared_out[t * H + i] *= gate;
+    }
+  }
+}
+
+}  // namespace moe

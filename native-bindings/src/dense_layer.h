@@ -1,0 +1,66 @@
+// The dense (non-expert) part of one decoder layer on the CPU, computing straight from weights in
+// the store's encodings (expert_kernels.h), with the KV cache in caller-owned buffers that grow in
+// place: nothing is copied per step. Mirrors the ONNX layer graph (src/importer/modelGraphs.ts):
+//   x = rms(hidden) ; q,k,v = x W^T (+bias) ; q/k norm ; RoPE (half-split) ; append k,v ;
+//   causal softmax attention (GQA: q head h reads kv head h / (Hq/Hkv)) ; attn_out = hidden + o ;
+//   moe_in = rms(attn_out) ; router_logits = moe_in R^T ; shared expert (optional, sigmoid-gated).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "expert_kernels.h"
+
+namespace moe {
+
+struct DenseSpec {
+  size_t H;    // hidden size
+  size_t Hq;   // query heads
+  size_t Hkv;  // key/value heads
+  size_t hd;   // head dim
+  size_t E;    // routed experts (router rows)
+  size_t Fs;   // shared expert width, 0 = none
+  float eps;   // RMSNorm epsilon
+  int qk_norm; // 0 none, 1 per head over hd, 2 over all heads
+};
+
+// Sections of a layer's weight blob, in this order. Norms, biases, the router and the shared
+// expert's gate vector are fp32; the projections are in the section's encoding.
+enum Section : int {
+  kInNorm,      // f32 [H]
+  kQ,           // [Hq*hd, H]
+  kK,           // [Hkv*hd, H]
+  kV,           // [Hkv*hd, H]
+  kO,           // [H, Hq*hd]
+  kQBias,       // f32 [Hq*hd]     (optional)
+  kKBias,       // f32 [Hkv*hd]    (optional)
+  kVBias,       // f32 [Hkv*hd]    (optional)
+  kQNorm,       // f32 [hd] or [Hq*hd]  (optional)
+  kKNorm,       // f32 [hd] or [Hkv*hd] (optional)
+  kPostNorm,    // f32 [H]
+  kRouter,      // [E, H]
+  kSharedGate,  // [Fs, H]         (optional)
+  kSharedUp,    // [Fs, H]         (optional)
+  kSharedDown,  // [H, Fs]         (optional)
+  kSharedProj,  // f32 [H]: the shared expert's sigmoid gate (optional)
+  kSectionCount
+};
+
+struct WeightRef {
+  const uint8_t* p = nullptr;  // null = absent
+  Enc enc = Enc::F32;
+};
+
+// Buffers (fp32): hidden, attn_out, moe_in [T, H]; cos, sin [T, hd]; router_logits [T, E];
+// shared_out [T, H] or null; kv_k, kv_v [Hkv, capacity, hd] holding `past` positions, to which
+// the T new positions are appended (past + T <= capacity).
+void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, size_t T, size_t past, const float* cos,
+                   const float* sin, float* kv_k, float* kv_v, size_t capacity, float* attn_out, float* moe_in,
+                   float* router_logits, float* shared_out, int threads);
+
+// out[T, n] = x / sqrt(mean(x^2) + eps) * w, per row of n.
+void rms_norm(const float* x, size_t T, size_t n, const float* w, float eps, float* out);
+
+// out[i, cols] = row ids[i] of W [rows, cols] decoded to fp32 (the embedding lookup).
+void gather_rows(Enc enc, const uint8_t* w, size_t rows, size_t cols, const int32_t* ids, size_t n, float* out);
+
+}  // namespace moe

@@ -1,0 +1,147 @@
+// Node-API glue for the native dense layer (dense_layer.h). Like the rest of the addon, nothing
+// keeps a reference to JS memory after a call returns.
+#include <node_api.h>
+
+#include <string>
+
+#include "dense_layer.h"
+#include "napi_util.h"
+
+namespace {
+
+using moe::napi::num;
+using moe::napi::typed_data;
+
+napi_value fail(napi_env env, const std::string& msg) {
+  napi_throw_range_error(env, nullptr, msg.c_str());
+  return nullptr;
+}
+
+// denseLayer(spec: Float64Array [H,Hq,Hkv,hd,E,Fs,eps,qkNorm], blob: Uint8Array,
+//            sections: Float64Array [kSectionCount*3: offset (-1 absent), bytes, enc],
+//            hidden, T, past, cos, sin, kvK, kvV, capacity, attnOut, moeIn, routerLogits, sharedOut|null, threads)
+napi_value DenseLayer(napi_env env, napi_callback_info info) {
+  size_t argc = 16;
+  napi_value a[16];
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 16) return fail(env, "denseLayer: 16 arguments expected");
+  void *spec_p, *blob_p, *sec_p, *hidden, *cos, *sin, *kv_k, *kv_v, *attn_out, *moe_in, *logits, *shared = nullptr;
+  size_t spec_b, blob_b, sec_b, hidden_b, cos_b, sin_b, kvk_b, kvv_b, attn_b, moe_b, logits_b, shared_b = 0;
+  if (!typed_data(env, a[0], &spec_p, &spec_b) || !typed_data(env, a[1], &blob_p, &blob_b) || !typed_data(env, a[2], &sec_p, &sec_b) ||
+      !typed_data(env, a[3], &hidden, &hidden_b) || !typed_data(env, a[6], &cos, &cos_b) || !typed_data(env, a[7], &sin, &sin_b) ||
+      !typed_data(env, a[8], &kv_k, &kvk_b) || !typed_data(env, a[9], &kv_v, &kvv_b) || !typed_data(env, a[11], &attn_out, &attn_b) ||
+      !typed_data(env, a[12], &moe_in, &moe_b) || !typed_data(env, a[13], &logits, &logits_b)) {
+    napi_throw_type_error(env, nullptr, "denseLayer: buffers must be typed arrays");
+    return nullptr;
+  }
+  typed_data(env, a[14], &shared, &shared_b);  // null when the model has no shared expert
+  const double* sp = static_cast<const double*>(spec_p);
+  if (spec_b != 8 * 8 || sec_b != moe::kSectionCount * 3 * 8) return fail(env, "denseLayer: spec or section table has the wrong length");
+  moe::DenseSpec s{size_t(sp[0]), size_t(sp[1]), size_t(sp[2]), size_t(sp[3]), size_t(sp[4]), size_t(sp[5]), float(sp[6]), int(sp[7])};
+  const size_t T = size_t(num(env, a[4])), past = size_t(num(env, a[5])), cap = size_t(num(env, a[10]));
+  const int threads = int(num(env, a[15]));
+  if (s.Hkv == 0 || s.Hq % s.Hkv || s.hd % 2 || T == 0) return fail(env, "denseLayer: inconsistent spec");
+  const size_t H = s.H, nq = s.Hq * s.hd, nkv = s.Hkv * s.hd;
+  // Each section's expected shape: the blob must hold it whole, in the stated encoding.
+  struct Shape { size_t rows, cols; bool required; };
+  const bool has_shared = s.Fs > 0;
+  const size_t qn = s.qk_norm == 1 ? s.hd : nq, kn = s.qk_norm == 1 ? s.hd : nkv;
+  const Shape shapes[moe::kSectionCount] = {
+      {1, H, true}, {nq, H, true}, {nkv, H, true}, {nkv, H, true}, {H, nq, true},
+      {1, nq, false}, {1, nkv, false}, {1, nkv, false}, {1, qn, s.qk_norm != 0}, {1, kn, s.qk_norm != 0},
+      {1, H, true}, {s.E, H, true}, {s.Fs, H, has_shared}, {s.Fs, H, has_shared}, {H, s.Fs, has_shared}, {1, H, has_shared},
+  };
+  moe::WeightRef w[moe::kSectionCount];
+  const double* sec = static_cast<const double*>(sec_p);
+  for (int i = 0; i < moe::kSectionCount; i++) {
+    const double off = sec[i * 3], bytes = sec[i * 3 + 1];
+    const int enc = int(sec[i * 3 + 2]);
+    if (off < 0) {
+      if (shapes[i].required) return fail(env, "denseLayer: section " + std::to_string(i) + " is missing");
+      continue;
+    }
+    if (enc < 0 || enc > 3) return fail(env, "denseLayer: bad encoding in section " + std::to_string(i));
+    const auto e = static_cast<moe::Enc>(enc);
+    if (size_t(bytes) != moe::matrix_bytes(e, shapes[i].rows, shapes[i].cols) || off + bytes > double(blob_b)) {
+      return fail(env, "denseLayer: section " + std::to_string(i) + " does not match its shape or lies outside the blob");
+    }
+    w[i].p = static_cast<const uint8_t*>(blob_p) + size_t(off);
+    w[i].enc = e;
+  }
+  if (hidden_b < T * H * 4 || attn_b < T * H * 4 || moe_b < T * H * 4 || logits_b < T * s.E * 4 || cos_b < T * s.hd * 4 || sin_b < T * s.hd * 4 ||
+      past + T > cap || kvk_b < nkv * cap * 4 || kvv_b < nkv * cap * 4 || (has_shared && shared && shared_b < T * H * 4)) {
+    return fail(env, "denseLayer: buffer sizes do not match the spec, T and the cache capacity");
+  }
+  moe::layer_forward(s, w, static_cast<const float*>(hidden), T, past, static_cast<const float*>(cos), static_cast<const float*>(sin),
+                     static_cast<float*>(kv_k), static_cast<float*>(kv_v), cap, static_cast<float*>(attn_out), static_cast<float*>(moe_in),
+                     static_cast<float*>(logits), has_shared ? static_cast<float*>(shared) : nullptr, threads);
+  return nullptr;
+}
+
+// rmsNorm(x: Float32Array [T,n], T, n, w: Float32Array [n], eps, out: Float32Array [T,n])
+napi_value RmsNorm(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value a[6];
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 6) return fail(env, "rmsNorm: 6 arguments expected");
+  void *x, *w, *out;
+  size_t xb, wb, ob;
+  if (!typed_data(env, a[0], &x, &xb) || !typed_data(env, a[3], &w, &wb) || !typed_data(env, a[5], &out, &ob)) return fail(env, "rmsNorm: typed arrays expected");
+  const size_t T = size_t(num(env, a[1])), n = size_t(num(env, a[2]));
+  if (xb < T * n * 4 || ob < T * n * 4 || wb < n * 4) return fail(env, "rmsNorm: buffer sizes do not match T and n");
+  moe::rms_norm(static_cast<const float*>(x), T, n, static_cast<const float*>(w), float(num(env, a[4])), static_cast<float*>(out));
+  return nullptr;
+}
+
+// matmul(enc, w: Uint8Array [rows,cols] encoded, rows, cols, x: Float32Array [T,cols], T, y: Float32Array [T,rows], threads)
+napi_value Matmul(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value a[8];
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 8) return fail(env, "matmul: 8 arguments expected");
+  void *w, *x, *y;
+  size_t wb, xb, yb;
+  if (!typed_data(env, a[1], &w, &wb) || !typed_data(env, a[4], &x, &xb) || !typed_data(env, a[6], &y, &yb)) return fail(env, "matmul: typed arrays expected");
+  const int enc = int(num(env, a[0]));
+  const size_t rows = size_t(num(env, a[2])), cols = size_t(num(env, a[3])), T = size_t(num(env, a[5]));
+  if (enc < 0 || enc > 3) return fail(env, "matmul: bad encoding");
+  const auto e = static_cast<moe::Enc>(enc);
+  if (wb != moe::matrix_bytes(e, rows, cols) || xb < T * cols * 4 || yb < T * rows * 4 || (e >= moe::Enc::Q8 && cols % moe::kBlock)) {
+    return fail(env, "matmul: buffer sizes do not match rows, cols, T and the encoding");
+  }
+  moe::matmul_rows(e, static_cast<const uint8_t*>(w), rows, cols, static_cast<const float*>(x), T, static_cast<float*>(y), int(num(env, a[7])));
+  return nullptr;
+}
+
+// gatherRows(enc (F32 or F16), w: Uint8Array [rows,cols], rows, cols, ids: Int32Array [n], out: Float32Array [n,cols])
+napi_value GatherRows(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value a[6];
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 6) return fail(env, "gatherRows: 6 arguments expected");
+  void *w, *ids, *out;
+  size_t wb, ib, ob;
+  if (!typed_data(env, a[1], &w, &wb) || !typed_data(env, a[4], &ids, &ib) || !typed_data(env, a[5], &out, &ob)) return fail(env, "gatherRows: typed arrays expected");
+  const int enc = int(num(env, a[0]));
+  const size_t rows = size_t(num(env, a[2])), cols = size_t(num(env, a[3])), n = ib / 4;
+  if (enc != 0 && enc != 1) return fail(env, "gatherRows: F32 or F16 rows only");
+  const auto e = static_cast<moe::Enc>(enc);
+  if (wb != moe::matrix_bytes(e, rows, cols) || ob < n * cols * 4) return fail(env, "gatherRows: buffer sizes do not match rows, cols and ids");
+  const int32_t* id = static_cast<const int32_t*>(ids);
+  for (size_t i = 0; i < n; i++)
+    if (id[i] < 0 || size_t(id[i]) >= rows) return fail(env, "gatherRows: token id " + std::to_string(id[i]) + " outside the vocabulary");
+  moe::gather_rows(e, static_cast<const uint8_t*>(w), rows, cols, id, n, static_cast<float*>(out));
+  return nullptr;
+}
+
+}  // namespace
+
+namespace moe {
+
+void register_dense(napi_env env, napi_value exports) {
+  const napi_property_descriptor props[] = {
+      {"denseLayer", nullptr, DenseLayer, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"rmsNorm", nullptr, RmsNorm, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"matmul", nullptr, Matmul, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"gatherRows", nullptr, GatherRows, nullptr, nullptr, nullptr, napi_default, nullptr},
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+}
+
+}  // namespace moe

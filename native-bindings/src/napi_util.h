@@ -1,0 +1,35 @@
+// Small Node-API helpers shared by the binding files.
+#pragma once
+#include <node_api.h>
+
+#include <cstddef>
+
+namespace moe::napi {
+
+// A typed array's data pointer and length in bytes; false when `v` is not a typed array.
+inline bool typed_data(napi_env env, napi_value v, void** data, size_t* bytes) {
+  bool is_typed = false;
+  napi_is_typedarray(env, v, &is_typed);
+  if (!is_typed) return false;
+  napi_typedarray_type type;
+  size_t length, offset;
+  napi_value ab;
+  if (napi_get_typedarray_info(env, v, &type, &length, data, &ab, &offset) != napi_ok) return false;
+  size_t elem = 1;
+  switch (type) {
+    case napi_float32_array: case napi_int32_array: case napi_uint32_array: elem = 4; break;
+    case napi_int16_array: case napi_uint16_array: elem = 2; break;
+    case napi_float64_array: case napi_bigint64_array: case napi_biguint64_array: elem = 8; break;
+    default: elem = 1;
+  }
+  *bytes = length * elem;
+  return true;
+}
+
+inline double num(napi_env env, napi_value v) {
+  double d = 0;
+  napi_get_value_double(env, v, &d);
+  return d;
+}
+
+}  // namespace moe::napi

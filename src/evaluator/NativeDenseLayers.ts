@@ -1,0 +1,184 @@
+/**
+ * The dense layers on the native kernels, computing from weights at the experts' width: a token
+ * reads as many dense bytes as llama.cpp's GGUF of the same precision. Weights are read from the
+ * importer's graph files (fp32) once at load and encoded in memory; no onnxruntime session.
+ */
+import type { ModelDims } from "../architectures/ModelDims.js";
+import { invariant } from "../errors.js";
+import type { NativeAddon } from "../kernels/nativeAddon.js";
+import type { ModelManifest } from "../model/manifest.js";
+import { readFloatInitializer, readGraph } from "../onnx/graphFile.js";
+import { encodingCode, matrixBytes, BLOCK, type ExpertEncoding } from "../store/expertEncoding.js";
+import type { DenseLayers, LayerOutputs, RopeTables } from "./DenseLayers.js";
+import type { KvCache } from "./KvCache.js";
+
+/** Section order of a layer blob; must match `enum Section` in native-bindings/src/dense_layer.h. */
+const SECTIONS = [
+  { name: "input_norm", matrix: false },
+  { name: "q_proj", matrix: true },
+  { name: "k_proj", matrix: true },
+  { name: "v_proj", matrix: true },
+  { name: "o_proj", matrix: true },
+  { name: "q_bias", matrix: false },
+  { name: "k_bias", matrix: false },
+  { name: "v_bias", matrix: false },
+  { name: "q_norm", matrix: false },
+  { name: "k_norm", matrix: false },
+  { name: "post_attention_norm", matrix: false },
+  { name: "router", matrix: false }, // kept fp32: routing decisions should not move with precision
+  { name: "shared_gate", matrix: true },
+  { name: "shared_up", matrix: true },
+  { name: "shared_down", matrix: true },
+  { name: "shared_expert_gate", matrix: false },
+] as const;
+
+const QK_NORM = { none: 0, head: 1, full: 2 } as const;
+const F32 = encodingCode("f32");
+const F16 = encodingCode("f16");
+/** Sections start at multiples of this (cache lines; SIMD loads stay aligned). */
+const ALIGN = 64;
+
+/**
+ * The encoding a dense matrix with `cols` columns is held in: the experts' own, except that
+ * int4 experts get int8 dense weights (attention is more sensitive to 4-bit error, and small),
+ * and block-quantised encodings need whole blocks per row (else f16).
+ */
+export function denseEncoding(experts: ExpertEncoding, cols: number): ExpertEncoding {
+  if (experts === "f32" || experts === "f16") return experts;
+  return cols % BLOCK === 0 ? "int8" : "f16";
+}
+
+/** One encoded matrix or vector held in native memory. */
+interface Held {
+  enc: number;
+  rows: number;
+  cols: number;
+  data: Uint8Array;
+}
+
+export class NativeDenseLayers implements DenseLayers {
+  readonly name = "native" as const;
+  readonly bytesPerToken: number;
+  /** Spec of every layer: [H, Hq, Hkv, hd, E, Fs, eps, qkNorm]. */
+  private readonly spec: Float64Array;
+  private disposed = false;
+
+  private constructor(
+    private readonly addon: NativeAddon,
+    private readonly dims: ModelDims,
+    private readonly threads: number,
+    private readonly layerBlobs: { blob: Uint8Array; sections: Float64Array; bytesPerToken: number }[],
+    private readonly embedding: Held,
+    private readonly finalNorm: Float32Array,
+    private readonly lmHead: Held
+  ) {
+    const d = dims;
+    this.spec = Float64Array.from([d.hiddenSize, d.numHeads, d.numKvHeads, d.headDim, d.numExperts, d.sharedExpertFfn, d.rmsNormEps, QK_NORM[d.qkNorm]]);
+    this.bytesPerToken = layerBlobs.reduce((s, b) => s + b.bytesPerToken, 0) + lmHead.data.byteLength + finalNorm.byteLength;
+  }
+
+  /** Reads and encodes the dense weights; `experts` is the model's expert encoding. */
+  static create(modelDir: string, manifest: ModelManifest, addon: NativeAddon, threads: number): NativeDenseLayers {
+    const d = manifest.dims;
+    const experts = manifest.precision.experts;
+    const held: Uint8Array[] = [];
+    const alloc = (bytes: number) => {
+      const a = addon.allocRange(Math.max(bytes, 1));
+      held.push(a);
+      return a;
+    };
+    try {
+      const encode = (src: Float32Array, rows: number, cols: number, enc: number): Held => {
+        const data = alloc(matrixBytesOf(enc, rows, cols)).subarray(0, matrixBytesOf(enc, rows, cols));
+        addon.encodeMatrix(enc, src, rows, cols, data);
+        return { enc, rows, cols, data };
+      };
+      const layerBlobs = manifest.graphs.layers.map((rel) => {
+        const graph = readGraph(modelDir, rel);
+        const parts: { offset: number; bytes: number; enc: number; src?: Float32Array; rows: number; cols: number }[] = [];
+        let size = 0;
+        let bytesPerToken = 0;
+        for (const s of SECTIONS) {
+          const init = graph.inits.get(s.name);
+          if (!init) {
+            parts.push({ offset: -1, bytes: 0, enc: F32, rows: 0, cols: 0 });
+            continue;
+          }
+          const rows = init.dims.length === 2 ? init.dims[0]! : 1;
+          const cols = init.dims[init.dims.length - 1]!;
+          const enc = s.matrix ? encodingCode(denseEncoding(experts, cols)) : F32;
+          const bytes = matrixBytesOf(enc, rows, cols);
+          size = Math.ceil(size / ALIGN) * ALIGN;
+          parts.push({ offset: size, bytes, enc, src: readFloatInitializer(modelDir, rel, graph, s.name), rows, cols });
+          size += bytes;
+          bytesPerToken += bytes;
+        }
+        const blob = alloc(size).subarray(0, size);
+        const sections = new Float64Array(SECTIONS.length * 3);
+        parts.forEach((p, i) => {
+          sections.set([p.offset, p.bytes, p.enc], i * 3);
+          if (p.offset < 0 || !p.src) return;
+          const dst = blob.subarray(p.offset, p.offset + p.bytes);
+          if (p.enc === F32) dst.set(new Uint8Array(p.src.buffer, p.src.byteOffset, p.src.byteLength));
+          else addon.encodeMatrix(p.enc, p.src, p.rows, p.cols, dst);
+        });
+        return { blob, sections, bytesPerToken };
+      });
+      const embedGraph = readGraph(modelDir, manifest.graphs.embed);
+      const headGraph = readGraph(modelDir, manifest.graphs.head);
+      const H = d.hiddenSize;
+      // The embedding is looked up one row per token, so its width costs memory, not speed.
+      const embedding = encode(readFloatInitializer(modelDir, manifest.graphs.embed, embedGraph, "embed_tokens"), d.vocabSize, H, experts === "f32" ? F32 : F16);
+      const finalNorm = readFloatInitializer(modelDir, manifest.graphs.head, headGraph, "norm");
+      const lmHead = encode(readFloatInitializer(modelDir, manifest.graphs.head, headGraph, "lm_head"), d.vocabSize, H, encodingCode(denseEncoding(experts, H)));
+      return new NativeDenseLayers(addon, d, threads, layerBlobs, embedding, finalNorm, lmHead);
+    } catch (err) {
+      for (const a of held) addon.releaseRange(a);
+      throw err;
+    }
+  }
+
+  async embed(ids: readonly number[]): Promise<Float32Array> {
+    const e = this.embedding;
+    const out = new Float32Array(ids.length * e.cols); // [T, H]
+    this.addon.gatherRows(e.enc, e.data, e.rows, e.cols, Int32Array.from(ids), out);
+    return out;
+  }
+
+  async layer(layer: number, hidden: Float32Array, T: number, kv: KvCache, rope: RopeTables): Promise<LayerOutputs> {
+    invariant(!this.disposed, "NativeDenseLayers used after dispose()");
+    const d = this.dims;
+    const H = d.hiddenSize;
+    invariant(kv.capacity >= kv.length + T, `KV cache holds ${kv.capacity} positions, needs ${kv.length + T}: reserve() first`);
+    const { blob, sections } = this.layerBlobs[layer]!;
+    const attnOut = new Float32Array(T * H); // [T, H]
+    const moeIn = new Float32Array(T * H); // [T, H]
+    const routerLogits = new Float32Array(T * d.numExperts); // [T, E]
+    const sharedOut = d.sharedExpertFfn > 0 ? new Float32Array(T * H) : undefined; // [T, H]
+    this.addon.denseLayer(this.spec, blob, sections, hidden, T, kv.length, rope.cos, rope.sin, kv.nativeKeys[layer]!, kv.nativeValues[layer]!, kv.capacity, attnOut, moeIn, routerLogits, sharedOut ?? null, this.threads);
+    return { attnOut, moeIn, routerLogits, sharedOut };
+  }
+
+  async head(hidden: Float32Array, T: number): Promise<Float32Array> {
+    const d = this.dims;
+    const normed = new Float32Array(T * d.hiddenSize); // [T, H]
+    this.addon.rmsNorm(hidden, T, d.hiddenSize, this.finalNorm, d.rmsNormEps, normed);
+    const logits = new Float32Array(T * d.vocabSize); // [T, V]
+    const m = this.lmHead;
+    this.addon.matmul(m.enc, m.data, m.rows, m.cols, normed, T, logits, this.threads);
+    return logits;
+  }
+
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const b of this.layerBlobs) this.addon.releaseRange(b.blob);
+    this.addon.releaseRange(this.embedding.data);
+    this.addon.releaseRange(this.lmHead.data);
+  }
+}
+
+function matrixBytesOf(enc: number, rows: number, cols: number): number {
+  const name = (["f32", "f16", "int8", "int4"] as const)[enc]!;
+  return matrixBytes(name, rows, cols);
+}

@@ -1,0 +1,76 @@
+/** The dense layers as onnxruntime sessions over the importer's graphs (fp32 weights). */
+import * as path from "node:path";
+import { OnnxSession, type ExecutionDevice } from "../backends/onnx.js";
+import type { ModelDims } from "../architectures/ModelDims.js";
+import { IO } from "../importer/modelGraphs.js";
+import type { ModelManifest } from "../model/manifest.js";
+import type { DenseLayers, LayerOutputs, RopeTables } from "./DenseLayers.js";
+import type { KvCache } from "./KvCache.js";
+import { causalMask } from "./rope.js";
+
+export class OnnxDenseLayers implements DenseLayers {
+  readonly name = "onnx" as const;
+  readonly bytesPerToken: number;
+
+  private constructor(
+    private readonly dims: ModelDims,
+    private readonly embedSession: OnnxSession,
+    private readonly layers: OnnxSession[],
+    private readonly headSession: OnnxSession
+  ) {
+    const d = dims;
+    const attn = (d.numHeads + 2 * d.numKvHeads) * d.headDim * d.hiddenSize + d.hiddenSize * d.numHeads * d.headDim;
+    const shared = 3 * d.sharedExpertFfn * d.hiddenSize;
+    this.bytesPerToken = 4 * (d.numLayers * (attn + d.numExperts * d.hiddenSize + shared) + d.vocabSize * d.hiddenSize);
+  }
+
+  static async create(modelDir: string, manifest: ModelManifest, options: { threads: number; device: ExecutionDevice }): Promise<OnnxDenseLayers> {
+    const open = (rel: string) => OnnxSession.create(path.join(modelDir, rel), options);
+    const sessions: OnnxSession[] = [];
+    const track = async (p: Promise<OnnxSession>) => {
+      const s = await p;
+      sessions.push(s);
+      return s;
+    };
+    try {
+      const embed = await track(open(manifest.graphs.embed));
+      const head = await track(open(manifest.graphs.head));
+      const layers: OnnxSession[] = [];
+      for (const rel of manifest.graphs.layers) layers.push(await track(open(rel)));
+      return new OnnxDenseLayers(manifest.dims, embed, layers, head);
+    } catch (err) {
+      await Promise.all(sessions.map((s) => s.dispose()));
+      throw err;
+    }
+  }
+
+  async embed(ids: readonly number[]): Promise<Float32Array> {
+    const out = await this.embedSession.run({ [IO.embed.ids]: { data: BigInt64Array.from(ids, (i) => BigInt(i)), dims: [ids.length] } });
+    return out[IO.embed.hidden]!.data;
+  }
+
+  async layer(layer: number, hidden: Float32Array, T: number, kv: KvCache, rope: RopeTables): Promise<LayerOutputs> {
+    const d = this.dims;
+    const L = IO.layer;
+    const past = kv.length;
+    const out = await this.layers[layer]!.run({
+      [L.hidden]: { data: hidden, dims: [T, d.hiddenSize] },
+      [L.cos]: { data: rope.cos, dims: [T, d.headDim] },
+      [L.sin]: { data: rope.sin, dims: [T, d.headDim] },
+      [L.mask]: { data: causalMask(past, T), dims: [T, past + T] },
+      [L.pastKey]: kv.keys[layer]!,
+      [L.pastValue]: kv.values[layer]!,
+    });
+    kv.keys[layer] = out[L.presentKey]!;
+    kv.values[layer] = out[L.presentValue]!;
+    return { attnOut: out[L.attnOut]!.data, moeIn: out[L.moeIn]!.data, routerLogits: out[L.routerLogits]!.data, sharedOut: out[L.sharedOut]?.data };
+  }
+
+  async head(hidden: Float32Array, T: number): Promise<Float32Array> {
+    return (await this.headSession.run({ [IO.head.hidden]: { data: hidden, dims: [T, this.dims.hiddenSize] } }))[IO.head.logits]!.data;
+  }
+
+  async dispose(): Promise<void> {
+    await Promise.all([this.embedSession, this.headSession, ...this.layers].map((s) => s.dispose()));
+  }
+}

@@ -1,0 +1,127 @@
+/**
+ * The native dense layers (attention, router, shared expert, LM head in native code, weights at
+ * the experts' width, KV cache appended in place) against onnxruntime's graphs on the same
+ * inputs, for every bundled architecture: llama.cpp's test-backend-ops idea applied to the dense
+ * half of the model. Also the per-step time breakdown and the native binding's input checks.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadModel, type MoeModel } from "../src/index.js";
+import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
+import { importFixture, greedyRun } from "./helpers.js";
+
+const addon = loadNativeAddon().addon;
+const FIXTURES = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe", "moe-tiny-en"];
+const PROMPT = "The quick brown fox jumps over the lazy dog, and then";
+
+describe.skipIf(!addon)("native dense layers", () => {
+  for (const name of FIXTURES) {
+    describe(name, () => {
+      let dir: string;
+      let native: MoeModel;
+      let onnx: MoeModel;
+      beforeAll(async () => {
+        dir = await importFixture(name);
+        native = await loadModel(dir, { threads: 1, dense: "native", log: () => {} });
+        onnx = await loadModel(dir, { threads: 1, dense: "onnx", log: () => {} });
+      }, 120_000);
+      afterAll(async () => {
+        await native?.dispose();
+        await onnx?.dispose();
+      });
+
+      it("uses the dense layers asked for", () => {
+        expect(native.engineInfo().dense).toBe("native");
+        expect(onnx.engineInfo().dense).toBe("onnx");
+      });
+
+      it("gives the logits onnxruntime gives at every prompt position (fp32, within 1e-4)", async () => {
+        const ids = native.tokenize(PROMPT);
+        const a = (await native.logits(ids)).data;
+        const b = (await onnx.logits(ids)).data;
+        expect(a.length).toBe(b.length);
+        let worst = 0;
+        for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
+        expect(worst).toBeLessThan(1e-4);
+      });
+
+      it("decodes the same greedy tokens through KV-cache growth (past 64 and 128 positions)", async () => {
+        const run = async (m: MoeModel) => {
+          const ids: number[] = [];
+          for await (const _ of m.generate(PROMPT, { maxTokens: 140, stopAtEos: false, onToken: (id) => ids.push(id) })) void _;
+          return ids;
+        };
+        const a = await run(native);
+        expect(a.length).toBe(140);
+        expect(a).toEqual(await run(onnx));
+      }, 120_000);
+    });
+  }
+
+  it("keeps greedy output of f16 weights (experts and dense) equal to f32 on the trained model", async () => {
+    const f32 = await importFixture("moe-tiny-en");
+    const f16 = await importFixture("moe-tiny-en", { experts: "f16" });
+    const a = await greedyRun(f32, "The king said that", 48);
+    const b = await greedyRun(f16, "The king said that", 48);
+    expect(b.ids).toEqual(a.ids);
+  }, 300_000);
+
+  it("reports where decode steps spend their time", async () => {
+    const dir = await importFixture("tiny-mixtral");
+    const model = await loadModel(dir, { threads: 1, log: () => {} });
+    try {
+      const it = model.generate(PROMPT, { maxTokens: 20, stopAtEos: false });
+      let r = await it.next();
+      while (!r.done) r = await it.next();
+      const s = r.value;
+      expect(s.prefillBreakdown.forwards).toBe(1);
+      expect(s.prefillBreakdown.tokens).toBe(s.promptTokens);
+      // Every generated token after the first took one forward of one token.
+      expect(s.decodeBreakdown.forwards).toBe(s.generatedTokens - 1);
+      expect(s.decodeBreakdown.tokens).toBe(s.generatedTokens - 1);
+      const parts = Object.values(s.decodeBreakdown.seconds);
+      for (const p of parts) expect(p).toBeGreaterThanOrEqual(0);
+      expect(s.decodeBreakdown.seconds.dense).toBeGreaterThan(0);
+      expect(s.decodeBreakdown.seconds.experts).toBeGreaterThan(0);
+      // The parts are measured inside the decode time, so they cannot add up to more.
+      expect(parts.reduce((x, y) => x + y, 0)).toBeLessThanOrEqual(s.decodeSeconds + 1e-6);
+      // 64 positions are reserved at first; the prompt and 20 tokens fit, so nothing was copied.
+      expect(s.decodeBreakdown.kvCopiedBytes).toBe(0);
+    } finally {
+      await model.dispose();
+    }
+  }, 120_000);
+
+  it("refuses a weight blob that does not match the layer's shapes, and token ids outside the vocabulary", () => {
+    const a = addon!;
+    const spec = Float64Array.from([64, 4, 2, 16, 4, 0, 1e-5, 0]);
+    const sections = new Float64Array(16 * 3).fill(-1);
+    const f = (n: number) => new Float32Array(n);
+    expect(() => a.denseLayer(spec, new Uint8Array(16), sections, f(64), 1, 0, f(16), f(16), f(2 * 16 * 4), f(2 * 16 * 4), 4, f(64), f(64), f(4), null, 1)).toThrow(
+      /section 0 is missing/
+    );
+    sections.set([0, 999_999, 0], 0);
+    expect(() => a.denseLayer(spec, new Uint8Array(16), sections, f(64), 1, 0, f(16), f(16), f(2 * 16 * 4), f(2 * 16 * 4), 4, f(64), f(64), f(4), null, 1)).toThrow(
+      /does not match its shape or lies outside the blob/
+    );
+    expect(() => a.gatherRows(0, new Uint8Array(4 * 8 * 4), 4, 8, Int32Array.from([1, 4]), f(16))).toThrow(/token id 4 outside the vocabulary/);
+  });
+
+  it("holds the dense weights of an int8 model at int8 (about a quarter of the fp32 graphs)", async () => {
+    const dir = await importFixture("moe-tiny-en", { experts: "int8" });
+    const model = await loadModel(dir, { threads: 1, log: () => {} });
+    try {
+      const dense = { bytesPerToken: model.engineInfo().denseBytesPerToken };
+      const graphBytes = fs
+        .readdirSync(path.join(dir, "graphs"))
+        .filter((f) => /^(layer_\d+|head)\.onnx\.data$/.test(f))
+        .reduce((s, f) => s + fs.statSync(path.join(dir, "graphs", f)).size, 0);
+      expect(dense.bytesPerToken).toBeLessThan(0.4 * graphBytes);
+      expect(dense.bytesPerToken).toBeGreaterThan(0.2 * graphBytes);
+    } finally {
+      await model.dispose();
+    }
+  }, 120_000);
+});
+
