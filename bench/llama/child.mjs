@@ -41,7 +41,14 @@ async function runMoeRun() {
     emit("EVENT", { phase: "token", n: out.length, t: now() - tStart });
   });
   const atEnd = cacheStats(model);
-  const extra = { manifestPrecision: model.manifest?.precision, ...cacheSummary(atFirst, atEnd) };
+  const extra = {
+    manifestPrecision: model.manifest?.precision,
+    ...cacheSummary(atFirst, atEnd),
+    // Which dense layers / kernel ran, and where decode and prefill time went (evaluator/StepTimes.ts).
+    engineInfo: model.engineInfo?.(),
+    decodeBreakdown: stats.decodeBreakdown,
+    prefillBreakdown: stats.prefillBreakdown,
+  };
   await model.dispose();
   return {
     loadSeconds,

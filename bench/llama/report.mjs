@@ -25,7 +25,7 @@ const gbs = (x) => (x === undefined || !Number.isFinite(x) ? "–" : `${(x / GB)
 const verdict = (pass) => (pass === undefined ? "no verdict" : pass ? "**PASS**" : "**FAIL**");
 const isOversize = (x) => x.scenario?.startsWith("oversize");
 /** Scenario family for ordering ("oversize-2x" -> "oversize"). */
-const family = (x) => (isOversize(x) ? "oversize" : x.scenario);
+const family = (x) => (isOversize(x) ? "oversize" : x.scenario.startsWith("600m") ? "600m" : x.scenario);
 
 export function writeReports({ out, md, date, machine, moeRun, nodeLlamaCppVersion, llamaCppRelease, roofline, newRuns, scenarioInfo, args }) {
   let previous;
@@ -113,6 +113,20 @@ export function markdown(r) {
       const h = x.decodeHitRate !== undefined ? pct(x.decodeHitRate) : x.boundHitRate !== undefined ? `(≤ ${pct(x.boundHitRate)})` : "–";
       L.push(
         `| ${x.scenario}${x.scenario === "oversize" ? " (one limit for all)" : ""} | ${x.threads} | ${x.engine} | ${x.format} | ${mib(x.fileBytes)} | ${mib(x.memoryLimitBytes)} | ${ratio(x.modelToLimit ?? (x.memoryLimitBytes ? x.fileBytes / x.memoryLimitBytes : undefined))} | ${fin} | ${num(x.decodeTokPerS)} | ${x.engine === "moe-run" ? ratio(x.decodeRatio) : ""} | ${h} | ${num(x.boundTokPerS)} | ${pct(x.fractionOfBound)} | ${mib(x.cgroupMaxUsageBytes)} | ${mib(x.readBytes)} | ${x.oomKills ?? "–"} | ${num(x.cacheStats?.stallSecondsPerForward, 2)} |`
+      );
+    }
+  }
+  const split = r.runs.filter((x) => x.decodeMsPerToken);
+  if (split.length) {
+    L.push("");
+    L.push("Where moe-run's decode time goes (ms per token, medians; `decodeBreakdown` of GenerationStats, evaluator/StepTimes.ts). *Outside kernels* is the wall time per token minus the dense layers, experts and LM head: routing, JS, sampling, KV handling, event-loop turns.");
+    L.push("");
+    L.push("| scenario | threads | weights | dense layers | dense bytes/token | dense | experts | head | routing+JS | kv | sampling | wall | outside kernels |");
+    L.push("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (const x of split) {
+      const m = x.decodeMsPerToken;
+      L.push(
+        `| ${x.scenario} | ${x.threads} | ${x.format} | ${x.engineInfo?.dense ?? "–"} | ${mib(x.denseBytesPerToken)} | ${num(m.dense, 2)} | ${num(m.experts, 2)} | ${num(m.head, 2)} | ${num(m.routing + m.embed, 2)} | ${num(m.kv, 2)} | ${num(m.sampling, 2)} | ${num(x.decodeTokPerS ? 1000 / x.decodeTokPerS : undefined, 2)} | ${pct(x.outsideKernelsShare)} |`
       );
     }
   }
@@ -205,6 +219,8 @@ function targets(r) {
     out.push(`  - ${x.threads} thread(s), moe-run ${x.format}: peak RSS ${mib(x.peakRssBytes)} for ${mib(x.fileBytes)} of model files = ${ratio(f)} → ${verdict(f === undefined ? undefined : f <= 1.1)}.`);
   }
 
+  out.push(...cpuTargets(r, find, peerOf, versus, none));
+
   out.push("- **Oversize 2× (each model twice its limit): moe-run f16 decode ≥ 3× node-llama-cpp F16.**");
   const f16x2 = overAt(2, "f16");
   if (!f16x2.length) out.push(none);
@@ -229,5 +245,55 @@ function targets(r) {
   const rp = r.roofline?.readPath;
   if (!rp || rp.error) out.push(rp?.error ? `  - not measured: ${rp.error}.` : none);
   else out.push(`  - moe-run's read path ${gbs(rp.bytesPerSecond)} = ${pct(rp.fractionOfDisk)} of the disk's sequential ${gbs(rp.diskBytesPerSecond)} (${rp.inFlight} records in flight, direct reads ${rp.directReads ? "yes" : "no"}) → ${verdict(rp.fractionOfDisk >= 0.8)}.`);
+  return out;
+}
+
+/** Issue 13's targets: CPU decode and prefill against llama.cpp, long context, threads, fixed cost. */
+function cpuTargets(r, find, peerOf, versus, none) {
+  const out = [];
+  const moe = (sc) => r.runs.filter((x) => x.scenario === sc && x.engine === "moe-run");
+  const fits = moe("600m");
+  out.push("- **CPU (600m): decode ≥ 1.0× llama.cpp at the same width, at 1 and 2 threads, and ≥ 80% of the bandwidth bound.**");
+  if (!fits.length) out.push(none);
+  for (const x of fits) out.push(`  - ${versus(x, 1)}; of its bound ${pct(x.fractionOfBound)} (llama.cpp ${pct(peerOf(x)?.fractionOfBound)}) → ${verdict(x.fractionOfBound === undefined ? undefined : x.fractionOfBound >= 0.8)}; dense ${x.engineInfo?.dense ?? "?"}, ${mib(x.denseBytesPerToken)} of dense weights per token.`);
+  out.push("- **CPU (600m, 512-token prompt): prefill ≥ 1.0× llama.cpp.**");
+  const p512 = moe("600m-p512");
+  if (!p512.length) out.push(none);
+  for (const x of p512) out.push(`  - ${x.threads} thread(s), moe-run ${x.format}: ${num(x.prefillTokPerS)} vs ${num(peerOf(x)?.prefillTokPerS)} tok/s = ${ratio(x.prefillRatio)} → ${verdict(x.prefillRatio === undefined ? undefined : x.prefillRatio >= 1)}.`);
+  out.push("- **CPU (600m): decode after a 2048-token prompt within 15% of decode after 64 tokens** (llama.cpp's ratio beside it as the anchor).");
+  const long = moe("600m-p2048");
+  if (!long.length) out.push(none);
+  for (const x of long) {
+    const short = find("600m", "moe-run", x.format, x.threads)[0];
+    const peer = peerOf(x);
+    const peerShort = peer && find("600m", "node-llama-cpp", peer.format, x.threads)[0];
+    const rr = short?.decodeTokPerS ? x.decodeTokPerS / short.decodeTokPerS : undefined;
+    const pr = peerShort?.decodeTokPerS && peer?.decodeTokPerS ? peer.decodeTokPerS / peerShort.decodeTokPerS : undefined;
+    out.push(`  - ${x.threads} thread(s), moe-run ${x.format}: ${num(x.decodeTokPerS)} tok/s at ${x.promptTokens} tokens vs ${num(short?.decodeTokPerS)} at ${short?.promptTokens ?? "?"} = ${ratio(rr)} (llama.cpp ${peer?.format ?? "?"}: ${ratio(pr)}) → ${verdict(rr === undefined ? undefined : rr >= 0.85)}.`);
+  }
+  out.push("- **CPU (600m): two threads ≥ 1.6× one thread.**");
+  const byFmt = new Map();
+  for (const x of fits) byFmt.set(x.format, [...(byFmt.get(x.format) ?? []), x]);
+  let anyThreads = false;
+  for (const [fmtName, xs] of byFmt) {
+    const one = xs.find((x) => x.threads === 1);
+    const two = xs.find((x) => x.threads === 2);
+    if (!one || !two) continue;
+    anyThreads = true;
+    const sp = one.decodeTokPerS && two.decodeTokPerS ? two.decodeTokPerS / one.decodeTokPerS : undefined;
+    const p1 = peerOf(one);
+    const p2 = peerOf(two);
+    const psp = p1?.decodeTokPerS && p2?.decodeTokPerS ? p2.decodeTokPerS / p1.decodeTokPerS : undefined;
+    out.push(`  - moe-run ${fmtName}: ${num(two.decodeTokPerS)} tok/s with 2 threads vs ${num(one.decodeTokPerS)} with 1 = ${ratio(sp)} (llama.cpp ${ratio(psp)}; runs of ${one.date?.slice(0, 16)} and ${two.date?.slice(0, 16)}) → ${verdict(sp === undefined ? undefined : sp >= 1.6)}.`);
+  }
+  if (!anyThreads) out.push("  - needs 600m runs at --threads 1 and --threads 2.");
+  out.push("- **CPU (bundled moe-tiny-en): decode ≥ 0.8× llama.cpp.**");
+  const tiny = r.runs.filter((x) => x.scenario === "bundled" && x.engine === "moe-run" && /moe-tiny-en/.test(x.model));
+  if (!tiny.length) out.push(none);
+  for (const x of tiny) out.push(`  - ${versus(x, 0.8)}.`);
+  out.push("- **CPU (600m): time outside the kernels < 10% of a decode step.**");
+  const withSplit = fits.filter((x) => x.outsideKernelsShare !== undefined);
+  if (!withSplit.length) out.push(none);
+  for (const x of withSplit) out.push(`  - ${x.threads} thread(s), moe-run ${x.format}: ${pct(x.outsideKernelsShare)} of ${num(1000 / x.decodeTokPerS, 2)} ms per token → ${verdict(x.outsideKernelsShare < 0.1)}.`);
   return out;
 }

@@ -96,7 +96,9 @@ if (!args.oversizeRatios.every((r) => Number.isFinite(r) && r > 0)) throw new Er
 const plan = [];
 for (const s of args.scenarios) {
   const one = /^oversize-(\d+(?:\.\d+)?)x$/.exec(s);
-  let items = [{ scenario: s, kind: s }];
+  // "600m-p2048": the 600m model with a 2048-token prompt (long-context decode, prefill at length).
+  const long = /^(600m)-p(\d+)$/.exec(s);
+  let items = [long ? { scenario: s, kind: long[1], promptTokens: Number(long[2]) } : { scenario: s, kind: s }];
   if (s === "oversize" || one) {
     if (args.oversizeLimitMb) items = [{ scenario: `oversize-${args.oversizeLimitMb}MiB`, kind: "oversize" }];
     else items = (one ? [Number(one[1])] : args.oversizeRatios).map((r) => ({ scenario: `oversize-${r}x`, kind: "oversize", ratio: r }));
@@ -233,11 +235,11 @@ function runChild(job, { cgroup, timeoutS }) {
 
 const newRuns = [];
 const scenarioInfo = [];
-for (const { scenario, kind, ratio } of plan) {
+for (const { scenario, kind, ratio, promptTokens: fixedPrompt } of plan) {
   const oversize = kind === "oversize";
   const reps = Number(oversize ? a["oversize-reps"] : a.reps);
-  const promptTokens = Number(a["prompt-tokens"] ?? (oversize ? 32 : 64));
-  const decodeTokens = Number(a["decode-tokens"] ?? (oversize ? 16 : 64));
+  const promptTokens = fixedPrompt ?? Number(a["prompt-tokens"] ?? (oversize ? 32 : 64));
+  const decodeTokens = Number(a["decode-tokens"] ?? (oversize ? 16 : fixedPrompt ? 32 : 64));
   const timeoutS = Number(a["timeout-s"] ?? (oversize ? 150 : 600));
   const warmup = !a["no-warmup"] && !oversize;
   for (const m of scenarioModels(kind, args)) {
@@ -406,7 +408,21 @@ for (const { scenario, kind, ratio } of plan) {
           ? `measured decode expert hit rate ${(h * 100).toFixed(0)}%: hits at the memory bandwidth, misses at the disk's sequential direct-I/O bandwidth`
           : `expert hit rate at most ${(h * 100).toFixed(0)}% (limit minus non-expert bytes over all expert bytes, uniform routing); misses at the measured disk bandwidth`;
       }
+      // moe-run reports the dense bytes it reads per token (native dense layers hold them at the
+      // experts' width); the bound follows what it actually reads.
+      const engineInfo = use.find((x) => x.engineInfo)?.engineInfo;
+      if (engineInfo?.denseBytesPerToken !== undefined && !oversize) {
+        const record = e.expertBytesTotal / (p.config.num_hidden_layers * p.config.num_local_experts);
+        e.activeBytes = engineInfo.denseBytesPerToken + p.config.num_hidden_layers * p.config.num_experts_per_tok * record;
+        boundTokPerS = memBw / e.activeBytes;
+      }
+      const decodeMsPerToken = breakdownMs(use.map((x) => x.decodeBreakdown));
+      const prefillMsPerForward = breakdownMs(use.map((x) => x.prefillBreakdown));
       const decode = median(use.map((x) => x.decodeTokPerS));
+      // Decode time outside the kernels (dense layers, experts, LM head): routing, JS, sampling,
+      // KV handling, event-loop turns; from the wall time per token, not the sum of the parts.
+      const kernelMs = decodeMsPerToken ? decodeMsPerToken.dense + decodeMsPerToken.experts + decodeMsPerToken.head : undefined;
+      const outsideKernelsShare = kernelMs !== undefined && decode ? Math.max(0, 1 - kernelMs / (1000 / decode)) : undefined;
       return {
         date,
         moeRunCommit: git ? `${git.commit}${git.dirty ? "+dirty" : ""}` : undefined,
@@ -433,6 +449,11 @@ for (const { scenario, kind, ratio } of plan) {
         oversizeRatio: ratio,
         modelToLimit: limitBytes ? e.fileBytes / limitBytes : undefined,
         decodeHitRate,
+        engineInfo,
+        denseBytesPerToken: engineInfo?.denseBytesPerToken,
+        decodeMsPerToken,
+        prefillMsPerForward,
+        outsideKernelsShare,
         decodeCache: use.find((x) => x.decodeCache)?.decodeCache,
         cacheStats: use.find((x) => x.cacheStats)?.cacheStats,
         fileBytes: e.fileBytes,
@@ -445,7 +466,7 @@ for (const { scenario, kind, ratio } of plan) {
         diskBandwidthBytesPerS: roofline.disk?.bytesPerSecond,
         pairedWith: e.pair ? `node-llama-cpp:${e.pair}` : undefined,
         // The cache summary is on the row (from one run); samples keep their hit rates only.
-        samples: ss.map(({ ids, stderrTail, cacheStats, decodeCache, ...rest }) => ({ ...rest, ...(stderrTail ? { stderrTail } : {}) })),
+        samples: ss.map(({ ids, stderrTail, cacheStats, decodeCache, decodeBreakdown, prefillBreakdown, engineInfo, ...rest }) => ({ ...rest, ...(stderrTail ? { stderrTail } : {}) })),
         ids: ss.find((x) => x.ids)?.ids,
       };
     });
@@ -495,6 +516,15 @@ function finishedPhase(result, last) {
   if (last.phase === "loaded") return "warm-up";
   if (last.phase === "measuring") return "prefill";
   return `decode (after ${last.n} tokens)`;
+}
+
+/** Median ms per forward of each part of a StepTimes breakdown over samples (moe-run only). */
+function breakdownMs(list) {
+  const bs = list.filter((b) => b && b.forwards > 0);
+  if (!bs.length) return undefined;
+  const out = {};
+  for (const k of Object.keys(bs[0].seconds)) out[k] = median(bs.map((b) => (1000 * b.seconds[k]) / b.forwards));
+  return out;
 }
 
 function fmt(x) {

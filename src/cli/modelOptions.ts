@@ -5,6 +5,8 @@ import type { Command } from "commander";
 import { POLICY_NAMES, parsePolicyName, type PolicyName } from "../cache/policies/index.js";
 import type { ExpertId } from "../cache/types.js";
 import { InvalidOptionError, MoeRunError } from "../errors.js";
+import type { DenseLayersName } from "../evaluator/DenseLayers.js";
+import type { StepTimesSnapshot } from "../evaluator/StepTimes.js";
 import type { ExpertKernelName } from "../kernels/expertKernels.js";
 import { loadModel, type LoadModelOptions, type MoeModel } from "../model/MoeModel.js";
 import { DEVICE_NAMES, type DeviceName } from "../backends/onnx.js";
@@ -22,6 +24,7 @@ export interface ModelCliOptions {
   policy: PolicyName;
   pin?: ExpertId[];
   expertKernel: ExpertKernelName | "auto";
+  dense: DenseLayersName | "auto";
   predictor: PredictorName | "auto";
   schedule?: ScheduleName;
   cpuThreads?: number;
@@ -48,6 +51,11 @@ function parseDevice(text: string): DeviceName {
   throw new InvalidOptionError(`--device must be one of ${DEVICE_NAMES.join(", ")}, got "${text}"`);
 }
 
+function parseDense(text: string): DenseLayersName | "auto" {
+  if (["auto", "native", "onnx"].includes(text)) return text as DenseLayersName | "auto";
+  throw new InvalidOptionError(`--dense must be auto, native or onnx, got "${text}"`);
+}
+
 function parseKernel(text: string): ExpertKernelName | "auto" {
   if (["auto", "native", "onnx", "js"].includes(text)) return text as ExpertKernelName | "auto";
   throw new InvalidOptionError(`--expert-kernel must be auto, native, onnx or js, got "${text}"`);
@@ -62,6 +70,7 @@ export function addModelOptions(cmd: Command): Command {
     .option("--policy <name>", `expert cache replacement policy: ${POLICY_NAMES.filter((p) => p !== "belady").join(", ")}`, parsePolicyName, "lru")
     .option("--pin <layer:expert,...>", "experts never evicted", parsePins)
     .option("--expert-kernel <name>", "auto, native, onnx or js", parseKernel, "auto")
+    .option("--dense <name>", "dense layers (attention, router, LM head): auto (native on the CPU), native or onnx", parseDense, "auto")
     .option("--device <name>", `execution provider: ${DEVICE_NAMES.join(", ")} (unavailable ones fall back to the CPU with a note)`, parseDevice, "cpu")
     .option("--schedule <name>", `where experts run: ${SCHEDULE_NAMES.join(", ")} (default auto: split by a measured cost model)`, parseScheduleName)
     .option("--cpu-threads <n>", "threads of the CPU expert pool (default: cores - 1; at most the cores)", parseThreadsOption("cpu-threads"))
@@ -85,6 +94,7 @@ export function loadOptions(o: ModelCliOptions): LoadModelOptions {
     policy: o.policy,
     pin: o.pin,
     expertKernel: o.expertKernel,
+    dense: o.dense,
     predictor: o.predictor,
     schedule: o.schedule,
     device: o.device,
@@ -118,7 +128,8 @@ export function reportStats(model: MoeModel, o: ModelCliOptions, extra: Record<s
   if (!o.stats && !o.statsJson) return;
   const r = model.cacheStats();
   const sched = model.scheduleStats();
-  if (o.statsJson) fs.writeFileSync(o.statsJson, JSON.stringify({ ...r, device: model.device, expertKernel: model.expertKernel, scheduler: sched, ...extra }, null, 2) + "\n");
+  const engine = model.engineInfo();
+  if (o.statsJson) fs.writeFileSync(o.statsJson, JSON.stringify({ ...r, device: model.device, expertKernel: model.expertKernel, engine, scheduler: sched, ...extra }, null, 2) + "\n");
   const pf = r.prefetch;
   const pr = r.predictor;
   if (!o.stats) return;
@@ -131,6 +142,8 @@ export function reportStats(model: MoeModel, o: ModelCliOptions, extra: Record<s
     `  host tier:   budget ${formatBytes(host.budgetBytes)}, resident max ${formatBytes(host.residentBytesMax)}, ${host.hits} hits; read from the store ${host.reads} records, ${formatBytes(host.bytesRead)}${host.directReads ? " (direct I/O)" : " (buffered, pages dropped)"}`,
     `  stalls: ${(1000 * r.stalls.secondsPerForward).toFixed(2)} ms per forward pass (${r.stalls.forwards} passes, ${r.stalls.waits} waits)`,
     ...(r.memoryPlan ? [`  ${describePlan(r.memoryPlan)}`] : []),
+    `  engine: dense ${engine.dense} (${formatBytes(engine.denseBytesPerToken)} of dense weights per token), expert kernel ${engine.expertKernel}, ${engine.threads} thread(s)`,
+    ...stepLines(extra.generation as { decodeBreakdown?: StepTimesSnapshot; prefillBreakdown?: StepTimesSnapshot } | undefined),
     ...(pr ? [`  predictor ${pr.name}: next-layer recall@k ${(100 * pr.recall).toFixed(1)}%, precision ${(100 * pr.precision).toFixed(1)}%`] : []),
     ...(pf ? [`  prefetch: ${pf.issued} issued, ${pf.used} used (${pf.late} late), ${pf.wasted} wasted, ${pf.dropped} dropped, ${(1000 * pf.stallSavedSeconds).toFixed(1)} ms of loads overlapped`] : []),
     `  schedule ${sched.schedule}: experts on device / cpu pool per layer below`,
@@ -141,4 +154,18 @@ export function reportStats(model: MoeModel, o: ModelCliOptions, extra: Record<s
     }),
   ];
   process.stderr.write(lines.join("\n") + "\n");
+}
+
+/** The per-token time breakdown of a generation: where decode (and prefill) time went. */
+function stepLines(g: { decodeBreakdown?: StepTimesSnapshot; prefillBreakdown?: StepTimesSnapshot } | undefined): string[] {
+  const line = (label: string, b: StepTimesSnapshot | undefined) => {
+    if (!b || b.forwards === 0) return [];
+    const total = Object.values(b.seconds).reduce((x, y) => x + y, 0);
+    const parts = Object.entries(b.seconds).map(([k, v]) => `${k} ${((1000 * v) / b.forwards).toFixed(2)}`);
+    return [
+      `  ${label} per forward (ms): ${parts.join(", ")}; total ${((1000 * total) / b.forwards).toFixed(2)}` +
+        (b.kvCopiedBytes ? `; KV cache grown by copying ${formatBytes(b.kvCopiedBytes)}` : ""),
+    ];
+  };
+  return [...line("prefill", g?.prefillBreakdown), ...line("decode", g?.decodeBreakdown)];
 }
