@@ -1,5 +1,7 @@
 /** moe-run's library entry point. */
 export { loadModel, MoeModel, type LoadModelOptions, type GenerateOptions, type GenerationStats, type PerplexityResult } from "./model/MoeModel.js";
+export { ChatSession, type ChatSessionOptions, type ChatTrimEvent, type ChatTurnOptions, type ChatTurnStats } from "./model/ChatSession.js";
+export { KvSequence, type SequenceGenerateOptions, type SequenceStats, type TokenSequence } from "./model/KvSequence.js";
 export { importModel, type ImportOptions, type ImportResult } from "./importer/importModel.js";
 export { readManifest, type ModelManifest } from "./model/manifest.js";
 export type { ModelDims } from "./architectures/ModelDims.js";
@@ -21,6 +23,8 @@ export { simulate, type SimulateOptions, type SimulationResult } from "./profili
 export { localRoutingConsistency, type ConsistencyReport } from "./profiling/consistency.js";
 export type { RoutingTrace } from "./profiling/trace.js";
 export { WorkerModel, loadModelInWorker } from "./engine/WorkerModel.js";
+export { WorkerSequence } from "./engine/WorkerSequence.js";
+export { OpenAiServer, type OpenAiServerOptions, type ServedModel } from "./server/OpenAiServer.js";
 export { profilePrompts, readPrompts, parsePrompts, writeRoutingTrace, PromptsInvalidError, type ProfileOptions, type ProfileResult } from "./profiling/profileModel.js";
 export { summarizeTrace, formatSummary, type ProfileSummary } from "./profiling/profileSummary.js";
 export { machineFigures, defaultMachineFile, type MachineFigures, type ModelFigures } from "./profiling/machine.js";

@@ -2,9 +2,11 @@
 import { Command, CommanderError } from "commander";
 import { MoeRunError } from "../errors.js";
 import { VERSION } from "../version.js";
+import { registerChat } from "./commands/chatCommand.js";
 import { registerImport } from "./commands/importCommand.js";
 import { registerPerplexity } from "./commands/perplexityCommand.js";
 import { registerRun } from "./commands/runCommand.js";
+import { registerServe } from "./commands/serveCommand.js";
 import { registerSimulate } from "./commands/simulateCommand.js";
 import { registerProfile } from "./commands/profileCommand.js";
 import { registerPlan } from "./commands/planCommand.js";
@@ -19,6 +21,8 @@ export async function main(): Promise<number> {
   program.exitOverride();
   registerImport(program);
   registerRun(program);
+  registerChat(program);
+  registerServe(program);
   registerPerplexity(program);
   registerSimulate(program);
   registerProfile(program);

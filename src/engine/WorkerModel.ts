@@ -12,8 +12,10 @@ import { MoeRunError, type MoeRunErrorCode } from "../errors.js";
 import { CacheCapacityError, CacheInUseError } from "../cache/types.js";
 import type { ModelManifest } from "../model/manifest.js";
 import type { GenerateOptions, LoadModelOptions } from "../model/MoeModel.js";
+import { ChatSession, type ChatSessionOptions } from "../model/ChatSession.js";
 import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
-import type { ExpertCacheReport, GenerationStats, PerplexityResult, Request, Response, WireError } from "./protocol.js";
+import type { ExpertCacheReport, GenerationStats, PerplexityResult, Request, Response, WireError, WireGenerateOptions } from "./protocol.js";
+import { WorkerSequence } from "./WorkerSequence.js";
 
 type Listener = (msg: Response) => void;
 
@@ -94,11 +96,41 @@ export class WorkerModel {
     return this.tokenizer.encodePrompt(prompt, chat);
   }
 
-  async *generate(prompt: string | readonly ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<string, GenerationStats> {
+  generate(prompt: string | readonly ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<string, GenerationStats> {
+    return this.stream((o) => ({ method: "generate", prompt: typeof prompt === "string" ? prompt : [...prompt], options: o }), options);
+  }
+
+  /** A token sequence whose KV cache, kept on the worker, persists between generations (see KvSequence). */
+  openSequence(): WorkerSequence {
+    const id = this.nextId++;
+    this.post({ method: "sequenceOpen" }, id);
+    // Requests are served in order: the sequence exists before any request that names it.
+    return new WorkerSequence({
+      generate: (ids, options) => this.stream((o) => ({ method: "sequenceGenerate", sequence: id, ids: [...ids], options: o }), options, true),
+      reset: async () => void (await this.call({ method: "sequenceReset", sequence: id })),
+      close: async () => void (this.disposed ? undefined : await this.call({ method: "sequenceClose", sequence: id })),
+    });
+  }
+
+  /** A conversation whose KV cache persists between turns (see ChatSession); tokenization stays on this thread. */
+  createChatSession(options: ChatSessionOptions = {}): ChatSession {
+    return new ChatSession(this.tokenizer, this.contextSize, this.openSequence(), options);
+  }
+
+  /** Streams the pieces of the generation `request` starts on the worker; callbacks and abort stay on this thread. */
+  private async *stream<S>(
+    request: (wire: WireGenerateOptions) => RequestBody,
+    options: Omit<GenerateOptions, "onStats"> & { onStats?: (stats: S) => void },
+    waitOnLeave = false
+  ): AsyncGenerator<string, S> {
     const { signal, onStats, onToken, onLogits, ...wire } = options;
     const id = this.nextId++;
     const queue: Response[] = [];
     let wake: (() => void) | undefined;
+    const next = async (): Promise<Response> => {
+      while (queue.length === 0) await new Promise<void>((r) => (wake = r));
+      return queue.shift()!;
+    };
     this.listeners.set(id, (msg) => {
       queue.push(msg);
       wake?.();
@@ -109,11 +141,10 @@ export class WorkerModel {
     signal?.addEventListener("abort", onAbort, { once: true });
     let settled = false;
     try {
-      this.post({ method: "generate", prompt: typeof prompt === "string" ? prompt : [...prompt], options: { ...wire, wantLogits: onLogits !== undefined } }, id);
+      this.post(request({ ...wire, wantLogits: onLogits !== undefined }), id);
       if (signal?.aborted) onAbort();
       for (;;) {
-        while (queue.length === 0) await new Promise<void>((r) => (wake = r));
-        const msg = queue.shift()!;
+        const msg = await next();
         switch (msg.type) {
           case "piece":
             yield msg.text;
@@ -123,14 +154,14 @@ export class WorkerModel {
             else onToken?.(msg.token);
             break;
           case "stats":
-            onStats?.(msg.stats);
+            onStats?.(msg.stats as S);
             break;
           case "log":
             process.stderr.write(msg.line + "\n");
             break;
           case "result":
             settled = true;
-            return msg.value as GenerationStats;
+            return msg.value as S;
           case "error":
             settled = true;
             if (msg.error.name === "AbortError" && signal?.aborted) throw signal.reason ?? toError(msg.error);
@@ -139,9 +170,15 @@ export class WorkerModel {
       }
     } finally {
       signal?.removeEventListener("abort", onAbort);
-      this.listeners.delete(id);
-      // The consumer left early (break, return, throw): stop the worker's generation too.
+      // The consumer left early (break, return, throw): stop the worker's generation too, and for
+      // a sequence wait until it has stopped (its KV cache is then settled, and its stats known).
       if (!settled) onAbort();
+      while (!settled && waitOnLeave && !this.disposed) {
+        const msg = await next();
+        if (msg.type === "stats") onStats?.(msg.stats as S);
+        settled = msg.type === "result" || msg.type === "error";
+      }
+      this.listeners.delete(id);
     }
   }
 

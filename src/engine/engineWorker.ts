@@ -5,8 +5,9 @@
 import { parentPort } from "node:worker_threads";
 import { MoeRunError } from "../errors.js";
 import { loadNativeAddon } from "../kernels/nativeAddon.js";
-import { MoeModel } from "../model/MoeModel.js";
-import type { Request, Response, WireError } from "./protocol.js";
+import type { KvSequence } from "../model/KvSequence.js";
+import { MoeModel, type GenerateOptions, type GenerationStats } from "../model/MoeModel.js";
+import type { Request, Response, WireError, WireGenerateOptions } from "./protocol.js";
 
 const port = parentPort!;
 // Compute yields the cores to the app's thread first: its event loop stays responsive even when
@@ -18,6 +19,8 @@ try {
 }
 let model: MoeModel | undefined;
 const aborts = new Map<number, AbortController>();
+/** Sequences (KV caches kept between generations) by the id of the request that opened them. */
+const sequences = new Map<number, KvSequence>();
 
 function send(msg: Response, transfer: ArrayBuffer[] = []): void {
   port.postMessage(msg, transfer);
@@ -27,6 +30,35 @@ function wireError(err: unknown): WireError {
   if (err instanceof MoeRunError) return { name: err.name, code: err.code, message: err.message };
   if (err instanceof Error) return { name: err.name, message: err.message };
   return { name: "Error", message: String(err) };
+}
+
+function sequence(id: number): KvSequence {
+  const s = sequences.get(id);
+  if (!s) throw new MoeRunError("DISPOSED", "this sequence has been disposed");
+  return s;
+}
+
+/** Runs a generation for request `id`, sending its pieces, tokens and stats as they come; resolves to its stats. */
+async function stream<S>(id: number, wire: WireGenerateOptions, start: (options: GenerateOptions & { onStats: (s: S) => void }) => AsyncGenerator<string, S>): Promise<S> {
+  const controller = new AbortController();
+  aborts.set(id, controller);
+  try {
+    const { wantLogits, ...options } = wire;
+    const gen = start({
+      ...options,
+      signal: controller.signal,
+      onToken: (token) => send({ id, type: "token", token }),
+      onLogits: wantLogits ? (l) => send({ id, type: "token", token: -1, logits: l.slice() }) : undefined,
+      onStats: (stats) => send({ id, type: "stats", stats: stats as GenerationStats }),
+    });
+    for (;;) {
+      const r = await gen.next();
+      if (r.done) return r.value;
+      send({ id, type: "piece", text: r.value });
+    }
+  } finally {
+    aborts.delete(id);
+  }
 }
 
 function live(): MoeModel {
@@ -39,26 +71,19 @@ async function handle(req: Request): Promise<unknown> {
     case "load":
       model = await MoeModel.load(req.dir, { ...req.options, log: (line) => send({ id: req.id, type: "log", line }) });
       return { dims: model.dims, contextSize: model.contextSize, manifest: model.manifest, expertKernel: model.expertKernel };
-    case "generate": {
-      const controller = new AbortController();
-      aborts.set(req.id, controller);
-      try {
-        const { wantLogits, ...options } = req.options;
-        const gen = live().generate(req.prompt, {
-          ...options,
-          signal: controller.signal,
-          onToken: (token) => send({ id: req.id, type: "token", token }),
-          onLogits: wantLogits ? (l) => send({ id: req.id, type: "token", token: -1, logits: l.slice() }) : undefined,
-          onStats: (stats) => send({ id: req.id, type: "stats", stats }),
-        });
-        for (;;) {
-          const r = await gen.next();
-          if (r.done) return r.value;
-          send({ id: req.id, type: "piece", text: r.value });
-        }
-      } finally {
-        aborts.delete(req.id);
-      }
+    case "generate":
+      return stream(req.id, req.options, (options) => live().generate(req.prompt, options));
+    case "sequenceOpen":
+      sequences.set(req.id, live().openSequence());
+      return undefined;
+    case "sequenceGenerate":
+      return stream(req.id, req.options, (options) => sequence(req.sequence).generate(req.ids, options));
+    case "sequenceReset":
+      return sequence(req.sequence).reset();
+    case "sequenceClose": {
+      const s = sequences.get(req.sequence);
+      sequences.delete(req.sequence);
+      return s?.dispose();
     }
     case "abort":
       aborts.get(req.target)?.abort(new DOMException("generation aborted", "AbortError"));
@@ -74,6 +99,7 @@ async function handle(req: Request): Promise<unknown> {
     case "dispose": {
       const m = model;
       model = undefined;
+      sequences.clear();
       // Generations still running end at their next step with DISPOSED; dispose() waits for the
       // forward pass in flight, so no session goes away under onnxruntime.
       for (const c of aborts.values()) c.abort(new MoeRunError("DISPOSED", "the model was disposed during generation"));

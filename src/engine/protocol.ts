@@ -1,6 +1,7 @@
 /** Messages between WorkerModel (the caller's thread) and engineWorker (the compute thread). */
 import type { ExpertCacheReport } from "../cache/TieredExpertSource.js";
 import type { GenerateOptions, GenerationStats, LoadModelOptions, PerplexityResult } from "../model/MoeModel.js";
+import type { SequenceStats } from "../model/KvSequence.js";
 import type { ChatMessage } from "../tokenizer/TextTokenizer.js";
 
 /** Generate options that can cross threads (callbacks are re-attached on the caller's side). */
@@ -10,6 +11,11 @@ export type Request =
   | { id: number; method: "load"; dir: string; options: Omit<LoadModelOptions, "log" | "oracleLog"> }
   | { id: number; method: "generate"; prompt: string | ChatMessage[]; options: WireGenerateOptions }
   | { id: number; method: "abort"; target: number }
+  /** A KvSequence on the worker, known by this request's id. */
+  | { id: number; method: "sequenceOpen" }
+  | { id: number; method: "sequenceGenerate"; sequence: number; ids: number[]; options: WireGenerateOptions }
+  | { id: number; method: "sequenceReset"; sequence: number }
+  | { id: number; method: "sequenceClose"; sequence: number }
   | { id: number; method: "logits"; ids: number[] }
   | { id: number; method: "perplexity"; text: string; window?: number }
   | { id: number; method: "teacherForce"; ids: number[] }
@@ -27,7 +33,7 @@ export type Response =
   | { id: number; type: "error"; error: WireError }
   | { id: number; type: "piece"; text: string }
   | { id: number; type: "token"; token: number; logits?: Float32Array }
-  | { id: number; type: "stats"; stats: GenerationStats }
+  | { id: number; type: "stats"; stats: GenerationStats | SequenceStats }
   | { id: number; type: "log"; line: string };
 
-export type { ExpertCacheReport, GenerationStats, PerplexityResult };
+export type { ExpertCacheReport, GenerationStats, PerplexityResult, SequenceStats };

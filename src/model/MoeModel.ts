@@ -30,6 +30,8 @@ import { nonFiniteLogitsError, Sampler, type SamplingOptions } from "../evaluato
 import { ExpertStore } from "../store/ExpertStore.js";
 import { releaseRecord } from "../store/RecordFile.js";
 import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
+import { ChatSession, type ChatSessionOptions } from "./ChatSession.js";
+import { KvSequence } from "./KvSequence.js";
 import { readManifest, type ModelManifest } from "./manifest.js";
 import { describePlan, planMemory, readGpuFreeBytes, readMemoryLimits, type MemoryLimits, type MemoryPlan } from "./memoryPlan.js";
 
@@ -338,15 +340,46 @@ export class MoeModel {
   /** Streams generated text pieces; the generator's return value is the run's stats. */
   async *generate(prompt: string | readonly ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<string, GenerationStats> {
     const runner = this.live();
-    const maxTokens = options.maxTokens ?? 128;
-    if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new InvalidOptionError(`max tokens must be a whole number >= 0, got ${options.maxTokens}`);
+    const maxTokens = checkMaxTokens(options.maxTokens);
     const sampler = new Sampler(options);
     const promptIds = this.tokenize(prompt, options.chat);
     if (promptIds.length === 0) throw new InvalidOptionError("the prompt is empty after tokenization");
     if (promptIds.length > this.contextSize) throw new ContextOverflowError(promptIds.length, this.contextSize);
-    const eos = new Set(this.eosIds());
     const kv = new KvCache(this.dims.numLayers, this.dims.numKvHeads, this.dims.headDim);
     this.experts.startSequence();
+    return yield* this.generateFrom(runner, kv, promptIds, maxTokens, sampler, options);
+  }
+
+  /**
+   * A conversation whose KV cache persists between turns: each prompt() feeds only what the cache
+   * does not hold yet. See ChatSession.
+   */
+  createChatSession(options: ChatSessionOptions = {}): ChatSession {
+    return new ChatSession(this.tokenizer, this.contextSize, this.openSequence(), options);
+  }
+
+  /** A token sequence whose KV cache persists between generations (what chat sessions and the server build on). */
+  openSequence(): KvSequence {
+    this.live();
+    return new KvSequence(this);
+  }
+
+  /**
+   * Generation that continues a sequence: `kv` holds its first kv.length tokens, `ids` follow
+   * them. For KvSequence, which keeps a KV cache between generations.
+   */
+  async *continueSequence(kv: KvCache, ids: readonly number[], options: GenerateOptions = {}): AsyncGenerator<string, GenerationStats> {
+    const runner = this.live();
+    const maxTokens = checkMaxTokens(options.maxTokens);
+    const sampler = new Sampler(options);
+    if (ids.length === 0) throw new InvalidOptionError("the prompt is empty after tokenization");
+    if (kv.length + ids.length > this.contextSize) throw new ContextOverflowError(kv.length + ids.length, this.contextSize);
+    return yield* this.generateFrom(runner, kv, ids, maxTokens, sampler, options);
+  }
+
+  /** Feeds `promptIds` after what `kv` holds, then samples: the loop of generate() and continueSequence(). */
+  private async *generateFrom(runner: ModelRunner, kv: KvCache, promptIds: readonly number[], maxTokens: number, sampler: Sampler, options: GenerateOptions): AsyncGenerator<string, GenerationStats> {
+    const eos = new Set(this.eosIds());
     const stats: GenerationStats = {
       promptTokens: promptIds.length,
       generatedTokens: 0,
@@ -575,6 +608,11 @@ function verifyExperts(store: ExpertStore, manifest: ModelManifest): void {
       }
     })
   );
+}
+
+function checkMaxTokens(maxTokens = 128): number {
+  if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new InvalidOptionError(`max tokens must be a whole number >= 0, got ${maxTokens}`);
+  return maxTokens;
 }
 
 function throwIfAborted(signal: AbortSignal | undefined): void {

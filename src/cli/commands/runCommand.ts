@@ -3,17 +3,12 @@ import { InvalidOptionError } from "../../errors.js";
 import type { GenerationStats } from "../../model/MoeModel.js";
 import { addModelOptions, loadModelForCli, loadOptions, reportStats, type ModelCliOptions } from "../modelOptions.js";
 import { out, outputSignal, StdoutClosed } from "../output.js";
-import { parseFloatOption, parseIntOption } from "../parse.js";
 import { readPromptFile } from "../promptInput.js";
+import { addSamplingOptions, samplingFrom, type SamplingCliOptions } from "../samplingOptions.js";
 
-interface RunOptions extends ModelCliOptions {
+interface RunOptions extends ModelCliOptions, SamplingCliOptions {
   prompt?: string;
   promptFile?: string;
-  maxTokens: number;
-  temperature: number;
-  topK: number;
-  topP: number;
-  seed?: number;
   chat: boolean;
 }
 
@@ -23,13 +18,8 @@ export function registerRun(program: Command): void {
     .description("generate text; the text streams to stdout, timings go to stderr")
     .argument("<model-dir>", "a model directory made by `moe-run import`")
     .option("-p, --prompt <text>", "prompt text")
-    .option("--prompt-file <file>", "read the prompt from a file (- = stdin)")
-    .option("-n, --max-tokens <n>", "most tokens to generate", parseIntOption("max-tokens"), 128)
-    .option("-t, --temperature <t>", "sampling temperature; 0 = greedy", parseFloatOption("temperature", 0), 0)
-    .option("--top-k <k>", "sample from the k most likely tokens; 0 = all", parseIntOption("top-k"), 0)
-    .option("--top-p <p>", "nucleus sampling probability mass", parseFloatOption("top-p", 0, 1), 1)
-    .option("--seed <s>", "sampling seed", parseIntOption("seed"))
-    .option("--chat", "apply the model's chat template to the prompt", false);
+    .option("--prompt-file <file>", "read the prompt from a file (- = stdin)");
+  addSamplingOptions(cmd, { maxTokens: 128 }).option("--chat", "apply the model's chat template to the prompt", false);
   addModelOptions(cmd).action(async (modelDir: string, opts: RunOptions) => {
       const prompt = opts.promptFile !== undefined ? await readPromptFile(opts.promptFile) : opts.prompt;
       if (prompt === undefined) throw new InvalidOptionError("give a prompt with --prompt <text> or --prompt-file <file> (- = stdin)");
@@ -53,11 +43,7 @@ export function registerRun(program: Command): void {
       };
       try {
         const run = model.generate(prompt, {
-          maxTokens: opts.maxTokens,
-          temperature: opts.temperature,
-          topK: opts.topK,
-          topP: opts.topP,
-          seed: opts.seed,
+          ...samplingFrom(opts),
           chat: opts.chat,
           // Also stop when stdout's reader has gone (`| head`) or stdout cannot be written.
           signal: AbortSignal.any([controller.signal, outputSignal]),
