@@ -72,8 +72,19 @@ describe.each([
     const afresh = await turn(fresh.generate(prompt, { ...greedy, onToken: (id) => scratch.push(id) }));
     expect(afresh.stats.reusedTokens).toBe(0);
     expect(continued).toEqual(scratch);
-    // A prompt that does not extend the cache starts it again.
-    expect((await turn(seq.generate(model.tokenize("Something else entirely", false), greedy))).stats.reusedTokens).toBe(0);
+    // A prompt that parts from the cache midway keeps the common prefix (the cache is cut back to
+    // it) and gives the tokens an empty cache gives.
+    const forked = [...first, ...model.tokenizer.encode(" and the rest", { addSpecialTokens: false })];
+    const forkedOut: number[] = [];
+    const fork = await turn(seq.generate(forked, { ...greedy, onToken: (id) => forkedOut.push(id) }));
+    expect(fork.stats.reusedTokens).toBe(first.length);
+    const forkFresh: number[] = [];
+    const other = model.openSequence();
+    await turn(other.generate(forked, { ...greedy, onToken: (id) => forkFresh.push(id) }));
+    expect(forkedOut).toEqual(forkFresh);
+    await other.dispose();
+    // The same prompt again: all but its last token come from the cache.
+    expect((await turn(seq.generate(forked, greedy))).stats.reusedTokens).toBe(forked.length - 1);
     await seq.dispose();
     await fresh.dispose();
   });
@@ -88,7 +99,10 @@ describe.each([
     expect(trims.length).toBe(1);
     expect(trims[0]!.droppedTurns).toBeGreaterThanOrEqual(1);
     expect(last!.droppedTurns).toBe(trims[0]!.droppedTurns);
-    expect(last!.reusedTokens).toBe(0); // the prompt changed at its start: computed again
+    // The trimmed conversation parts from the cached one after the system prompt (and whatever
+    // the dropped and the kept turns share): only that prefix is reused.
+    expect(last!.reusedTokens).toBeGreaterThan(0);
+    expect(last!.reusedTokens).toBeLessThan(last!.promptTokens - 24);
     expect(last!.promptTokens + 24).toBeLessThanOrEqual(model.contextSize);
     const h = session.history;
     expect(h[0]).toEqual({ role: "system", content: "Be brief." });

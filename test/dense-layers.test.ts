@@ -56,6 +56,29 @@ describe.skipIf(!addon)("native dense layers", () => {
         expect(a.length).toBe(140);
         expect(a).toEqual(await run(onnx));
       }, 120_000);
+
+      it("continues after the KV cache is cut back to a common prefix as an empty cache would", async () => {
+        const greedy = { maxTokens: 6, stopAtEos: false };
+        const base = native.tokenize(PROMPT);
+        const forked = [...base.slice(0, 5), ...native.tokenizer.encode(" a different ending", { addSpecialTokens: false })];
+        for (const m of [native, onnx]) {
+          const take = async (seq: ReturnType<MoeModel["openSequence"]>, ids: number[]) => {
+            const out: number[] = [];
+            const it = seq.generate(ids, { ...greedy, onToken: (id) => out.push(id) });
+            let r = await it.next();
+            while (!r.done) r = await it.next();
+            return { out, reused: r.value.reusedTokens };
+          };
+          const seq = m.openSequence();
+          await take(seq, base);
+          const cut = await take(seq, forked);
+          expect(cut.reused).toBe(5);
+          const fresh = m.openSequence();
+          expect(cut.out).toEqual((await take(fresh, forked)).out);
+          await seq.dispose();
+          await fresh.dispose();
+        }
+      }, 120_000);
     });
   }
 

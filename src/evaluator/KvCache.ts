@@ -40,6 +40,27 @@ export class KvCache {
     }
   }
 
+  /** Forgets every position from `positions` on (the earlier ones stay valid and are reused). */
+  truncate(positions: number): void {
+    if (!Number.isInteger(positions) || positions < 0 || positions > this.length) throw new RangeError(`cannot truncate a KV cache of ${this.length} positions to ${positions}`);
+    if (positions === 0) return this.reset();
+    const Hkv = this.numKvHeads;
+    const hd = this.headDim;
+    const cut = (t: HostTensor): HostTensor => {
+      const S = t.dims[1]!;
+      if (S <= positions) return t;
+      const data = new Float32Array(Hkv * positions * hd); // [Hkv, positions, hd]
+      for (let g = 0; g < Hkv; g++) data.set(t.data.subarray(g * S * hd, (g * S + positions) * hd), g * positions * hd);
+      return { data, dims: [Hkv, positions, hd] };
+    };
+    for (let l = 0; l < this.keys.length; l++) {
+      this.keys[l] = cut(this.keys[l]!);
+      this.values[l] = cut(this.values[l]!);
+    }
+    // Native buffers: positions past `length` are simply overwritten by the next tokens.
+    this.length = positions;
+  }
+
   /**
    * Makes the native buffers hold at least `positions` positions, keeping their contents:
    * capacity at least doubles, so appending N tokens one by one copies O(N) positions in all.

@@ -2,8 +2,8 @@
  * A token sequence whose KV cache persists between generations: each generate(ids) is given the
  * whole prompt, and only the part after what the cache already holds is computed. Chat sessions
  * (one conversation, turn after turn) and the server (requests that repeat a conversation) build
- * on it. The cache cannot be cut back, so a prompt that does not start with every cached token
- * starts again from an empty cache.
+ * on it. A prompt that parts from the cached tokens keeps their common prefix (the cache is cut
+ * back to it) and computes the rest.
  */
 import { ContextOverflowError, InvalidOptionError, MoeRunError } from "../errors.js";
 import { KvCache } from "../evaluator/KvCache.js";
@@ -49,13 +49,12 @@ export class KvSequence implements TokenSequence {
     this.busy = true;
     const d = this.model.dims;
     const kv = (this.kv ??= new KvCache(d.numLayers, d.numKvHeads, d.headDim));
-    let reused = commonPrefix(this.cached, ids);
-    // Reuse needs every cached token to be a prefix of the prompt, and one token at least left to
-    // compute (its logits give the first new token).
-    if (reused < this.cached.length || reused === ids.length) {
-      kv.reset();
-      this.cached = [];
-      reused = 0;
+    // The common prefix stays in the cache; one prompt token at least is computed again (its
+    // logits give the first new token).
+    let reused = Math.min(commonPrefix(this.cached, ids), ids.length - 1);
+    if (reused < this.cached.length) {
+      kv.truncate(reused);
+      this.cached = this.cached.slice(0, reused);
     }
     if (reused === 0) this.model.experts.startSequence();
     const generated: number[] = [];
