@@ -1,111 +1,278 @@
 #include "expert_kernels.h"
 
-#include <immintrin.h>
-
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
-#include <condition_variable>
+#include <cstdlib>
 #include <cstring>
-#include <functional>
-#include <mutex>
-#include <thread>
+#include <string>
 #include <vector>
+
+#include "kernel_pool.h"
+#include "kernels_isa.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
 
 namespace moe {
 
-// A small fork-join pool whose idle threads sleep (no spinning: onnxruntime shares the cores).
-// Calls are serialised; the calling thread takes a share of the work too.
-class Pool {
- public:
-  void run(int threads, size_t n, const std::function<void(size_t, size_t)>& fn) {
-    std::lock_guard<std::mutex> call(call_mutex_);
-    ensure(threads - 1);
-    const size_t parts = size_t(threads);
-    {
-      std::lock_guard<std::mutex> lk(m_);
-      fn_ = &fn;
-      n_ = n;
-      parts_ = parts;
-      pending_ = parts - 1;
-      generation_++;
-    }
-    cv_.notify_all();
-    fn(0, n / parts);  // share 0
-    std::unique_lock<std::mutex> lk(m_);
-    done_.wait(lk, [&] { return pending_ == 0; });
-  }
-  ~Pool() {
-    {
-      std::lock_guard<std::mutex> lk(m_);
-      stop_ = true;
-      generation_++;
-    }
-    cv_.notify_all();
-    for (auto& t : workers_) t.join();
-  }
+// ---------------------------------------------------------------- instruction-set level ----------
 
- private:
-  void ensure(int count) {
-    while (int(workers_.size()) < count) {
-      const size_t index = workers_.size() + 1;
-      workers_.emplace_back([this, index] { loop(index); });
-    }
-  }
-  void loop(size_t index) {
-    uint64_t seen = 0;
-    for (;;) {
-      const std::function<void(size_t, size_t)>* fn;
-      size_t begin, end;
-      {
-        std::unique_lock<std::mutex> lk(m_);
-        cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
-        if (index >= parts_) continue;  // not needed this round
-        fn = fn_;
-        begin = n_ * index / parts_;
-        end = n_ * (index + 1) / parts_;
-      }
-      (*fn)(begin, end);
-      std::lock_guard<std::mutex> lk(m_);
-      if (--pending_ == 0) done_.notify_one();
-    }
-  }
-  std::mutex call_mutex_, m_;
-  std::condition_variable cv_, done_;
-  std::vector<std::thread> workers_;
-  const std::function<void(size_t, size_t)>* fn_ = nullptr;
-  size_t n_ = 0, parts_ = 1, pending_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+namespace {
+
+struct IsaChoice {
+  const KernelTable* table;  // always runnable on this CPU
+  std::string error;         // set when MOE_RUN_KERNEL_ISA asked for something else
 };
 
-static Pool& pool() {
-  static Pool* p = new Pool();  // never destroyed: worker threads may outlive static teardown
-  return *p;
-}
+struct CpuLevels {
+  const KernelTable* avx2 = nullptr;
+  const KernelTable* vnni = nullptr;
+};
 
-// Below this many multiply-adds a call stays on one thread: waking others costs more.
-constexpr size_t kParallelMacs = size_t(1) << 20;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// The CPU's features from CPUID, and whether the OS saves the vector registers they use (XCR0).
+// (Not __builtin_cpu_supports: clang's lacks "f16c" and "avxvnni".)
+struct X86Features {
+  bool avx2 = false, avxvnni = false, avx512vnni_vl = false;
+};
 
-static inline float half_to_float(uint16_t h) {
-  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      exp = 127 - 15 + 1;
-      while (!(mant & 0x400)) { mant <<= 1; exp--; }
-      bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
-    }
-  } else if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
+X86Features x86_features() {
+  X86Features f;
+  unsigned a, b, c, d;
+  if (__get_cpuid_max(0, nullptr) < 7 || !__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28), f16c = c & (1u << 29);
+  if (!osxsave || !avx) return f;
+  unsigned xcr0_lo, xcr0_hi;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  const bool ymm_saved = (xcr0_lo & 0x6) == 0x6, zmm_saved = (xcr0_lo & 0xe6) == 0xe6;
+  __cpuid_count(7, 0, a, b, c, d);
+  const bool avx2 = b & (1u << 5), avx512f = b & (1u << 16), avx512vl = b & (1u << 31), avx512vnni = c & (1u << 11);
+  unsigned a1, b1, c1, d1;
+  __cpuid_count(7, 1, a1, b1, c1, d1);
+  f.avx2 = ymm_saved && avx2 && fma && f16c;
+  f.avxvnni = f.avx2 && (a1 & (1u << 4));
+  f.avx512vnni_vl = f.avx2 && zmm_saved && avx512f && avx512vl && avx512vnni;
   return f;
 }
+#endif
+
+CpuLevels cpu_levels() {
+  CpuLevels l;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  const X86Features f = x86_features();
+  if (f.avx2) l.avx2 = kernels_avx2();
+  // AVX-VNNI first (VEX, no AVX-512 state needed), else AVX512-VNNI with 256-bit forms (VL).
+  if (l.avx2 && f.avxvnni) l.vnni = kernels_vnni_vex();
+  if (l.avx2 && !l.vnni && f.avx512vnni_vl) l.vnni = kernels_vnni_evex();
+#endif
+  return l;
+}
+
+std::string list(const std::vector<std::string>& names) {
+  std::string s;
+  for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+IsaChoice choose_isa() {
+  const CpuLevels l = cpu_levels();
+  const KernelTable* best = l.vnni ? l.vnni : l.avx2 ? l.avx2 : kernels_scalar();
+  const char* env = std::getenv("MOE_RUN_KERNEL_ISA");
+  const std::string want = env ? env : "";
+  if (want.empty() || want == "auto") return {best, ""};
+  const KernelTable* t = want == "scalar" ? kernels_scalar() : want == "avx2" ? l.avx2 : want == "vnni" ? l.vnni : nullptr;
+  if (t) return {t, ""};
+  const std::string has = list(kernel_isas());
+  if (want != "scalar" && want != "avx2" && want != "vnni")
+    return {best, "MOE_RUN_KERNEL_ISA=" + want + " is not a kernel level (use scalar, avx2, vnni or auto); this CPU runs: " + has};
+  const char* needs = want == "avx2" ? "AVX2, FMA and F16C" : "AVX2, FMA, F16C and AVX-VNNI or AVX512-VNNI with AVX512VL";
+  return {best, "MOE_RUN_KERNEL_ISA=" + want + ": this CPU cannot run the " + want + " kernels (they need " + needs + "); it runs: " + has};
+}
+
+const IsaChoice& isa() {
+  static const IsaChoice choice = choose_isa();
+  return choice;
+}
+
+}  // namespace
+
+const char* kernel_isa() { return isa().table->name; }
+
+std::vector<std::string> kernel_isas() {
+  const CpuLevels l = cpu_levels();
+  std::vector<std::string> out{"scalar"};
+  if (l.avx2) out.push_back("avx2");
+  if (l.vnni) out.push_back("vnni");
+  return out;
+}
+
+bool kernel_isa_check(std::string* err) {
+  if (isa().error.empty()) return true;
+  if (err) *err = isa().error;
+  return false;
+}
+
+// ---------------------------------------------------------------- matmuls ------------------------
+
+namespace {
+
+// Below this many multiply-adds a call stays on the calling thread: handing work to the pool costs
+// more. Workers still spinning after a recent call take part within a microsecond; waking sleeping
+// ones costs the caller a system call (~5-10 us here) and them tens of microseconds: done for a
+// call from kWakeMacs on, or for any parallel call within kStream of the previous one (a stream of
+// calls, such as a token's layers: after one wake-up the workers stay awake between the calls).
+constexpr size_t kParallelMacs = size_t(1) << 17;
+constexpr size_t kWakeMacs = size_t(1) << 21;
+constexpr auto kStream = std::chrono::milliseconds(1);
+// Chunks per thread: finer ones even out a thread that starts late or runs slower.
+constexpr size_t kChunksPerThread = 3;
+
+inline bool quantized(Enc enc) { return enc == Enc::Q8 || enc == Enc::Q4; }
+
+struct Batch {
+  const KernelTable* k;
+  const MatmulJob* jobs;
+  const QuantRows* xq;  // per job (Q8/Q4)
+  size_t n;
+  uint64_t total;  // sum of rows * cost_per_row
+};
+
+inline uint64_t row_cost(const MatmulJob& j) { return uint64_t(j.cols) * j.T; }
+
+// Chunk `part` of `parts` takes the rows whose start lies in its share of the total cost (row
+// boundaries rounded to multiples of 4, the kernels' row tiles).
+void run_part(const void* ctx, size_t part, size_t parts) {
+  const Batch& b = *static_cast<const Batch*>(ctx);
+  const uint64_t lo = b.total * part / parts, hi = b.total * (part + 1) / parts;
+  uint64_t start = 0;
+  for (size_t i = 0; i < b.n; i++) {
+    const MatmulJob& j = b.jobs[i];
+    const uint64_t c = row_cost(j), end = start + c * j.rows;
+    if (c && end > lo && start < hi) {
+      const auto first = [&](uint64_t at) {
+        const uint64_t r = at <= start ? 0 : (at - start + c - 1) / c;
+        return size_t(std::min<uint64_t>(j.rows, (r + 3) / 4 * 4));
+      };
+      const size_t r0 = first(lo), r1 = first(hi);
+      if (r0 < r1) {
+        if (quantized(j.enc)) b.k->rows_quant(j.enc, j.w, j.rows, j.cols, b.xq[i], j.T, j.y, r0, r1);
+        else b.k->rows_float(j.enc, j.w, j.rows, j.cols, j.x, j.T, j.y, r0, r1);
+      }
+    }
+    start = end;
+  }
+}
+
+// Per-thread scratch for quantized activations (the calling thread quantizes; workers only read).
+thread_local std::vector<uint8_t> scratch;
+
+}  // namespace
+
+void matmul_rows_batch(const MatmulJob* jobs, size_t n, int threads) {
+  if (n == 0) return;
+  const KernelTable* k = isa().table;
+  // Quantize each distinct activation input once (gate and up share theirs).
+  size_t bytes = 0;
+  for (size_t i = 0; i < n; i++)
+    if (quantized(jobs[i].enc)) bytes += jobs[i].T * jobs[i].cols + 2 * 4 * (jobs[i].T * jobs[i].cols / kBlock) + 16;
+  if (scratch.size() < bytes) scratch.resize(bytes);
+  std::vector<QuantRows> xq(n, QuantRows{nullptr, nullptr, nullptr});
+  uint8_t* at = scratch.data();
+  Batch b{k, jobs, xq.data(), n, 0};
+  for (size_t i = 0; i < n; i++) {
+    const MatmulJob& j = jobs[i];
+    b.total += row_cost(j) * j.rows;
+    if (!quantized(j.enc)) continue;
+    size_t same = i;
+    for (size_t p = 0; p < i; p++)
+      if (quantized(jobs[p].enc) && jobs[p].x == j.x && jobs[p].T == j.T && jobs[p].cols == j.cols && (jobs[p].enc == Enc::Q4) == (j.enc == Enc::Q4)) same = p;
+    if (same != i) {
+      xq[i] = xq[same];
+      continue;
+    }
+    const size_t nbt = j.T * j.cols / kBlock;
+    at += (16 - reinterpret_cast<uintptr_t>(at) % 16) % 16;
+    float* d = reinterpret_cast<float*>(at);
+    int32_t* s = reinterpret_cast<int32_t*>(d + nbt);
+    int8_t* q = reinterpret_cast<int8_t*>(s + nbt);
+    at = reinterpret_cast<uint8_t*>(q + j.T * j.cols);
+    k->quantize(j.enc == Enc::Q4, j.x, j.T, j.cols, q, d, s);
+    xq[i] = QuantRows{q, d, s};
+  }
+  const size_t use = b.total < kParallelMacs || threads < 1 ? 1 : std::min(size_t(threads), kMaxThreads);
+  if (use == 1) {
+    run_part(&b, 0, 1);
+    return;
+  }
+  static std::atomic<int64_t> last_call{0};  // steady_clock ticks at the end of the last parallel call
+  const auto now = [] { return int64_t(std::chrono::steady_clock::now().time_since_epoch().count()); };
+  const bool wake = b.total >= kWakeMacs || now() - last_call.load(std::memory_order_relaxed) < int64_t(std::chrono::steady_clock::duration(kStream).count());
+  pool_run(use, use * kChunksPerThread, run_part, &b, wake);
+  last_call.store(now(), std::memory_order_relaxed);
+}
+
+void matmul_rows(Enc enc, const uint8_t* w, size_t rows, size_t cols, const float* x, size_t T, float* y, int threads) {
+  const MatmulJob job{enc, w, rows, cols, x, T, y};
+  matmul_rows_batch(&job, 1, threads);
+}
+
+namespace {
+void split_for(int threads, size_t n, const std::function<void(size_t, size_t)>& fn, bool wake) {
+  size_t parts = threads < 1 ? 1 : std::min(size_t(threads), kMaxThreads);
+  if (parts > n) parts = n;
+  if (parts <= 1) {
+    if (n) fn(0, n);
+    return;
+  }
+  struct Ctx {
+    size_t n;
+    const std::function<void(size_t, size_t)>* fn;
+  } ctx{n, &fn};
+  const auto chunk = [](const void* p, size_t part, size_t parts) {
+    const Ctx& c = *static_cast<const Ctx*>(p);
+    const size_t begin = c.n * part / parts, end = c.n * (part + 1) / parts;
+    if (begin < end) (*c.fn)(begin, end);
+  };
+  pool_run(parts, parts, chunk, &ctx, wake);
+}
+}  // namespace
+
+void parallel_for(int threads, size_t n, const std::function<void(size_t, size_t)>& fn) { split_for(threads, n, fn, true); }
+
+size_t matrix_bytes(Enc enc, size_t rows, size_t cols) {
+  size_t n = rows * cols;
+  switch (enc) {
+    case Enc::F32: return n * 4;
+    case Enc::F16: return n * 2;
+    case Enc::Q8: return (n / kBlock) * 4 + n;
+    case Enc::Q4: return (n / kBlock) * 4 + n / 2;
+  }
+  return 0;
+}
+
+void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads) {
+  const size_t gate_bytes = matrix_bytes(enc, F, H);
+  const uint8_t* gate = record;
+  const uint8_t* up = record + gate_bytes;
+  const uint8_t* down = up + gate_bytes;
+  std::vector<float> g(T * F), u(T * F);  // [T, F]
+  const MatmulJob gate_up[2] = {{enc, gate, F, H, x, T, g.data()}, {enc, up, F, H, x, T, u.data()}};
+  matmul_rows_batch(gate_up, 2, threads);
+  float* gp = g.data();
+  const float* up_p = u.data();
+  const auto silu_mul = [gp, up_p](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; i++) gp[i] = gp[i] / (1.f + std::exp(-gp[i])) * up_p[i];
+  };
+  // Shared with the workers that are still awake after gate/up (none is woken for this).
+  if (T * F >= 1024) split_for(threads, T * F, silu_mul, false);
+  else silu_mul(0, T * F);
+  matmul_rows(enc, down, H, F, g.data(), T, out, threads);
+}
+
+// ---------------------------------------------------------------- encoding -----------------------
 
 static inline uint16_t float_to_half(float f) {
   uint32_t x;
@@ -127,204 +294,6 @@ static inline uint16_t float_to_half(float f) {
   return sign | half;
 }
 
-size_t matrix_bytes(Enc enc, size_t rows, size_t cols) {
-  size_t n = rows * cols;
-  switch (enc) {
-    case Enc::F32: return n * 4;
-    case Enc::F16: return n * 2;
-    case Enc::Q8: return (n / kBlock) * 4 + n;
-    case Enc::Q4: return (n / kBlock) * 4 + n / 2;
-  }
-  return 0;
-}
-
-// Decodes row r of W into buf[cols] (fp32).
-static inline void decode_row(Enc enc, const uint8_t* w, size_t rows, size_t cols, size_t r, float* buf) {
-  switch (enc) {
-    case Enc::F32:
-      std::memcpy(buf, w + r * cols * 4, cols * 4);
-      return;
-    case Enc::F16: {
-      const uint16_t* p = reinterpret_cast<const uint16_t*>(w) + r * cols;
-      size_t c = 0;
-#if defined(__F16C__)
-      for (; c + 8 <= cols; c += 8) _mm256_storeu_ps(buf + c, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + c))));
-#endif
-      for (; c < cols; c++) buf[c] = half_to_float(p[c]);
-      return;
-    }
-    case Enc::Q8: {
-      const float* scales = reinterpret_cast<const float*>(w) + r * (cols / kBlock);
-      const int8_t* q = reinterpret_cast<const int8_t*>(w + rows * (cols / kBlock) * 4) + r * cols;
-      for (size_t b = 0; b < cols / kBlock; b++) {
-        const float d = scales[b];
-        for (int i = 0; i < kBlock; i++) buf[b * kBlock + i] = d * float(q[b * kBlock + i]);
-      }
-      return;
-    }
-    case Enc::Q4: {
-      const float* scales = reinterpret_cast<const float*>(w) + r * (cols / kBlock);
-      const uint8_t* q = w + rows * (cols / kBlock) * 4 + r * cols / 2;
-      for (size_t b = 0; b < cols / kBlock; b++) {
-        const float d = scales[b];
-        const uint8_t* qb = q + b * kBlock / 2;
-        float* o = buf + b * kBlock;
-        for (int i = 0; i < kBlock / 2; i++) {
-          o[2 * i] = d * float(int(qb[i] & 15) - 8);
-          o[2 * i + 1] = d * float(int(qb[i] >> 4) - 8);
-        }
-      }
-      return;
-    }
-  }
-}
-
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-static inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
-// Sum over one block of 32 int8 values times x (8 lanes), not yet scaled.
-static inline __m256 block_q8(const int8_t* q, const float* x) {
-  __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q)))), _mm256_loadu_ps(x));
-  for (int k = 8; k < kBlock; k += 8)
-    v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + k)))), _mm256_loadu_ps(x + k), v);
-  return v;
-}
-#endif
-
-// dot(row r of W, x) without materialising the row: the decode-bound path for one token.
-static inline float dot_row(Enc enc, const uint8_t* w, size_t rows, size_t cols, size_t r, const float* x) {
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-  switch (enc) {
-    case Enc::F32: {
-      const float* p = reinterpret_cast<const float*>(w) + r * cols;
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-      size_t c = 0;
-      for (; c + 16 <= cols; c += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p + c), _mm256_loadu_ps(x + c), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + c + 8), _mm256_loadu_ps(x + c + 8), a1);
-      }
-      float acc = hsum(_mm256_add_ps(a0, a1));
-      for (; c < cols; c++) acc += p[c] * x[c];
-      return acc;
-    }
-    case Enc::F16: {
-      const uint16_t* p = reinterpret_cast<const uint16_t*>(w) + r * cols;
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-      size_t c = 0;
-      for (; c + 16 <= cols; c += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + c))), _mm256_loadu_ps(x + c), a0);
-        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + c + 8))), _mm256_loadu_ps(x + c + 8), a1);
-      }
-      float acc = hsum(_mm256_add_ps(a0, a1));
-      for (; c < cols; c++) acc += half_to_float(p[c]) * x[c];
-      return acc;
-    }
-    case Enc::Q8: {
-      const float* scales = reinterpret_cast<const float*>(w) + r * (cols / kBlock);
-      const int8_t* q = reinterpret_cast<const int8_t*>(w + rows * (cols / kBlock) * 4) + r * cols;
-      __m256 acc = _mm256_setzero_ps();
-      for (size_t b = 0; b < cols / kBlock; b++)
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(scales[b]), block_q8(q + b * kBlock, x + b * kBlock), acc);
-      return hsum(acc);
-    }
-    case Enc::Q4: {
-      const float* scales = reinterpret_cast<const float*>(w) + r * (cols / kBlock);
-      const uint8_t* q = w + rows * (cols / kBlock) * 4 + r * cols / 2;
-      const __m128i mask = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
-      alignas(32) int8_t unpacked[kBlock];
-      __m256 acc = _mm256_setzero_ps();
-      for (size_t b = 0; b < cols / kBlock; b++) {
-        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + b * kBlock / 2));
-        const __m128i lo = _mm_sub_epi8(_mm_and_si128(bytes, mask), eight);
-        const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask), eight);
-        // Element 2i is byte i's low nibble, 2i+1 its high nibble: interleave back into order.
-        _mm_store_si128(reinterpret_cast<__m128i*>(unpacked), _mm_unpacklo_epi8(lo, hi));
-        _mm_store_si128(reinterpret_cast<__m128i*>(unpacked + 16), _mm_unpackhi_epi8(lo, hi));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(scales[b]), block_q8(unpacked, x + b * kBlock), acc);
-      }
-      return hsum(acc);
-    }
-  }
-  return 0.f;
-#else
-  std::vector<float> buf(cols);
-  decode_row(enc, w, rows, cols, r, buf.data());
-  float acc = 0.f;
-  for (size_t c = 0; c < cols; c++) acc += buf[c] * x[c];
-  return acc;
-#endif
-}
-
-void matmul_rows(Enc enc, const uint8_t* w, size_t rows, size_t cols, const float* x, size_t T, float* y, int threads) {
-  // Rows split across threads; each row is decoded once into L1 and dotted with all T tokens,
-  // so prefill reads the weights once per chunk.
-  // Few tokens: fused decode+dot per token (weights are read T times, but from cache for T<4).
-  if (T < 4) {
-    auto fused = [&](size_t begin, size_t end) {
-      for (size_t r = begin; r < end; r++)
-        for (size_t t = 0; t < T; t++) y[t * rows + r] = dot_row(enc, w, rows, cols, r, x + t * cols);
-    };
-    if (threads <= 1 || rows * cols * T < kParallelMacs) fused(0, rows);
-    else pool().run(threads, rows, fused);
-    return;
-  }
-  auto work = [&](size_t begin, size_t end) {
-    std::vector<float> buf(cols);
-    for (size_t r = begin; r < end; r++) {
-      decode_row(enc, w, rows, cols, r, buf.data());
-      size_t t = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-      // Four tokens at a time: each weight load feeds four FMAs.
-      for (; t + 4 <= T && cols % 8 == 0; t += 4) {
-        const float* x0 = x + t * cols;
-        const float* x1 = x0 + cols;
-        const float* x2 = x1 + cols;
-        const float* x3 = x2 + cols;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (size_t c = 0; c < cols; c += 8) {
-          const __m256 wv = _mm256_loadu_ps(buf.data() + c);
-          a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + c), a0);
-          a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1 + c), a1);
-          a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x2 + c), a2);
-          a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x3 + c), a3);
-        }
-        y[t * rows + r] = hsum(a0);
-        y[(t + 1) * rows + r] = hsum(a1);
-        y[(t + 2) * rows + r] = hsum(a2);
-        y[(t + 3) * rows + r] = hsum(a3);
-      }
-#endif
-      for (; t < T; t++) {
-        const float* xt = x + t * cols;
-        float acc = 0.f;
-        for (size_t c = 0; c < cols; c++) acc += buf[c] * xt[c];
-        y[t * rows + r] = acc;
-      }
-    }
-  };
-  if (threads <= 1 || rows * cols * T < kParallelMacs) {
-    work(0, rows);
-    return;
-  }
-  pool().run(threads, rows, work);
-}
-
-void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads) {
-  const size_t gate_bytes = matrix_bytes(enc, F, H);
-  const uint8_t* gate = record;
-  const uint8_t* up = record + gate_bytes;
-  const uint8_t* down = up + gate_bytes;
-  std::vector<float> g(T * F), u(T * F);  // [T, F]
-  matmul_rows(enc, gate, F, H, x, T, g.data(), threads);
-  matmul_rows(enc, up, F, H, x, T, u.data(), threads);
-  for (size_t i = 0; i < T * F; i++) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
-  matmul_rows(enc, down, H, F, g.data(), T, out, threads);
-}
-
 void encode_matrix(Enc enc, const float* src, size_t rows, size_t cols, uint8_t* dst) {
   const size_t n = rows * cols;
   switch (enc) {
@@ -342,7 +311,8 @@ void encode_matrix(Enc enc, const float* src, size_t rows, size_t cols, uint8_t*
       for (size_t b = 0; b < n / kBlock; b++) {
         float amax = 0.f;
         for (int i = 0; i < kBlock; i++) amax = std::fmax(amax, std::fabs(src[b * kBlock + i]));
-        const float d = amax / 127.f, id = d ? 1.f / d : 0.f;
+        // amax * fp32(1/127): the stored format (the JS encoder computes exactly this).
+        const float d = amax * (1.f / 127.f), id = d ? 1.f / d : 0.f;
         scales[b] = d;
         for (int i = 0; i < kBlock; i++) q[b * kBlock + i] = int8_t(std::lrintf(src[b * kBlock + i] * id));
       }

@@ -5,9 +5,28 @@
 //   Q8 : float scale[rows*cols/32], then int8 q[rows*cols]            x = scale * q
 //   Q4 : float scale[rows*cols/32], then uint8 packed[rows*cols/2]     x = scale * (nibble - 8),
 //        element 2i in the low nibble of byte i, 2i+1 in the high nibble
+//
+// Arithmetic. F32/F16: fp32 multiply-adds with a fixed order per output element, so a result does
+// not depend on the thread count nor on how many tokens share the call. Q8/Q4: integer dot
+// products: each token's activation row is quantized once per call to int8 in blocks of 32 (one
+// fp32 scale per block, d = amax/127, q = round-half-even(x * (1/d))), each block's integer dot
+// product with the weights is exact, scaled by w_scale*x_scale and summed in fp32 (again a fixed
+// order per output element: independent of threads and of the number of tokens).
+//
+// The code runs at one of several instruction-set levels, chosen once per process from the CPU's
+// features (the build targets baseline x86-64: no -march=native):
+//   scalar : plain C++ (any CPU, any architecture)
+//   avx2   : AVX2 + FMA + F16C
+//   vnni   : avx2 plus AVX-VNNI or AVX512-VNNI/VL integer dot products (Q8/Q4)
+// MOE_RUN_KERNEL_ISA=scalar|avx2|vnni forces a level; a level the CPU lacks is an error that
+// kernel_isa_check() reports (the kernels themselves then run at the best level the CPU has, so
+// a caller that does not check still never executes an instruction the CPU lacks).
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
 
 namespace moe {
 
@@ -16,13 +35,39 @@ constexpr int kBlock = 32;
 
 size_t matrix_bytes(Enc enc, size_t rows, size_t cols);
 
-// y[T, rows] = x[T, cols] . W^T for one encoded matrix W [rows, cols].
+// y[T, rows] = x[T, cols] . W^T for one encoded matrix W [rows, cols]. Q8/Q4 need cols % 32 == 0.
 void matmul_rows(Enc enc, const uint8_t* w, size_t rows, size_t cols, const float* x, size_t T, float* y, int threads);
+
+// Several independent matmuls in one dispatch to the thread pool (the union of their rows is split
+// across threads): e.g. q/k/v, or gate/up, on the same input. Each job is what matmul_rows does.
+struct MatmulJob {
+  Enc enc;
+  const uint8_t* w;
+  size_t rows, cols;
+  const float* x;  // [T, cols]
+  size_t T;
+  float* y;  // [T, rows]
+};
+void matmul_rows_batch(const MatmulJob* jobs, size_t n, int threads);
+
+// Runs fn(begin, end) over [0, n) split into up to `threads` contiguous shares, on the kernels'
+// thread pool (the calling thread takes part); returns when all are done. Which share holds an
+// index depends only on n and threads, not which thread runs it. threads <= 1 or n <= 1: one call
+// on this thread. A matmul or parallel_for inside fn runs on fn's thread. fn must not throw.
+void parallel_for(int threads, size_t n, const std::function<void(size_t, size_t)>& fn);
 
 // out[T, H] = down( silu(gate x) * (up x) ) for one expert record.
 void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads);
 
 // Encodes a float matrix [rows, cols] into `dst` (matrix_bytes(enc, rows, cols) bytes).
 void encode_matrix(Enc enc, const float* src, size_t rows, size_t cols, uint8_t* dst);
+
+// The level the kernels run at ("scalar", "avx2", "vnni").
+const char* kernel_isa();
+// The levels this CPU can run, slowest first.
+std::vector<std::string> kernel_isas();
+// False (with a message naming what the CPU has) when MOE_RUN_KERNEL_ISA asks for a level this
+// CPU cannot run, or names no level. Bindings call it before computing and throw.
+bool kernel_isa_check(std::string* err);
 
 }  // namespace moe

@@ -71,14 +71,63 @@ std::string str(napi_env env, napi_value v) {
   return s;
 }
 
+// ---- kernels: instruction-set level, expertForward ----
+// False after throwing an Error with code KERNEL_ISA_UNSUPPORTED when MOE_RUN_KERNEL_ISA asks for a
+// level this CPU cannot run (the kernels would otherwise quietly run at the best level it has).
+bool kernel_isa_ok(napi_env env) {
+  std::string err;
+  if (moe::kernel_isa_check(&err)) return true;
+  napi_throw_error(env, "KERNEL_ISA_UNSUPPORTED", err.c_str());
+  return false;
+}
+
+// The encoding code 0..3 in `v` (Q8/Q4 only where `blocks_fit`: every row a multiple of 32 long);
+// else throws a RangeError.
+bool kernel_enc(napi_env env, napi_value v, bool blocks_fit, const char* fn, moe::Enc* enc) {
+  const double code = num(env, v);
+  if (!(code == 0 || code == 1 || code == 2 || code == 3)) {
+    napi_throw_range_error(env, nullptr, (std::string(fn) + ": encoding must be 0 (f32), 1 (f16), 2 (int8) or 3 (int4)").c_str());
+    return false;
+  }
+  *enc = static_cast<moe::Enc>(int(code));
+  if (*enc >= moe::Enc::Q8 && !blocks_fit) {
+    napi_throw_range_error(env, nullptr, (std::string(fn) + ": int8/int4 need sizes that are multiples of 32").c_str());
+    return false;
+  }
+  return true;
+}
+
+// kernelIsa() -> "scalar" | "avx2" | "vnni": the level the kernels run at.
+napi_value KernelIsa(napi_env env, napi_callback_info) {
+  if (!kernel_isa_ok(env)) return nullptr;
+  napi_value v;
+  napi_create_string_utf8(env, moe::kernel_isa(), NAPI_AUTO_LENGTH, &v);
+  return v;
+}
+
+// kernelIsas() -> string[]: the levels this CPU can run (MOE_RUN_KERNEL_ISA may force any of them).
+napi_value KernelIsas(napi_env env, napi_callback_info) {
+  const auto names = moe::kernel_isas();
+  napi_value arr;
+  napi_create_array_with_length(env, names.size(), &arr);
+  for (size_t i = 0; i < names.size(); i++) {
+    napi_value v;
+    napi_create_string_utf8(env, names[i].c_str(), NAPI_AUTO_LENGTH, &v);
+    napi_set_element(env, arr, uint32_t(i), v);
+  }
+  return arr;
+}
+
 // expertForward(enc, record: Uint8Array, H, F, x: Float32Array [T,H], T, out: Float32Array [T,H], threads)
 napi_value ExpertForward(napi_env env, napi_callback_info info) {
   size_t argc = 8;
   napi_value a[8];
   CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
   if (argc < 8) return napi_throw_error(env, nullptr, "expertForward: 8 arguments expected"), nullptr;
-  const auto enc = static_cast<moe::Enc>(int(num(env, a[0])));
+  if (!kernel_isa_ok(env)) return nullptr;
   const size_t H = size_t(num(env, a[2])), F = size_t(num(env, a[3])), T = size_t(num(env, a[5]));
+  moe::Enc enc;
+  if (!kernel_enc(env, a[0], H % moe::kBlock == 0 && F % moe::kBlock == 0, "expertForward", &enc)) return nullptr;
   void *rec, *x, *out;
   size_t rec_bytes, x_bytes, out_bytes;
   if (!typed_data(env, a[1], &rec, &rec_bytes) || !typed_data(env, a[4], &x, &x_bytes) || !typed_data(env, a[6], &out, &out_bytes)) {
@@ -359,6 +408,8 @@ napi_value AllocRange(napi_env env, napi_callback_info info) {
 napi_value Init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"expertForward", nullptr, ExpertForward, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"kernelIsa", nullptr, KernelIsa, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"kernelIsas", nullptr, KernelIsas, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"encodeMatrix", nullptr, EncodeMatrix, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"fileResidency", nullptr, FileResidency, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"willNeed", nullptr, WillNeed, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -10,6 +10,15 @@ import { fileURLToPath } from "node:url";
 export interface NativeAddon {
   /** out[T,H] = down(silu(gate x) * up x) for one encoded expert record. */
   expertForward(enc: number, record: Uint8Array, H: number, F: number, x: Float32Array, T: number, out: Float32Array, threads: number): void;
+  /**
+   * The instruction-set level the kernels run at: "scalar" (plain C++), "avx2" (AVX2+FMA+F16C) or
+   * "vnni" (avx2 plus AVX-VNNI / AVX512-VNNI integer dot products). Chosen once per process from
+   * the CPU; MOE_RUN_KERNEL_ISA=scalar|avx2|vnni forces one. Throws with code
+   * KERNEL_ISA_UNSUPPORTED (as expertForward does) when the forced level is not one this CPU runs.
+   */
+  kernelIsa(): string;
+  /** The levels this CPU can run, slowest first (always starts with "scalar"). */
+  kernelIsas(): string[];
   encodeMatrix(enc: number, src: Float32Array, rows: number, cols: number, dst: Uint8Array): void;
   fileResidency(path: string): { fileBytes: number; residentBytes: number; pageSize: number };
   willNeed(path: string, offset: number, len: number): void;

@@ -1,0 +1,63 @@
+// Internal: the per-instruction-set kernel tables behind matmul_rows (see expert_kernels.h).
+// kernels_isa.cc compiles kernels_isa.inc once per level, each in its own namespace and target.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "expert_kernels.h"
+
+namespace moe {
+
+// Activation rows quantized for the integer-dot kernels: per token, per block of 32, int8 values,
+// an fp32 scale and (Q4 only) the block's sum of values. Q8 keeps the values in order; Q4 stores
+// each block's even elements first, then its odd ones (the order of the low and high nibbles of the
+// block's 16 weight bytes, so the weights need no interleaving).
+struct QuantRows {
+  const int8_t* q;   // [T, cols]
+  const float* d;    // [T, cols/32]
+  const int32_t* s;  // [T, cols/32] (Q4)
+};
+
+struct KernelTable {
+  const char* name;
+  // y[t*rows + r] for r in [r0, r1), t in [0, T): F32 and F16 weights.
+  void (*rows_float)(Enc enc, const uint8_t* w, size_t rows, size_t cols, const float* x, size_t T, float* y, size_t r0, size_t r1);
+  // The same for Q8 and Q4 weights, from activations quantized by `quantize` (cols % 32 == 0).
+  void (*rows_quant)(Enc enc, const uint8_t* w, size_t rows, size_t cols, const QuantRows& xq, size_t T, float* y, size_t r0, size_t r1);
+  // Quantizes x [T, cols] into q [T*cols], d and s [T*cols/32], in Q4's block order when q4.
+  void (*quantize)(bool q4, const float* x, size_t T, size_t cols, int8_t* q, float* d, int32_t* s);
+};
+
+const KernelTable* kernels_scalar();
+// nullptr where the level was not compiled (not x86-64, or a compiler without the intrinsics).
+const KernelTable* kernels_avx2();
+const KernelTable* kernels_vnni_vex();   // AVX-VNNI
+const KernelTable* kernels_vnni_evex();  // AVX512-VNNI + AVX512VL
+
+// IEEE half to float, exact (subnormals, infinities and NaNs included).
+inline float half_to_float(uint16_t h) {
+  uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+  if (uint32_t(h & 0x7fffu) - 0x400u < 0x7800u) {  // normal (the usual case): rebias the exponent
+    bits = sign | ((uint32_t(h & 0x7fffu) << 13) + ((127u - 15u) << 23));
+  } else if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      exp = 127 - 15 + 1;
+      while (!(mant & 0x400)) {
+        mant <<= 1;
+        exp--;
+      }
+      bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+    }
+  } else if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+
+}  // namespace moe
