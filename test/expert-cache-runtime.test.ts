@@ -134,8 +134,12 @@ describe("quantized expert storage", () => {
     const exact = (await ref.logits(ids)).data;
     await ref.dispose();
     const scale = exact.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-    // Relative to the largest logit: 4-bit random weights are far from their fp32 values.
-    const bound = { f16: 1e-3 * scale, int8: 1e-2 * scale, int4: 0.3 * scale };
+    // Relative to the largest logit: 4-bit random weights are far from their fp32 values. With the
+    // native dense layers, int8 and int4 models also hold attention and the LM head at int8, and
+    // the int-dot kernels quantize activations to 8 bits: on random weights (no structure to
+    // preserve) that is ~2% of the largest logit. Quality on a trained model is the perplexity
+    // test in trained-model.test.ts.
+    const bound = { f16: 1e-3 * scale, int8: 4e-2 * scale, int4: 0.3 * scale };
     for (const enc of ["f16", "int8", "int4"] as const) {
       const dir = path.join(tmpDir(), enc);
       await importModel(hf, dir, { experts: enc, progress: false });

@@ -36,6 +36,26 @@ describe("the trained model", () => {
     expect(Math.abs(got.perplexity - expected.perplexity) / expected.perplexity).toBeLessThan(0.01);
   }, 600_000);
 
+  it("int8 and int4 weights keep perplexity within 1% and 5% of f32 (dense layers at int8 too)", async () => {
+    // The first 20 KB of the held-out text: every layer, expert and the int-dot kernels take part.
+    const text = fs.readFileSync(path.join(DIR, "validation.txt"), "utf8").slice(0, 20_000);
+    const ppl = async (dir: string) => {
+      const m = await loadModel(dir, { threads: 2, log: () => {} });
+      try {
+        expect(m.engineInfo().dense).toBe("native");
+        return (await m.perplexity(text, { window: 256 })).perplexity;
+      } finally {
+        await m.dispose();
+      }
+    };
+    const f32 = await ppl(modelDir);
+    const int8 = await ppl(await importFixture("moe-tiny-en", { experts: "int8" }));
+    const int4 = await ppl(await importFixture("moe-tiny-en", { experts: "int4" }));
+    process.stderr.write(`[trained-model] perplexity on 20 KB of validation text: f32 ${f32.toFixed(3)}, int8 ${int8.toFixed(3)}, int4 ${int4.toFixed(3)}\n`);
+    expect(Math.abs(int8 - f32) / f32).toBeLessThan(0.01);
+    expect(Math.abs(int4 - f32) / f32).toBeLessThan(0.05);
+  }, 600_000);
+
   it("continues simple prompts with English words", async () => {
     const model: MoeModel = await loadModel(modelDir, { threads: 2, log: () => {} });
     try {

@@ -1,5 +1,7 @@
 #include "dense_layer.h"
 
+#include "kernels_isa.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -7,15 +9,6 @@
 #include <vector>
 
 namespace moe {
-
-// TEMPORARY until expert_kernels.h offers batched matmuls and parallel_for: serial stand-ins.
-namespace {
-struct Job { Enc enc; const uint8_t* w; size_t rows, cols; const float* x; size_t T; float* y; };
-void run_jobs(const Job* jobs, size_t n, int threads) {
-  for (size_t i = 0; i < n; i++) matmul_rows(jobs[i].enc, jobs[i].w, jobs[i].rows, jobs[i].cols, jobs[i].x, jobs[i].T, jobs[i].y, threads);
-}
-template <class F> void par_for(int, size_t n, F&& fn) { fn(size_t(0), n); }
-}  // namespace
 
 void rms_norm(const float* x, size_t T, size_t n, const float* w, float eps, float* out) {
   for (size_t t = 0; t < T; t++) {
@@ -28,34 +21,13 @@ void rms_norm(const float* x, size_t T, size_t n, const float* w, float eps, flo
   }
 }
 
-static float half_bits_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {
-      exp = 127 - 15 + 1;
-      while (!(mant & 0x400)) { mant <<= 1; exp--; }
-      bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
-    }
-  } else if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 void gather_rows(Enc enc, const uint8_t* w, size_t rows, size_t cols, const int32_t* ids, size_t n, float* out) {
   (void)rows;
   for (size_t i = 0; i < n; i++) {
     const size_t r = size_t(ids[i]);
     if (enc == Enc::F16) {
       const uint16_t* p = reinterpret_cast<const uint16_t*>(w) + r * cols;
-      for (size_t c = 0; c < cols; c++) out[i * cols + c] = half_bits_to_float(p[c]);
+      for (size_t c = 0; c < cols; c++) out[i * cols + c] = half_to_float(p[c]);
     } else {
       std::memcpy(out + i * cols, w + r * cols * 4, cols * 4);
     }
@@ -87,41 +59,18 @@ static void attention(const DenseSpec& s, const float* q, const float* kv_k, con
                       size_t T, float* ctx, int threads) {
   const size_t hd = s.hd, G = s.Hq / s.Hkv;
   const float scale = 1.f / std::sqrt(float(hd));
-  // One task per (kv head, token): the G query heads sharing a kv head read its keys once.
+  const KernelTable* k = active_kernels();
+  // One task per (kv head, token): the G query heads sharing a kv head read its cache once.
+  // Heads of a group are adjacent in q and ctx (head h reads kv head h / G).
   auto work = [&](size_t begin, size_t end) {
-    std::vector<float> scores(G * (past + T));
+    std::vector<float> scores(G * (past + T));  // [G, S] scratch
     for (size_t task = begin; task < end; task++) {
-      const size_t g = task / T, t = task % T, S = past + t + 1;
-      const float* K = kv_k + g * capacity * hd;
-      const float* V = kv_v + g * capacity * hd;
-      for (size_t j = 0; j < G; j++) {
-        const float* qh = q + t * s.Hq * hd + (g * G + j) * hd;
-        float* sc = scores.data() + j * S;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (size_t p = 0; p < S; p++) {
-          const float* kp = K + p * hd;
-          float acc = 0.f;
-          for (size_t i = 0; i < hd; i++) acc += qh[i] * kp[i];
-          sc[p] = acc * scale;
-          mx = std::max(mx, sc[p]);
-        }
-        float sum = 0.f;
-        for (size_t p = 0; p < S; p++) {
-          sc[p] = std::exp(sc[p] - mx);
-          sum += sc[p];
-        }
-        const float inv = 1.f / sum;
-        float* o = ctx + t * s.Hq * hd + (g * G + j) * hd;
-        std::fill(o, o + hd, 0.f);
-        for (size_t p = 0; p < S; p++) {
-          const float pw = sc[p] * inv;
-          const float* vp = V + p * hd;
-          for (size_t i = 0; i < hd; i++) o[i] += pw * vp[i];
-        }
-      }
+      const size_t g = task / T, t = task % T;
+      k->attend(q + t * s.Hq * hd + g * G * hd, G, kv_k + g * capacity * hd, kv_v + g * capacity * hd, past + t + 1, hd, scale, scores.data(),
+                ctx + t * s.Hq * hd + g * G * hd);
     }
   };
-  par_for(threads, s.Hkv * T, work);
+  parallel_for(threads, s.Hkv * T, work);
 }
 
 void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, size_t T, size_t past, const float* cos,
@@ -130,12 +79,12 @@ void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, 
   const size_t H = s.H, hd = s.hd, nq = s.Hq * hd, nkv = s.Hkv * hd;
   std::vector<float> x(T * H), q(T * nq), k(T * nkv), v(T * nkv), ctx(T * nq);  // [T, *] activations
   rms_norm(hidden, T, H, f32(w[kInNorm]), s.eps, x.data());
-  const Job qkv[3] = {
+  const MatmulJob qkv[3] = {
       {w[kQ].enc, w[kQ].p, nq, H, x.data(), T, q.data()},
       {w[kK].enc, w[kK].p, nkv, H, x.data(), T, k.data()},
       {w[kV].enc, w[kV].p, nkv, H, x.data(), T, v.data()},
   };
-  run_jobs(qkv, 3, threads);
+  matmul_rows_batch(qkv, 3, threads);
   const auto add_bias = [T](float* y, size_t n, const WeightRef& b) {
     if (!b.p) return;
     for (size_t t = 0; t < T; t++)
@@ -165,11 +114,11 @@ void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, 
   matmul_rows(w[kRouter].enc, w[kRouter].p, s.E, H, moe_in, T, router_logits, threads);
   if (s.Fs && shared_out) {
     std::vector<float> g(T * s.Fs), u(T * s.Fs);  // [T, Fs]
-    const Job gu[2] = {
+    const MatmulJob gu[2] = {
         {w[kSharedGate].enc, w[kSharedGate].p, s.Fs, H, moe_in, T, g.data()},
         {w[kSharedUp].enc, w[kSharedUp].p, s.Fs, H, moe_in, T, u.data()},
     };
-    run_jobs(gu, 2, threads);
+    matmul_rows_batch(gu, 2, threads);
     for (size_t i = 0; i < T * s.Fs; i++) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
     matmul_rows(w[kSharedDown].enc, w[kSharedDown].p, H, s.Fs, g.data(), T, shared_out, threads);
     const float* gp = f32(w[kSharedProj]);

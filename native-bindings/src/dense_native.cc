@@ -9,6 +9,7 @@
 
 namespace {
 
+using moe::napi::kernel_isa_ok;
 using moe::napi::num;
 using moe::napi::typed_data;
 
@@ -21,6 +22,7 @@ napi_value fail(napi_env env, const std::string& msg) {
 //            sections: Float64Array [kSectionCount*3: offset (-1 absent), bytes, enc],
 //            hidden, T, past, cos, sin, kvK, kvV, capacity, attnOut, moeIn, routerLogits, sharedOut|null, threads)
 napi_value DenseLayer(napi_env env, napi_callback_info info) {
+  if (!kernel_isa_ok(env)) return nullptr;
   size_t argc = 16;
   napi_value a[16];
   if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 16) return fail(env, "denseLayer: 16 arguments expected");
@@ -79,6 +81,7 @@ napi_value DenseLayer(napi_env env, napi_callback_info info) {
 
 // rmsNorm(x: Float32Array [T,n], T, n, w: Float32Array [n], eps, out: Float32Array [T,n])
 napi_value RmsNorm(napi_env env, napi_callback_info info) {
+  if (!kernel_isa_ok(env)) return nullptr;
   size_t argc = 6;
   napi_value a[6];
   if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 6) return fail(env, "rmsNorm: 6 arguments expected");
@@ -93,6 +96,7 @@ napi_value RmsNorm(napi_env env, napi_callback_info info) {
 
 // matmul(enc, w: Uint8Array [rows,cols] encoded, rows, cols, x: Float32Array [T,cols], T, y: Float32Array [T,rows], threads)
 napi_value Matmul(napi_env env, napi_callback_info info) {
+  if (!kernel_isa_ok(env)) return nullptr;
   size_t argc = 8;
   napi_value a[8];
   if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 8) return fail(env, "matmul: 8 arguments expected");
@@ -112,6 +116,7 @@ napi_value Matmul(napi_env env, napi_callback_info info) {
 
 // gatherRows(enc (F32 or F16), w: Uint8Array [rows,cols], rows, cols, ids: Int32Array [n], out: Float32Array [n,cols])
 napi_value GatherRows(napi_env env, napi_callback_info info) {
+  if (!kernel_isa_ok(env)) return nullptr;
   size_t argc = 6;
   napi_value a[6];
   if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 6) return fail(env, "gatherRows: 6 arguments expected");

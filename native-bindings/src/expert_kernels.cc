@@ -99,6 +99,8 @@ const IsaChoice& isa() {
 
 }  // namespace
 
+const KernelTable* active_kernels() { return isa().table; }
+
 const char* kernel_isa() { return isa().table->name; }
 
 std::vector<std::string> kernel_isas() {

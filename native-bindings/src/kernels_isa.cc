@@ -37,9 +37,10 @@ namespace isa_scalar {
 #define KISA_SIMD 0
 #define KISA_VNNI 0
 #include "kernels_isa.inc"
+#include "attention_isa.inc"
 #undef KISA_SIMD
 #undef KISA_VNNI
-const KernelTable table = {"scalar", rows_float, rows_quant, quantize};
+const KernelTable table = {"scalar", rows_float, rows_quant, quantize, attend};
 }  // namespace isa_scalar
 
 const KernelTable* kernels_scalar() { return &isa_scalar::table; }
@@ -50,12 +51,13 @@ namespace isa_avx2 {
 #define KISA_SIMD 1
 #define KISA_VNNI 0
 #include "kernels_isa.inc"
+#include "attention_isa.inc"
 #undef KISA_SIMD
 #undef KISA_VNNI
 }  // namespace isa_avx2
 MOE_TARGET_END
 const KernelTable* kernels_avx2() {
-  static const KernelTable table = {"avx2", isa_avx2::rows_float, isa_avx2::rows_quant, isa_avx2::quantize};
+  static const KernelTable table = {"avx2", isa_avx2::rows_float, isa_avx2::rows_quant, isa_avx2::quantize, isa_avx2::attend};
   return &table;
 }
 #else
@@ -73,7 +75,7 @@ namespace isa_vnni_vex {
 }  // namespace isa_vnni_vex
 MOE_TARGET_END
 const KernelTable* kernels_vnni_vex() {
-  static const KernelTable table = {"vnni", isa_avx2::rows_float, isa_vnni_vex::rows_quant, isa_avx2::quantize};
+  static const KernelTable table = {"vnni", isa_avx2::rows_float, isa_vnni_vex::rows_quant, isa_avx2::quantize, isa_avx2::attend};
   return &table;
 }
 #else
@@ -91,7 +93,7 @@ namespace isa_vnni_evex {
 }  // namespace isa_vnni_evex
 MOE_TARGET_END
 const KernelTable* kernels_vnni_evex() {
-  static const KernelTable table = {"vnni", isa_avx2::rows_float, isa_vnni_evex::rows_quant, isa_avx2::quantize};
+  static const KernelTable table = {"vnni", isa_avx2::rows_float, isa_vnni_evex::rows_quant, isa_avx2::quantize, isa_avx2::attend};
   return &table;
 }
 #else

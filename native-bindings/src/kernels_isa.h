@@ -26,7 +26,13 @@ struct KernelTable {
   void (*rows_quant)(Enc enc, const uint8_t* w, size_t rows, size_t cols, const QuantRows& xq, size_t T, float* y, size_t r0, size_t r1);
   // Quantizes x [T, cols] into q [T*cols], d and s [T*cols/32], in Q4's block order when q4.
   void (*quantize)(bool q4, const float* x, size_t T, size_t cols, int8_t* q, float* d, int32_t* s);
+  // Softmax attention of G query heads q [G, hd] over one KV head's S cached rows K, V [S, hd]:
+  // out [G, hd]; scores [G, S] is scratch (attention_isa.inc).
+  void (*attend)(const float* q, size_t G, const float* K, const float* V, size_t S, size_t hd, float scale, float* scores, float* out);
 };
+
+// The table the kernels run with in this process (MOE_RUN_KERNEL_ISA or the best the CPU has).
+const KernelTable* active_kernels();
 
 const KernelTable* kernels_scalar();
 // nullptr where the level was not compiled (not x86-64, or a compiler without the intrinsics).

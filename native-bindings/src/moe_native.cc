@@ -17,12 +17,17 @@
 #include "expert_kernels.h"
 #include "page_residency.h"
 #include "direct_read.h"
+#include "napi_util.h"
 
 namespace moe {
 void register_dense(napi_env env, napi_value exports);  // dense_native.cc
 }
 
 namespace {
+
+using moe::napi::kernel_isa_ok;
+using moe::napi::num;
+using moe::napi::typed_data;
 
 #define CHECK(call)                                                     \
   do {                                                                  \
@@ -32,30 +37,6 @@ namespace {
     }                                                                   \
   } while (0)
 
-bool typed_data(napi_env env, napi_value v, void** data, size_t* bytes) {
-  bool is_typed = false;
-  napi_is_typedarray(env, v, &is_typed);
-  if (!is_typed) return false;
-  napi_typedarray_type type;
-  size_t length, offset;
-  napi_value ab;
-  if (napi_get_typedarray_info(env, v, &type, &length, data, &ab, &offset) != napi_ok) return false;
-  size_t elem = 1;
-  switch (type) {
-    case napi_float32_array: case napi_int32_array: case napi_uint32_array: elem = 4; break;
-    case napi_int16_array: case napi_uint16_array: elem = 2; break;
-    case napi_float64_array: case napi_bigint64_array: case napi_biguint64_array: elem = 8; break;
-    default: elem = 1;
-  }
-  *bytes = length * elem;
-  return true;
-}
-
-double num(napi_env env, napi_value v) {
-  double d = 0;
-  napi_get_value_double(env, v, &d);
-  return d;
-}
 
 void set_number(napi_env env, napi_value obj, const char* name, double value) {
   napi_value v;
@@ -74,12 +55,6 @@ std::string str(napi_env env, napi_value v) {
 // ---- kernels: instruction-set level, expertForward ----
 // False after throwing an Error with code KERNEL_ISA_UNSUPPORTED when MOE_RUN_KERNEL_ISA asks for a
 // level this CPU cannot run (the kernels would otherwise quietly run at the best level it has).
-bool kernel_isa_ok(napi_env env) {
-  std::string err;
-  if (moe::kernel_isa_check(&err)) return true;
-  napi_throw_error(env, "KERNEL_ISA_UNSUPPORTED", err.c_str());
-  return false;
-}
 
 // The encoding code 0..3 in `v` (Q8/Q4 only where `blocks_fit`: every row a multiple of 32 long);
 // else throws a RangeError.

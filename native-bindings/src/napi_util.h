@@ -3,6 +3,9 @@
 #include <node_api.h>
 
 #include <cstddef>
+#include <string>
+
+#include "expert_kernels.h"
 
 namespace moe::napi {
 
@@ -30,6 +33,15 @@ inline double num(napi_env env, napi_value v) {
   double d = 0;
   napi_get_value_double(env, v, &d);
   return d;
+}
+
+// False after throwing KERNEL_ISA_UNSUPPORTED when MOE_RUN_KERNEL_ISA names a level this CPU
+// cannot run (the kernels would silently run another); bindings that compute call it first.
+inline bool kernel_isa_ok(napi_env env) {
+  std::string err;
+  if (moe::kernel_isa_check(&err)) return true;
+  napi_throw_error(env, "KERNEL_ISA_UNSUPPORTED", err.c_str());
+  return false;
 }
 
 }  // namespace moe::napi
