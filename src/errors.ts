@@ -34,7 +34,17 @@ export type MoeRunErrorCode =
   | "NON_FINITE_OUTPUT"
   | "OUTPUT_FAILED"
   | "INPUT_INVALID"
-  | "PROCESS_FAILED";
+  | "PROCESS_FAILED"
+  /** pull: the hub wants a token (private or gated repository), or the token has no access. */
+  | "HUB_AUTH"
+  /** pull: no such repository, revision or file on the hub. */
+  | "HUB_NOT_FOUND"
+  /** pull: the hub cannot be reached, or answered with a server error or something unexpected. */
+  | "HUB_UNAVAILABLE"
+  /** pull: a downloaded file's size or hash differs from the hub's listing; nothing was kept. */
+  | "DOWNLOAD_CORRUPT"
+  /** pull: another process is downloading the same file into the cache. */
+  | "DOWNLOAD_IN_PROGRESS";
 
 export class MoeRunError extends Error {
   readonly code: MoeRunErrorCode;

@@ -32,3 +32,4 @@ export { planDecode, formatPlan, type Plan, type PlanRow, type DeviceBudget } fr
 export { buildReport, formatReport, readPredictors, type ReportData } from "./profiling/report.js";
 export { renderReportHtml } from "./profiling/reportHtml.js";
 export { evaluatePredictors, type PredictorEvaluation } from "./profiling/predictorEval.js";
+export { pullModel, type PullOptions, type PullResult } from "./hub/pullModel.js";

@@ -9,6 +9,7 @@ import { registerRun } from "./commands/runCommand.js";
 import { registerServe } from "./commands/serveCommand.js";
 import { registerSimulate } from "./commands/simulateCommand.js";
 import { registerProfile } from "./commands/profileCommand.js";
+import { registerPull } from "./commands/pullCommand.js";
 import { registerPlan } from "./commands/planCommand.js";
 import { registerReport } from "./commands/reportCommand.js";
 import { outputFailure, outputSignal, StdoutClosed } from "./output.js";
@@ -19,6 +20,7 @@ export async function main(): Promise<number> {
   const program = new Command();
   program.name("moe-run").description("run Mixture-of-Experts language models in less memory than the model").version(VERSION);
   program.exitOverride();
+  registerPull(program);
   registerImport(program);
   registerRun(program);
   registerChat(program);

@@ -1,22 +1,45 @@
+import * as fs from "node:fs";
 import type { Command } from "commander";
+import { MoeRunError } from "../../errors.js";
+import { HubError } from "../../hub/HubError.js";
+import { looksLikeRepoId } from "../../hub/repoId.js";
 import { importModel } from "../../importer/importModel.js";
 import { EXPERT_ENCODINGS, parseEncoding, type ExpertEncoding } from "../../store/expertEncoding.js";
+import { pullWithInterrupt } from "./pullCommand.js";
 
 export function registerImport(program: Command): void {
   program
     .command("import")
     .description("import a Hugging Face MoE checkpoint (config.json, *.safetensors, tokenizer.json) into a moe-run model directory")
-    .argument("<hf-dir>", "folder of the Hugging Face checkpoint")
+    .argument("<hf-dir>", "folder of the Hugging Face checkpoint, or a hub repository id org/name[@revision] (pulled into the hub cache first)")
     .argument("<model-dir>", "moe-run model directory to create")
     .option("--force", "replace <model-dir> if it is a moe-run model directory (never anything else)", false)
     .option("--no-progress", "no progress bar")
     .option("--experts <precision>", `expert storage precision: ${EXPERT_ENCODINGS.join(", ")}`, parseEncoding, "f32")
     .action(async (hfDir: string, modelDir: string, opts: { force: boolean; progress: boolean; experts: ExpertEncoding }) => {
-      const result = await importModel(hfDir, modelDir, { force: opts.force, progress: opts.progress, experts: opts.experts });
+      const source = await resolveSource(hfDir, opts.progress);
+      const result = await importModel(source, modelDir, { force: opts.force, progress: opts.progress, experts: opts.experts });
       const d = result.manifest.dims;
       process.stderr.write(
         `imported ${d.modelType}: ${d.numLayers} layers, ${d.numExperts} experts x ${d.expertFfn} (top-${d.topK}, ${opts.experts}), ` +
           `hidden ${d.hiddenSize}, vocab ${d.vocabSize} -> ${result.modelDir} in ${result.seconds.toFixed(1)} s\n`
       );
     });
+}
+
+/**
+ * The checkpoint folder: `hfDir` itself when it exists; a hub repository id (org/name[@rev]) that
+ * is not a folder here is pulled (or found in the hub cache) and its snapshot folder imported.
+ */
+async function resolveSource(hfDir: string, progress: boolean): Promise<string> {
+  if (fs.existsSync(hfDir) || !looksLikeRepoId(hfDir)) return hfDir;
+  try {
+    return (await pullWithInterrupt(hfDir, { progress })).snapshotDir;
+  } catch (err) {
+    // The user may have meant a folder: say both readings.
+    if (err instanceof HubError) {
+      throw new MoeRunError(err.code, `there is no folder ${hfDir} here, and as a Hugging Face repository id: ${err.message}`, { cause: err });
+    }
+    throw err;
+  }
 }
