@@ -5,7 +5,9 @@
  * warm-up and at the end (they must stay flat: no leak of records, sessions, workers or fds) and
  * writes bench/results/soak.json.
  *
- *   npx tsc -p tsconfig.json && node bench/soak.mjs [--model-dir DIR] [--cycles 100] [--tokens 2000]
+ *   npx tsc -p tsconfig.json && node --expose-gc bench/soak.mjs [--model-dir DIR] [--cycles 100] [--tokens 2000]
+ * RSS is sampled every 25 cycles; the slope over the second half separates a leak (steady growth
+ * per cycle) from warm-up of the heap and allocator (flattens out).
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -24,7 +26,11 @@ if (!dir) {
 }
 const mb = (x) => x / 2 ** 20;
 const fds = () => fs.readdirSync("/proc/self/fd").length;
-const sample = (label) => ({ label, rssMiB: mb(process.memoryUsage().rss), fds: fds() });
+// With --expose-gc, collect first: RSS then reflects live memory, not when the GC last ran.
+const sample = (label, cycle) => {
+  globalThis.gc?.();
+  return { label, cycle, rssMiB: mb(process.memoryUsage().rss), fds: fds() };
+};
 const samples = [];
 const log = (s) => process.stderr.write(`[soak] ${s.label}: RSS ${s.rssMiB.toFixed(0)} MiB, ${s.fds} open fds\n`);
 
@@ -60,19 +66,31 @@ for (let i = 0; i < cycles; i++) {
     for await (const _ of gen);
     await m.dispose();
   }
-  if (i === 9) samples.push(sample("after 10 cycles (warm)"));
+  if (i === 9) samples.push(sample("after 10 cycles (warm)", 10));
+  else if ((i + 1) % 25 === 0 && i + 1 < cycles) samples.push(sample(`after ${i + 1} cycles`, i + 1));
 }
-samples.push(sample(`after ${cycles} cycles`));
+samples.push(sample(`after ${cycles} cycles`, cycles));
 samples.forEach(log);
 
 const warm = samples.find((s) => s.label.startsWith("after 10 cycles"));
 const end = samples.at(-1);
+// A leak grows RSS by a steady amount per cycle; allocator and heap warm-up flattens out. The
+// least-squares slope over the second half of the cycles tells them apart.
+const late = samples.filter((s) => s.cycle !== undefined && s.cycle >= cycles / 2);
+const slopeKiBPerCycle = (() => {
+  if (late.length < 2) return undefined;
+  const mx = late.reduce((a, s) => a + s.cycle, 0) / late.length;
+  const my = late.reduce((a, s) => a + s.rssMiB, 0) / late.length;
+  const num = late.reduce((a, s) => a + (s.cycle - mx) * (s.rssMiB - my), 0);
+  const den = late.reduce((a, s) => a + (s.cycle - mx) ** 2, 0);
+  return den ? (num / den) * 1024 : undefined;
+})();
 const rows = [
   ["phase", "RSS MiB", "open fds"],
   ...samples.map((s) => [s.label, s.rssMiB.toFixed(0), String(s.fds)]),
 ];
 console.log(rows.map((r, i) => `| ${r.join(" | ")} |` + (i === 0 ? `\n|${r.map(() => "---").join("|")}|` : "")).join("\n"));
-console.log(`\nlong generation: ${n} tokens in ${longSeconds.toFixed(1)} s; cycles: ${cycles} (${disposedMid} disposed mid-generation); RSS growth after warm-up ${(end.rssMiB - warm.rssMiB).toFixed(0)} MiB, fds ${end.fds - warm.fds}`);
+console.log(`\nlong generation: ${n} tokens in ${longSeconds.toFixed(1)} s; cycles: ${cycles} (${disposedMid} disposed mid-generation); RSS growth after warm-up ${(end.rssMiB - warm.rssMiB).toFixed(0)} MiB, fds ${end.fds - warm.fds}; RSS slope over the second half ${slopeKiBPerCycle?.toFixed(1) ?? "–"} KiB/cycle${globalThis.gc ? " (GC before each sample)" : " (run with --expose-gc for samples after a GC)"}`);
 const out = path.join(ROOT, "bench", "results", "soak.json");
-fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), model: dir, tokens: n, longSeconds, cycles, disposedMid, samples, rssGrowthAfterWarmMiB: end.rssMiB - warm.rssMiB, fdGrowthAfterWarm: end.fds - warm.fds }, null, 2) + "\n");
+fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), model: dir, tokens: n, longSeconds, cycles, disposedMid, samples, rssGrowthAfterWarmMiB: end.rssMiB - warm.rssMiB, fdGrowthAfterWarm: end.fds - warm.fds, rssSlopeKiBPerCycleSecondHalf: slopeKiBPerCycle, gcBeforeSamples: Boolean(globalThis.gc) }, null, 2) + "\n");
 process.stderr.write(`[soak] wrote ${path.relative(process.cwd(), out)}\n`);

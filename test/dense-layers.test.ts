@@ -4,12 +4,13 @@
  * inputs, for every bundled architecture: llama.cpp's test-backend-ops idea applied to the dense
  * half of the model. Also the per-step time breakdown and the native binding's input checks.
  */
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadModel, type MoeModel } from "../src/index.js";
 import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
-import { importFixture, greedyRun } from "./helpers.js";
+import { ROOT, importFixture, greedyRun } from "./helpers.js";
 
 const addon = loadNativeAddon().addon;
 const FIXTURES = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe", "moe-tiny-en"];
@@ -81,6 +82,28 @@ describe.skipIf(!addon)("native dense layers", () => {
       }, 120_000);
     });
   }
+
+  it("gives onnxruntime's logits at every kernel level this CPU runs (attention and matmuls per level)", async () => {
+    const dir = await importFixture("tiny-qwen3-moe");
+    const ids = Array.from({ length: 40 }, (_, i) => (i * 37 + 11) % 200);
+    const onnx = await loadModel(dir, { threads: 1, dense: "onnx", log: () => {} });
+    const want = (await onnx.logits(ids)).data;
+    await onnx.dispose();
+    const script = `import { loadModel } from ${JSON.stringify(path.join(ROOT, "dist", "index.js"))};
+const m = await loadModel(${JSON.stringify(dir)}, { threads: 2, dense: "native", log: () => {} });
+const l = (await m.logits(${JSON.stringify(ids)})).data;
+await m.dispose();
+process.stdout.write(JSON.stringify(Array.from(l)));`;
+    for (const isa of addon!.kernelIsas()) {
+      const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { env: { ...process.env, MOE_RUN_KERNEL_ISA: isa }, encoding: "utf8", maxBuffer: 1 << 26 });
+      expect(r.status, `${isa}: ${r.stderr}`).toBe(0);
+      const got = JSON.parse(r.stdout) as number[];
+      expect(got.length).toBe(want.length);
+      let worst = 0;
+      for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
+      expect(worst, isa).toBeLessThan(1e-4);
+    }
+  }, 120_000);
 
   it("keeps greedy output of f16 weights (experts and dense) equal to f32 on the trained model", async () => {
     const f32 = await importFixture("moe-tiny-en");
