@@ -36,7 +36,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { loadModel, simulate, ExpertCache, createPolicy } from "../dist/index.js";
+import { loadModelOnThisThread, simulate, ExpertCache, createPolicy } from "../dist/index.js";
 import { finishTrace, accessSequence, recordProbs } from "../dist/profiling/trace.js";
 import { writeJsonlTrace } from "../dist/profiling/jsonlTrace.js";
 import { beNice, checkDistFresh, checkoutInfo, machineInfo, median, mib, pct, requireQuietMachine, ROOT, table, writeJson } from "./lib/common.mjs";
@@ -106,7 +106,8 @@ async function generate(model, maxTokens, extra = {}) {
  */
 async function runConfig(dir, loadOptions, { trace = false, decodeTokens }) {
   const notes = [];
-  const model = await loadModel(dir, { threads, schedule: args.schedule, ...loadOptions, log: (l) => notes.push(l) });
+  // On this thread: onRouting records the trace and the cache is read between tokens.
+  const model = await loadModelOnThisThread(dir, { threads, schedule: args.schedule, ...loadOptions, log: (l) => notes.push(l) });
   const E = model.dims.numExperts;
   let hash = 0;
   let recording;

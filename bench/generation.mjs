@@ -11,7 +11,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { importModel, loadModel } from "../dist/index.js";
+import { importModel, loadModelOnThisThread } from "../dist/index.js";
 import { writeSyntheticCheckpoint } from "../dist/synthetic/syntheticCheckpoint.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -53,7 +53,9 @@ const rows = [];
 for (const src of sources) {
   const dir = path.join(work, src.name);
   await importModel(src.hf, dir, { progress: false });
-  const model = await loadModel(dir, { threads });
+  // On this thread: compute speed without the worker's message per token, comparable with earlier
+  // results (bench/responsiveness.mjs measures what the worker is for).
+  const model = await loadModelOnThisThread(dir, { threads });
   // A prompt of exactly promptTokens ids: the tokenizer's text of a repeated sentence, cut.
   const base = model.tokenize("The quick brown fox jumps over the lazy dog. ".repeat(64)).slice(0, promptTokens);
   const promptText = model.tokenizer.decode(base);

@@ -19,7 +19,7 @@
  *   2. Speed under budgets. For each budget ({percent} of all experts' bytes) and predictor
  *      (none, gate, pregate, affinity, reuse, oracle), policy lru, prefetch on (depth 1, threshold
  *      0.05): greedy generation of --decode-tokens tokens from --prompts held-out prompts. Every run
- *      is a fresh loadModel (affinity's statistics file is restored to the warm-disjoint snapshot
+ *      is a fresh loadModelOnThisThread (affinity's statistics file is restored to the warm-disjoint snapshot
  *      first, so no run learns from another; the oracle gets the routing log of the reference run of
  *      its prompt), a 2-token warm-up on an unrelated text, then the device tier is drained and
  *      cleared (cold start) and the prompt is generated. One repetition = all prompts; decode tok/s
@@ -53,7 +53,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { importModel, loadModel, readManifest } from "../dist/index.js";
+import { importModel, loadModelOnThisThread, readManifest } from "../dist/index.js";
 import { recordBytes } from "../dist/store/expertEncoding.js";
 import { beNice, checkDistFresh, checkoutInfo, machineInfo, mib, otherHeavyProcesses, pct, requireQuietMachine, ROOT, table, writeJson } from "./lib/common.mjs";
 import { affinityStats, measureAccuracy, trainAffinity } from "./lib/predictorAccuracy.mjs";
@@ -157,7 +157,7 @@ log(
 // Held-out text: evaluation tokens first, then affinity's training tokens, prompts after both.
 
 const text = fs.readFileSync(args.text, "utf8");
-let tokenizerModel = await loadModel(dir, { threads: 1, log: () => {} });
+let tokenizerModel = await loadModelOnThisThread(dir, { threads: 1, log: () => {} });
 const allIds = tokenizerModel.tokenize(text);
 const evalIds = allIds.slice(0, evalTokens);
 const trainIds = allIds.slice(evalTokens, evalTokens + affinityTrainTokens);

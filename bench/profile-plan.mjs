@@ -12,7 +12,7 @@
  *     out of sample.
  *   - Machine figures: machineFigures() (memory bandwidth, store reads, expert compute, dense time
  *     per layer), measured afresh unless --cached.
- *   - Measured: loadModel({ deviceMem: { percent }, policy }) per budget, greedy, --tokens per
+ *   - Measured: loadModelOnThisThread({ deviceMem: { percent }, policy }) per budget, greedy, --tokens per
  *     prompt (EOS ignored); decode tok/s = decoded tokens after each prompt's first / decode
  *     seconds, over all measure prompts; median of --reps repetitions (each from a fresh load:
  *     cold cache, as in the simulation). The store stays in the page cache (host tier).
@@ -25,7 +25,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { loadModel, parsePolicyName } from "../dist/index.js";
+import { loadModelOnThisThread, parsePolicyName } from "../dist/index.js";
 import { machineFigures } from "../dist/profiling/machine.js";
 import { formatPlan, planDecode } from "../dist/profiling/plan.js";
 import { profilePrompts } from "../dist/profiling/profileModel.js";
@@ -76,7 +76,8 @@ const profileSet = lines.slice(0, nProfile);
 const measureSet = lines.slice(nProfile, nProfile + nMeasure);
 
 // 1. Machine figures and the profile, on a model with an unlimited device tier.
-const reference = await loadModel(info.dir, { threads, log: () => {} });
+// On this thread: machineFigures and profilePrompts take a MoeModel, and the measured runs read the cache per token.
+const reference = await loadModelOnThisThread(info.dir, { threads, log: () => {} });
 let figures;
 let profile;
 try {
@@ -107,7 +108,7 @@ log(formatPlan(plan));
 // 3. The measurement.
 async function measure(percent) {
   const deviceMem = percent >= 100 ? undefined : { percent };
-  const model = await loadModel(info.dir, { threads, deviceMem, policy, log: () => {} });
+  const model = await loadModelOnThisThread(info.dir, { threads, deviceMem, policy, log: () => {} });
   try {
     let decoded = 0;
     let seconds = 0;

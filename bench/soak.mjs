@@ -17,7 +17,7 @@ import { fileURLToPath } from "node:url";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const { values: a } = parseArgs({ options: { "model-dir": { type: "string" }, cycles: { type: "string", default: "100" }, tokens: { type: "string", default: "2000" } } });
-const { importModel, loadModel, loadModelInWorker } = await import(path.join(ROOT, "dist", "index.js"));
+const { importModel, loadModel, loadModelOnThisThread } = await import(path.join(ROOT, "dist", "index.js"));
 
 let dir = a["model-dir"];
 if (!dir) {
@@ -34,8 +34,8 @@ const sample = (label, cycle) => {
 const samples = [];
 const log = (s) => process.stderr.write(`[soak] ${s.label}: RSS ${s.rssMiB.toFixed(0)} MiB, ${s.fds} open fds\n`);
 
-// 1. A long generation in one model (tokens well past the warm-up).
-const model = await loadModel(dir, { threads: 1, log: () => {} });
+// 1. A long generation in one model (tokens well past the warm-up), on this thread (comparable with earlier runs).
+const model = await loadModelOnThisThread(dir, { threads: 1, log: () => {} });
 let n = 0;
 const tokens = Number(a.tokens);
 const t0 = performance.now();
@@ -47,11 +47,11 @@ const longSeconds = (performance.now() - t0) / 1000;
 samples.push(sample(`after ${n} tokens`));
 await model.dispose();
 
-// 2. Load / generate / dispose cycles on the worker model; odd cycles dispose mid-generation.
+// 2. Load / generate / dispose cycles on the worker model (loadModel's default); odd cycles dispose mid-generation.
 const cycles = Number(a.cycles);
 let disposedMid = 0;
 for (let i = 0; i < cycles; i++) {
-  const m = await loadModelInWorker(dir, { threads: 1, log: () => {} });
+  const m = await loadModel(dir, { threads: 1, log: () => {} });
   const gen = m.generate("The Lord is my shepherd", { maxTokens: 64, stopAtEos: false });
   if (i % 2 === 1) {
     await gen.next();

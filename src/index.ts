@@ -1,5 +1,7 @@
 /** moe-run's library entry point. */
-export { loadModel, MoeModel, type LoadModelOptions, type GenerateOptions, type GenerationStats, type PerplexityResult } from "./model/MoeModel.js";
+export { loadModel, loadModelOnThisThread, loadModelInWorker } from "./model/loadModel.js";
+export type { LanguageModel, EngineInfo, ScheduleStats } from "./model/LanguageModel.js";
+export { MoeModel, type LoadModelOptions, type GenerateOptions, type GenerationStats, type PerplexityResult } from "./model/MoeModel.js";
 export { ChatSession, type ChatSessionOptions, type ChatTrimEvent, type ChatTurnOptions, type ChatTurnStats } from "./model/ChatSession.js";
 export { KvSequence, type SequenceGenerateOptions, type SequenceStats, type TokenSequence } from "./model/KvSequence.js";
 export { importModel, type ImportOptions, type ImportResult } from "./importer/importModel.js";
@@ -22,7 +24,7 @@ export { readTrace, type TraceFormat } from "./profiling/readTrace.js";
 export { simulate, type SimulateOptions, type SimulationResult } from "./profiling/simulate.js";
 export { localRoutingConsistency, type ConsistencyReport } from "./profiling/consistency.js";
 export type { RoutingTrace } from "./profiling/trace.js";
-export { WorkerModel, loadModelInWorker } from "./engine/WorkerModel.js";
+export { WorkerModel } from "./engine/WorkerModel.js";
 export { WorkerSequence } from "./engine/WorkerSequence.js";
 export { OpenAiServer, type OpenAiServerOptions, type ServedModel } from "./server/OpenAiServer.js";
 export { profilePrompts, readPrompts, parsePrompts, writeRoutingTrace, PromptsInvalidError, type ProfileOptions, type ProfileResult } from "./profiling/profileModel.js";

@@ -7,7 +7,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { OnnxSession, resolveDevice, type ExecutionDevice } from "../src/backends/onnx.js";
-import { loadModel, loadModelInWorker, type LoadModelOptions } from "../src/index.js";
+import { loadModel, loadModelOnThisThread, type LoadModelOptions } from "../src/index.js";
 import { buildResidentExpertGraph, buildUploadGraph, DeviceExpertKernel, recordTensors, type ResidentLayout } from "../src/kernels/DeviceExpertKernel.js";
 import { createExpertKernel } from "../src/kernels/expertKernels.js";
 import { EXPERT_ENCODINGS, type ExpertEncoding } from "../src/store/expertEncoding.js";
@@ -109,8 +109,9 @@ it.each(["int8", "int4"] as const)("%s experts held as f16 (WebGPU's layout; che
 
 describe("experts resident on the provider (onnx kernel)", () => {
   const prompt = "And the LORD spake unto Moses, saying,";
+  // On this thread: the cache is sampled between tokens, which a worker would run ahead of.
   async function run(dir: string, options: LoadModelOptions) {
-    const model = await loadModel(dir, { threads: 1, log: () => {}, ...options });
+    const model = await loadModelOnThisThread(dir, { threads: 1, log: () => {}, ...options });
     const ids: number[] = [];
     const samples: { live: number; accounted: number; cache: number }[] = [];
     try {
@@ -148,10 +149,10 @@ describe("experts resident on the provider (onnx kernel)", () => {
     });
   }
 
-  it("works the same from the engine worker (loadModelInWorker), residency reported across the thread", async () => {
+  it("works the same from the engine worker (loadModel's default), residency reported across the thread", async () => {
     const dir = await importFixture("tiny-mixtral", { experts: "f16" });
     const native = await run(dir, { expertKernel: "native", schedule: "device" });
-    const model = await loadModelInWorker(dir, { threads: 1, log: () => {}, expertKernel: "onnx", deviceMem: { percent: 50 }, schedule: "device" });
+    const model = await loadModel(dir, { threads: 1, log: () => {}, expertKernel: "onnx", deviceMem: { percent: 50 }, schedule: "device" });
     try {
       const ids: number[] = [];
       for await (const _ of model.generate(prompt, { maxTokens: 24, stopAtEos: false, onToken: (t) => ids.push(t) })) void _;
@@ -166,7 +167,8 @@ describe("experts resident on the provider (onnx kernel)", () => {
 
   it("frees every resident expert at dispose, and the minimum budget counts the provider's form", async () => {
     const dir = await importFixture("tiny-mixtral", { experts: "int4" });
-    const model = await loadModel(dir, { threads: 1, log: () => {}, expertKernel: "onnx", schedule: "device" });
+    // On this thread: the test reads the kernel's residency itself, after dispose.
+    const model = await loadModelOnThisThread(dir, { threads: 1, log: () => {}, expertKernel: "onnx", schedule: "device" });
     for await (const _ of model.generate(prompt, { maxTokens: 4 })) void _;
     const kernel = (model as unknown as { runner: { kernel: DeviceExpertKernel } }).runner.kernel;
     expect(kernel.residency().liveBytes).toBeGreaterThan(0);
@@ -175,8 +177,8 @@ describe("experts resident on the provider (onnx kernel)", () => {
     expect(after.liveBytes).toBe(0);
     expect(after.freed).toBe(after.prepared);
     // int4 records are held as int8 on the provider: a budget that fits the records' minimum does not fit theirs.
-    const native = await loadModel(dir, { threads: 1, log: () => {}, expertKernel: "native", deviceMem: 1, schedule: "device" }).catch((e: Error) => e.message);
-    const onnx = await loadModel(dir, { threads: 1, log: () => {}, expertKernel: "onnx", deviceMem: 1, schedule: "device" }).catch((e: Error) => e.message);
+    const native = await loadModelOnThisThread(dir, { threads: 1, log: () => {}, expertKernel: "native", deviceMem: 1, schedule: "device" }).catch((e: Error) => e.message);
+    const onnx = await loadModelOnThisThread(dir, { threads: 1, log: () => {}, expertKernel: "onnx", deviceMem: 1, schedule: "device" }).catch((e: Error) => e.message);
     const minimum = (m: unknown) => Number(/\((\d+) bytes\)/.exec(String(m))![1]);
     expect(minimum(onnx)).toBeGreaterThan(minimum(native));
   });

@@ -7,7 +7,7 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadModel, loadModelInWorker, type ChatTurnStats, type MoeModel, type WorkerModel } from "../src/index.js";
+import { loadModel, loadModelOnThisThread, type ChatTurnStats, type LanguageModel } from "../src/index.js";
 import { CLI, importFixture } from "./helpers.js";
 
 /** Runs a reply to its end: its text and statistics. */
@@ -26,10 +26,10 @@ beforeAll(async () => {
 });
 
 describe.each([
-  ["on the caller's thread", (d: string) => loadModel(d, { threads: 1, log: () => {} })],
-  ["on a worker thread", (d: string) => loadModelInWorker(d, { threads: 1, log: () => {} })],
+  ["on the caller's thread", (d: string) => loadModelOnThisThread(d, { threads: 1, log: () => {} })],
+  ["on a worker thread", (d: string) => loadModel(d, { threads: 1, log: () => {} })],
 ] as const)("a chat session %s", (_name, load) => {
-  let model: MoeModel | WorkerModel;
+  let model: LanguageModel;
   beforeAll(async () => {
     model = await load(dir);
   });

@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadModel, type MoeModel } from "../src/index.js";
+import { loadModel, type LanguageModel } from "../src/index.js";
 import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
 import { ROOT, importFixture, greedyRun } from "./helpers.js";
 
@@ -20,8 +20,8 @@ describe.skipIf(!addon)("native dense layers", () => {
   for (const name of FIXTURES) {
     describe(name, () => {
       let dir: string;
-      let native: MoeModel;
-      let onnx: MoeModel;
+      let native: LanguageModel;
+      let onnx: LanguageModel;
       beforeAll(async () => {
         dir = await importFixture(name);
         native = await loadModel(dir, { threads: 1, dense: "native", log: () => {} });
@@ -48,7 +48,7 @@ describe.skipIf(!addon)("native dense layers", () => {
       });
 
       it("decodes the same greedy tokens through KV-cache growth (past 64 and 128 positions)", async () => {
-        const run = async (m: MoeModel) => {
+        const run = async (m: LanguageModel) => {
           const ids: number[] = [];
           for await (const _ of m.generate(PROMPT, { maxTokens: 140, stopAtEos: false, onToken: (id) => ids.push(id) })) void _;
           return ids;
@@ -63,7 +63,7 @@ describe.skipIf(!addon)("native dense layers", () => {
         const base = native.tokenize(PROMPT);
         const forked = [...base.slice(0, 5), ...native.tokenizer.encode(" a different ending", { addSpecialTokens: false })];
         for (const m of [native, onnx]) {
-          const take = async (seq: ReturnType<MoeModel["openSequence"]>, ids: number[]) => {
+          const take = async (seq: ReturnType<LanguageModel["openSequence"]>, ids: number[]) => {
             const out: number[] = [];
             const it = seq.generate(ids, { ...greedy, onToken: (id) => out.push(id) });
             let r = await it.next();

@@ -17,21 +17,21 @@ beforeAll(async () => {
 
 function runScript(body: string, timeoutMs = 240_000) {
   const file = path.join(tmpDir("moe-run-dispose-"), "script.mjs");
-  fs.writeFileSync(file, `import { loadModel, loadModelInWorker } from ${JSON.stringify(path.join(ROOT, "dist", "index.js"))};\nconst dir = ${JSON.stringify(dir)};\n${body}\n`);
+  fs.writeFileSync(file, `import { loadModel, loadModelOnThisThread } from ${JSON.stringify(path.join(ROOT, "dist", "index.js"))};\nconst dir = ${JSON.stringify(dir)};\n${body}\n`);
   return spawnSync(process.execPath, [file], { encoding: "utf8", timeout: timeoutMs });
 }
 
 describe("dispose during generation", () => {
-  it("worker model: break after 2 pieces then dispose, and dispose while the consumer waits, 12 times each", () => {
+  it("worker model (loadModel): break after 2 pieces then dispose, and dispose while the consumer waits, 12 times each", () => {
     const r = runScript(`
       const outcomes = { broke: 0, disposedError: 0, finished: 0 };
       for (let i = 0; i < 12; i++) {
-        const m = await loadModelInWorker(dir, { threads: 1, log: () => {} });
+        const m = await loadModel(dir, { threads: 1, log: () => {} });
         let n = 0;
         for await (const _ of m.generate("And the LORD spake", { maxTokens: 200, stopAtEos: false })) if (++n === 2) break;
         outcomes.broke++;
         await m.dispose();
-        const m2 = await loadModelInWorker(dir, { threads: 1, log: () => {} });
+        const m2 = await loadModel(dir, { threads: 1, log: () => {} });
         const gen = m2.generate("And the LORD spake", { maxTokens: 200, stopAtEos: false });
         await gen.next();
         const pending = (async () => { for (;;) { const r = await gen.next(); if (r.done) return "finished"; } })().catch((e) => e);
@@ -52,11 +52,11 @@ describe("dispose during generation", () => {
     expect(o.disposedError).toBeGreaterThan(0);
   });
 
-  it("inline model: dispose mid-generation gives DISPOSED (never onnxruntime's raw error), 12 times", () => {
+  it("inline model (loadModelOnThisThread): dispose mid-generation gives DISPOSED (never onnxruntime's raw error), 12 times", () => {
     const r = runScript(`
       let disposed = 0;
       for (let i = 0; i < 12; i++) {
-        const m = await loadModel(dir, { threads: 1, log: () => {} });
+        const m = await loadModelOnThisThread(dir, { threads: 1, log: () => {} });
         const gen = m.generate("And the LORD spake", { maxTokens: 200, stopAtEos: false });
         await gen.next();
         const pending = (async () => { for (;;) { const r = await gen.next(); if (r.done) return "finished"; } })().catch((e) => e);
@@ -78,9 +78,9 @@ describe("dispose during generation", () => {
 
 describe("errors from the worker keep their class", () => {
   it("a bad option arrives as InvalidOptionError, not a bare MoeRunError", async () => {
-    const { loadModelInWorker } = await import("../src/index.js");
+    const { loadModel } = await import("../src/index.js");
     const { InvalidOptionError } = await import("../src/errors.js");
-    const err = await loadModelInWorker(dir, { threads: 1, log: () => {}, policy: "nope" as never }).catch((e: unknown) => e);
+    const err = await loadModel(dir, { threads: 1, log: () => {}, policy: "nope" as never }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(InvalidOptionError);
     expect((err as InstanceType<typeof InvalidOptionError>).code).toBe("INVALID_OPTION");
   });

@@ -76,7 +76,7 @@ describe("budgets are enforced", () => {
         },
       });
       for await (const _ of gen) void _;
-      const s = model.cacheStats();
+      const s = await model.cacheStats();
       expect(s.cache.misses).toBeGreaterThan(100);
       expect(s.cache.residentBytesMax).toBeLessThanOrEqual(s.cache.budgetBytes);
       expect(s.tiers.device.residentBytesMax + s.tiers.device.workingBytes).toBeLessThanOrEqual(s.tiers.device.budgetBytes);

@@ -1,9 +1,9 @@
 /** The library API: streaming, sampling, abort, chat template, dispose, KV-cache consistency. */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadModel, MoeRunError, type GenerateOptions, type MoeModel } from "../src/index.js";
+import { loadModel, MoeRunError, type GenerateOptions, type LanguageModel } from "../src/index.js";
 import { importFixture } from "./helpers.js";
 
-async function collect(model: MoeModel, prompt: string, options: GenerateOptions) {
+async function collect(model: LanguageModel, prompt: string, options: GenerateOptions) {
   const ids: number[] = [];
   let text = "";
   const gen = model.generate(prompt, { ...options, onToken: (id) => ids.push(id) });
@@ -15,7 +15,7 @@ async function collect(model: MoeModel, prompt: string, options: GenerateOptions
 }
 
 describe("generate()", () => {
-  let model: MoeModel;
+  let model: LanguageModel;
   beforeAll(async () => {
     model = await loadModel(await importFixture("tiny-mixtral"), { threads: 1 });
   });

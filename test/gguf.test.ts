@@ -25,7 +25,7 @@ import {
 import { convertHfToGguf } from "../src/formats/hfToGguf.js";
 import { HfCheckpoint } from "../src/formats/HfCheckpoint.js";
 import { importModel } from "../src/importer/importModel.js";
-import { loadModel, type MoeModel } from "../src/index.js";
+import { loadModel, type LanguageModel } from "../src/index.js";
 import { writeSyntheticCheckpoint } from "../src/synthetic/syntheticCheckpoint.js";
 import { MODELS, copyFixture, tmpDir } from "./helpers.js";
 
@@ -145,7 +145,7 @@ describe("HF Mixtral -> GGUF, cross-checked with node-llama-cpp", () => {
   let hf: string;
   let f16: string;
   let q8: string;
-  let moe: MoeModel;
+  let moe: LanguageModel;
   let llama: Llama;
   let llamaF16: LlamaModel;
 

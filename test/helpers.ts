@@ -4,7 +4,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { importModel, type ImportOptions } from "../src/importer/importModel.js";
-import { loadModel, type LoadModelOptions } from "../src/model/MoeModel.js";
+import { loadModel } from "../src/model/loadModel.js";
+import type { LoadModelOptions } from "../src/model/MoeModel.js";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 export const CLI = path.join(ROOT, "dist", "cli", "cli.js");
@@ -117,7 +118,7 @@ export async function greedyRun(modelDir: string, prompt: string, tokens: number
   try {
     const ids: number[] = [];
     for await (const _ of model.generate(prompt, { maxTokens: tokens, stopAtEos: false, onToken: (id) => ids.push(id) })) void _;
-    return { ids, stats: model.cacheStats() };
+    return { ids, stats: await model.cacheStats() };
   } finally {
     await model.dispose();
   }

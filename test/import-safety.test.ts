@@ -11,7 +11,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { importModel } from "../src/importer/importModel.js";
-import { loadModel } from "../src/model/MoeModel.js";
+import { loadModel } from "../src/model/loadModel.js";
 import { CLI, MODELS, copyFixture, importFixture, tmpDir } from "./helpers.js";
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadModel, type MoeModel } from "../src/index.js";
+import { loadModel, type LanguageModel } from "../src/index.js";
 import { ROOT, importFixture } from "./helpers.js";
 
 interface ReferencePrompt {
@@ -40,7 +40,7 @@ it("has reference outputs for at least two architectures", () => {
 
 for (const ref of references) {
   describe(`parity: ${ref.model}`, () => {
-    let model: MoeModel;
+    let model: LanguageModel;
     beforeAll(async () => {
       model = await loadModel(await importFixture(ref.model), { threads: 1 });
     }, 120_000);

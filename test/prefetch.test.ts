@@ -7,14 +7,15 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { prefetchPays } from "../src/cache/prefetchPayoff.js";
 import { beforeAll, describe, expect, it } from "vitest";
-import { loadModel, type LoadModelOptions } from "../src/index.js";
+import { loadModelOnThisThread, type LoadModelOptions } from "../src/index.js";
 import type { RoutingLog } from "../src/predict/OraclePredictor.js";
 import { importFixture, runCli, tmpDir } from "./helpers.js";
 
 const PROMPT = "Permission is hereby granted, free of charge";
 
+/** On this thread: onRouting records the routing log, and the oracle replays it. */
 async function run(dir: string, options: LoadModelOptions, tokens = 40) {
-  const model = await loadModel(dir, { threads: 1, log: () => {}, ...options });
+  const model = await loadModelOnThisThread(dir, { threads: 1, log: () => {}, ...options });
   const log: RoutingLog = [];
   const stop = model.onRouting((layer, r) => {
     if (layer === 0) log.push([]);
@@ -113,7 +114,7 @@ describe("prefetch where it pays", () => {
   it("by default it is measured at load: cheap reads or disk-bound reads turn prefetch off with a note, and the predictor is still scored", async () => {
     const dir = await importFixture("tiny-mixtral");
     const notes: string[] = [];
-    const model = await loadModel(dir, { threads: 1, predictor: "gate", deviceMem: { percent: 40 }, log: (l) => notes.push(l) });
+    const model = await loadModelOnThisThread(dir, { threads: 1, predictor: "gate", deviceMem: { percent: 40 }, log: (l) => notes.push(l) });
     try {
       for await (const _ of model.generate(PROMPT, { maxTokens: 8, stopAtEos: false })) void _;
       const s = model.cacheStats();

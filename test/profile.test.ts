@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { loadModel } from "../src/index.js";
+import { loadModelOnThisThread } from "../src/index.js";
 import { parsePrompts, profilePrompts, PromptsInvalidError } from "../src/profiling/profileModel.js";
 import { readTrace } from "../src/profiling/readTrace.js";
 import { decodeHitRates } from "../src/profiling/plan.js";
@@ -29,7 +29,7 @@ beforeAll(async () => {
 
 describe("profilePrompts", () => {
   it("records one record per token and layer whose experts match model.onRouting", async () => {
-    const model = await loadModel(dir, { threads: 1, log: () => {} });
+    const model = await loadModelOnThisThread(dir, { threads: 1, log: () => {} });
     try {
       const seen: { layer: number; experts: number[] }[] = [];
       const off = model.onRouting((layer, r) => {
@@ -65,7 +65,7 @@ describe("profilePrompts", () => {
   });
 
   it("plan's decode-only hit rate equals a direct replay that counts decode accesses only", async () => {
-    const model = await loadModel(dir, { threads: 1, log: () => {} });
+    const model = await loadModelOnThisThread(dir, { threads: 1, log: () => {} });
     try {
       const r = await profilePrompts(model, PROMPTS, { maxTokens: 12, stopAtEos: false, probs: false });
       expect(r.promptTokensPerSeq.reduce((a, b) => a + b, 0)).toBe(r.promptTokens);

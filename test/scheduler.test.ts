@@ -18,7 +18,7 @@ async function greedy(dir: string, options: LoadModelOptions) {
   try {
     const ids: number[] = [];
     for await (const _ of model.generate("Permission is hereby granted, free of charge", { maxTokens: 30, stopAtEos: false, onToken: (t) => ids.push(t) })) void _;
-    return { ids, placement: model.scheduleStats(), cache: model.cacheStats() };
+    return { ids, placement: await model.scheduleStats(), cache: await model.cacheStats() };
   } finally {
     await model.dispose();
   }

@@ -11,7 +11,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadModel } from "../src/index.js";
+import { loadModelOnThisThread } from "../src/index.js";
 import { GenerationQueue, QueueFullError } from "../src/server/GenerationQueue.js";
 import { StopMatcher } from "../src/server/StopMatcher.js";
 import { CLI, importFixture } from "./helpers.js";
@@ -148,7 +148,7 @@ describe("moe-run serve with the openai client", () => {
     expect(["stop", "length"]).toContain(r.choices[0]!.finish_reason);
     expect(r.usage!.total_tokens).toBe(r.usage!.prompt_tokens + r.usage!.completion_tokens);
     // The same as generating in-process.
-    const model = await loadModel(dir, { threads: 1, log: () => {} });
+    const model = await loadModelOnThisThread(dir, { threads: 1, log: () => {} });
     let expected = "";
     try {
       for await (const p of model.generate(messages, { maxTokens: 8, chat: true })) expected += p;
@@ -193,7 +193,9 @@ describe("moe-run serve with the openai client", () => {
       max_tokens: 4,
       temperature: 0,
     });
-    expect(first.usage!.prompt_tokens_details!.cached_tokens).toBe(0);
+    // Earlier requests left the cache holding a conversation that shares at most the chat
+    // template's leading tokens with this one: only that prefix can be reused.
+    expect(first.usage!.prompt_tokens_details!.cached_tokens).toBeLessThan(first.usage!.prompt_tokens);
     expect(second.usage!.prompt_tokens_details!.cached_tokens).toBe(first.usage!.prompt_tokens + first.usage!.completion_tokens - 1);
     const stats = await getJson(`${server.url}/v1/stats`);
     expect(stats.body.tokens.reused_from_kv_cache).toBeGreaterThan(0);

@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { loadModel, type MoeModel } from "../src/index.js";
+import { loadModel } from "../src/index.js";
 import { MODELS, importFixture, runCli } from "./helpers.js";
 
 const DIR = path.join(MODELS, "moe-tiny-en");
@@ -57,7 +57,7 @@ describe("the trained model", () => {
   }, 600_000);
 
   it("continues simple prompts with English words", async () => {
-    const model: MoeModel = await loadModel(modelDir, { threads: 2, log: () => {} });
+    const model = await loadModel(modelDir, { threads: 2, log: () => {} });
     try {
       let text = "";
       for await (const piece of model.generate("The king said that", { maxTokens: 24, stopAtEos: false })) text += piece;

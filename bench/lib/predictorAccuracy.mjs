@@ -7,7 +7,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { loadModel } from "../../dist/index.js";
+import { loadModelOnThisThread } from "../../dist/index.js";
 import { pct } from "./common.mjs";
 
 export const ACCURACY_PREDICTORS = ["gate", "pregate", "affinity", "reuse"];
@@ -38,7 +38,8 @@ export function affinityStats(dir, snapshotDir) {
 export async function accuracySession(ctx, predictor, ids) {
   const { dir, threads, threshold, schedule, problems } = ctx;
   const notes = [];
-  const model = await loadModel(dir, { threads, predictor, prefetch: false, prefetchThreshold: threshold, schedule, log: (l) => notes.push(l) });
+  // On this thread: the statistics are read synchronously after each text (as in earlier runs).
+  const model = await loadModelOnThisThread(dir, { threads, predictor, prefetch: false, prefetchThreshold: threshold, schedule, log: (l) => notes.push(l) });
   try {
     const t = performance.now();
     await model.teacherForce(ids);

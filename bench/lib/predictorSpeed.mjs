@@ -6,7 +6,7 @@
  * device tier within budget. Belady is the reference routing replayed with simulate() at the same
  * capacity, plus a replay of the runtime's own lookup order.
  */
-import { createPolicy, ExpertCache, loadModel, simulate } from "../../dist/index.js";
+import { createPolicy, ExpertCache, loadModelOnThisThread, simulate } from "../../dist/index.js";
 import { expertKey } from "../../dist/cache/types.js";
 import { finishTrace } from "../../dist/profiling/trace.js";
 import { median } from "./common.mjs";
@@ -52,7 +52,8 @@ function recallSince(a, b, k) {
 async function generationRun(ctx, prompt, loadOptions, { record = false, lookups = false } = {}) {
   const { dir, threads, threshold, schedule, decodeTokens } = ctx;
   const notes = [];
-  const model = await loadModel(dir, { threads, policy: "lru", prefetchThreshold: threshold, schedule, ...loadOptions, log: (l) => notes.push(l) });
+  // On this thread: the runner, the cache and onRouting are instrumented directly; the oracle needs it too.
+  const model = await loadModelOnThisThread(dir, { threads, policy: "lru", prefetchThreshold: threshold, schedule, ...loadOptions, log: (l) => notes.push(l) });
   const timing = { kernel: 0, acquire: 0, hook: 0, observe: 0 };
   let timed = false;
   const wrap = (obj, name, key) => {

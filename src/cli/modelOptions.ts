@@ -8,7 +8,8 @@ import { InvalidOptionError, MoeRunError } from "../errors.js";
 import type { DenseLayersName } from "../evaluator/DenseLayers.js";
 import type { StepTimesSnapshot } from "../evaluator/StepTimes.js";
 import type { ExpertKernelName } from "../kernels/expertKernels.js";
-import { loadModel, type LoadModelOptions, type MoeModel } from "../model/MoeModel.js";
+import { loadModelOnThisThread } from "../model/loadModel.js";
+import type { LoadModelOptions, MoeModel } from "../model/MoeModel.js";
 import { DEVICE_NAMES, type DeviceName } from "../backends/onnx.js";
 import { parsePredictorName } from "../predict/createPredictor.js";
 import { PREDICTOR_NAMES, type PredictorName } from "../predict/types.js";
@@ -106,12 +107,16 @@ export function loadOptions(o: ModelCliOptions): LoadModelOptions {
 }
 
 /**
- * loadModel for the CLI: an error that is not moe-run's own (onnxruntime refusing a graph file,
- * say) becomes one line that names the model directory and what to do.
+ * Loads the model for a command, on the CLI's own thread: run, chat, perplexity, profile and plan
+ * have no event loop that must stay free while the model computes (Ctrl-C and stdin are handled
+ * between tokens), in-process compute skips a message per token and a second copy of the
+ * runtime's modules, and profile needs onRouting. (serve computes on a worker: its HTTP loop
+ * must stay free.) An error that is not moe-run's own (onnxruntime refusing a graph file, say)
+ * becomes one line that names the model directory and what to do.
  */
 export async function loadModelForCli(modelDir: string, options: LoadModelOptions): Promise<MoeModel> {
   try {
-    return await loadModel(modelDir, options);
+    return await loadModelOnThisThread(modelDir, options);
   } catch (err) {
     if (err instanceof MoeRunError || (err instanceof Error && err.name === "AbortError")) throw err;
     const message = (err instanceof Error ? err.message : String(err)).split("\n").map((l) => l.trim()).find((l) => l !== "") ?? "unknown error";

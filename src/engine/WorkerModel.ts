@@ -1,20 +1,24 @@
 /**
- * A model whose compute runs on its own worker thread: onnxruntime's run() and the native kernels
- * are synchronous, so an app (Electron, a server) that generates on its main thread would freeze.
- * Same generate/logits/perplexity API as MoeModel; tokenization stays on the caller's thread.
+ * A model whose compute runs on its own worker thread (what loadModel() returns): onnxruntime's
+ * run() and the native kernels are synchronous, so an app (Electron, a server) that generated on
+ * its main thread would freeze for a forward pass at a time. The same API as MoeModel
+ * (LanguageModel); tokenization stays on the caller's thread.
  */
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import type { ModelDims } from "../architectures/ModelDims.js";
+import type { ExecutionDevice } from "../backends/onnx.js";
 import * as errors from "../errors.js";
-import { MoeRunError, type MoeRunErrorCode } from "../errors.js";
+import { InvalidOptionError, MoeRunError, type MoeRunErrorCode } from "../errors.js";
 import { CacheCapacityError, CacheInUseError } from "../cache/types.js";
+import type { EngineInfo, LanguageModel } from "../model/LanguageModel.js";
 import type { ModelManifest } from "../model/manifest.js";
 import type { GenerateOptions, LoadModelOptions } from "../model/MoeModel.js";
 import { ChatSession, type ChatSessionOptions } from "../model/ChatSession.js";
 import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
-import type { ExpertCacheReport, GenerationStats, PerplexityResult, Request, Response, WireError, WireGenerateOptions } from "./protocol.js";
+import { checkLoadOptions } from "../util/optionChecks.js";
+import type { ExpertCacheReport, GenerationStats, LoadInfo, PerplexityResult, Request, Response, ScheduleStats, WireError, WireGenerateOptions } from "./protocol.js";
 import { WorkerSequence } from "./WorkerSequence.js";
 
 type Listener = (msg: Response) => void;
@@ -36,51 +40,80 @@ function toError(e: WireError): Error {
   return err;
 }
 
+/**
+ * The caller's Node options for the worker, less --input-type: it applies to `node -e` code only,
+ * and a worker that inherits it (an app started as `node --input-type=module -e ...`) fails to start.
+ */
+function workerExecArgv(): string[] {
+  const args: string[] = [];
+  for (let i = 0; i < process.execArgv.length; i++) {
+    const a = process.execArgv[i]!;
+    if (a === "--input-type") i++;
+    else if (!a.startsWith("--input-type=")) args.push(a);
+  }
+  return args;
+}
+
 /** Drop-in for distributive Omit over the Request union. */
 type RequestBody = Request extends infer R ? (R extends { id: number } ? Omit<R, "id"> : never) : never;
 
-export class WorkerModel {
+export class WorkerModel implements LanguageModel {
   readonly dims: ModelDims;
   readonly manifest: ModelManifest;
   readonly contextSize: number;
   readonly tokenizer: TextTokenizer;
   readonly expertKernel: string;
+  readonly device: ExecutionDevice;
+  private readonly engine: EngineInfo;
+  private readonly eos: readonly number[];
   private readonly listeners = new Map<number, Listener>();
   private nextId = 1;
   private disposed = false;
 
   private constructor(
     private readonly worker: Worker,
-    info: { dims: ModelDims; contextSize: number; manifest: ModelManifest; expertKernel: string },
+    info: LoadInfo,
     tokenizer: TextTokenizer
   ) {
     this.dims = info.dims;
     this.manifest = info.manifest;
     this.contextSize = info.contextSize;
-    this.expertKernel = info.expertKernel;
+    this.expertKernel = info.engine.expertKernel;
+    this.device = info.device;
+    this.engine = info.engine;
+    this.eos = info.eosIds;
     this.tokenizer = tokenizer;
     worker.on("message", (msg: Response) => this.listeners.get(msg.id)?.(msg));
   }
 
   static async load(modelDir: string, options: LoadModelOptions = {}): Promise<WorkerModel> {
-    const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-    const worker = new Worker(path.join(root, "dist", "engine", "engineWorker.js"));
-    const { log, oracleLog, ...wire } = options;
-    if (oracleLog) throw new MoeRunError("INVALID_OPTION", "the oracle predictor is for profiling with loadModel(), not in a worker");
+    // Checked here first: a bad value is refused before a thread is started (threads capped once, here).
+    const { log, oracleLog, ...wire } = checkLoadOptions(options);
+    if (oracleLog !== undefined || wire.predictor === "oracle") {
+      throw new InvalidOptionError("the oracle predictor (oracleLog) replays routing observed on the compute thread: load the model with loadModelOnThisThread() to use it");
+    }
     const write = log ?? ((line: string) => process.stderr.write(line + "\n"));
     const dir = path.resolve(modelDir);
+    const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+    const worker = new Worker(path.join(root, "dist", "engine", "engineWorker.js"), { execArgv: workerExecArgv() });
     const listeners = new Map<number, Listener>();
     const onMessage = (msg: Response) => listeners.get(msg.id)?.(msg);
     worker.on("message", onMessage);
     try {
-      const info = await new Promise<{ dims: ModelDims; contextSize: number; manifest: ModelManifest; expertKernel: string }>((resolve, reject) => {
+      const info = await new Promise<LoadInfo>((resolve, reject) => {
         worker.once("error", reject);
         listeners.set(0, (msg) => {
           if (msg.type === "log") write(msg.line);
-          else if (msg.type === "result") resolve(msg.value as never);
+          else if (msg.type === "result") resolve(msg.value as LoadInfo);
           else if (msg.type === "error") reject(toError(msg.error));
         });
-        worker.postMessage({ id: 0, method: "load", dir, options: wire } satisfies Request);
+        try {
+          worker.postMessage({ id: 0, method: "load", dir, options: wire } satisfies Request);
+        } catch (err) {
+          // A function or another value that cannot be copied to the compute thread.
+          if (!(err instanceof Error && err.name === "DataCloneError")) throw err;
+          throw new InvalidOptionError(`loadModel's options must be plain data to reach the compute thread (${err.message}); log is the one callback it takes; use loadModelOnThisThread() for others`);
+        }
       });
       const m = info.manifest;
       const tokenizer = TextTokenizer.load(path.join(dir, m.tokenizer.json), m.tokenizer.config && path.join(dir, m.tokenizer.config));
@@ -94,6 +127,16 @@ export class WorkerModel {
 
   tokenize(prompt: string | readonly ChatMessage[], chat = false): number[] {
     return this.tokenizer.encodePrompt(prompt, chat);
+  }
+
+  eosIds(): number[] {
+    return [...this.eos];
+  }
+
+  /** Which implementations run this model, and the dense bytes one decode token reads (as loaded). */
+  engineInfo(): EngineInfo {
+    if (this.disposed) throw new MoeRunError("DISPOSED", "this model has been disposed");
+    return { ...this.engine };
   }
 
   generate(prompt: string | readonly ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<string, GenerationStats> {
@@ -140,6 +183,10 @@ export class WorkerModel {
     };
     signal?.addEventListener("abort", onAbort, { once: true });
     let settled = false;
+    // After an abort nothing more is delivered, as on the caller's thread where generation stops
+    // at its next step; the worker may have computed a token or two before the abort reached it.
+    // The piece of the last token delivered still comes, unless a dropped token came first.
+    let pieceOwed = false;
     try {
       this.post(request({ ...wire, wantLogits: onLogits !== undefined }), id);
       if (signal?.aborted) onAbort();
@@ -147,11 +194,17 @@ export class WorkerModel {
         const msg = await next();
         switch (msg.type) {
           case "piece":
+            if (signal?.aborted && !pieceOwed) break;
+            pieceOwed = false;
             yield msg.text;
             break;
           case "token":
-            if (msg.logits) onLogits?.(msg.logits);
-            else onToken?.(msg.token);
+            if (signal?.aborted) pieceOwed = false;
+            else if (msg.logits) onLogits?.(msg.logits);
+            else {
+              pieceOwed = true;
+              onToken?.(msg.token);
+            }
             break;
           case "stats":
             onStats?.(msg.stats as S);
@@ -187,16 +240,22 @@ export class WorkerModel {
     return { data, dims: [ids.length, this.dims.vocabSize] };
   }
 
-  perplexity(text: string, options: { window?: number } = {}): Promise<PerplexityResult> {
-    return this.call({ method: "perplexity", text, window: options.window }) as Promise<PerplexityResult>;
+  perplexity(text: string, options: { window?: number; signal?: AbortSignal } = {}): Promise<PerplexityResult> {
+    return this.call({ method: "perplexity", text, window: options.window }, { signal: options.signal }) as Promise<PerplexityResult>;
   }
 
-  async teacherForce(ids: readonly number[]): Promise<void> {
-    await this.call({ method: "teacherForce", ids: [...ids] });
+  async teacherForce(ids: readonly number[], options: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.call({ method: "teacherForce", ids: [...ids] }, { signal: options.signal });
   }
 
+  /** Expert cache statistics since load (see MoeModel.cacheStats), from the compute thread. */
   cacheStats(): Promise<ExpertCacheReport> {
     return this.call({ method: "cacheStats" }) as Promise<ExpertCacheReport>;
+  }
+
+  /** Where experts ran, per layer (see MoeModel.scheduleStats), from the compute thread. */
+  scheduleStats(): Promise<ScheduleStats> {
+    return this.call({ method: "scheduleStats" }) as Promise<ScheduleStats>;
   }
 
   /** Finishes the model on its thread (sessions, pools, statistics), then ends the thread. */
@@ -204,7 +263,7 @@ export class WorkerModel {
     if (this.disposed) return;
     this.disposed = true;
     try {
-      await this.call({ method: "dispose" }, true);
+      await this.call({ method: "dispose" }, { disposing: true });
     } finally {
       await this.worker.terminate();
       // Anything still waiting on the worker (a generation its consumer did not finish) settles now.
@@ -218,22 +277,25 @@ export class WorkerModel {
     this.worker.postMessage({ ...body, id } as Request);
   }
 
-  private call(body: RequestBody, disposing = false): Promise<unknown> {
+  /** One request and its result; `signal` stops it on the worker (perplexity, teacherForce). */
+  private call(body: RequestBody, options: { disposing?: boolean; signal?: AbortSignal } = {}): Promise<unknown> {
+    const { disposing, signal } = options;
     if (this.disposed && !disposing) return Promise.reject(new MoeRunError("DISPOSED", "this model has been disposed"));
+    if (signal?.aborted) return Promise.reject(signal.reason ?? new DOMException("aborted", "AbortError"));
     const id = this.nextId++;
+    const onAbort = () => {
+      if (!this.disposed) this.worker.postMessage({ id: this.nextId++, method: "abort", target: id } satisfies Request);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
     return new Promise((resolve, reject) => {
       this.listeners.set(id, (msg) => {
         if (msg.type === "log") return process.stderr.write(msg.line + "\n");
         this.listeners.delete(id);
+        signal?.removeEventListener("abort", onAbort);
         if (msg.type === "result") resolve(msg.value);
-        else if (msg.type === "error") reject(toError(msg.error));
+        else if (msg.type === "error") reject(msg.error.name === "AbortError" && signal?.aborted ? (signal.reason ?? toError(msg.error)) : toError(msg.error));
       });
       this.worker.postMessage({ ...body, id } as Request);
     });
   }
-}
-
-/** Loads a model whose compute runs on a worker thread (recommended for apps with a UI or server loop). */
-export function loadModelInWorker(modelDir: string, options: LoadModelOptions = {}): Promise<WorkerModel> {
-  return WorkerModel.load(modelDir, options);
 }

@@ -7,7 +7,7 @@ import { MoeRunError } from "../errors.js";
 import { loadNativeAddon } from "../kernels/nativeAddon.js";
 import type { KvSequence } from "../model/KvSequence.js";
 import { MoeModel, type GenerateOptions, type GenerationStats } from "../model/MoeModel.js";
-import type { Request, Response, WireError, WireGenerateOptions } from "./protocol.js";
+import type { LoadInfo, Request, Response, WireError, WireGenerateOptions } from "./protocol.js";
 
 const port = parentPort!;
 // Compute yields the cores to the app's thread first: its event loop stays responsive even when
@@ -66,11 +66,23 @@ function live(): MoeModel {
   return model;
 }
 
+/** Runs `work` with a signal that an "abort" request naming request `id` fires. */
+async function abortable<T>(id: number, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  aborts.set(id, controller);
+  try {
+    return await work(controller.signal);
+  } finally {
+    aborts.delete(id);
+  }
+}
+
 async function handle(req: Request): Promise<unknown> {
   switch (req.method) {
-    case "load":
-      model = await MoeModel.load(req.dir, { ...req.options, log: (line) => send({ id: req.id, type: "log", line }) });
-      return { dims: model.dims, contextSize: model.contextSize, manifest: model.manifest, expertKernel: model.expertKernel };
+    case "load": {
+      const m = (model = await MoeModel.load(req.dir, { ...req.options, log: (line) => send({ id: req.id, type: "log", line }) }));
+      return { dims: m.dims, contextSize: m.contextSize, manifest: m.manifest, device: m.device, engine: m.engineInfo(), eosIds: m.eosIds() } satisfies LoadInfo;
+    }
     case "generate":
       return stream(req.id, req.options, (options) => live().generate(req.prompt, options));
     case "sequenceOpen":
@@ -91,11 +103,13 @@ async function handle(req: Request): Promise<unknown> {
     case "logits":
       return (await live().logits(req.ids)).data;
     case "perplexity":
-      return live().perplexity(req.text, { window: req.window });
+      return abortable(req.id, (signal) => live().perplexity(req.text, { window: req.window, signal }));
     case "teacherForce":
-      return live().teacherForce(req.ids);
+      return abortable(req.id, (signal) => live().teacherForce(req.ids, { signal }));
     case "cacheStats":
       return live().cacheStats();
+    case "scheduleStats":
+      return live().scheduleStats();
     case "dispose": {
       const m = model;
       model = undefined;

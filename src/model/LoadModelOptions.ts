@@ -1,4 +1,8 @@
-/** Options of loadModel(): threads, context, budgets, cache policy, predictor, scheduler, kernels. */
+/**
+ * Options of loadModel() and loadModelOnThisThread(): threads, context, budgets, cache policy,
+ * predictor, scheduler, kernels. loadModel() sends them to its compute thread, so they are plain
+ * data there, `log` aside (its lines come back to the caller's thread).
+ */
 import type { DeviceName } from "../backends/onnx.js";
 import type { PolicyName } from "../cache/policies/index.js";
 import type { ExpertId } from "../cache/types.js";
@@ -55,7 +59,10 @@ export interface LoadModelOptions {
   prefetchDepth?: number;
   /** Minimum predicted probability to prefetch. Default 0.05. */
   prefetchThreshold?: number;
-  /** For the oracle predictor: the routing of a previous identical run (see onRouting). */
+  /**
+   * For the oracle predictor: the routing of a previous identical run (see onRouting).
+   * loadModelOnThisThread() only: loadModel() refuses it and predictor "oracle".
+   */
   oracleLog?: RoutingLog;
   /**
    * Where activated experts run: "auto" splits each layer between the device side and a CPU

@@ -1,6 +1,8 @@
 /**
- * A loaded model: tokenizer, graphs and expert store, with text generation and perplexity.
- * Create with loadModel(); call dispose() when done.
+ * A loaded model computing on the caller's thread: tokenizer, graphs and expert store, with text
+ * generation and perplexity. Create with loadModelOnThisThread() (profilers and tools: it also has
+ * onRouting, the oracle predictor and the cache objects); loadModel() puts one on a worker thread
+ * behind WorkerModel. Call dispose() when done.
  */
 import * as os from "node:os";
 import * as path from "node:path";
@@ -18,7 +20,6 @@ import { HybridScheduler } from "../scheduler/HybridScheduler.js";
 import { expertChecksum, expertRecordBytes } from "../store/ExpertStore.js";
 import { formatBytes, formatBytesDistinct, resolveByteSize } from "../util/bytes.js";
 import { checkLoadOptions, checkPins } from "../util/optionChecks.js";
-import type { DenseLayersName } from "../evaluator/DenseLayers.js";
 import { KvCache } from "../evaluator/KvCache.js";
 import { ModelRunner, type RoutingObserver } from "../evaluator/ModelRunner.js";
 import { nonFiniteLogitsError, Sampler } from "../evaluator/sampler.js";
@@ -28,6 +29,7 @@ import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
 import { ChatSession, type ChatSessionOptions } from "./ChatSession.js";
 import { KvSequence } from "./KvSequence.js";
 import type { GenerateOptions, GenerationStats, PerplexityResult } from "./GenerateOptions.js";
+import type { EngineInfo, LanguageModel, ScheduleStats } from "./LanguageModel.js";
 import type { LoadModelOptions } from "./LoadModelOptions.js";
 import { readManifest, type ModelManifest } from "./manifest.js";
 import { describePlan, planMemory, readGpuFreeBytes, readMemoryLimits, type MemoryPlan } from "./memoryPlan.js";
@@ -35,7 +37,7 @@ import { describePlan, planMemory, readGpuFreeBytes, readMemoryLimits, type Memo
 export type { LoadModelOptions } from "./LoadModelOptions.js";
 export type { GenerateOptions, GenerationStats, PerplexityResult } from "./GenerateOptions.js";
 
-export class MoeModel {
+export class MoeModel implements LanguageModel {
   readonly dir: string;
   readonly manifest: ModelManifest;
   readonly dims: ModelDims;
@@ -358,6 +360,8 @@ export class MoeModel {
         this.experts.startSequence();
       }
       await this.forward(runner, [id], kv);
+      // Let the caller's event loop run between tokens (on the worker: an abort message arrives).
+      await new Promise((r) => setImmediate(r));
     }
   }
 
@@ -406,19 +410,19 @@ export class MoeModel {
     };
   }
 
-  /** Expert cache statistics since load: hits, misses, bytes per tier, stalls, per layer, and the memory plan. */
   /** Which implementations run this model, and the dense bytes one decode token reads. */
-  engineInfo(): { dense: DenseLayersName; denseBytesPerToken: number; expertKernel: string; threads: number } {
+  engineInfo(): EngineInfo {
     const runner = this.live();
     return { dense: runner.dense.name, denseBytesPerToken: runner.dense.bytesPerToken, expertKernel: runner.kernel.name, threads: runner.threads };
   }
 
+  /** Expert cache statistics since load: hits, misses, bytes per tier, stalls, per layer, and the memory plan. */
   cacheStats(): ExpertCacheReport {
     return { ...this.experts.report(), memoryPlan: this.memoryPlan };
   }
 
   /** Where experts ran, per layer, and the cost figures the scheduler planned with. */
-  scheduleStats(): ReturnType<HybridScheduler["stats"]> | { schedule: "device"; layers: [] } {
+  scheduleStats(): ScheduleStats {
     return this.live().hybrid?.scheduler.stats() ?? { schedule: "device", layers: [] };
   }
 
@@ -503,9 +507,4 @@ function checkMaxTokens(maxTokens = 128): number {
 
 function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw signal.reason ?? new DOMException("generation aborted", "AbortError");
-}
-
-/** Loads an imported model directory (see `moe-run import`). */
-export function loadModel(modelDir: string, options: LoadModelOptions = {}): Promise<MoeModel> {
-  return MoeModel.load(modelDir, options);
 }

@@ -6,7 +6,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Command } from "commander";
-import { loadModelInWorker, type WorkerModel } from "../../engine/WorkerModel.js";
+import type { WorkerModel } from "../../engine/WorkerModel.js";
+import { loadModel } from "../../model/loadModel.js";
 import { InvalidOptionError, MoeRunError } from "../../errors.js";
 import { OpenAiServer } from "../../server/OpenAiServer.js";
 import { formatBytes, parseByteSize } from "../../util/bytes.js";
@@ -73,10 +74,14 @@ export function registerServe(program: Command): void {
   });
 }
 
-/** loadModelInWorker for the CLI: an error that is not moe-run's own names the model directory and what to do. */
+/**
+ * loadModel for the server: compute on a worker thread (the default), so the HTTP loop answers
+ * /health, queues and disconnects while a request generates. An error that is not moe-run's own
+ * names the model directory and what to do.
+ */
 async function loadWorkerForCli(modelDir: string, opts: ModelCliOptions): Promise<WorkerModel> {
   try {
-    return await loadModelInWorker(modelDir, loadOptions(opts));
+    return await loadModel(modelDir, loadOptions(opts));
   } catch (err) {
     if (err instanceof MoeRunError) throw err;
     const message = (err instanceof Error ? err.message : String(err)).split("\n")[0]!.slice(0, 300);
