@@ -141,7 +141,7 @@ export async function prepareModel(m, args, log) {
 export function makePrompt(hfDir, n) {
   const cfg = path.join(hfDir, "tokenizer_config.json");
   const tok = TextTokenizer.load(path.join(hfDir, "tokenizer.json"), fs.existsSync(cfg) ? cfg : null);
-  const base = "Permission is hereby granted, free of charge, to any person obtaining a copy of this software and associated documentation files. ".repeat(16);
+  const base = "Permission is hereby granted, free of charge, to any person obtaining a copy of this software and associated documentation files. ".repeat(Math.max(16, Math.ceil(n / 16)));
   const all = tok.encode(base);
   for (let len = Math.min(n, all.length); len > 1; len--) {
     const text = tok.decode(all.slice(0, len));
