@@ -95,7 +95,9 @@ const l = (await m.logits(${JSON.stringify(ids)})).data;
 await m.dispose();
 process.stdout.write(JSON.stringify(Array.from(l)));`;
     for (const isa of addon!.kernelIsas()) {
-      const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { env: { ...process.env, MOE_RUN_KERNEL_ISA: isa }, encoding: "utf8", maxBuffer: 1 << 26 });
+      // loadModel's worker must start whatever Node options the app runs with (these two are
+      // refused by worker threads when passed on).
+      const r = spawnSync(process.execPath, ["--expose-gc", "--input-type=module", "-e", script], { env: { ...process.env, MOE_RUN_KERNEL_ISA: isa }, encoding: "utf8", maxBuffer: 1 << 26 });
       expect(r.status, `${isa}: ${r.stderr}`).toBe(0);
       const got = JSON.parse(r.stdout) as number[];
       expect(got.length).toBe(want.length);

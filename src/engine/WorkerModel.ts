@@ -40,20 +40,6 @@ function toError(e: WireError): Error {
   return err;
 }
 
-/**
- * The caller's Node options for the worker, less --input-type: it applies to `node -e` code only,
- * and a worker that inherits it (an app started as `node --input-type=module -e ...`) fails to start.
- */
-function workerExecArgv(): string[] {
-  const args: string[] = [];
-  for (let i = 0; i < process.execArgv.length; i++) {
-    const a = process.execArgv[i]!;
-    if (a === "--input-type") i++;
-    else if (!a.startsWith("--input-type=")) args.push(a);
-  }
-  return args;
-}
-
 /** Drop-in for distributive Omit over the Request union. */
 type RequestBody = Request extends infer R ? (R extends { id: number } ? Omit<R, "id"> : never) : never;
 
@@ -95,7 +81,11 @@ export class WorkerModel implements LanguageModel {
     const write = log ?? ((line: string) => process.stderr.write(line + "\n"));
     const dir = path.resolve(modelDir);
     const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-    const worker = new Worker(path.join(root, "dist", "engine", "engineWorker.js"), { execArgv: workerExecArgv() });
+    const worker = new Worker(path.join(root, "dist", "engine", "engineWorker.js"), {
+      // No Node options from the caller: the engine is plain compiled JS that needs none, and some
+      // the app may run with make a worker fail to start (--input-type, --expose-gc, ...).
+      execArgv: [],
+    });
     const listeners = new Map<number, Listener>();
     const onMessage = (msg: Response) => listeners.get(msg.id)?.(msg);
     worker.on("message", onMessage);
