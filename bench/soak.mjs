@@ -77,6 +77,12 @@ const end = samples.at(-1);
 // A leak grows RSS by a steady amount per cycle; allocator and heap warm-up flattens out. The
 // least-squares slope over the second half of the cycles tells them apart.
 const late = samples.filter((s) => s.cycle !== undefined && s.cycle >= cycles / 2);
+// RSS wanders with the allocator and V8's heap; a leak also raises the peak: compare the highest
+// sample of each half (after warm-up).
+const early = samples.filter((s) => s.cycle !== undefined && s.cycle >= 10 && s.cycle < cycles / 2);
+const maxOf = (xs) => (xs.length ? Math.max(...xs.map((s) => s.rssMiB)) : undefined);
+const peakFirstHalf = maxOf(early);
+const peakSecondHalf = maxOf(late);
 const slopeKiBPerCycle = (() => {
   if (late.length < 2) return undefined;
   const mx = late.reduce((a, s) => a + s.cycle, 0) / late.length;
@@ -90,7 +96,7 @@ const rows = [
   ...samples.map((s) => [s.label, s.rssMiB.toFixed(0), String(s.fds)]),
 ];
 console.log(rows.map((r, i) => `| ${r.join(" | ")} |` + (i === 0 ? `\n|${r.map(() => "---").join("|")}|` : "")).join("\n"));
-console.log(`\nlong generation: ${n} tokens in ${longSeconds.toFixed(1)} s; cycles: ${cycles} (${disposedMid} disposed mid-generation); RSS growth after warm-up ${(end.rssMiB - warm.rssMiB).toFixed(0)} MiB, fds ${end.fds - warm.fds}; RSS slope over the second half ${slopeKiBPerCycle?.toFixed(1) ?? "–"} KiB/cycle${globalThis.gc ? " (GC before each sample)" : " (run with --expose-gc for samples after a GC)"}`);
+console.log(`\nlong generation: ${n} tokens in ${longSeconds.toFixed(1)} s; cycles: ${cycles} (${disposedMid} disposed mid-generation); RSS growth after warm-up ${(end.rssMiB - warm.rssMiB).toFixed(0)} MiB, fds ${end.fds - warm.fds}; highest RSS in the first / second half of the cycles ${peakFirstHalf?.toFixed(0) ?? "–"} / ${peakSecondHalf?.toFixed(0) ?? "–"} MiB; RSS slope over the second half ${slopeKiBPerCycle?.toFixed(1) ?? "–"} KiB/cycle${globalThis.gc ? " (GC before each sample)" : " (run with --expose-gc for samples after a GC)"}`);
 const out = path.join(ROOT, "bench", "results", "soak.json");
-fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), model: dir, tokens: n, longSeconds, cycles, disposedMid, samples, rssGrowthAfterWarmMiB: end.rssMiB - warm.rssMiB, fdGrowthAfterWarm: end.fds - warm.fds, rssSlopeKiBPerCycleSecondHalf: slopeKiBPerCycle, gcBeforeSamples: Boolean(globalThis.gc) }, null, 2) + "\n");
+fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), model: dir, tokens: n, longSeconds, cycles, disposedMid, samples, rssGrowthAfterWarmMiB: end.rssMiB - warm.rssMiB, fdGrowthAfterWarm: end.fds - warm.fds, rssSlopeKiBPerCycleSecondHalf: slopeKiBPerCycle, rssPeakFirstHalfMiB: peakFirstHalf, rssPeakSecondHalfMiB: peakSecondHalf, gcBeforeSamples: Boolean(globalThis.gc) }, null, 2) + "\n");
 process.stderr.write(`[soak] wrote ${path.relative(process.cwd(), out)}\n`);
