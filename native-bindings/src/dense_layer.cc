@@ -2,10 +2,8 @@
 
 #include "kernels_isa.h"
 
-#include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 namespace moe {

@@ -9,6 +9,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { MoeRunError } from "../errors.js";
+import { lockHolderAlive, processStart } from "../util/processLiveness.js";
 
 interface Holder {
   moeRunDownload: 1;
@@ -16,26 +17,6 @@ interface Holder {
   host: string;
   start: string | null;
   token: string;
-}
-
-function processStart(pid: number): string | null {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? null;
-  } catch {
-    return null;
-  }
-}
-
-function alive(h: Holder): boolean {
-  if (h.host !== os.hostname()) return true; // a shared file system: cannot tell
-  try {
-    process.kill(h.pid, 0);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ESRCH") return false;
-  }
-  const start = h.start === null ? null : processStart(h.pid);
-  return start === null || start === h.start; // else the pid was reused
 }
 
 function read(file: string): string | null {
@@ -80,7 +61,7 @@ export class BlobLock {
       if (seen === null) continue;
       const holder = parse(seen);
       // An empty or foreign file is a lock being written right now, or junk; only a dead holder is stale.
-      if (!holder || alive(holder)) {
+      if (!holder || lockHolderAlive(holder)) {
         if (!holder && attempt < 3) continue;
         throw new MoeRunError(
           "DOWNLOAD_IN_PROGRESS",

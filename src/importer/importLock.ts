@@ -16,6 +16,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { MoeRunError } from "../errors.js";
+import { lockHolderAlive, processStart } from "../util/processLiveness.js";
 
 export const LOCK_SUFFIX = ".import-lock";
 
@@ -26,32 +27,6 @@ interface LockInfo {
   /** The process's start time (clock ticks since boot, /proc/<pid>/stat field 22), against pid reuse. */
   start: string | null;
   token: string;
-}
-
-/** Start time of a process, or null where /proc is not readable. */
-function processStart(pid: number): string | null {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return fields[19] ?? null; // field 22 overall; fields[0] is field 3
-  } catch {
-    return null;
-  }
-}
-
-/** Whether the importer that wrote this lock may still be running. */
-function holderAlive(info: LockInfo): boolean {
-  if (info.host !== os.hostname()) return true; // another machine (shared filesystem): cannot tell
-  try {
-    process.kill(info.pid, 0);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ESRCH") return false;
-  }
-  if (info.start !== null) {
-    const now = processStart(info.pid);
-    if (now !== null && now !== info.start) return false; // the pid now belongs to another process
-  }
-  return true;
 }
 
 function parseLock(text: string): LockInfo | null {
@@ -123,7 +98,7 @@ export class ImportLock {
             `${file} exists but is not a moe-run import lock; if no import into ${shown} is running, remove it and import again`
           );
         }
-        if (holderAlive(holder)) {
+        if (lockHolderAlive(holder)) {
           const where = holder.host === os.hostname() ? "" : ` on ${holder.host}`;
           throw new MoeRunError(
             "IMPORT_IN_PROGRESS",
