@@ -33,6 +33,11 @@ export interface DenseLayers {
   readonly name: DenseLayersName;
   /** Dense weight bytes one decode token reads (attention, router, shared expert, LM head). */
   readonly bytesPerToken: number;
+  /**
+   * Makes `kv` ready to take T more positions before a forward pass (native: grows its buffers;
+   * onnx keeps the tensors its graphs return and needs nothing).
+   */
+  reserve?(kv: KvCache, T: number): void;
   /** [T, H] embeddings of `ids`. */
   embed(ids: readonly number[]): Promise<Float32Array>;
   /** Layer `layer` over T tokens at positions kv.length..; appends them to the layer's cache. */

@@ -136,11 +136,9 @@ export class ModelRunner {
       mark = now;
     };
     const { cos, sin } = ropeTables(kv.length, T, d.headDim, d.ropeTheta);
-    if (this.dense.name === "native") {
-      const copied = kv.copiedBytes;
-      kv.reserve(kv.length + T);
-      times.kvCopiedBytes += kv.copiedBytes - copied;
-    }
+    const copied = kv.copiedBytes;
+    this.dense.reserve?.(kv, T);
+    times.kvCopiedBytes += kv.copiedBytes - copied;
     lap("kv");
     let hidden = await this.dense.embed(ids); // [T, H]
     lap("embed");

@@ -138,6 +138,10 @@ export class NativeDenseLayers implements DenseLayers {
     }
   }
 
+  reserve(kv: KvCache, T: number): void {
+    kv.reserve(kv.length + T);
+  }
+
   async embed(ids: readonly number[]): Promise<Float32Array> {
     const e = this.embedding;
     const out = new Float32Array(ids.length * e.cols); // [T, H]
