@@ -3,6 +3,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { afterAll } from "vitest";
 import { importModel, type ImportOptions } from "../src/importer/importModel.js";
 import { loadModel } from "../src/model/loadModel.js";
 import type { LoadModelOptions } from "../src/model/MoeModel.js";
@@ -11,9 +12,20 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 export const CLI = path.join(ROOT, "dist", "cli", "cli.js");
 export const MODELS = path.join(ROOT, "models");
 
+/** Folders tmpDir() made for the test file being run; removed when the file is done. */
+const madeDirs: string[] = [];
+
 export function tmpDir(prefix = "moe-run-test-"): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  madeDirs.push(dir);
+  return dir;
 }
+
+// Imported models are hundreds of MB each: without this a test run leaves gigabytes in the temp
+// folder (vitest evaluates this module once per test file, so the hook is per file).
+afterAll(() => {
+  for (const dir of madeDirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
+});
 
 export interface CliResult {
   status: number | null;
