@@ -37,7 +37,7 @@ const H = Number(args.hidden);
 const F = Number(args.ffn);
 const reps = Number(args.reps);
 const tokenCounts = args.tokens.split(",").map(Number);
-const ENCODINGS = ["f32", "f16", "int8", "int4"];
+const ENCODINGS = ["f32", "f16", "int8", "int4", "mxfp4"];
 const THREADS = [1, 2];
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const addonFile = path.join(ROOT, "native-bindings", "build", "Release", "moe_native.node");

@@ -133,3 +133,108 @@ export class InvalidOptionError extends MoeRunError {
 export function invariant(condition: unknown, message: string): asserts condition {
   if (!condition) throw new Error(`moe-run invariant violated: ${message}`);
 }
+
+/** What is wrong with a GGUF file, for callers and tests that switch on it. */
+export type GgufProblem =
+  | "magic"
+  | "version"
+  | "truncated"
+  | "value-type"
+  | "duplicate"
+  | "alignment"
+  | "tensor-type"
+  | "tensor-shape"
+  | "tensor-range"
+  | "missing-key"
+  | "bad-value"
+  | "split";
+
+/** A GGUF file that cannot be read as one; the one-line message names the file and the problem. */
+export class GgufFormatError extends CheckpointCorruptError {
+  readonly problem: GgufProblem;
+  constructor(problem: GgufProblem, message: string) {
+    super(message);
+    this.name = "GgufFormatError";
+    this.problem = problem;
+  }
+}
+
+/** The file does not start with "GGUF". */
+export class GgufMagicError extends GgufFormatError {
+  constructor(message: string) {
+    super("magic", message);
+    this.name = "GgufMagicError";
+  }
+}
+
+/** A GGUF version other than 2 or 3 (or a big-endian file). */
+export class GgufVersionError extends GgufFormatError {
+  constructor(message: string) {
+    super("version", message);
+    this.name = "GgufVersionError";
+  }
+}
+
+/** The header ends before its counts say it should. */
+export class GgufTruncatedError extends GgufFormatError {
+  constructor(message: string) {
+    super("truncated", message);
+    this.name = "GgufTruncatedError";
+  }
+}
+
+/** A metadata value of a type GGUF does not define (or an array of arrays). */
+export class GgufValueTypeError extends GgufFormatError {
+  constructor(message: string) {
+    super("value-type", message);
+    this.name = "GgufValueTypeError";
+  }
+}
+
+/** A tensor type id that no ggml version defines. */
+export class GgufTensorTypeError extends GgufFormatError {
+  constructor(message: string) {
+    super("tensor-type", message);
+    this.name = "GgufTensorTypeError";
+  }
+}
+
+/** Tensor dimensions that are invalid, or not whole blocks of the tensor's type. */
+export class GgufTensorShapeError extends GgufFormatError {
+  constructor(message: string) {
+    super("tensor-shape", message);
+    this.name = "GgufTensorShapeError";
+  }
+}
+
+/** A tensor's data lies (partly) past the end of its file, or overlaps another tensor's. */
+export class GgufTensorRangeError extends GgufFormatError {
+  constructor(message: string) {
+    super("tensor-range", message);
+    this.name = "GgufTensorRangeError";
+  }
+}
+
+/** A tensor offset (or general.alignment itself) that breaks the file's alignment. */
+export class GgufAlignmentError extends GgufFormatError {
+  constructor(message: string) {
+    super("alignment", message);
+    this.name = "GgufAlignmentError";
+  }
+}
+
+/** A metadata key the importer needs is absent (or has the wrong type). */
+export class GgufMissingKeyError extends GgufFormatError {
+  constructor(message: string) {
+    super("missing-key", message);
+    this.name = "GgufMissingKeyError";
+  }
+}
+
+/** The shards of a split GGUF (-0000k-of-0000N.gguf) do not belong together, or one is missing. */
+export class GgufSplitError extends GgufFormatError {
+  constructor(message: string) {
+    super("split", message);
+    this.name = "GgufSplitError";
+  }
+}

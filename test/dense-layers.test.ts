@@ -143,8 +143,9 @@ process.stdout.write(JSON.stringify(Array.from(l)));`;
 
   it("refuses a weight blob that does not match the layer's shapes, and token ids outside the vocabulary", () => {
     const a = addon!;
-    const spec = Float64Array.from([64, 4, 2, 16, 4, 0, 1e-5, 0]);
-    const sections = new Float64Array(16 * 3).fill(-1);
+    // [H, Hq, Hkv, hd, E, Fs, eps, qkNorm, norm, attnScale, rotaryDim, window]; 21 sections (dense_layer.h)
+    const spec = Float64Array.from([64, 4, 2, 16, 4, 0, 1e-5, 0, 0, 0.25, 16, 0]);
+    const sections = new Float64Array(21 * 3).fill(-1);
     const f = (n: number) => new Float32Array(n);
     expect(() => a.denseLayer(spec, new Uint8Array(16), sections, f(64), 1, 0, f(16), f(16), f(2 * 16 * 4), f(2 * 16 * 4), 4, f(64), f(64), f(4), null, 1)).toThrow(
       /section 0 is missing/

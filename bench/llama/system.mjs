@@ -157,7 +157,7 @@ export async function measureReadPath(modelDir, { inFlight = 4, passes = 2 } = {
   const manifest = JSON.parse(fs.readFileSync(path.join(modelDir, "manifest.json"), "utf8"));
   const d = manifest.dims;
   const file = path.join(modelDir, manifest.experts.store);
-  const store = ExpertStore.openReadOnly(file, { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: manifest.precision.experts }, { numLayers: d.numLayers, numExperts: d.numExperts });
+  const store = ExpertStore.openReadOnly(file, { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: manifest.precision.experts }, { layers: Array.from({ length: d.numLayers }, (_, l) => l), numExperts: d.numExperts });
   const ids = [];
   for (let l = 0; l < d.numLayers; l++) for (let e = 0; e < d.numExperts; e++) ids.push([l, e]);
   let best;

@@ -8,9 +8,13 @@ PROMPTS, writes test/reference/<name>.json:
      {"text", "ids" (BOS included, from bpe.BpeTokenizer), "logits" ([V] per prompt position),
       "greedy" (32 argmax tokens, no EOS stop), "greedyLogits" ([V] that produced each greedy token),
       "minMargin" (smallest top1-top2 logit gap over the greedy steps),
-      "minRouterGap" (smallest router-logit gap l_k - l_(k+1) = log(p_k/p_(k+1)) between the k-th
-                      and (k+1)-th expert, all layers, all positions of prompt+greedy),
-      "minRouterProbGap" (same, as the absolute probability gap p_k - p_(k+1))}]}
+      "minRouterGap" (smallest routing-decision margin over all MoE layers and all positions of
+                      prompt+greedy: for softmax-over-logits routers the router-logit gap
+                      l_k - l_(k+1) = log(p_k/p_(k+1)) between the k-th and (k+1)-th expert; for the
+                      other routers see MoeForCausalLM.routing_gaps -- glm4_moe: selection-score gaps,
+                      deepseek_v2: group and expert logit gaps, phimoe: sparsemixer logit and
+                      threshold distances),
+      "minRouterProbGap" (the same boundary as an absolute probability (or sigmoid score) gap)}]}
 
 Floats keep at least 6 significant digits and an absolute error <= 5e-6.
 
@@ -34,7 +38,9 @@ from moe_reference import MoeForCausalLM, load_hf_checkpoint  # noqa: E402
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 MODELS = os.path.join(REPO, "models")
 REF_DIR = os.path.join(REPO, "test", "reference")
-FIXTURES = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe"]
+FIXTURES = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe",
+            "tiny-granitemoe", "tiny-glm4-moe", "tiny-phimoe", "tiny-gpt-oss", "tiny-deepseek-v2",
+            "tiny-qwen3-moe-dense"]
 N_GREEDY = 32
 
 PROMPTS = [
@@ -54,22 +60,16 @@ def rows(t: torch.Tensor) -> List[List[float]]:
     return [[fmt(v) for v in r] for r in t.tolist()]
 
 
-def router_gaps(router_logits: List[torch.Tensor], k: int):
-    """(min logit gap, min probability gap) between the k-th and (k+1)-th expert over all rows.
-    The logit gap equals the log-probability gap, i.e. the *relative* gap p_k/p_(k+1); it is what
-    decides whether float rounding can flip the top-k selection."""
-    lg = pg = float("inf")
-    for rl in router_logits:
-        s = rl.sort(-1, descending=True).values
-        lg = min(lg, float((s[:, k - 1] - s[:, k]).min()))
-        p = rl.softmax(-1).sort(-1, descending=True).values
-        pg = min(pg, float((p[:, k - 1] - p[:, k]).min()))
-    return lg, pg
+def router_gaps(model: MoeForCausalLM, router_logits: List[torch.Tensor]):
+    """(min routing-decision margin, min probability gap) over all rows (MoeForCausalLM.routing_gaps).
+    For softmax routers the margin is the logit gap between the k-th and (k+1)-th expert, which equals
+    the log-probability gap, i.e. the *relative* gap p_k/p_(k+1); it is what decides whether float
+    rounding can flip the top-k selection."""
+    return model.routing_gaps(router_logits)
 
 
 @torch.no_grad()
 def evaluate(model: MoeForCausalLM, tok: BpeTokenizer, prompts=PROMPTS, n_greedy: int = N_GREEDY) -> Dict:
-    k = model.cfg.num_experts_per_tok
     out = []
     for text in prompts:
         ids = tok.encode(text, add_bos=True)
@@ -80,7 +80,7 @@ def evaluate(model: MoeForCausalLM, tok: BpeTokenizer, prompts=PROMPTS, n_greedy
             top = g.topk(2).values
             margins.append(float(top[0] - top[1]))
         _, rl = model(torch.tensor(ids + greedy, dtype=torch.long))
-        lg, pg = router_gaps(rl, k)
+        lg, pg = router_gaps(model, rl)
         out.append({
             "text": text, "ids": ids, "logits": logits, "greedy": greedy,
             "greedyLogits": torch.stack(glogits), "minMargin": min(margins),

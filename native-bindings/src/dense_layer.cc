@@ -19,6 +19,20 @@ void rms_norm(const float* x, size_t T, size_t n, const float* w, float eps, flo
   }
 }
 
+void layer_norm(const float* x, size_t T, size_t n, const float* w, const float* b, float eps, float* out) {
+  for (size_t t = 0; t < T; t++) {
+    const float* xr = x + t * n;
+    float* o = out + t * n;
+    double sum = 0;
+    for (size_t i = 0; i < n; i++) sum += xr[i];
+    const float mean = float(sum / double(n));
+    double ss = 0;
+    for (size_t i = 0; i < n; i++) ss += double(xr[i] - mean) * double(xr[i] - mean);
+    const float sd = std::sqrt(float(ss / double(n)) + eps);
+    for (size_t i = 0; i < n; i++) o[i] = (xr[i] - mean) / sd * w[i] + b[i];
+  }
+}
+
 void gather_rows(Enc enc, const uint8_t* w, size_t rows, size_t cols, const int32_t* ids, size_t n, float* out) {
   (void)rows;
   for (size_t i = 0; i < n; i++) {
@@ -34,10 +48,11 @@ void gather_rows(Enc enc, const uint8_t* w, size_t rows, size_t cols, const int3
 
 static inline const float* f32(const WeightRef& r) { return reinterpret_cast<const float*>(r.p); }
 
-// RoPE, half-split layout, in place on [T, heads, hd] rows: x' = x*cos + rotate_half(x)*sin.
-static void rope(float* x, size_t T, size_t heads, size_t hd, const float* cos, const float* sin) {
-  const size_t h = hd / 2;
-  std::vector<float> tmp(hd);
+// RoPE, half-split layout over the first `rot` dims, in place on [T, heads, hd] rows:
+// x' = x*cos + rotate_half(x)*sin; dims from rot on pass through.
+static void rope(float* x, size_t T, size_t heads, size_t hd, size_t rot, const float* cos, const float* sin) {
+  const size_t h = rot / 2;
+  std::vector<float> tmp(rot);
   for (size_t t = 0; t < T; t++) {
     const float* c = cos + t * hd;
     const float* s = sin + t * hd;
@@ -47,16 +62,16 @@ static void rope(float* x, size_t T, size_t heads, size_t hd, const float* cos, 
         tmp[i] = v[i] * c[i] + (-v[i + h]) * s[i];
         tmp[i + h] = v[i + h] * c[i + h] + v[i] * s[i + h];
       }
-      std::memcpy(v, tmp.data(), hd * 4);
+      std::memcpy(v, tmp.data(), rot * 4);
     }
   }
 }
 
 // ctx[T, Hq*hd] from q [T, Hq*hd] and the cache's first past+T positions (causal).
 static void attention(const DenseSpec& s, const float* q, const float* kv_k, const float* kv_v, size_t capacity, size_t past,
-                      size_t T, float* ctx, int threads) {
+                      size_t T, const float* sinks, float* ctx, int threads) {
   const size_t hd = s.hd, G = s.Hq / s.Hkv;
-  const float scale = 1.f / std::sqrt(float(hd));
+  const float scale = s.attn_scale;
   const KernelTable* k = active_kernels();
   // One task per (kv head, token): the G query heads sharing a kv head read its cache once.
   // Heads of a group are adjacent in q and ctx (head h reads kv head h / G).
@@ -64,8 +79,10 @@ static void attention(const DenseSpec& s, const float* q, const float* kv_k, con
     std::vector<float> scores(G * (past + T));  // [G, S] scratch
     for (size_t task = begin; task < end; task++) {
       const size_t g = task / T, t = task % T;
-      k->attend(q + t * s.Hq * hd + g * G * hd, G, kv_k + g * capacity * hd, kv_v + g * capacity * hd, past + t + 1, hd, scale, scores.data(),
-                ctx + t * s.Hq * hd + g * G * hd);
+      // Keys [first, past + t]: all before the query, or the last `window` of them.
+      const size_t seen = past + t + 1, first = s.window && seen > s.window ? seen - s.window : 0;
+      k->attend(q + t * s.Hq * hd + g * G * hd, G, kv_k + (g * capacity + first) * hd, kv_v + (g * capacity + first) * hd, seen - first, hd, scale,
+                sinks ? sinks + g * G : nullptr, scores.data(), ctx + t * s.Hq * hd + g * G * hd);
     }
   };
   parallel_for(threads, s.Hkv * T, work);
@@ -76,7 +93,11 @@ void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, 
                    float* router_logits, float* shared_out, int threads) {
   const size_t H = s.H, hd = s.hd, nq = s.Hq * hd, nkv = s.Hkv * hd;
   std::vector<float> x(T * H), q(T * nq), k(T * nkv), v(T * nkv), ctx(T * nq);  // [T, *] activations
-  rms_norm(hidden, T, H, f32(w[kInNorm]), s.eps, x.data());
+  const auto norm = [&](const float* in, int weight, int bias, float* out) {
+    if (s.norm == 1) layer_norm(in, T, H, f32(w[weight]), f32(w[bias]), s.eps, out);
+    else rms_norm(in, T, H, f32(w[weight]), s.eps, out);
+  };
+  norm(hidden, kInNorm, kInNormBias, x.data());
   const MatmulJob qkv[3] = {
       {w[kQ].enc, w[kQ].p, nq, H, x.data(), T, q.data()},
       {w[kK].enc, w[kK].p, nkv, H, x.data(), T, k.data()},
@@ -98,18 +119,22 @@ void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, 
     rms_norm(q.data(), T * s.Hq, hd, f32(w[kQNorm]), s.eps, q.data());
     rms_norm(k.data(), T * s.Hkv, hd, f32(w[kKNorm]), s.eps, k.data());
   }
-  rope(q.data(), T, s.Hq, hd, cos, sin);
-  rope(k.data(), T, s.Hkv, hd, cos, sin);
+  rope(q.data(), T, s.Hq, hd, s.rot, cos, sin);
+  rope(k.data(), T, s.Hkv, hd, s.rot, cos, sin);
   for (size_t t = 0; t < T; t++)
     for (size_t g = 0; g < s.Hkv; g++) {
       std::memcpy(kv_k + (g * capacity + past + t) * hd, k.data() + (t * s.Hkv + g) * hd, hd * 4);
       std::memcpy(kv_v + (g * capacity + past + t) * hd, v.data() + (t * s.Hkv + g) * hd, hd * 4);
     }
-  attention(s, q.data(), kv_k, kv_v, capacity, past, T, ctx.data(), threads);
+  attention(s, q.data(), kv_k, kv_v, capacity, past, T, w[kSinks].p ? f32(w[kSinks]) : nullptr, ctx.data(), threads);
   matmul_rows(w[kO].enc, w[kO].p, H, nq, ctx.data(), T, attn_out, threads);
+  add_bias(attn_out, H, w[kOBias]);
   for (size_t i = 0; i < T * H; i++) attn_out[i] += hidden[i];
-  rms_norm(attn_out, T, H, f32(w[kPostNorm]), s.eps, moe_in);
-  matmul_rows(w[kRouter].enc, w[kRouter].p, s.E, H, moe_in, T, router_logits, threads);
+  norm(attn_out, kPostNorm, kPostNormBias, moe_in);
+  if (s.E > 0) {  // dense layers have no router
+    matmul_rows(w[kRouter].enc, w[kRouter].p, s.E, H, moe_in, T, router_logits, threads);
+    add_bias(router_logits, s.E, w[kRouterBias]);
+  }
   if (s.Fs && shared_out) {
     std::vector<float> g(T * s.Fs), u(T * s.Fs);  // [T, Fs]
     const MatmulJob gu[2] = {
@@ -119,8 +144,8 @@ void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, 
     matmul_rows_batch(gu, 2, threads);
     for (size_t i = 0; i < T * s.Fs; i++) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
     matmul_rows(w[kSharedDown].enc, w[kSharedDown].p, H, s.Fs, g.data(), T, shared_out, threads);
-    const float* gp = f32(w[kSharedProj]);
-    for (size_t t = 0; t < T; t++) {
+    const float* gp = f32(w[kSharedProj]);  // null: ungated (GLM/DeepSeek shared experts, dense MLPs)
+    for (size_t t = 0; gp && t < T; t++) {
       float a = 0.f;
       for (size_t i = 0; i < H; i++) a += moe_in[t * H + i] * gp[i];
       const float gate = 1.f / (1.f + std::exp(-a));

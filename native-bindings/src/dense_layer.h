@@ -1,9 +1,11 @@
 // The dense (non-expert) part of one decoder layer on the CPU, computing straight from weights in
 // the store's encodings (expert_kernels.h), with the KV cache in caller-owned buffers that grow in
 // place: nothing is copied per step. Mirrors the ONNX layer graph (src/importer/modelGraphs.ts):
-//   x = rms(hidden) ; q,k,v = x W^T (+bias) ; q/k norm ; RoPE (half-split) ; append k,v ;
-//   causal softmax attention (GQA: q head h reads kv head h / (Hq/Hkv)) ; attn_out = hidden + o ;
-//   moe_in = rms(attn_out) ; router_logits = moe_in R^T ; shared expert (optional, sigmoid-gated).
+//   x = norm(hidden) ; q,k,v = x W^T (+bias) ; q/k norm ; RoPE (half-split over the rotary dims) ;
+//   append k,v ; causal softmax attention (GQA: q head h reads kv head h / (Hq/Hkv); optional
+//   sliding window and sinks) ; attn_out = hidden + o (+bias) ; moe_in = norm(attn_out) ;
+//   router_logits = moe_in R^T (+bias) ; shared expert (optional, sigmoid-gated).
+// norm is RMSNorm, or LayerNorm with a bias section.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -17,10 +19,14 @@ struct DenseSpec {
   size_t Hq;   // query heads
   size_t Hkv;  // key/value heads
   size_t hd;   // head dim
-  size_t E;    // routed experts (router rows)
-  size_t Fs;   // shared expert width, 0 = none
-  float eps;   // RMSNorm epsilon
+  size_t E;    // routed experts (router rows); 0 in a dense layer
+  size_t Fs;   // shared expert width (a dense layer: its MLP's), 0 = none
+  float eps;   // norm epsilon
   int qk_norm; // 0 none, 1 per head over hd, 2 over all heads
+  int norm;    // 0 RMSNorm, 1 LayerNorm (weight and bias)
+  float attn_scale;  // softmax scale of scores (1/sqrt(hd) unless the family sets it)
+  size_t rot;        // rotary dims per head (<= hd, even)
+  size_t window;     // sliding window in positions (the query and window-1 before it); 0 = full
 };
 
 // Sections of a layer's weight blob, in this order. Norms, biases, the router and the shared
@@ -41,7 +47,12 @@ enum Section : int {
   kSharedGate,  // [Fs, H]         (optional)
   kSharedUp,    // [Fs, H]         (optional)
   kSharedDown,  // [H, Fs]         (optional)
-  kSharedProj,  // f32 [H]: the shared expert's sigmoid gate (optional)
+  kSharedProj,  // f32 [H]: the shared expert's sigmoid gate (optional: absent = ungated)
+  kInNormBias,  // f32 [H]  (LayerNorm)
+  kOBias,       // f32 [H]          (optional)
+  kSinks,       // f32 [Hq]         (optional) attention-sink logits
+  kPostNormBias,  // f32 [H]  (LayerNorm)
+  kRouterBias,  // f32 [E]          (optional)
   kSectionCount
 };
 
@@ -59,6 +70,9 @@ void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, 
 
 // out[T, n] = x / sqrt(mean(x^2) + eps) * w, per row of n.
 void rms_norm(const float* x, size_t T, size_t n, const float* w, float eps, float* out);
+
+// out[T, n] = (x - mean(x)) / sqrt(var(x) + eps) * w + b, per row of n (biased variance).
+void layer_norm(const float* x, size_t T, size_t n, const float* w, const float* b, float eps, float* out);
 
 // out[i, cols] = row ids[i] of W [rows, cols] decoded to fp32 (the embedding lookup).
 void gather_rows(Enc enc, const uint8_t* w, size_t rows, size_t cols, const int32_t* ids, size_t n, float* out);

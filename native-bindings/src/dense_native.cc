@@ -18,7 +18,7 @@ napi_value fail(napi_env env, const std::string& msg) {
   return nullptr;
 }
 
-// denseLayer(spec: Float64Array [H,Hq,Hkv,hd,E,Fs,eps,qkNorm], blob: Uint8Array,
+// denseLayer(spec: Float64Array [H,Hq,Hkv,hd,E,Fs,eps,qkNorm,norm,attnScale,rot,window], blob: Uint8Array,
 //            sections: Float64Array [kSectionCount*3: offset (-1 absent), bytes, enc],
 //            hidden, T, past, cos, sin, kvK, kvV, capacity, attnOut, moeIn, routerLogits, sharedOut|null, threads)
 napi_value DenseLayer(napi_env env, napi_callback_info info) {
@@ -37,11 +37,13 @@ napi_value DenseLayer(napi_env env, napi_callback_info info) {
   }
   typed_data(env, a[14], &shared, &shared_b);  // null when the model has no shared expert
   const double* sp = static_cast<const double*>(spec_p);
-  if (spec_b != 8 * 8 || sec_b != moe::kSectionCount * 3 * 8) return fail(env, "denseLayer: spec or section table has the wrong length");
-  moe::DenseSpec s{size_t(sp[0]), size_t(sp[1]), size_t(sp[2]), size_t(sp[3]), size_t(sp[4]), size_t(sp[5]), float(sp[6]), int(sp[7])};
+  if (spec_b != 12 * 8 || sec_b != moe::kSectionCount * 3 * 8) return fail(env, "denseLayer: spec or section table has the wrong length");
+  moe::DenseSpec s{size_t(sp[0]), size_t(sp[1]), size_t(sp[2]), size_t(sp[3]), size_t(sp[4]),  size_t(sp[5]),
+                   float(sp[6]),  int(sp[7]),     int(sp[8]),     float(sp[9]),   size_t(sp[10]), size_t(sp[11])};
   const size_t T = size_t(num(env, a[4])), past = size_t(num(env, a[5])), cap = size_t(num(env, a[10]));
   const int threads = int(num(env, a[15]));
-  if (s.Hkv == 0 || s.Hq % s.Hkv || s.hd % 2 || T == 0) return fail(env, "denseLayer: inconsistent spec");
+  if (s.Hkv == 0 || s.Hq % s.Hkv || s.hd % 2 || T == 0 || s.rot % 2 || s.rot > s.hd || s.norm < 0 || s.norm > 1 || !(s.attn_scale > 0))
+    return fail(env, "denseLayer: inconsistent spec");
   const size_t H = s.H, nq = s.Hq * s.hd, nkv = s.Hkv * s.hd;
   // Each section's expected shape: the blob must hold it whole, in the stated encoding.
   struct Shape { size_t rows, cols; bool required; };
@@ -50,7 +52,8 @@ napi_value DenseLayer(napi_env env, napi_callback_info info) {
   const Shape shapes[moe::kSectionCount] = {
       {1, H, true}, {nq, H, true}, {nkv, H, true}, {nkv, H, true}, {H, nq, true},
       {1, nq, false}, {1, nkv, false}, {1, nkv, false}, {1, qn, s.qk_norm != 0}, {1, kn, s.qk_norm != 0},
-      {1, H, true}, {s.E, H, true}, {s.Fs, H, has_shared}, {s.Fs, H, has_shared}, {H, s.Fs, has_shared}, {1, H, has_shared},
+      {1, H, true}, {s.E, H, s.E > 0}, {s.Fs, H, has_shared}, {s.Fs, H, has_shared}, {H, s.Fs, has_shared}, {1, H, false},
+      {1, H, s.norm == 1}, {1, H, false}, {1, s.Hq, false}, {1, H, s.norm == 1}, {1, s.E, false},
   };
   moe::WeightRef w[moe::kSectionCount];
   const double* sec = static_cast<const double*>(sec_p);
@@ -94,6 +97,23 @@ napi_value RmsNorm(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// layerNorm(x: Float32Array [T,n], T, n, w: Float32Array [n], b: Float32Array [n], eps, out: Float32Array [T,n])
+napi_value LayerNorm(napi_env env, napi_callback_info info) {
+  if (!kernel_isa_ok(env)) return nullptr;
+  size_t argc = 7;
+  napi_value a[7];
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 7) return fail(env, "layerNorm: 7 arguments expected");
+  void *x, *w, *b, *out;
+  size_t xb, wb, bb, ob;
+  if (!typed_data(env, a[0], &x, &xb) || !typed_data(env, a[3], &w, &wb) || !typed_data(env, a[4], &b, &bb) || !typed_data(env, a[6], &out, &ob))
+    return fail(env, "layerNorm: typed arrays expected");
+  const size_t T = size_t(num(env, a[1])), n = size_t(num(env, a[2]));
+  if (xb < T * n * 4 || ob < T * n * 4 || wb < n * 4 || bb < n * 4) return fail(env, "layerNorm: buffer sizes do not match T and n");
+  moe::layer_norm(static_cast<const float*>(x), T, n, static_cast<const float*>(w), static_cast<const float*>(b), float(num(env, a[5])),
+                  static_cast<float*>(out));
+  return nullptr;
+}
+
 // matmul(enc, w: Uint8Array [rows,cols] encoded, rows, cols, x: Float32Array [T,cols], T, y: Float32Array [T,rows], threads)
 napi_value Matmul(napi_env env, napi_callback_info info) {
   if (!kernel_isa_ok(env)) return nullptr;
@@ -105,9 +125,9 @@ napi_value Matmul(napi_env env, napi_callback_info info) {
   if (!typed_data(env, a[1], &w, &wb) || !typed_data(env, a[4], &x, &xb) || !typed_data(env, a[6], &y, &yb)) return fail(env, "matmul: typed arrays expected");
   const int enc = int(num(env, a[0]));
   const size_t rows = size_t(num(env, a[2])), cols = size_t(num(env, a[3])), T = size_t(num(env, a[5]));
-  if (enc < 0 || enc > 3) return fail(env, "matmul: bad encoding");
+  if (enc < 0 || enc > 4) return fail(env, "matmul: bad encoding");
   const auto e = static_cast<moe::Enc>(enc);
-  if (wb != moe::matrix_bytes(e, rows, cols) || xb < T * cols * 4 || yb < T * rows * 4 || (e >= moe::Enc::Q8 && cols % moe::kBlock)) {
+  if (wb != moe::matrix_bytes(e, rows, cols) || xb < T * cols * 4 || yb < T * rows * 4 || (moe::enc_quantized(e) && cols % moe::kBlock)) {
     return fail(env, "matmul: buffer sizes do not match rows, cols, T and the encoding");
   }
   moe::matmul_rows(e, static_cast<const uint8_t*>(w), rows, cols, static_cast<const float*>(x), T, static_cast<float*>(y), int(num(env, a[7])));
@@ -143,6 +163,7 @@ void register_dense(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"denseLayer", nullptr, DenseLayer, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"rmsNorm", nullptr, RmsNorm, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"layerNorm", nullptr, LayerNorm, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"matmul", nullptr, Matmul, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"gatherRows", nullptr, GatherRows, nullptr, nullptr, nullptr, napi_default, nullptr},
   };

@@ -132,12 +132,14 @@ constexpr auto kStream = std::chrono::milliseconds(1);
 // Chunks per thread: finer ones even out a thread that starts late or runs slower.
 constexpr size_t kChunksPerThread = 3;
 
-inline bool quantized(Enc enc) { return enc == Enc::Q8 || enc == Enc::Q4; }
+inline bool quantized(Enc enc) { return enc_quantized(enc); }
+// Q4 and MX4 take their activations in Q4's block order (evens, then odds), with block sums.
+inline bool split_order(Enc enc) { return enc == Enc::Q4 || enc == Enc::MX4; }
 
 struct Batch {
   const KernelTable* k;
   const MatmulJob* jobs;
-  const QuantRows* xq;  // per job (Q8/Q4)
+  const QuantRows* xq;  // per job (Q8/Q4/MX4)
   size_t n;
   uint64_t total;  // sum of rows * cost_per_row
 };
@@ -190,7 +192,7 @@ void matmul_rows_batch(const MatmulJob* jobs, size_t n, int threads) {
     if (!quantized(j.enc)) continue;
     size_t same = i;
     for (size_t p = 0; p < i; p++)
-      if (quantized(jobs[p].enc) && jobs[p].x == j.x && jobs[p].T == j.T && jobs[p].cols == j.cols && (jobs[p].enc == Enc::Q4) == (j.enc == Enc::Q4)) same = p;
+      if (quantized(jobs[p].enc) && jobs[p].x == j.x && jobs[p].T == j.T && jobs[p].cols == j.cols && split_order(jobs[p].enc) == split_order(j.enc)) same = p;
     if (same != i) {
       xq[i] = xq[same];
       continue;
@@ -201,7 +203,7 @@ void matmul_rows_batch(const MatmulJob* jobs, size_t n, int threads) {
     int32_t* s = reinterpret_cast<int32_t*>(d + nbt);
     int8_t* q = reinterpret_cast<int8_t*>(s + nbt);
     at = reinterpret_cast<uint8_t*>(q + j.T * j.cols);
-    k->quantize(j.enc == Enc::Q4, j.x, j.T, j.cols, q, d, s);
+    k->quantize(split_order(j.enc), j.x, j.T, j.cols, q, d, s);
     xq[i] = QuantRows{q, d, s};
   }
   const size_t use = b.total < kParallelMacs || threads < 1 ? 1 : std::min(size_t(threads), kMaxThreads);
@@ -251,11 +253,16 @@ size_t matrix_bytes(Enc enc, size_t rows, size_t cols) {
     case Enc::F16: return n * 2;
     case Enc::Q8: return (n / kBlock) * 4 + n;
     case Enc::Q4: return (n / kBlock) * 4 + n / 2;
+    case Enc::MX4: return n / kBlock + n / 2;
   }
   return 0;
 }
 
-void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads) {
+size_t expert_record_bytes(Enc enc, size_t H, size_t F, bool bias) {
+  return 2 * matrix_bytes(enc, F, H) + matrix_bytes(enc, H, F) + (bias ? (2 * F + H) * 4 : 0);
+}
+
+void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads, const ExpertOptions& o) {
   const size_t gate_bytes = matrix_bytes(enc, F, H);
   const uint8_t* gate = record;
   const uint8_t* up = record + gate_bytes;
@@ -265,13 +272,47 @@ void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const fl
   matmul_rows_batch(gate_up, 2, threads);
   float* gp = g.data();
   const float* up_p = u.data();
-  const auto silu_mul = [gp, up_p](size_t begin, size_t end) {
-    for (size_t i = begin; i < end; i++) gp[i] = gp[i] / (1.f + std::exp(-gp[i])) * up_p[i];
-  };
-  // Shared with the workers that are still awake after gate/up (none is woken for this).
-  if (T * F >= 1024) split_for(threads, T * F, silu_mul, false);
-  else silu_mul(0, T * F);
+  // Biases: fp32 gate [F], up [F], down [H] after the matrices (possibly unaligned: copied).
+  std::vector<float> bias(o.bias ? 2 * F + H : 0);
+  if (o.bias) std::memcpy(bias.data(), down + matrix_bytes(enc, H, F), bias.size() * 4);
+  const float* bg = bias.data();
+  const float* bu = bg + F;
+  if (o.bias || o.act != Activation::Silu) {
+    const float alpha = o.alpha, limit = o.limit;
+    const bool clamped = o.act == Activation::ClampedSwiglu, has_bias = o.bias;
+    const auto act = [gp, up_p, bg, bu, F, alpha, limit, clamped, has_bias](size_t begin, size_t end) {
+      size_t f = begin % F;  // the column of element i
+      for (size_t i = begin; i < end; i++, f = f + 1 == F ? 0 : f + 1) {
+        float gi = gp[i], ui = up_p[i];
+        if (has_bias) {
+          gi += bg[f];
+          ui += bu[f];
+        }
+        if (clamped) {
+          gi = std::fmin(gi, limit);
+          ui = std::fmax(std::fmin(ui, limit), -limit);
+          gp[i] = (ui + 1.f) * (gi / (1.f + std::exp(-alpha * gi)));
+        } else {
+          gp[i] = gi / (1.f + std::exp(-gi)) * ui;
+        }
+      }
+    };
+    if (T * F >= 1024) split_for(threads, T * F, act, false);
+    else act(0, T * F);
+  } else {
+    const auto silu_mul = [gp, up_p](size_t begin, size_t end) {
+      for (size_t i = begin; i < end; i++) gp[i] = gp[i] / (1.f + std::exp(-gp[i])) * up_p[i];
+    };
+    // Shared with the workers that are still awake after gate/up (none is woken for this).
+    if (T * F >= 1024) split_for(threads, T * F, silu_mul, false);
+    else silu_mul(0, T * F);
+  }
   matmul_rows(enc, down, H, F, g.data(), T, out, threads);
+  if (o.bias) {
+    const float* bd = bu + F;
+    for (size_t t = 0; t < T; t++)
+      for (size_t h = 0; h < H; h++) out[t * H + h] += bd[h];
+  }
 }
 
 // ---------------------------------------------------------------- encoding -----------------------
@@ -337,6 +378,30 @@ void encode_matrix(Enc enc, const float* src, size_t rows, size_t cols, uint8_t*
           hi = hi < 0 ? 0 : hi > 15 ? 15 : hi;
           q[b * kBlock / 2 + i] = uint8_t(lo | (hi << 4));
         }
+      }
+      return;
+    }
+    case Enc::MX4: {
+      // src/store/mxfp4.ts documents (and implements in JS) the same rounding.
+      uint8_t* e = dst;
+      uint8_t* q = dst + n / kBlock;
+      const auto magnitude = [](float a) -> int {  // nearest E2M1 value, ties to the even code
+        return a <= 0.25f ? 0 : a < 0.75f ? 1 : a <= 1.25f ? 2 : a < 1.75f ? 3 : a <= 2.5f ? 4 : a < 3.5f ? 5 : a <= 5.f ? 6 : 7;
+      };
+      for (size_t b = 0; b < n / kBlock; b++) {
+        float amax = 0.f;
+        for (int i = 0; i < kBlock; i++) amax = std::fmax(amax, std::fabs(src[b * kBlock + i]));
+        uint32_t bits;
+        std::memcpy(&bits, &amax, 4);
+        const int biased = int((bits >> 23) & 0xff);  // floor(log2(amax)) + 127 for a normal amax
+        const int eb = biased == 0 ? 0 : std::max(0, biased - 2);
+        e[b] = uint8_t(eb);
+        const float inv = std::ldexp(1.f, 127 - eb);  // exact power of two
+        const auto code = [&](float v) -> int {
+          const int m = magnitude(std::fabs(v) * inv);
+          return m != 0 && v < 0.f ? m | 8 : m;
+        };
+        for (int i = 0; i < kBlock / 2; i++) q[b * kBlock / 2 + i] = uint8_t(code(src[b * kBlock + 2 * i]) | (code(src[b * kBlock + 2 * i + 1]) << 4));
       }
       return;
     }

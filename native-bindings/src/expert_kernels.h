@@ -1,23 +1,27 @@
-// SwiGLU expert kernels over the store's record formats. A record is three matrices, gate [F,H],
-// up [F,H], down [H,F], each row-major in one of these encodings (blocks run along a row):
+// Expert kernels over the store's record formats. A record is three matrices, gate [F,H],
+// up [F,H], down [H,F], each row-major in one of these encodings (blocks run along a row), and
+// with expert biases (ExpertOptions::bias) then fp32 biases gate [F], up [F], down [H]:
 //   F32: float[rows*cols]
 //   F16: uint16 (IEEE half)[rows*cols]
 //   Q8 : float scale[rows*cols/32], then int8 q[rows*cols]            x = scale * q
 //   Q4 : float scale[rows*cols/32], then uint8 packed[rows*cols/2]     x = scale * (nibble - 8),
 //        element 2i in the low nibble of byte i, 2i+1 in the high nibble
+//   MX4: OCP MXFP4: uint8 e[rows*cols/32] (E8M0 block scales), then uint8 packed[rows*cols/2]
+//        (E2M1 codes, nibble order as Q4)    x = kMx4X2[code] * 2^(e - 128)   (kMx4X2: 2 * E2M1)
 //
 // Arithmetic. F32/F16: fp32 multiply-adds with a fixed order per output element, so a result does
-// not depend on the thread count nor on how many tokens share the call. Q8/Q4: integer dot
-// products: each token's activation row is quantized once per call to int8 in blocks of 32 (one
-// fp32 scale per block, d = amax/127, q = round-half-even(x * (1/d))), each block's integer dot
-// product with the weights is exact, scaled by w_scale*x_scale and summed in fp32 (again a fixed
-// order per output element: independent of threads and of the number of tokens).
+// not depend on the thread count nor on how many tokens share the call. Q8/Q4/MX4: integer dot
+// products (MX4's doubled E2M1 values are integers -12..12): each token's activation row is
+// quantized once per call to int8 in blocks of 32 (one fp32 scale per block, d = amax/127,
+// q = round-half-even(x * (1/d))), each block's integer dot product with the weights is exact,
+// scaled by w_scale*x_scale and summed in fp32 (again a fixed order per output element:
+// independent of threads and of the number of tokens).
 //
 // The code runs at one of several instruction-set levels, chosen once per process from the CPU's
 // features (the build targets baseline x86-64: no -march=native):
 //   scalar : plain C++ (any CPU, any architecture)
 //   avx2   : AVX2 + FMA + F16C
-//   vnni   : avx2 plus AVX-VNNI or AVX512-VNNI/VL integer dot products (Q8/Q4)
+//   vnni   : avx2 plus AVX-VNNI or AVX512-VNNI/VL integer dot products (Q8/Q4/MX4)
 // MOE_RUN_KERNEL_ISA=scalar|avx2|vnni forces a level; a level the CPU lacks is an error that
 // kernel_isa_check() reports (the kernels themselves then run at the best level the CPU has, so
 // a caller that does not check still never executes an instruction the CPU lacks).
@@ -30,12 +34,16 @@
 
 namespace moe {
 
-enum class Enc : int { F32 = 0, F16 = 1, Q8 = 2, Q4 = 3 };
+enum class Enc : int { F32 = 0, F16 = 1, Q8 = 2, Q4 = 3, MX4 = 4 };
 constexpr int kBlock = 32;
+// Twice the E2M1 value of each 4-bit MXFP4 code.
+constexpr int8_t kMx4X2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
 size_t matrix_bytes(Enc enc, size_t rows, size_t cols);
+// Block-quantized encodings (Q8, Q4, MX4): integer-dot kernels, cols % 32 == 0.
+inline bool enc_quantized(Enc enc) { return enc == Enc::Q8 || enc == Enc::Q4 || enc == Enc::MX4; }
 
-// y[T, rows] = x[T, cols] . W^T for one encoded matrix W [rows, cols]. Q8/Q4 need cols % 32 == 0.
+// y[T, rows] = x[T, cols] . W^T for one encoded matrix W [rows, cols]. Q8/Q4/MX4 need cols % 32 == 0.
 void matmul_rows(Enc enc, const uint8_t* w, size_t rows, size_t cols, const float* x, size_t T, float* y, int threads);
 
 // Several independent matmuls in one dispatch to the thread pool (the union of their rows is split
@@ -56,8 +64,22 @@ void matmul_rows_batch(const MatmulJob* jobs, size_t n, int threads);
 // on this thread. A matmul or parallel_for inside fn runs on fn's thread. fn must not throw.
 void parallel_for(int threads, size_t n, const std::function<void(size_t, size_t)>& fn);
 
-// out[T, H] = down( silu(gate x) * (up x) ) for one expert record.
-void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads);
+// What an expert computes between its matrices (src/kernels/expertActivation.ts):
+//   Silu         : h = silu(g) * u
+//   ClampedSwiglu: g' = min(g, limit), u' = clamp(u, -limit, limit), h = (u' + 1) * g' * sigmoid(alpha g')
+// with g = gate x (+ gate bias), u = up x (+ up bias); out = down h (+ down bias).
+enum class Activation : int { Silu = 0, ClampedSwiglu = 1 };
+struct ExpertOptions {
+  Activation act = Activation::Silu;
+  float alpha = 0.f, limit = 0.f;
+  bool bias = false;  // the record ends with fp32 biases gate [F], up [F], down [H]
+};
+
+// Bytes of one record: the three matrices, plus (2F + H) * 4 with biases.
+size_t expert_record_bytes(Enc enc, size_t H, size_t F, bool bias);
+
+// out[T, H] for one expert record (default options: down( silu(gate x) * (up x) )).
+void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads, const ExpertOptions& o = ExpertOptions());
 
 // Encodes a float matrix [rows, cols] into `dst` (matrix_bytes(enc, rows, cols) bytes).
 void encode_matrix(Enc enc, const float* src, size_t rows, size_t cols, uint8_t* dst);

@@ -101,3 +101,8 @@ const KernelTable* kernels_vnni_evex() { return nullptr; }
 #endif
 
 }  // namespace moe
+
+// The E8M0 table the MX4 kernels use: 2^(e - 128), exact from the subnormal end to the top.
+static_assert(moe::kE8m0Half.v[128] == 1.f && moe::kE8m0Half.v[127] == 0.5f && moe::kE8m0Half.v[254] == 0x1p126f, "E8M0 table");
+static_assert(moe::kE8m0Half.v[0] == 0x1p-128f && moe::kE8m0Half.v[1] == 0x1p-127f, "E8M0 table (subnormal scales)");
+static_assert(moe::kE8m0Half.v[255] != moe::kE8m0Half.v[255], "E8M0 255 is NaN");

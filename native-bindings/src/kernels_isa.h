@@ -9,26 +9,27 @@
 namespace moe {
 
 // Activation rows quantized for the integer-dot kernels: per token, per block of 32, int8 values,
-// an fp32 scale and (Q4 only) the block's sum of values. Q8 keeps the values in order; Q4 stores
-// each block's even elements first, then its odd ones (the order of the low and high nibbles of the
-// block's 16 weight bytes, so the weights need no interleaving).
+// an fp32 scale and (Q4/MX4 only) the block's sum of values. Q8 keeps the values in order; Q4 and
+// MX4 store each block's even elements first, then its odd ones (the order of the low and high
+// nibbles of the block's 16 weight bytes, so the weights need no interleaving).
 struct QuantRows {
   const int8_t* q;   // [T, cols]
   const float* d;    // [T, cols/32]
-  const int32_t* s;  // [T, cols/32] (Q4)
+  const int32_t* s;  // [T, cols/32] (Q4/MX4)
 };
 
 struct KernelTable {
   const char* name;
   // y[t*rows + r] for r in [r0, r1), t in [0, T): F32 and F16 weights.
   void (*rows_float)(Enc enc, const uint8_t* w, size_t rows, size_t cols, const float* x, size_t T, float* y, size_t r0, size_t r1);
-  // The same for Q8 and Q4 weights, from activations quantized by `quantize` (cols % 32 == 0).
+  // The same for Q8, Q4 and MX4 weights, from activations quantized by `quantize` (cols % 32 == 0).
   void (*rows_quant)(Enc enc, const uint8_t* w, size_t rows, size_t cols, const QuantRows& xq, size_t T, float* y, size_t r0, size_t r1);
-  // Quantizes x [T, cols] into q [T*cols], d and s [T*cols/32], in Q4's block order when q4.
+  // Quantizes x [T, cols] into q [T*cols], d and s [T*cols/32], in Q4's block order when q4 (Q4, MX4).
   void (*quantize)(bool q4, const float* x, size_t T, size_t cols, int8_t* q, float* d, int32_t* s);
   // Softmax attention of G query heads q [G, hd] over one KV head's S cached rows K, V [S, hd]:
-  // out [G, hd]; scores [G, S] is scratch (attention_isa.inc).
-  void (*attend)(const float* q, size_t G, const float* K, const float* V, size_t S, size_t hd, float scale, float* scores, float* out);
+  // out [G, hd]; sinks [G] or null joins the denominator; scores [G, S] is scratch (attention_isa.inc).
+  void (*attend)(const float* q, size_t G, const float* K, const float* V, size_t S, size_t hd, float scale, const float* sinks, float* scores,
+                 float* out);
 };
 
 // The table the kernels run with in this process (MOE_RUN_KERNEL_ISA or the best the CPU has).
@@ -39,6 +40,30 @@ const KernelTable* kernels_scalar();
 const KernelTable* kernels_avx2();
 const KernelTable* kernels_vnni_vex();   // AVX-VNNI
 const KernelTable* kernels_vnni_evex();  // AVX512-VNNI + AVX512VL
+
+// 2^(e - 128): half the E8M0 scale 2^(e - 127), for MX4 blocks whose codes are read doubled
+// (kMx4X2); e = 255 (NaN in the OCP format) gives NaN. Subnormal for e < 2 (exact).
+inline float e8m0_half(uint8_t e) {
+  const uint32_t bits = e == 255 ? 0x7fc00000u : e >= 2 ? uint32_t(e - 1) << 23 : 0x00200000u << e;
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+// e8m0_half of every byte, computed by the compiler (powers of two are exact, subnormals too):
+// one load per block in the kernels.
+struct E8m0HalfTable {
+  float v[256];
+  constexpr E8m0HalfTable() : v() {
+    for (int e = 0; e < 255; e++) {
+      float p = 1.f;
+      for (int i = e - 128; i > 0; i--) p *= 2.f;
+      for (int i = e - 128; i < 0; i++) p *= 0.5f;
+      v[e] = p;
+    }
+    v[255] = __builtin_nanf("");
+  }
+};
+inline constexpr E8m0HalfTable kE8m0Half{};
 
 // IEEE half to float, exact (subnormals, infinities and NaNs included).
 inline float half_to_float(uint16_t h) {

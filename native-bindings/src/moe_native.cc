@@ -56,17 +56,17 @@ std::string str(napi_env env, napi_value v) {
 // False after throwing an Error with code KERNEL_ISA_UNSUPPORTED when MOE_RUN_KERNEL_ISA asks for a
 // level this CPU cannot run (the kernels would otherwise quietly run at the best level it has).
 
-// The encoding code 0..3 in `v` (Q8/Q4 only where `blocks_fit`: every row a multiple of 32 long);
-// else throws a RangeError.
+// The encoding code 0..4 in `v` (Q8/Q4/MX4 only where `blocks_fit`: every row a multiple of 32
+// long); else throws a RangeError.
 bool kernel_enc(napi_env env, napi_value v, bool blocks_fit, const char* fn, moe::Enc* enc) {
   const double code = num(env, v);
-  if (!(code == 0 || code == 1 || code == 2 || code == 3)) {
-    napi_throw_range_error(env, nullptr, (std::string(fn) + ": encoding must be 0 (f32), 1 (f16), 2 (int8) or 3 (int4)").c_str());
+  if (!(code == 0 || code == 1 || code == 2 || code == 3 || code == 4)) {
+    napi_throw_range_error(env, nullptr, (std::string(fn) + ": encoding must be 0 (f32), 1 (f16), 2 (int8), 3 (int4) or 4 (mxfp4)").c_str());
     return false;
   }
   *enc = static_cast<moe::Enc>(int(code));
-  if (*enc >= moe::Enc::Q8 && !blocks_fit) {
-    napi_throw_range_error(env, nullptr, (std::string(fn) + ": int8/int4 need sizes that are multiples of 32").c_str());
+  if (moe::enc_quantized(*enc) && !blocks_fit) {
+    napi_throw_range_error(env, nullptr, (std::string(fn) + ": int8/int4/mxfp4 need sizes that are multiples of 32").c_str());
     return false;
   }
   return true;
@@ -93,10 +93,11 @@ napi_value KernelIsas(napi_env env, napi_callback_info) {
   return arr;
 }
 
-// expertForward(enc, record: Uint8Array, H, F, x: Float32Array [T,H], T, out: Float32Array [T,H], threads)
+// expertForward(enc, record: Uint8Array, H, F, x: Float32Array [T,H], T, out: Float32Array [T,H], threads,
+//               spec?: Float64Array [activation (0 silu, 1 clampedSwiglu), alpha, limit, bias (0/1)])
 napi_value ExpertForward(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
-  napi_value a[8];
+  size_t argc = 9;
+  napi_value a[9];
   CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
   if (argc < 8) return napi_throw_error(env, nullptr, "expertForward: 8 arguments expected"), nullptr;
   if (!kernel_isa_ok(env)) return nullptr;
@@ -108,10 +109,34 @@ napi_value ExpertForward(napi_env env, napi_callback_info info) {
   if (!typed_data(env, a[1], &rec, &rec_bytes) || !typed_data(env, a[4], &x, &x_bytes) || !typed_data(env, a[6], &out, &out_bytes)) {
     return napi_throw_type_error(env, nullptr, "expertForward: record, x and out must be typed arrays"), nullptr;
   }
-  if (rec_bytes != 2 * moe::matrix_bytes(enc, F, H) + moe::matrix_bytes(enc, H, F) || x_bytes < T * H * 4 || out_bytes < T * H * 4) {
-    return napi_throw_range_error(env, nullptr, "expertForward: buffer sizes do not match H, F, T and the encoding"), nullptr;
+  moe::ExpertOptions opts;
+  if (argc >= 9) {
+    napi_valuetype type;
+    napi_typeof(env, a[8], &type);
+    if (type != napi_undefined && type != napi_null) {
+      bool is_typed = false;
+      napi_is_typedarray(env, a[8], &is_typed);
+      void* spec = nullptr;
+      napi_typedarray_type ta = napi_uint8_array;
+      size_t len = 0, off = 0;
+      napi_value ab;
+      if (!is_typed || napi_get_typedarray_info(env, a[8], &ta, &len, &spec, &ab, &off) != napi_ok || ta != napi_float64_array || len != 4) {
+        return napi_throw_type_error(env, nullptr, "expertForward: spec must be a Float64Array [activation, alpha, limit, bias]"), nullptr;
+      }
+      const double* sp = static_cast<const double*>(spec);
+      if (!(sp[0] == 0 || sp[0] == 1) || !(sp[3] == 0 || sp[3] == 1)) {
+        return napi_throw_range_error(env, nullptr, "expertForward: activation must be 0 (silu) or 1 (clampedSwiglu), bias 0 or 1"), nullptr;
+      }
+      opts.act = static_cast<moe::Activation>(int(sp[0]));
+      opts.alpha = float(sp[1]);
+      opts.limit = float(sp[2]);
+      opts.bias = sp[3] == 1;
+    }
   }
-  moe::expert_forward(enc, static_cast<const uint8_t*>(rec), H, F, static_cast<const float*>(x), T, static_cast<float*>(out), int(num(env, a[7])));
+  if (rec_bytes != moe::expert_record_bytes(enc, H, F, opts.bias) || x_bytes < T * H * 4 || out_bytes < T * H * 4) {
+    return napi_throw_range_error(env, nullptr, "expertForward: buffer sizes do not match H, F, T, the encoding and the biases"), nullptr;
+  }
+  moe::expert_forward(enc, static_cast<const uint8_t*>(rec), H, F, static_cast<const float*>(x), T, static_cast<float*>(out), int(num(env, a[7])), opts);
   return nullptr;
 }
 
@@ -127,7 +152,7 @@ napi_value EncodeMatrix(napi_env env, napi_callback_info info) {
   if (!typed_data(env, a[1], &src, &src_bytes) || !typed_data(env, a[4], &dst, &dst_bytes)) {
     return napi_throw_type_error(env, nullptr, "encodeMatrix: src and dst must be typed arrays"), nullptr;
   }
-  if (src_bytes != rows * cols * 4 || dst_bytes != moe::matrix_bytes(enc, rows, cols) || (enc >= moe::Enc::Q8 && cols % moe::kBlock)) {
+  if (src_bytes != rows * cols * 4 || dst_bytes != moe::matrix_bytes(enc, rows, cols) || (moe::enc_quantized(enc) && cols % moe::kBlock)) {
     return napi_throw_range_error(env, nullptr, "encodeMatrix: sizes do not match rows, cols and the encoding"), nullptr;
   }
   moe::encode_matrix(enc, static_cast<const float*>(src), rows, cols, static_cast<uint8_t*>(dst));

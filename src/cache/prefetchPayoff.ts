@@ -69,7 +69,8 @@ function prefetchVerdict(readSeconds: number, loaderSeconds: number, layerComput
  */
 export async function measurePrefetchPayoff(
   store: ExpertStore,
-  numLayers: number,
+  /** The layers that have experts (all, unless the model has dense layers). */
+  layers: readonly number[],
   numExperts: number,
   compute?: { topK: number; hiddenSize: number; kernel: ExpertKernel<unknown> }
 ): Promise<PrefetchPayoff> {
@@ -79,7 +80,7 @@ export async function measurePrefetchPayoff(
   const loads: number[] = [];
   const computes: number[] = [];
   // Different experts each time, so neither side reads a record the other has just touched.
-  const id = (i: number) => ({ layer: Math.floor(i / numExperts) % numLayers, expert: i % numExperts });
+  const id = (i: number) => ({ layer: layers[Math.floor(i / numExperts) % layers.length]!, expert: i % numExperts });
   const release = (r: Uint8Array | undefined) => r && releaseRecord(r);
   release(await loader.load(id(0).layer, id(0).expert)); // warm-up
   const H = compute?.hiddenSize ?? 0;

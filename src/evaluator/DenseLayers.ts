@@ -17,9 +17,9 @@ export interface LayerOutputs {
   attnOut: Float32Array;
   /** [T, H] post-attention norm: the router's and experts' input (gate input). */
   moeIn: Float32Array;
-  /** [T, E] */
+  /** [T, E]; empty in dense layers (no router). */
   routerLogits: Float32Array;
-  /** [T, H] gated shared-expert output, when the model has one. */
+  /** [T, H] gated shared-expert output when the model has one; a dense layer's MLP output. */
   sharedOut?: Float32Array;
 }
 

@@ -6,7 +6,8 @@
  */
 import * as path from "node:path";
 import { resolveDevice, type DeviceName, type ExecutionDevice, type HostTensor } from "../backends/onnx.js";
-import type { ModelDims } from "../architectures/ModelDims.js";
+import { isMoeLayer, modelFeatures, type ModelDims, type ModelFeatures } from "../architectures/ModelDims.js";
+import { readFloatInitializer, readGraph } from "../onnx/graphFile.js";
 import { InvalidOptionError, invariant } from "../errors.js";
 import type { ModelManifest } from "../model/manifest.js";
 import { createExpertKernel, type ExpertKernel, type ExpertKernelName } from "../kernels/expertKernels.js";
@@ -66,6 +67,7 @@ export interface ModelRunnerOptions {
 
 export class ModelRunner {
   readonly dims: ModelDims;
+  private readonly features: ModelFeatures;
   readonly dense: DenseLayers;
   readonly kernel: ExpertKernel<unknown>;
   private experts: ExpertSource | undefined;
@@ -76,9 +78,12 @@ export class ModelRunner {
   hybrid: { scheduler: HybridScheduler; pool: CpuExpertPool } | undefined;
   /** Where forward passes spend their time, summed since creation. */
   readonly times = new StepTimes();
+  /** Per layer: the grouped router's selection-only correction bias [E] (else undefined). */
+  private correctionBiases: (Float32Array | undefined)[] = [];
 
   private constructor(dims: ModelDims, dense: DenseLayers, kernel: ExpertKernel<unknown>, readonly threads: number) {
     this.dims = dims;
+    this.features = modelFeatures(dims);
     this.dense = dense;
     this.kernel = kernel;
   }
@@ -97,12 +102,20 @@ export class ModelRunner {
         encoding: manifest.precision.experts,
         hiddenSize: manifest.dims.hiddenSize,
         expertFfn: manifest.dims.expertFfn,
+        activation: modelFeatures(manifest.dims).expertActivation,
+        expertBias: modelFeatures(manifest.dims).expertBias,
         threads,
         device,
         log: options.log,
       });
       const runner = new ModelRunner(manifest.dims, dense, kernel, threads);
       runner.device = device;
+      if (runner.features.grouped.correctionBias) {
+        runner.correctionBiases = manifest.graphs.layers.map((rel) => {
+          const graph = readGraph(modelDir, rel);
+          return graph.inits.has("router_correction_bias") ? readFloatInitializer(modelDir, rel, graph, "router_correction_bias") : undefined;
+        });
+      }
       return runner;
     } catch (err) {
       await dense.dispose();
@@ -135,7 +148,10 @@ export class ModelRunner {
       times.seconds[key] += (now - mark) / 1000;
       mark = now;
     };
-    const { cos, sin } = ropeTables(kv.length, T, d.headDim, d.ropeTheta);
+    const f = this.features;
+    const { cos, sin } = ropeTables(kv.length, T, d.headDim, f.rope);
+    const rule = { kind: f.router, normTopkProb: d.normTopkProb, jitterEps: f.jitterEps, grouped: f.grouped };
+    const rs = f.residualScale;
     const copied = kv.copiedBytes;
     this.dense.reserve?.(kv, T);
     times.kvCopiedBytes += kv.copiedBytes - copied;
@@ -146,8 +162,16 @@ export class ModelRunner {
     for (let l = 0; l < d.numLayers; l++) {
       const out = await this.dense.layer(l, hidden, T, kv, { cos, sin });
       lap("dense");
+      if (!isMoeLayer(d, l)) {
+        // A dense layer: its MLP ran with the dense weights (in the shared-expert slot).
+        const next = out.attnOut;
+        const mlp = out.sharedOut!;
+        for (let i = 0; i < next.length; i++) next[i] = next[i]! + (rs === 1 ? mlp[i]! : Math.fround(mlp[i]! * rs));
+        hidden = next;
+        continue;
+      }
       const moeIn: HostTensor = { data: out.moeIn, dims: [T, d.hiddenSize] };
-      const routing = routeTokens(out.routerLogits, T, d.numExperts, d.topK, d.normTopkProb);
+      const routing = routeTokens(out.routerLogits, T, d.numExperts, d.topK, { ...rule, correctionBias: this.correctionBiases[l] });
       for (const observe of this.observers) observe(l, routing, moeIn);
       experts.onLayerRouted?.(l, routing, out.moeIn, out.attnOut);
       if (experts.observeRouting) {
@@ -157,10 +181,11 @@ export class ModelRunner {
       lap("routing");
       const moeOut = await this.runExperts(l, routing, out.moeIn);
       mark = performance.now();
-      // Residual: attn_out + (sum of weighted experts [+ gated shared expert]), in fp32.
+      // Residual: attn_out + (sum of weighted experts [+ gated shared expert]) [* residual scale], in fp32.
       const next = out.attnOut;
       const shared = out.sharedOut;
       if (shared) for (let i = 0; i < moeOut.length; i++) moeOut[i] = moeOut[i]! + shared[i]!;
+      if (rs !== 1) for (let i = 0; i < moeOut.length; i++) moeOut[i] = Math.fround(moeOut[i]! * rs);
       for (let i = 0; i < next.length; i++) next[i] = next[i]! + moeOut[i]!;
       hidden = next;
       lap("routing");

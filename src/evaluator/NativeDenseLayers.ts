@@ -3,7 +3,7 @@
  * reads as many dense bytes as llama.cpp's GGUF of the same precision. Weights are read from the
  * importer's graph files (fp32) once at load and encoded in memory; no onnxruntime session.
  */
-import type { ModelDims } from "../architectures/ModelDims.js";
+import { layerWindow, modelFeatures, type ModelDims } from "../architectures/ModelDims.js";
 import { invariant } from "../errors.js";
 import type { NativeAddon } from "../kernels/nativeAddon.js";
 import type { ModelManifest } from "../model/manifest.js";
@@ -30,6 +30,11 @@ const SECTIONS = [
   { name: "shared_up", matrix: true },
   { name: "shared_down", matrix: true },
   { name: "shared_expert_gate", matrix: false },
+  { name: "input_norm_bias", matrix: false },
+  { name: "o_bias", matrix: false },
+  { name: "sinks", matrix: false },
+  { name: "post_attention_norm_bias", matrix: false },
+  { name: "router_bias", matrix: false },
 ] as const;
 
 const QK_NORM = { none: 0, head: 1, full: 2 } as const;
@@ -59,22 +64,28 @@ interface Held {
 export class NativeDenseLayers implements DenseLayers {
   readonly name = "native" as const;
   readonly bytesPerToken: number;
-  /** Spec of every layer: [H, Hq, Hkv, hd, E, Fs, eps, qkNorm]. */
-  private readonly spec: Float64Array;
+  /** Spec of each layer: [H, Hq, Hkv, hd, E, Fs, eps, qkNorm, norm, attnScale, rotaryDim, window]. */
+  private readonly specs: Float64Array[];
   private disposed = false;
 
   private constructor(
     private readonly addon: NativeAddon,
     private readonly dims: ModelDims,
     private readonly threads: number,
-    private readonly layerBlobs: { blob: Uint8Array; sections: Float64Array; bytesPerToken: number }[],
+    private readonly layerBlobs: { blob: Uint8Array; sections: Float64Array; bytesPerToken: number; experts: number; sharedFfn: number }[],
     private readonly embedding: Held,
-    private readonly finalNorm: Float32Array,
-    private readonly lmHead: Held
+    private readonly finalNorm: { weight: Float32Array; bias?: Float32Array },
+    private readonly lmHead: Held,
+    private readonly lmHeadBias: Float32Array | undefined
   ) {
     const d = dims;
-    this.spec = Float64Array.from([d.hiddenSize, d.numHeads, d.numKvHeads, d.headDim, d.numExperts, d.sharedExpertFfn, d.rmsNormEps, QK_NORM[d.qkNorm]]);
-    this.bytesPerToken = layerBlobs.reduce((s, b) => s + b.bytesPerToken, 0) + lmHead.data.byteLength + finalNorm.byteLength;
+    const f = modelFeatures(d);
+    const scale = f.attentionScale || 1 / Math.sqrt(d.headDim);
+    // Per layer: dense layers have no router (E = 0) and their MLP in the shared-expert slots.
+    this.specs = layerBlobs.map((b, l) =>
+      Float64Array.from([d.hiddenSize, d.numHeads, d.numKvHeads, d.headDim, b.experts, b.sharedFfn, d.rmsNormEps, QK_NORM[d.qkNorm], f.norm === "layer" ? 1 : 0, scale, f.rope.rotaryDim, layerWindow(f, l)])
+    );
+    this.bytesPerToken = layerBlobs.reduce((s, b) => s + b.bytesPerToken, 0) + lmHead.data.byteLength + finalNorm.weight.byteLength;
   }
 
   /** Reads and encodes the dense weights; `experts` is the model's expert encoding. */
@@ -104,8 +115,9 @@ export class NativeDenseLayers implements DenseLayers {
             parts.push({ offset: -1, bytes: 0, enc: F32, rows: 0, cols: 0 });
             continue;
           }
+          // Matrices are [rows, cols]; vectors (e.g. sinks [Hkv, G, 1, 1]) are one row of all their values.
           const rows = init.dims.length === 2 ? init.dims[0]! : 1;
-          const cols = init.dims[init.dims.length - 1]!;
+          const cols = init.dims.reduce((a, b) => a * b, 1) / rows;
           const enc = s.matrix ? encodingCode(denseEncoding(experts, cols)) : F32;
           const bytes = matrixBytesOf(enc, rows, cols);
           size = Math.ceil(size / ALIGN) * ALIGN;
@@ -122,16 +134,18 @@ export class NativeDenseLayers implements DenseLayers {
           if (p.enc === F32) dst.set(new Uint8Array(p.src.buffer, p.src.byteOffset, p.src.byteLength));
           else addon.encodeMatrix(p.enc, p.src, p.rows, p.cols, dst);
         });
-        return { blob, sections, bytesPerToken };
+        const dimsOf = (name: string) => graph.inits.get(name)?.dims;
+        return { blob, sections, bytesPerToken, experts: dimsOf("router")?.[0] ?? 0, sharedFfn: dimsOf("shared_up")?.[0] ?? 0 };
       });
       const embedGraph = readGraph(modelDir, manifest.graphs.embed);
       const headGraph = readGraph(modelDir, manifest.graphs.head);
       const H = d.hiddenSize;
       // The embedding is looked up one row per token, so its width costs memory, not speed.
       const embedding = encode(readFloatInitializer(modelDir, manifest.graphs.embed, embedGraph, "embed_tokens"), d.vocabSize, H, experts === "f32" ? F32 : F16);
-      const finalNorm = readFloatInitializer(modelDir, manifest.graphs.head, headGraph, "norm");
-      const lmHead = encode(readFloatInitializer(modelDir, manifest.graphs.head, headGraph, "lm_head"), d.vocabSize, H, encodingCode(denseEncoding(experts, H)));
-      return new NativeDenseLayers(addon, d, threads, layerBlobs, embedding, finalNorm, lmHead);
+      const headInit = (name: string) => (headGraph.inits.has(name) ? readFloatInitializer(modelDir, manifest.graphs.head, headGraph, name) : undefined);
+      const finalNorm = { weight: headInit("norm")!, bias: headInit("norm_bias") };
+      const lmHead = encode(headInit("lm_head")!, d.vocabSize, H, encodingCode(denseEncoding(experts, H)));
+      return new NativeDenseLayers(addon, d, threads, layerBlobs, embedding, finalNorm, lmHead, headInit("lm_head_bias"));
     } catch (err) {
       for (const a of held) addon.releaseRange(a);
       throw err;
@@ -154,22 +168,26 @@ export class NativeDenseLayers implements DenseLayers {
     const d = this.dims;
     const H = d.hiddenSize;
     invariant(kv.capacity >= kv.length + T, `KV cache holds ${kv.capacity} positions, needs ${kv.length + T}: reserve() first`);
-    const { blob, sections } = this.layerBlobs[layer]!;
+    const { blob, sections, experts, sharedFfn } = this.layerBlobs[layer]!;
     const attnOut = new Float32Array(T * H); // [T, H]
     const moeIn = new Float32Array(T * H); // [T, H]
-    const routerLogits = new Float32Array(T * d.numExperts); // [T, E]
-    const sharedOut = d.sharedExpertFfn > 0 ? new Float32Array(T * H) : undefined; // [T, H]
-    this.addon.denseLayer(this.spec, blob, sections, hidden, T, kv.length, rope.cos, rope.sin, kv.nativeKeys[layer]!, kv.nativeValues[layer]!, kv.capacity, attnOut, moeIn, routerLogits, sharedOut ?? null, this.threads);
+    const routerLogits = new Float32Array(T * experts); // [T, E]; empty in dense layers
+    const sharedOut = sharedFfn > 0 ? new Float32Array(T * H) : undefined; // [T, H]
+    this.addon.denseLayer(this.specs[layer]!, blob, sections, hidden, T, kv.length, rope.cos, rope.sin, kv.nativeKeys[layer]!, kv.nativeValues[layer]!, kv.capacity, attnOut, moeIn, routerLogits, sharedOut ?? null, this.threads);
     return { attnOut, moeIn, routerLogits, sharedOut };
   }
 
   async head(hidden: Float32Array, T: number): Promise<Float32Array> {
     const d = this.dims;
     const normed = new Float32Array(T * d.hiddenSize); // [T, H]
-    this.addon.rmsNorm(hidden, T, d.hiddenSize, this.finalNorm, d.rmsNormEps, normed);
+    const norm = this.finalNorm;
+    if (norm.bias) this.addon.layerNorm(hidden, T, d.hiddenSize, norm.weight, norm.bias, d.rmsNormEps, normed);
+    else this.addon.rmsNorm(hidden, T, d.hiddenSize, norm.weight, d.rmsNormEps, normed);
     const logits = new Float32Array(T * d.vocabSize); // [T, V]
     const m = this.lmHead;
     this.addon.matmul(m.enc, m.data, m.rows, m.cols, normed, T, logits, this.threads);
+    const bias = this.lmHeadBias;
+    if (bias) for (let t = 0; t < T; t++) for (let v = 0; v < d.vocabSize; v++) logits[t * d.vocabSize + v] = logits[t * d.vocabSize + v]! + bias[v]!;
     return logits;
   }
 

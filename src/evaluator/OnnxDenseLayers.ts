@@ -1,7 +1,7 @@
 /** The dense layers as onnxruntime sessions over the importer's graphs (fp32 weights). */
 import * as path from "node:path";
 import { OnnxSession, type ExecutionDevice } from "../backends/onnx.js";
-import type { ModelDims } from "../architectures/ModelDims.js";
+import { layerWindow, modelFeatures, type ModelDims } from "../architectures/ModelDims.js";
 import { IO } from "../importer/modelGraphs.js";
 import type { ModelManifest } from "../model/manifest.js";
 import type { DenseLayers, LayerOutputs, RopeTables } from "./DenseLayers.js";
@@ -57,13 +57,14 @@ export class OnnxDenseLayers implements DenseLayers {
       [L.hidden]: { data: hidden, dims: [T, d.hiddenSize] },
       [L.cos]: { data: rope.cos, dims: [T, d.headDim] },
       [L.sin]: { data: rope.sin, dims: [T, d.headDim] },
-      [L.mask]: { data: causalMask(past, T), dims: [T, past + T] },
+      [L.mask]: { data: causalMask(past, T, layerWindow(modelFeatures(d), layer)), dims: [T, past + T] },
       [L.pastKey]: kv.keys[layer]!,
       [L.pastValue]: kv.values[layer]!,
     });
     kv.keys[layer] = out[L.presentKey]!;
     kv.values[layer] = out[L.presentValue]!;
-    return { attnOut: out[L.attnOut]!.data, moeIn: out[L.moeIn]!.data, routerLogits: out[L.routerLogits]!.data, sharedOut: out[L.sharedOut]?.data };
+    // Dense layers have no router: empty logits.
+    return { attnOut: out[L.attnOut]!.data, moeIn: out[L.moeIn]!.data, routerLogits: out[L.routerLogits]?.data ?? new Float32Array(0), sharedOut: out[L.sharedOut]?.data };
   }
 
   async head(hidden: Float32Array, T: number): Promise<Float32Array> {

@@ -111,8 +111,26 @@ export class HfCheckpoint {
    */
   readFloat32(name: string, expectedShape: readonly number[]): Float32Array {
     this.checkShape(name, expectedShape);
+    return this.checkFinite(name, this.file(name).readFloat32(name));
+  }
+
+  /**
+   * Reads sub-tensor `index` along the first dimension of a fused tensor (one expert of [E, ...])
+   * as fp32, after checking the whole tensor's shape; refuses non-finite values like readFloat32.
+   */
+  readFloat32Slice(name: string, expectedShape: readonly number[], index: number): Float32Array {
+    this.checkShape(name, expectedShape);
+    return this.checkFinite(name, this.file(name).readSliceFloat32(name, index));
+  }
+
+  /** Raw stored bytes of sub-tensor `index` along the first dimension (quantized blocks). */
+  readSliceBytes(name: string, expectedShape: readonly number[], index: number): Uint8Array {
+    this.checkShape(name, expectedShape);
+    return this.file(name).readSliceBytes(name, index);
+  }
+
+  private checkFinite(name: string, values: Float32Array): Float32Array {
     const file = this.file(name);
-    const values = file.readFloat32(name);
     for (let i = 0; i < values.length; i++) {
       const v = values[i]!;
       if (v - v !== 0) {

@@ -1,18 +1,22 @@
 /**
- * GGUF v3 (llama.cpp's model format): a streaming writer, a header reader and Q8_0
- * (de)quantisation. The Mixtral converter that uses them is hfToGguf.ts.
+ * GGUF v3 (llama.cpp's model format): a streaming writer, a header reader and the ggml tensor
+ * types it writes (F32, F16, BF16, Q8_0, Q4_0/Q4_1/Q5_0/Q5_1 and the k-quants Q2_K..Q6_K, encoded
+ * as llama.cpp's reference quantizers do: ggmlQuants.ts). The Mixtral converter that uses them is
+ * hfToGguf.ts; the validating reader the importer uses is ggufReader.ts.
  *
  * File layout: "GGUF", u32 version 3, u64 tensor count, u64 metadata count, the metadata
  * key/values, the tensor infos (name, dims innermost-first, ggml type, offset into the data
  * section), padding to `general.alignment` (default 32), then each tensor's data at its offset.
  * A ggml tensor with dims [ne0, ne1, ne2] holds the same bytes as a row-major PyTorch tensor of
- * shape [ne2, ne1, ne0].
+ * shape [ne2, ne1, ne0]; quantized types store each row of ne0 values as ne0 / blockSize blocks.
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { CheckpointCorruptError, MoeRunError, invariant } from "../errors.js";
 import { floatToHalf, type FloatDType } from "../util/dtype.js";
+import { HALF_TO_FLOAT } from "./ggmlFloat.js";
+import { GgmlType, dequantize, ggmlTypeInfo, quantize } from "./ggmlQuants.js";
 
 // ---------------------------------------------------------------------------------------------
 // Types and constants
@@ -39,11 +43,42 @@ export enum GgufValueType {
 }
 
 /** The ggml tensor types this module writes (ggml_type ids). */
-export const GGML_TYPE = { F32: 0, F16: 1, Q8_0: 8 } as const;
+export const GGML_TYPE = {
+  F32: GgmlType.F32,
+  F16: GgmlType.F16,
+  BF16: GgmlType.BF16,
+  Q8_0: GgmlType.Q8_0,
+  Q4_0: GgmlType.Q4_0,
+  Q4_1: GgmlType.Q4_1,
+  Q5_0: GgmlType.Q5_0,
+  Q5_1: GgmlType.Q5_1,
+  Q2_K: GgmlType.Q2_K,
+  Q3_K: GgmlType.Q3_K,
+  Q4_K: GgmlType.Q4_K,
+  Q5_K: GgmlType.Q5_K,
+  Q6_K: GgmlType.Q6_K,
+} as const;
 export type GgmlTypeName = keyof typeof GGML_TYPE;
 
-/** llama_ftype of the whole file ("general.file_type"). */
-export const FILE_TYPE: Record<GgmlTypeName, number> = { F32: 0, F16: 1, Q8_0: 7 };
+/**
+ * llama_ftype of a file whose matrices are mostly of this type ("general.file_type"; informative:
+ * llama.cpp reads each tensor's own type). A k-quant file is labelled as llama-quantize's "_M" mix.
+ */
+export const FILE_TYPE: Record<GgmlTypeName, number> = {
+  F32: 0,
+  F16: 1,
+  BF16: 32,
+  Q8_0: 7,
+  Q4_0: 2,
+  Q4_1: 3,
+  Q5_0: 8,
+  Q5_1: 9,
+  Q2_K: 10,
+  Q3_K: 12,
+  Q4_K: 15,
+  Q5_K: 17,
+  Q6_K: 18,
+};
 
 /** Q8_0: blocks of 32 weights, an fp16 scale then 32 int8 quants. */
 export const Q8_0_BLOCK = 32;
@@ -81,15 +116,24 @@ export interface GgufTensorSpec {
 
 export function ggmlTensorBytes(type: GgmlTypeName, dims: readonly number[]): number {
   const n = dims.reduce((a, b) => a * b, 1);
-  switch (type) {
-    case "F32":
-      return 4 * n;
-    case "F16":
-      return 2 * n;
-    case "Q8_0":
-      if (dims[0]! % Q8_0_BLOCK !== 0) throw new MoeRunError("INVALID_OPTION", `Q8_0 needs the innermost dimension to be a multiple of 32, got ${dims[0]}`);
-      return (n / Q8_0_BLOCK) * Q8_0_BLOCK_BYTES;
+  const t = ggmlTypeInfo(GGML_TYPE[type])!;
+  if ((dims[0] ?? 1) % t.blockSize !== 0) {
+    throw new MoeRunError("INVALID_OPTION", `${type} needs the innermost dimension to be a multiple of ${t.blockSize}, got ${dims[0]}`);
   }
+  return (n / t.blockSize) * t.typeSize;
+}
+
+/**
+ * fp32 values (whole rows, ne0 fastest) encoded as a ggml type the way llama.cpp's reference
+ * quantizer does (byte for byte; F16 and BF16 round to nearest even).
+ */
+export function encodeGgml(values: Float32Array, type: GgmlTypeName): Uint8Array {
+  return quantize(GGML_TYPE[type], values);
+}
+
+/** Whether a matrix whose rows have `cols` values can be stored as `type` (whole blocks per row). */
+export function ggmlTypeFits(type: GgmlTypeName, cols: number): boolean {
+  return cols % ggmlTypeInfo(GGML_TYPE[type])!.blockSize === 0;
 }
 
 const pad = (n: number, a: number) => (a - (n % a)) % a;
@@ -376,13 +420,13 @@ export function readGgufHeader(file: string): GgufHeader {
   }
 }
 
-/** The raw bytes of one tensor of a GGUF file (F32, F16 or Q8_0). */
+/** The raw bytes of one tensor of a GGUF file (any ggml type; see ggufReader.ts for validation). */
 export function readGgufTensorBytes(file: string, header: GgufHeader, name: string): Uint8Array {
   const t = header.tensors.find((x) => x.name === name);
   if (!t) throw new CheckpointCorruptError(`${file} has no tensor ${name}`);
-  const typeName = (Object.keys(GGML_TYPE) as GgmlTypeName[]).find((k) => GGML_TYPE[k] === t.type);
-  if (!typeName) throw new MoeRunError("INVALID_OPTION", `tensor ${name} has ggml type ${t.type}; only F32, F16 and Q8_0 are read`);
-  const bytes = Buffer.alloc(ggmlTensorBytes(typeName, t.dims));
+  const info = ggmlTypeInfo(t.type);
+  if (!info) throw new MoeRunError("INVALID_OPTION", `tensor ${name} has unknown ggml type id ${t.type}`);
+  const bytes = Buffer.alloc((t.dims.reduce((a, b) => a * b, 1) / info.blockSize) * info.typeSize);
   const fd = fs.openSync(file, "r");
   try {
     let done = 0;
@@ -405,16 +449,6 @@ export function ggufValue(header: GgufHeader, key: string): unknown {
 // ---------------------------------------------------------------------------------------------
 // Number formats
 
-const HALF_TO_FLOAT = (() => {
-  const t = new Float32Array(65536);
-  for (let h = 0; h < 65536; h++) {
-    const sign = h & 0x8000 ? -1 : 1;
-    const exp = (h >> 10) & 0x1f;
-    const frac = h & 0x3ff;
-    t[h] = exp === 0 ? sign * frac * 2 ** -24 : exp === 0x1f ? (frac ? NaN : sign * Infinity) : sign * (1 + frac / 1024) * 2 ** (exp - 15);
-  }
-  return t;
-})();
 
 /** Raw little-endian bytes of a float dtype -> fp32 (table-driven for F16). */
 export function toFloat32(bytes: Uint8Array, dtype: FloatDType): Float32Array {
@@ -460,51 +494,21 @@ export function halfBitsToFloat(h: number): number {
  */
 export function quantizeQ8_0(x: Float32Array): Uint8Array {
   if (x.length % Q8_0_BLOCK !== 0) throw new MoeRunError("INVALID_OPTION", `Q8_0 needs a multiple of 32 values, got ${x.length}`);
-  const nb = x.length / Q8_0_BLOCK;
-  const out = new Uint8Array(nb * Q8_0_BLOCK_BYTES);
-  const q = new Int8Array(out.buffer);
-  const f = Math.fround;
-  for (let b = 0; b < nb; b++) {
-    const base = b * Q8_0_BLOCK;
-    let amax = 0;
-    for (let j = 0; j < Q8_0_BLOCK; j++) {
-      const a = Math.abs(x[base + j]!);
-      if (a > amax) amax = a;
-    }
-    const d = f(amax / 127);
-    const id = d ? f(1 / d) : 0;
-    const o = b * Q8_0_BLOCK_BYTES;
-    const hb = floatToHalf(d);
-    out[o] = hb & 0xff;
-    out[o + 1] = hb >>> 8;
-    for (let j = 0; j < Q8_0_BLOCK; j++) {
-      const v = f(x[base + j]! * id);
-      q[o + 2 + j] = v < 0 ? -Math.floor(-v + 0.5) : Math.floor(v + 0.5);
-    }
-  }
-  return out;
+  return quantize(GgmlType.Q8_0, x);
 }
 
 /** Q8_0 bytes -> fp32 (d * q). */
 export function dequantizeQ8_0(bytes: Uint8Array): Float32Array {
   const nb = bytes.byteLength / Q8_0_BLOCK_BYTES;
   invariant(Number.isInteger(nb), "Q8_0 data must be whole blocks");
-  const out = new Float32Array(nb * Q8_0_BLOCK);
-  const q = new Int8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  for (let b = 0; b < nb; b++) {
-    const o = b * Q8_0_BLOCK_BYTES;
-    const d = HALF_TO_FLOAT[bytes[o]! | (bytes[o + 1]! << 8)]!;
-    for (let j = 0; j < Q8_0_BLOCK; j++) out[b * Q8_0_BLOCK + j] = d * q[o + 2 + j]!;
-  }
-  return out;
+  return dequantize(GgmlType.Q8_0, bytes, nb * Q8_0_BLOCK);
 }
 
-/** Any supported ggml tensor's bytes -> fp32 (for tests and tools). */
+/** Any decodable ggml tensor's bytes -> fp32 (for tests and tools). */
 export function ggmlToFloat32(bytes: Uint8Array, type: number): Float32Array {
-  if (type === GGML_TYPE.F32) return toFloat32(bytes, "F32");
-  if (type === GGML_TYPE.F16) return toFloat32(bytes, "F16");
-  if (type === GGML_TYPE.Q8_0) return dequantizeQ8_0(bytes);
-  throw new MoeRunError("INVALID_OPTION", `ggml type ${type} is not supported here`);
+  const t = ggmlTypeInfo(type);
+  if (!t) throw new MoeRunError("INVALID_OPTION", `ggml type ${type} is not supported here`);
+  return dequantize(type, bytes, (bytes.byteLength / t.typeSize) * t.blockSize);
 }
 
 /**

@@ -8,7 +8,8 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { COMMON_NAMES, readModelDims } from "../architectures/architectures.js";
+import { COMMON_NAMES } from "../architectures/architectures.js";
+import { readModelDims } from "../architectures/readModelDims.js";
 import type { ModelDims } from "../architectures/ModelDims.js";
 import { CheckpointCorruptError, TokenizerMissingError, UnsupportedConfigError } from "../errors.js";
 import type { FloatDType } from "../util/dtype.js";
@@ -69,7 +70,7 @@ export function convertHfToGguf(hfDir: string, outPath: string, options: HfToGgu
     for (const shard of shardNames(hfDir)) {
       const f = SafetensorsFile.open(path.join(hfDir, shard));
       files.push(f);
-      for (const e of f.entries.values()) sources.set(e.name, { file: f, dtype: e.dtype, shape: e.shape });
+      for (const e of f.entries.values()) if (e.dtype !== "U8") sources.set(e.name, { file: f, dtype: e.dtype, shape: e.shape });
     }
     const src = (name: string, shape: number[]): TensorSource => {
       const s = sources.get(name);

@@ -9,16 +9,20 @@ import { CheckpointCorruptError } from "../errors.js";
 import { BYTES_PER_ELEMENT, decodeToFloat32, type FloatDType } from "../util/dtype.js";
 import { openSourceFile } from "./sourceFiles.js";
 
+/** Stored element types: floats, and U8 for quantized blocks (gpt-oss's MXFP4 blocks and scales). */
+export type TensorDType = FloatDType | "U8";
+const ELEMENT_BYTES: Record<TensorDType, number> = { ...BYTES_PER_ELEMENT, U8: 1 };
+
 export interface SafetensorsEntry {
   name: string;
-  dtype: FloatDType;
+  dtype: TensorDType;
   shape: number[];
   /** Absolute byte offset of the tensor's data in the file. */
   offset: number;
   byteLength: number;
 }
 
-const SUPPORTED_DTYPES = new Set<string>(["F32", "F16", "BF16"]);
+const SUPPORTED_DTYPES = new Set<string>(["F32", "F16", "BF16", "U8"]);
 /** Headers larger than this are not plausible and would only exhaust memory. */
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 
@@ -77,9 +81,9 @@ export class SafetensorsFile {
           throw new CheckpointCorruptError(`${path}: header entry "${name}" lacks dtype, shape or data_offsets`);
         }
         if (!SUPPORTED_DTYPES.has(info.dtype)) {
-          throw new CheckpointCorruptError(`${path}: tensor "${name}" has dtype ${info.dtype}; moe-run imports F32, F16 and BF16 checkpoints`);
+          throw new CheckpointCorruptError(`${path}: tensor "${name}" has dtype ${info.dtype}; moe-run imports F32, F16 and BF16 checkpoints (and U8 quantized blocks)`);
         }
-        const dtype = info.dtype as FloatDType;
+        const dtype = info.dtype as TensorDType;
         const isCount = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
         if (!info.shape.every(isCount) || !info.data_offsets.every(isCount)) {
           throw new CheckpointCorruptError(`${path}: tensor "${name}" has a shape or data_offsets that are not whole numbers >= 0`);
@@ -87,10 +91,10 @@ export class SafetensorsFile {
         const shape = info.shape as number[];
         const [begin, end] = info.data_offsets as [number, number];
         const elements = shape.reduce((a, b) => a * b, 1);
-        if (!(end >= begin) || end - begin !== elements * BYTES_PER_ELEMENT[dtype]) {
+        if (!(end >= begin) || end - begin !== elements * ELEMENT_BYTES[dtype]) {
           throw new CheckpointCorruptError(
             `${path}: tensor "${name}" header mismatch: shape [${shape.join(", ")}] ${dtype} needs ` +
-              `${elements * BYTES_PER_ELEMENT[dtype]} bytes but data_offsets span ${end - begin}`
+              `${elements * ELEMENT_BYTES[dtype]} bytes but data_offsets span ${end - begin}`
           );
         }
         if (dataStart + end > fileSize) {
@@ -108,22 +112,47 @@ export class SafetensorsFile {
     }
   }
 
-  /** Raw bytes of one tensor, as stored. */
-  readBytes(name: string): Uint8Array {
+  /** Raw bytes of one tensor, as stored (or `length` bytes from byte `start` within it). */
+  readBytes(name: string, start = 0, length?: number): Uint8Array {
     const entry = this.entry(name);
-    const buf = new Uint8Array(entry.byteLength);
+    const bytes = length ?? entry.byteLength - start;
+    if (start < 0 || bytes < 0 || start + bytes > entry.byteLength) throw new Error(`bytes ${start}..${start + bytes} lie outside tensor "${name}" (${entry.byteLength} bytes)`);
+    const buf = new Uint8Array(bytes);
     let done = 0;
-    while (done < entry.byteLength) {
-      const n = fs.readSync(this.handle(), buf, done, entry.byteLength - done, entry.offset + done);
+    while (done < bytes) {
+      const n = fs.readSync(this.handle(), buf, done, bytes - done, entry.offset + start + done);
       if (n === 0) throw new CheckpointCorruptError(`${this.path} ended early while reading "${name}"`);
       done += n;
     }
     return buf;
   }
 
+  /**
+   * Sub-tensor `index` along the first dimension (e.g. one expert of a fused [E, ...] tensor),
+   * as stored: the slices of a row-major tensor are contiguous.
+   */
+  readSliceBytes(name: string, index: number): Uint8Array {
+    const entry = this.entry(name);
+    const count = entry.shape[0] ?? 0;
+    if (!Number.isInteger(index) || index < 0 || index >= count) throw new Error(`slice ${index} of tensor "${name}" with first dimension ${count}`);
+    const bytes = entry.byteLength / count;
+    return this.readBytes(name, index * bytes, bytes);
+  }
+
   /** One tensor decoded to fp32 (row-major, shape as in the header). */
   readFloat32(name: string): Float32Array {
-    return decodeToFloat32(this.readBytes(name), this.entry(name).dtype);
+    return decodeToFloat32(this.readBytes(name), this.floatDType(name));
+  }
+
+  private floatDType(name: string): FloatDType {
+    const dtype = this.entry(name).dtype;
+    if (dtype === "U8") throw new CheckpointCorruptError(`${this.path}: tensor "${name}" holds U8 (quantized blocks), not floats`);
+    return dtype;
+  }
+
+  /** Sub-tensor `index` along the first dimension, decoded to fp32. */
+  readSliceFloat32(name: string, index: number): Float32Array {
+    return decodeToFloat32(this.readSliceBytes(name, index), this.floatDType(name));
   }
 
   entry(name: string): SafetensorsEntry {
@@ -171,7 +200,7 @@ function checkNoOverlap(path: string, entries: ReadonlyMap<string, SafetensorsEn
 
 export interface SafetensorsWriteEntry {
   name: string;
-  dtype: FloatDType;
+  dtype: TensorDType;
   shape: number[];
 }
 
@@ -188,7 +217,7 @@ export function writeSafetensors(
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   for (const e of entries) {
-    const bytes = e.shape.reduce((a, b) => a * b, 1) * BYTES_PER_ELEMENT[e.dtype];
+    const bytes = e.shape.reduce((a, b) => a * b, 1) * ELEMENT_BYTES[e.dtype];
     header[e.name] = { dtype: e.dtype, shape: e.shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;
   }
@@ -203,7 +232,7 @@ export function writeSafetensors(
     fs.writeSync(fd, headerBytes);
     for (const e of entries) {
       const bytes = data(e);
-      const expected = e.shape.reduce((a, b) => a * b, 1) * BYTES_PER_ELEMENT[e.dtype];
+      const expected = e.shape.reduce((a, b) => a * b, 1) * ELEMENT_BYTES[e.dtype];
       if (bytes.byteLength !== expected) throw new Error(`writeSafetensors: ${e.name} has ${bytes.byteLength} bytes, expected ${expected}`);
       fs.writeSync(fd, bytes);
     }

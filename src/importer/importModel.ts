@@ -10,10 +10,14 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { COMMON_NAMES, readModelDims, type ArchitectureSpec } from "../architectures/architectures.js";
+import { COMMON_NAMES, type ArchitectureSpec } from "../architectures/architectures.js";
+import type { WeightFolds } from "../architectures/familyFeatures.js";
+import { isMoeLayer, modelFeatures, moeLayers } from "../architectures/ModelDims.js";
+import { readModelDims } from "../architectures/readModelDims.js";
 import type { ModelDims } from "../architectures/ModelDims.js";
-import { MoeRunError, TokenizerMissingError } from "../errors.js";
-import { HfCheckpoint } from "../formats/HfCheckpoint.js";
+import { MoeRunError, TokenizerMissingError, UnsupportedConfigError } from "../errors.js";
+import { ggufTokenizerFiles, openImportCheckpoint } from "../formats/GgufCheckpoint.js";
+import type { HfCheckpoint } from "../formats/HfCheckpoint.js";
 import { MAX_SMALL_JSON_BYTES, MAX_TOKENIZER_BYTES, readSourceJson } from "../formats/sourceFiles.js";
 import { FORMAT_VERSION, IMPORTING_SUFFIX, sha256File, writeManifest, type ModelManifest } from "../model/manifest.js";
 import { checkEncodable, type ExpertEncoding } from "../store/expertEncoding.js";
@@ -109,19 +113,21 @@ async function importLocked(
     checkReplaceable(target, shown, hfDir);
   }
 
-  const ckpt = HfCheckpoint.open(hfDir);
+  // A Hugging Face folder, or a .gguf file (the first shard of a split one) seen as one.
+  const ckpt = openImportCheckpoint(hfDir);
   try {
-    const { spec, dims } = readModelDims(ckpt.config);
-    const encoding = options.experts ?? "f32";
+    const { spec, dims, folds } = readModelDims(ckpt.config);
+    // Experts the checkpoint stores in one of moe-run's encodings (gpt-oss's MXFP4) import as they are.
+    const encoding = options.experts ?? spec.names.experts.storedEncoding?.(ckpt, (rest) => COMMON_NAMES.layer(0, rest)) ?? "f32";
     checkEncodable(encoding, dims.hiddenSize, dims.expertFfn);
-    const tokenizer = readTokenizer(hfDir);
+    const tokenizer = ggufTokenizerFiles(ckpt) ?? readTokenizer(hfDir);
     const shapes = expectedShapes(spec, dims, ckpt);
     for (const [name, shape] of shapes) ckpt.checkShape(name, shape);
 
     clearStaging(staging, shown, log);
     try {
       fs.mkdirSync(path.join(staging, "graphs"), { recursive: true });
-      const manifest = await writeModel(ckpt, spec, dims, encoding, shapes, staging, tokenizer, options.progress ?? true);
+      const manifest = await writeModel(ckpt, spec, dims, folds, encoding, shapes, staging, tokenizer, options.progress ?? true);
       writeManifest(staging, manifest);
       fsyncDir(staging);
       if (!lock.stillHeld()) {
@@ -140,7 +146,7 @@ async function importLocked(
       // Free space as the failure left it, before the partial import is removed.
       const free = freeBytes(path.dirname(target));
       fs.rmSync(staging, { recursive: true, force: true });
-      if (isDiskFull(err, free, 2 * expertRecordBytes({ hiddenSize: dims.hiddenSize, expertFfn: dims.expertFfn, encoding }))) {
+      if (isDiskFull(err, free, 2 * expertRecordBytes({ hiddenSize: dims.hiddenSize, expertFfn: dims.expertFfn, encoding, expertBias: modelFeatures(dims).expertBias }))) {
         throw diskFullError(shown, estimateImportBytes(ckpt), err);
       }
       throw err;
@@ -182,15 +188,25 @@ function estimateImportBytes(ckpt: HfCheckpoint): number {
 
 /** Every tensor the import reads, with the shape config.json implies. */
 function expectedShapes(spec: ArchitectureSpec, d: ModelDims, ckpt: HfCheckpoint): Map<string, number[]> {
-  const { hiddenSize: H, headDim: hd, numHeads: Hq, numKvHeads: Hkv, expertFfn: F, sharedExpertFfn: Fs } = d;
+  const { hiddenSize: H, headDim: hd, numHeads: Hq, numKvHeads: Hkv, sharedExpertFfn: Fs } = d;
+  const f = modelFeatures(d);
+  const names = spec.names;
   const m = new Map<string, number[]>();
   m.set(COMMON_NAMES.embed, [d.vocabSize, H]);
   m.set(COMMON_NAMES.finalNorm, [H]);
+  if (names.normBias) m.set(names.normBias.final, [H]);
   if (!d.tieEmbeddings || ckpt.has(COMMON_NAMES.lmHead)) m.set(COMMON_NAMES.lmHead, [d.vocabSize, H]);
+  if (f.lmHeadBias && names.lmHeadBias) m.set(names.lmHeadBias, [d.vocabSize]);
   for (let l = 0; l < d.numLayers; l++) {
     const n = (rest: string) => COMMON_NAMES.layer(l, rest);
     m.set(n(COMMON_NAMES.inputNorm), [H]);
     m.set(n(COMMON_NAMES.postAttnNorm), [H]);
+    if (names.normBias) {
+      m.set(n(names.normBias.input), [H]);
+      m.set(n(names.normBias.postAttn), [H]);
+    }
+    if (f.oBias && names.oBias) m.set(n(names.oBias), [H]);
+    if (f.sinks && names.sinks) m.set(n(names.sinks), [Hq]);
     m.set(n(`${COMMON_NAMES.q}.weight`), [Hq * hd, H]);
     m.set(n(`${COMMON_NAMES.k}.weight`), [Hkv * hd, H]);
     m.set(n(`${COMMON_NAMES.v}.weight`), [Hkv * hd, H]);
@@ -204,17 +220,25 @@ function expectedShapes(spec: ArchitectureSpec, d: ModelDims, ckpt: HfCheckpoint
       m.set(n(COMMON_NAMES.qNorm), d.qkNorm === "head" ? [hd] : [Hq * hd]);
       m.set(n(COMMON_NAMES.kNorm), d.qkNorm === "head" ? [hd] : [Hkv * hd]);
     }
-    m.set(n(spec.names.router), [d.numExperts, H]);
-    for (let j = 0; j < d.numExperts; j++) {
-      m.set(n(spec.names.expert(j, "gate")), [F, H]);
-      m.set(n(spec.names.expert(j, "up")), [F, H]);
-      m.set(n(spec.names.expert(j, "down")), [H, F]);
+    if (!isMoeLayer(d, l)) {
+      // A dense layer: one MLP of denseFfn, no router, no experts.
+      const mlp = names.denseMlp;
+      if (!mlp) throw new UnsupportedConfigError(`model_type "${d.modelType}" has no dense-MLP tensor names, but layer ${l} is dense`);
+      m.set(n(mlp("gate")), [f.denseFfn, H]);
+      m.set(n(mlp("up")), [f.denseFfn, H]);
+      m.set(n(mlp("down")), [H, f.denseFfn]);
+      continue;
     }
-    if (spec.names.shared && Fs > 0) {
-      m.set(n(spec.names.shared.expert("gate")), [Fs, H]);
-      m.set(n(spec.names.shared.expert("up")), [Fs, H]);
-      m.set(n(spec.names.shared.expert("down")), [H, Fs]);
-      m.set(n(spec.names.shared.gate), [1, H]);
+    m.set(n(names.router), [d.numExperts, H]);
+    if (f.routerBias && names.routerBias) m.set(n(names.routerBias), [d.numExperts]);
+    if (f.grouped.correctionBias && names.routerCorrectionBias) m.set(n(names.routerCorrectionBias), [d.numExperts]);
+    for (const [name, shape] of names.experts.shapes(n, d)) m.set(name, shape);
+    for (const [name, shape] of names.experts.storedShapes?.(ckpt, n, d) ?? []) m.set(name, shape);
+    if (names.shared && Fs > 0) {
+      m.set(n(names.shared.expert("gate")), [Fs, H]);
+      m.set(n(names.shared.expert("up")), [Fs, H]);
+      m.set(n(names.shared.expert("down")), [H, Fs]);
+      if (f.sharedGate && names.shared.gate) m.set(n(names.shared.gate), [1, H]);
     }
   }
   return m;
@@ -244,6 +268,7 @@ async function writeModel(
   ckpt: HfCheckpoint,
   spec: ArchitectureSpec,
   d: ModelDims,
+  folds: WeightFolds,
   encoding: ExpertEncoding,
   shapes: Map<string, number[]>,
   dir: string,
@@ -258,14 +283,23 @@ async function writeModel(
   };
   const progress = new Progress("import", d.numLayers + 2, process.stderr, showProgress);
 
+  const opt = (name: string | undefined) => (name !== undefined && shapes.has(name) ? read(name) : undefined);
+  const scaled = (w: Float32Array | undefined, factor: number) => (w && factor !== 1 ? w.map((v) => v * factor) : w);
   const embedW = read(COMMON_NAMES.embed);
-  const embed = save(buildEmbeddingGraph(d, embedW), "graphs/embed.onnx");
+  const embed = save(buildEmbeddingGraph(d, scaled(embedW, folds.embedding)!), "graphs/embed.onnx");
   const lmHead = shapes.has(COMMON_NAMES.lmHead) ? read(COMMON_NAMES.lmHead) : embedW;
-  const head = save(buildHeadGraph(d, read(COMMON_NAMES.finalNorm), lmHead), "graphs/head.onnx");
-  const expert = save(buildExpertGraph(d), "graphs/expert.onnx");
+  const headWeights = {
+    norm: read(COMMON_NAMES.finalNorm),
+    normBias: opt(spec.names.normBias?.final),
+    lmHead: scaled(lmHead, folds.logits)!,
+    lmHeadBias: scaled(opt(spec.names.lmHeadBias), folds.logits),
+  };
+  const head = save(buildHeadGraph(d, headWeights), "graphs/head.onnx");
+  const features = modelFeatures(d);
+  const expert = save(buildExpertGraph(d, { activation: features.expertActivation, expertBias: features.expertBias }), "graphs/expert.onnx");
   progress.tick(1, "embedding, head");
 
-  const layout = { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding };
+  const layout = { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding, expertBias: modelFeatures(d).expertBias };
   const store = ExpertStore.create(path.join(dir, STORE_NAME), layout);
   const checksums: string[][] = [];
   const layers: string[] = [];
@@ -276,41 +310,47 @@ async function writeModel(
   try {
     for (let l = 0; l < d.numLayers; l++) {
       const n = (rest: string) => COMMON_NAMES.layer(l, rest);
-      const opt = (name: string) => (shapes.has(name) ? read(name) : undefined);
+      const at = (rest: string | undefined) => (rest === undefined ? undefined : n(rest));
+      const names = spec.names;
       const w: LayerWeights = {
         inputNorm: read(n(COMMON_NAMES.inputNorm)),
+        inputNormBias: opt(at(names.normBias?.input)),
         q: read(n(`${COMMON_NAMES.q}.weight`)),
         k: read(n(`${COMMON_NAMES.k}.weight`)),
         v: read(n(`${COMMON_NAMES.v}.weight`)),
-        o: read(n(`${COMMON_NAMES.o}.weight`)),
+        o: scaled(read(n(`${COMMON_NAMES.o}.weight`)), folds.attnOut)!,
+        oBias: scaled(opt(at(names.oBias)), folds.attnOut),
+        sinks: opt(at(names.sinks)),
         qBias: opt(n(`${COMMON_NAMES.q}.bias`)),
         kBias: opt(n(`${COMMON_NAMES.k}.bias`)),
         vBias: opt(n(`${COMMON_NAMES.v}.bias`)),
         qNorm: opt(n(COMMON_NAMES.qNorm)),
         kNorm: opt(n(COMMON_NAMES.kNorm)),
         postAttnNorm: read(n(COMMON_NAMES.postAttnNorm)),
-        router: read(n(spec.names.router)),
+        postAttnNormBias: opt(at(names.normBias?.postAttn)),
       };
-      const shared = spec.names.shared;
-      if (shared && d.sharedExpertFfn > 0) {
-        w.shared = {
-          gate: read(n(shared.expert("gate"))),
-          up: read(n(shared.expert("up"))),
-          down: read(n(shared.expert("down"))),
-          gateProj: read(n(shared.gate)),
-        };
+      const moe = isMoeLayer(d, l);
+      if (moe) {
+        w.router = read(n(names.router));
+        w.routerBias = opt(at(names.routerBias));
+        w.routerCorrectionBias = opt(at(names.routerCorrectionBias));
+        const shared = names.shared;
+        if (shared && d.sharedExpertFfn > 0) {
+          w.shared = { gate: read(n(shared.expert("gate"))), up: read(n(shared.expert("up"))), down: read(n(shared.expert("down"))), gateProj: opt(at(shared.gate)) };
+        }
+        routers.set(w.router, l * d.numExperts * d.hiddenSize);
+      } else {
+        // The dense MLP takes the shared expert's place, ungated; predictor.bin keeps a zero router.
+        const mlp = names.denseMlp!;
+        w.shared = { gate: read(n(mlp("gate"))), up: read(n(mlp("up"))), down: read(n(mlp("down"))) };
       }
-      routers.set(w.router, l * d.numExperts * d.hiddenSize);
       postNorms.set(w.postAttnNorm, l * d.hiddenSize);
       layers.push(save(buildLayerGraph(d, l, w), `graphs/layer_${String(l).padStart(3, "0")}.onnx`));
 
       const layerSums: string[] = [];
-      for (let j = 0; j < d.numExperts; j++) {
-        const record = ExpertStore.pack(layout, {
-          gate: read(n(spec.names.expert(j, "gate"))),
-          up: read(n(spec.names.expert(j, "up"))),
-          down: read(n(spec.names.expert(j, "down"))),
-        });
+      for (let j = 0; moe && j < d.numExperts; j++) {
+        const experts = spec.names.experts;
+        const record = experts.rawRecord?.(ckpt, n, j, d, encoding) ?? ExpertStore.pack(layout, experts.read(ckpt, n, j, d));
         layerSums.push(expertChecksum(record));
         store.put(l, j, record);
       }
@@ -341,7 +381,7 @@ async function writeModel(
     files[rel] = { bytes: fs.statSync(p).size, sha256: sha256File(p) };
   }
   progress.tick(1, "checksums");
-  progress.finish(`${d.numLayers} layers, ${d.numLayers * d.numExperts} experts`);
+  progress.finish(`${d.numLayers} layers, ${moeLayers(d).length * d.numExperts} experts`);
   return {
     format: "moe-run-model",
     formatVersion: FORMAT_VERSION,

@@ -3,8 +3,9 @@
  * Activations are 2-D [T, H] (one sequence; T tokens), so weights keep Hugging Face's [out, in]
  * layout and are applied with Gemm(transB=1). The KV cache is [Hkv, S, hd] per layer.
  */
-import type { ModelDims } from "../architectures/ModelDims.js";
+import { modelFeatures, type ModelDims } from "../architectures/ModelDims.js";
 import { GraphBuilder } from "../onnx/GraphBuilder.js";
+import type { ExpertActivation } from "../kernels/expertActivation.js";
 
 /** Names of graph inputs and outputs, shared with the runtime that feeds them. */
 export const IO = {
@@ -29,6 +30,7 @@ export const IO = {
 
 export interface LayerWeights {
   inputNorm: Float32Array; // [H]
+  inputNormBias?: Float32Array; // [H] (LayerNorm models)
   q: Float32Array; // [Hq*hd, H]
   k: Float32Array; // [Hkv*hd, H]
   v: Float32Array; // [Hkv*hd, H]
@@ -38,15 +40,28 @@ export interface LayerWeights {
   vBias?: Float32Array; // [Hkv*hd]
   qNorm?: Float32Array; // [hd] ("head") or [Hq*hd] ("full")
   kNorm?: Float32Array; // [hd] or [Hkv*hd]
+  oBias?: Float32Array; // [H]
+  sinks?: Float32Array; // [Hq] attention-sink logits
   postAttnNorm: Float32Array; // [H]
-  router: Float32Array; // [E, H]
-  shared?: { gate: Float32Array; up: Float32Array; down: Float32Array; gateProj: Float32Array }; // [Fs,H] [Fs,H] [H,Fs] [1,H]
+  postAttnNormBias?: Float32Array; // [H]
+  router?: Float32Array; // [E, H]; absent in dense layers
+  routerBias?: Float32Array; // [E]
+  /** [E] added to the router's scores for selection only (grouped routers); read by the runtime, not the graph. */
+  routerCorrectionBias?: Float32Array;
+  /** Shared expert [Fs,H] [Fs,H] [H,Fs], gated by sigmoid(x . gateProj [1,H]) when gateProj is given; a dense layer's MLP. */
+  shared?: { gate: Float32Array; up: Float32Array; down: Float32Array; gateProj?: Float32Array };
 }
 
 function rmsNorm(g: GraphBuilder, x: string, weight: string, eps: number): string {
   const ms = g.op("ReduceMean", [g.op("Mul", [x, x])], { axes: [-1], keepdims: 1 });
   const rms = g.op("Sqrt", [g.op("Add", [ms, g.constFloat([eps], [])])]);
   return g.op("Mul", [g.op("Div", [x, rms]), weight]);
+}
+
+/** The model's norm over the last axis: RMSNorm, or LayerNorm (weight and bias) when `bias` is given. */
+function norm(g: GraphBuilder, x: string, weight: string, bias: string | undefined, eps: number): string {
+  if (!bias) return rmsNorm(g, x, weight, eps);
+  return g.op("LayerNormalization", [x, weight, bias], { axis: -1, epsilon: { float: eps } });
 }
 
 function linear(g: GraphBuilder, x: string, w: string, bias?: string): string {
@@ -59,9 +74,12 @@ export function swiglu(g: GraphBuilder, x: string, gate: string, up: string, dow
   return linear(g, act, down);
 }
 
-/** rotate_half as a constant [hd, hd] matrix: (x @ R)[:h] = -x[h:], (x @ R)[h:] = x[:h]. Exact in fp32. */
-function rotateHalfMatrix(hd: number): Float32Array {
-  const h = hd / 2;
+/**
+ * rotate_half over the first r dims as a constant [hd, hd] matrix: (x @ R)[:h] = -x[h:r],
+ * (x @ R)[h:r] = x[:h] with h = r/2, and 0 for the dims that do not rotate. Exact in fp32.
+ */
+function rotateHalfMatrix(hd: number, rotaryDim: number): Float32Array {
+  const h = rotaryDim / 2;
   const r = new Float32Array(hd * hd);
   for (let i = 0; i < h; i++) {
     r[(i + h) * hd + i] = -1; // out[i] = -x[i+h]
@@ -78,29 +96,63 @@ export function buildEmbeddingGraph(d: ModelDims, embed: Float32Array): GraphBui
   return g;
 }
 
-export function buildHeadGraph(d: ModelDims, norm: Float32Array, lmHead: Float32Array): GraphBuilder {
+export function buildHeadGraph(d: ModelDims, w: { norm: Float32Array; normBias?: Float32Array; lmHead: Float32Array; lmHeadBias?: Float32Array }): GraphBuilder {
   const g = new GraphBuilder("head");
   const x = g.input(IO.head.hidden, "float32", ["T", d.hiddenSize]);
-  const normed = rmsNorm(g, x, g.weight("norm", norm, [d.hiddenSize]), d.rmsNormEps);
-  const logits = linear(g, normed, g.weight("lm_head", lmHead, [d.vocabSize, d.hiddenSize]));
+  const normBias = w.normBias ? g.weight("norm_bias", w.normBias, [d.hiddenSize]) : undefined;
+  const normed = norm(g, x, g.weight("norm", w.norm, [d.hiddenSize]), normBias, d.rmsNormEps);
+  const lmBias = w.lmHeadBias ? g.weight("lm_head_bias", w.lmHeadBias, [d.vocabSize]) : undefined;
+  const logits = linear(g, normed, g.weight("lm_head", w.lmHead, [d.vocabSize, d.hiddenSize]), lmBias);
   g.output(logits, IO.head.logits, "float32", ["T", d.vocabSize]);
   return g;
 }
 
 /** One routed expert with its weights as inputs, so one session serves every expert. */
-export function buildExpertGraph(d: ModelDims): GraphBuilder {
+export function buildExpertGraph(d: ModelDims, o: { activation?: ExpertActivation; expertBias?: boolean } = {}): GraphBuilder {
   const g = new GraphBuilder("expert");
   const x = g.input(IO.expert.x, "float32", ["T", d.hiddenSize]);
   const wg = g.input(IO.expert.gate, "float32", [d.expertFfn, d.hiddenSize]);
   const wu = g.input(IO.expert.up, "float32", [d.expertFfn, d.hiddenSize]);
   const wd = g.input(IO.expert.down, "float32", [d.hiddenSize, d.expertFfn]);
-  g.output(swiglu(g, x, wg, wu, wd), IO.expert.y, "float32", ["T", d.hiddenSize]);
+  // With expert biases, three more inputs: b_gate [F], b_up [F], b_down [H].
+  const bias = o.expertBias
+    ? { gate: g.input("b_gate", "float32", [d.expertFfn]), up: g.input("b_up", "float32", [d.expertFfn]), down: g.input("b_down", "float32", [d.hiddenSize]) }
+    : undefined;
+  g.output(expertMlp(g, x, { gate: wg, up: wu, down: wd }, { activation: o.activation, bias }), IO.expert.y, "float32", ["T", d.hiddenSize]);
   return g;
+}
+
+/**
+ * One expert on x [T, H] (kernels/expertActivation.ts): gate and up [F, H], down [H, F], biases
+ * [F], [F], [H] when given. Silu without biases is swiglu() itself (the same graph as always).
+ */
+export function expertMlp(
+  g: GraphBuilder,
+  x: string,
+  w: { gate: string; up: string; down: string },
+  o: { activation?: ExpertActivation; bias?: { gate: string; up: string; down: string } } = {}
+): string {
+  const act = o.activation ?? { kind: "silu" };
+  if (act.kind === "silu" && !o.bias) return swiglu(g, x, w.gate, w.up, w.down);
+  let a = linear(g, x, w.gate, o.bias?.gate);
+  let u = linear(g, x, w.up, o.bias?.up);
+  let h: string;
+  if (act.kind === "silu") h = g.op("Mul", [g.op("Mul", [a, g.op("Sigmoid", [a])]), u]);
+  else {
+    // gpt-oss: g = min(g, limit), u = clamp(u, -limit, limit), h = (u + 1) * g * sigmoid(alpha g).
+    const limit = g.constFloat([act.limit], []);
+    a = g.op("Min", [a, limit]);
+    u = g.op("Clip", [u, g.constFloat([-act.limit], []), limit]);
+    const glu = g.op("Mul", [a, g.op("Sigmoid", [g.op("Mul", [a, g.constFloat([act.alpha], [])])])]);
+    h = g.op("Mul", [g.op("Add", [u, g.constFloat([1], [])]), glu]);
+  }
+  return linear(g, h, w.down, o.bias?.down);
 }
 
 export function buildLayerGraph(d: ModelDims, layer: number, w: LayerWeights): GraphBuilder {
   const { hiddenSize: H, numHeads: Hq, numKvHeads: Hkv, headDim: hd, numExperts: E } = d;
   const G = Hq / Hkv;
+  const f = modelFeatures(d);
   const L = IO.layer;
   const g = new GraphBuilder(`layer_${layer}`);
   const hidden = g.input(L.hidden, "float32", ["T", H]);
@@ -110,8 +162,8 @@ export function buildLayerGraph(d: ModelDims, layer: number, w: LayerWeights): G
   const pastK = g.input(L.pastKey, "float32", [Hkv, "P", hd]);
   const pastV = g.input(L.pastValue, "float32", [Hkv, "P", hd]);
 
-  const x = rmsNorm(g, hidden, g.weight("input_norm", w.inputNorm, [H]), d.rmsNormEps);
   const bias = (name: string, b: Float32Array | undefined, n: number) => (b ? g.weight(name, b, [n]) : undefined);
+  const x = norm(g, hidden, g.weight("input_norm", w.inputNorm, [H]), bias("input_norm_bias", w.inputNormBias, H), d.rmsNormEps);
   let q = linear(g, x, g.weight("q_proj", w.q, [Hq * hd, H]), bias("q_bias", w.qBias, Hq * hd));
   let k = linear(g, x, g.weight("k_proj", w.k, [Hkv * hd, H]), bias("k_bias", w.kBias, Hkv * hd));
   const v = linear(g, x, g.weight("v_proj", w.v, [Hkv * hd, H]), bias("v_bias", w.vBias, Hkv * hd));
@@ -130,7 +182,7 @@ export function buildLayerGraph(d: ModelDims, layer: number, w: LayerWeights): G
   k = g.op("Transpose", [k], { perm: [1, 0, 2] }); // [Hkv, T, hd]
   const vh = g.op("Transpose", [g.op("Reshape", [v, g.constInt64([-1, Hkv, hd])])], { perm: [1, 0, 2] });
 
-  const rot = g.weight("rotate_half", rotateHalfMatrix(hd), [hd, hd]);
+  const rot = g.weight("rotate_half", rotateHalfMatrix(hd, f.rope.rotaryDim), [hd, hd]);
   const rope = (t: string) => g.op("Add", [g.op("Mul", [t, cos]), g.op("Mul", [g.op("MatMul", [t, rot]), sin])]);
   q = rope(q);
   k = rope(k);
@@ -140,26 +192,40 @@ export function buildLayerGraph(d: ModelDims, layer: number, w: LayerWeights): G
   const axis1 = g.constInt64([1]);
   const kT = g.op("Transpose", [g.op("Unsqueeze", [presentK, axis1])], { perm: [0, 1, 3, 2] }); // [Hkv, 1, hd, S]
   let scores = g.op("MatMul", [q, kT]); // [Hkv, G, T, S]
-  scores = g.op("Add", [g.op("Mul", [scores, g.constFloat([1 / Math.sqrt(hd)], [])]), mask]);
-  const probs = g.op("Softmax", [scores], { axis: -1 });
+  const scale = f.attentionScale || 1 / Math.sqrt(hd);
+  scores = g.op("Add", [g.op("Mul", [scores, g.constFloat([scale], [])]), mask]);
+  let probs: string;
+  if (w.sinks) {
+    // Sinks: one more logit per head in each denominator, e^(s - m) / (sum e^(s' - m) + e^(sink - m)).
+    const sink = g.weight("sinks", w.sinks, [Hkv, G, 1, 1]);
+    const m = g.op("Max", [g.op("ReduceMax", [scores], { axes: [-1], keepdims: 1 }), sink]); // [Hkv, G, T, 1]
+    const e = g.op("Exp", [g.op("Sub", [scores, m])]);
+    const denom = g.op("Add", [g.op("ReduceSum", [e, g.constInt64([-1])], { keepdims: 1 }), g.op("Exp", [g.op("Sub", [sink, m])])]);
+    probs = g.op("Div", [e, denom]);
+  } else {
+    probs = g.op("Softmax", [scores], { axis: -1 });
+  }
   const ctx = g.op("MatMul", [probs, g.op("Unsqueeze", [presentV, axis1])]); // [Hkv, G, T, hd]
   const merged = g.op("Reshape", [g.op("Transpose", [ctx], { perm: [2, 0, 1, 3] }), g.constInt64([-1, Hq * hd])]);
-  const attnOut = g.op("Add", [hidden, linear(g, merged, g.weight("o_proj", w.o, [H, Hq * hd]))]);
+  const attnOut = g.op("Add", [hidden, linear(g, merged, g.weight("o_proj", w.o, [H, Hq * hd]), bias("o_bias", w.oBias, H))]);
 
-  const moeIn = rmsNorm(g, attnOut, g.weight("post_attention_norm", w.postAttnNorm, [H]), d.rmsNormEps);
-  const routerLogits = linear(g, moeIn, g.weight("router", w.router, [E, H]));
-
+  const moeIn = norm(g, attnOut, g.weight("post_attention_norm", w.postAttnNorm, [H]), bias("post_attention_norm_bias", w.postAttnNormBias, H), d.rmsNormEps);
   g.output(attnOut, L.attnOut, "float32", ["T", H]);
   g.output(moeIn, L.moeIn, "float32", ["T", H]);
-  g.output(routerLogits, L.routerLogits, "float32", ["T", E]);
+  if (w.router) {
+    const routerLogits = linear(g, moeIn, g.weight("router", w.router, [E, H]), bias("router_bias", w.routerBias, E));
+    g.output(routerLogits, L.routerLogits, "float32", ["T", E]);
+    if (w.routerCorrectionBias) g.weight("router_correction_bias", w.routerCorrectionBias, [E]);
+  }
   g.output(presentK, L.presentKey, "float32", [Hkv, "S", hd]);
   g.output(presentV, L.presentValue, "float32", [Hkv, "S", hd]);
   if (w.shared) {
-    const Fs = d.sharedExpertFfn;
+    // The shared expert, or a dense layer's MLP (then of denseFfn and never gated).
     const s = w.shared;
-    const out = swiglu(g, moeIn, g.weight("shared_gate", s.gate, [Fs, H]), g.weight("shared_up", s.up, [Fs, H]), g.weight("shared_down", s.down, [H, Fs]));
-    const gate = g.op("Sigmoid", [linear(g, moeIn, g.weight("shared_expert_gate", s.gateProj, [1, H]))]);
-    g.output(g.op("Mul", [out, gate]), L.sharedOut, "float32", ["T", H]);
+    const Fs = s.up.length / H;
+    let out = swiglu(g, moeIn, g.weight("shared_gate", s.gate, [Fs, H]), g.weight("shared_up", s.up, [Fs, H]), g.weight("shared_down", s.down, [H, Fs]));
+    if (s.gateProj) out = g.op("Mul", [out, g.op("Sigmoid", [linear(g, moeIn, g.weight("shared_expert_gate", s.gateProj, [1, H]))])]);
+    g.output(out, L.sharedOut, "float32", ["T", H]);
   }
   return g;
 }

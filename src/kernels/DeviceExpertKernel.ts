@@ -1,11 +1,13 @@
 /**
  * The expert kernel of an execution provider (WebGPU or CUDA; the CPU provider runs the same code
  * for tests and as a fallback). An expert's weights become resident on the provider once, when
- * the cache admits the expert (prepare), in their compact form: f16 stays half precision, int8
- * and int4 become int8 values plus fp32 block scales; the graph dequantizes to fp32 as it
- * computes. They are freed when the cache evicts the expert (free). forward() moves only
- * activations: x [T, H] in, y [T, H] out. WebGPU has no 8-bit tensor types (its kernels take
- * f32, f16, i32, u32), so there int8 and int4 experts are held as f16, dequantized at upload.
+ * the cache admits the expert (prepare), in their compact form: f16 stays half precision, int8,
+ * int4 and mxfp4 become int8 values plus fp32 block scales (mxfp4: its doubled E2M1 values -12..12
+ * and 2^(e-128), exactly); the graph dequantizes to fp32 as it computes. Expert biases
+ * (expertBias) are fp32 tensors beside the weights. They are freed when the cache evicts the
+ * expert (free). forward() moves only activations: x [T, H] in, y [T, H] out. WebGPU has no
+ * 8-bit tensor types (its kernels take f32, f16, i32, u32), so there int8, int4 and mxfp4 experts
+ * are held as f16, dequantized at upload.
  *
  * On WebGPU the weights are GPU buffers: an upload graph copies them to the GPU and its outputs
  * stay there (onnxruntime's "gpu-buffer" output location), and the expert graph takes them as
@@ -15,8 +17,9 @@
 import { DeviceTensor, OnnxSession, type ExecutionDevice, type HostTensor, type TensorData } from "../backends/onnx.js";
 import { invariant } from "../errors.js";
 import { GraphBuilder, type ElemType } from "../onnx/GraphBuilder.js";
-import { swiglu } from "../importer/modelGraphs.js";
-import { BLOCK, decodeMatrix, encodeMatrix, matrixBytes, type ExpertEncoding } from "../store/expertEncoding.js";
+import { expertMlp } from "../importer/modelGraphs.js";
+import { BLOCK, MXFP4_X2, decodeMatrix, encodeMatrix, expertRecordLayout, matrixBytes, readExpertBiases, type ExpertEncoding } from "../store/expertEncoding.js";
+import type { ExpertActivation } from "./expertActivation.js";
 import type { ResidencyStats } from "../cache/TieredExpertSource.js";
 import type { ExpertKernel } from "./expertKernels.js";
 
@@ -40,7 +43,8 @@ interface MatrixForm {
 
 /**
  * How weights are held on the provider: f32; f16; q8 = int8 values + fp32 scales per block of 32
- * (int8 records as stored, int4 records widened to int8).
+ * (int8 records as stored, int4 records widened to int8, mxfp4 records as doubled E2M1 values
+ * with half their E8M0 scales: the same numbers).
  */
 export type ResidentLayout = "f32" | "f16" | "q8";
 
@@ -57,10 +61,19 @@ function residentForm(layout: ResidentLayout): Record<MatrixName, MatrixForm> {
   return form;
 }
 
-/** Bytes of one expert held in `layout`. */
-export function residentExpertBytes(layout: ResidentLayout, H: number, F: number): number {
+/** Bytes of one expert held in `layout` (with expertBias, its fp32 biases too). */
+export function residentExpertBytes(layout: ResidentLayout, H: number, F: number, expertBias = false): number {
   const perWeight = { f32: 4, f16: 2, q8: 1 + 4 / BLOCK }[layout];
-  return 3 * H * F * perWeight;
+  return 3 * H * F * perWeight + (expertBias ? 4 * (2 * F + H) : 0);
+}
+
+/** Graph inputs of the expert biases (expertBias): gate [F], up [F], down [H], fp32. */
+const BIAS_INPUTS = { gate: "b_gate", up: "b_up", down: "b_down" } as const;
+
+/** What the expert computes (kernels/expertActivation.ts); defaults: silu, no biases. */
+export interface ExpertGraphOptions {
+  activation?: ExpertActivation;
+  expertBias?: boolean;
 }
 
 /** Rows x cols of each matrix: gate and up [F, H], down [H, F]. */
@@ -68,8 +81,8 @@ function shapeOf(m: MatrixName, H: number, F: number): [number, number] {
   return m === "down" ? [H, F] : [F, H];
 }
 
-/** The expert graph over resident weights: dequantize to fp32, then SwiGLU. */
-export function buildResidentExpertGraph(layout: ResidentLayout, H: number, F: number): Uint8Array {
+/** The expert graph over resident weights: dequantize to fp32, then the expert's activation. */
+export function buildResidentExpertGraph(layout: ResidentLayout, H: number, F: number, o: ExpertGraphOptions = {}): Uint8Array {
   const g = new GraphBuilder(`expert_${layout}`);
   const x = g.input("x", "float32", ["T", H]);
   const form = residentForm(layout);
@@ -88,12 +101,15 @@ export function buildResidentExpertGraph(layout: ResidentLayout, H: number, F: n
       w[m] = g.op("Reshape", [g.op("Mul", [q, s]), g.constInt64([rows, cols])]);
     }
   }
-  g.output(swiglu(g, x, w.gate, w.up, w.down), "y", "float32", ["T", H]);
+  const bias = o.expertBias
+    ? { gate: g.input(BIAS_INPUTS.gate, "float32", [F]), up: g.input(BIAS_INPUTS.up, "float32", [F]), down: g.input(BIAS_INPUTS.down, "float32", [H]) }
+    : undefined;
+  g.output(expertMlp(g, x, w, { activation: o.activation, bias }), "y", "float32", ["T", H]);
   return g.toBytes();
 }
 
 /** Copies every weight input to an output of the same type, which stays on the GPU. */
-export function buildUploadGraph(layout: ResidentLayout, H: number, F: number): Uint8Array {
+export function buildUploadGraph(layout: ResidentLayout, H: number, F: number, o: ExpertGraphOptions = {}): Uint8Array {
   const g = new GraphBuilder(`upload_${layout}`);
   const form = residentForm(layout);
   for (const m of MATRICES) {
@@ -102,13 +118,33 @@ export function buildUploadGraph(layout: ResidentLayout, H: number, F: number): 
     g.output(g.input(f.values.name, f.values.elem, [rows, cols]), `${f.values.name}_device`, f.values.elem, [rows, cols]);
     if (f.scales) g.output(g.input(f.scales.name, "float32", [rows, cols / BLOCK]), `${f.scales.name}_device`, "float32", [rows, cols / BLOCK]);
   }
+  if (o.expertBias)
+    for (const [name, n] of [[BIAS_INPUTS.gate, F], [BIAS_INPUTS.up, F], [BIAS_INPUTS.down, H]] as const) g.output(g.input(name, "float32", [n]), `${name}_device`, "float32", [n]);
   return g.toBytes();
 }
 
-/** Splits an encoded record into the host tensors of its resident layout (views where possible). */
-export function recordTensors(encoding: ExpertEncoding, layout: ResidentLayout, record: Uint8Array, H: number, F: number): Record<string, HostTensor<TensorData>> {
+/**
+ * Splits an encoded record into the host tensors of its resident layout (views where possible);
+ * with expertBias also its biases.
+ */
+export function recordTensors(
+  encoding: ExpertEncoding,
+  layout: ResidentLayout,
+  record: Uint8Array,
+  H: number,
+  F: number,
+  expertBias = false
+): Record<string, HostTensor<TensorData>> {
   const form = residentForm(layout);
   const out: Record<string, HostTensor<TensorData>> = {};
+  const expected = expertRecordLayout(encoding, H, F, expertBias).bytes;
+  invariant(record.byteLength === expected, `expert record has ${record.byteLength} bytes, expected ${expected} (${encoding}${expertBias ? " with biases" : ""})`);
+  if (expertBias) {
+    const b = readExpertBiases(record, encoding, H, F);
+    out[BIAS_INPUTS.gate] = { data: b.gate, dims: [F] };
+    out[BIAS_INPUTS.up] = { data: b.up, dims: [F] };
+    out[BIAS_INPUTS.down] = { data: b.down, dims: [H] };
+  }
   let offset = 0;
   for (const m of MATRICES) {
     const [rows, cols] = shapeOf(m, H, F);
@@ -156,6 +192,22 @@ export function recordTensors(encoding: ExpertEncoding, layout: ResidentLayout, 
         out[f.values.name] = { data: q, dims };
         break;
       }
+      case "mxfp4": {
+        // Layout (store/mxfp4.ts): E8M0 bytes [n / 32], then E2M1 codes (low nibble first). Held
+        // as q8: the codes' doubled values (-12..12) and 2^(e - 128) per block, the same numbers.
+        const scales = new Float32Array(n / BLOCK);
+        for (let b = 0; b < n / BLOCK; b++) scales[b] = bytes[b] === 255 ? NaN : 2 ** (bytes[b]! - 128);
+        out[f.scales!.name] = { data: scales, dims: [rows, cols / BLOCK] };
+        const packed = bytes.subarray(n / BLOCK);
+        const q = new Int8Array(n);
+        for (let i = 0; i < n / 2; i++) {
+          const byte = packed[i]!;
+          q[2 * i] = MXFP4_X2[byte & 15]!;
+          q[2 * i + 1] = MXFP4_X2[byte >> 4]!;
+        }
+        out[f.values.name] = { data: q, dims };
+        break;
+      }
       default: {
         const never: never = encoding;
         throw new Error(`unknown encoding ${String(never)}`);
@@ -174,6 +226,10 @@ export interface DeviceExpertKernelOptions {
   threads?: number;
   /** How weights are held. Default: residentLayoutFor(encoding, device). */
   layout?: ResidentLayout;
+  /** What the expert computes. Default { kind: "silu" }. */
+  activation?: ExpertActivation;
+  /** Records end with fp32 biases gate [F], up [F], down [H]. Default false. */
+  expertBias?: boolean;
 }
 
 export class DeviceExpertKernel implements ExpertKernel<ResidentExpert> {
@@ -189,7 +245,7 @@ export class DeviceExpertKernel implements ExpertKernel<ResidentExpert> {
     private readonly upload: OnnxSession | undefined
   ) {
     this.layout = o.layout ?? residentLayoutFor(o.encoding, o.device);
-    this.residentBytes = residentExpertBytes(this.layout, o.hiddenSize, o.expertFfn);
+    this.residentBytes = residentExpertBytes(this.layout, o.hiddenSize, o.expertFfn, o.expertBias);
     this.stats_ = { device: o.device, memory: upload ? "gpu" : "host", prepared: 0, freed: 0, liveBytes: 0, liveBytesMax: 0 };
   }
 
@@ -197,10 +253,11 @@ export class DeviceExpertKernel implements ExpertKernel<ResidentExpert> {
     const { encoding: enc, hiddenSize: H, expertFfn: F, device } = o;
     const layout = o.layout ?? residentLayoutFor(enc, device);
     const threads = o.threads ?? 1;
-    const expert = await OnnxSession.create(buildResidentExpertGraph(layout, H, F), { device, threads, name: `expert graph (${layout}, ${device})` });
+    const graph = { activation: o.activation, expertBias: o.expertBias };
+    const expert = await OnnxSession.create(buildResidentExpertGraph(layout, H, F, graph), { device, threads, name: `expert graph (${layout}, ${device})` });
     let upload: OnnxSession | undefined;
     try {
-      if (device === "webgpu") upload = await OnnxSession.create(buildUploadGraph(layout, H, F), { device, threads, outputsOnDevice: true, name: `upload graph (${layout})` });
+      if (device === "webgpu") upload = await OnnxSession.create(buildUploadGraph(layout, H, F, graph), { device, threads, outputsOnDevice: true, name: `upload graph (${layout})` });
     } catch (err) {
       await expert.dispose();
       throw err;
@@ -213,7 +270,7 @@ export class DeviceExpertKernel implements ExpertKernel<ResidentExpert> {
   }
 
   async prepare(record: Uint8Array): Promise<ResidentExpert> {
-    const host = recordTensors(this.o.encoding, this.layout, record, this.o.hiddenSize, this.o.expertFfn);
+    const host = recordTensors(this.o.encoding, this.layout, record, this.o.hiddenSize, this.o.expertFfn, this.o.expertBias);
     const tensors: Record<string, DeviceTensor> = {};
     if (this.upload) {
       const out = await this.upload.runOnDevice(host);

@@ -1,6 +1,7 @@
 /**
- * Expert kernels: compute one expert, out[T,H] = down(silu(gate x) * up x), from its weights in
- * the form the kernel computes from (prepare() turns a store record into that form once, when the
+ * Expert kernels: compute one expert, out[T,H] = down(silu(gate x) * up x) (or another activation,
+ * with or without biases: kernels/expertActivation.ts), from its weights in the form the kernel
+ * computes from (prepare() turns a store record into that form once, when the
  * cache admits the expert; free() releases it on eviction). Backends, checked against each other
  * in test/kernels.test.ts and test/backends.test.ts:
  *   native : native-bindings (SIMD, OpenMP rows); computes straight from the encoded record. The
@@ -13,8 +14,9 @@
 import type { ExecutionDevice } from "../backends/onnx.js";
 import type { ResidencyStats } from "../cache/TieredExpertSource.js";
 import { InvalidOptionError } from "../errors.js";
-import { decodeMatrix, encodingCode, matrixBytes, recordBytes, type ExpertEncoding } from "../store/expertEncoding.js";
+import { decodeMatrix, encodingCode, expertRecordLayout, readExpertBiases, recordBytes, type ExpertBiases, type ExpertEncoding } from "../store/expertEncoding.js";
 import { DeviceExpertKernel } from "./DeviceExpertKernel.js";
+import { SILU, activate, checkActivation, isPlainExpert, nativeExpertSpec, type ExpertActivation } from "./expertActivation.js";
 import { loadNativeAddon } from "./nativeAddon.js";
 
 export type ExpertKernelName = "native" | "onnx" | "js";
@@ -43,14 +45,19 @@ export interface ExpertKernelOptions {
   threads: number;
   /** Execution provider of the onnx kernel. Default "cpu". */
   device?: ExecutionDevice;
+  /** What the expert computes between its matrices. Default { kind: "silu" }. */
+  activation?: ExpertActivation;
+  /** Records end with fp32 biases gate [F], up [F], down [H] (store/expertEncoding.ts). Default false. */
+  expertBias?: boolean;
   /** Told why a requested kernel fell back to another. */
   log?: (line: string) => void;
 }
 
 function splitRecord(o: ExpertKernelOptions, record: Uint8Array) {
   const { encoding: enc, hiddenSize: H, expertFfn: F } = o;
-  const gm = matrixBytes(enc, F, H);
-  return { gate: record.subarray(0, gm), up: record.subarray(gm, 2 * gm), down: record.subarray(2 * gm) };
+  const l = expertRecordLayout(enc, H, F, o.expertBias);
+  const part = ([at, bytes]: [number, number]) => record.subarray(at, at + bytes);
+  return { gate: part(l.gate), up: part(l.up), down: part(l.down) };
 }
 
 /** Host kernels compute from the record as stored: preparing is the identity. */
@@ -58,7 +65,7 @@ abstract class HostExpertKernel implements ExpertKernel<Uint8Array> {
   abstract readonly name: ExpertKernelName;
   readonly residentBytes: number;
   constructor(protected readonly o: ExpertKernelOptions) {
-    this.residentBytes = recordBytes(o.encoding, o.hiddenSize, o.expertFfn);
+    this.residentBytes = recordBytes(o.encoding, o.hiddenSize, o.expertFfn, o.expertBias);
   }
   prepare(record: Uint8Array): Uint8Array {
     return record;
@@ -71,15 +78,18 @@ abstract class HostExpertKernel implements ExpertKernel<Uint8Array> {
 class NativeExpertKernel extends HostExpertKernel {
   readonly name = "native" as const;
   private readonly code: number;
+  /** Absent for the plain expert (silu, no biases): the call is what it always was. */
+  private readonly spec: Float64Array | undefined;
   constructor(
     o: ExpertKernelOptions,
     private readonly addon: NonNullable<ReturnType<typeof loadNativeAddon>["addon"]>
   ) {
     super(o);
     this.code = encodingCode(o.encoding);
+    this.spec = isPlainExpert(o) ? undefined : nativeExpertSpec(o.activation, o.expertBias);
   }
   forward(record: Uint8Array, x: Float32Array, tokens: number, out: Float32Array): void {
-    this.addon.expertForward(this.code, record, this.o.hiddenSize, this.o.expertFfn, x, tokens, out, this.o.threads);
+    this.addon.expertForward(this.code, record, this.o.hiddenSize, this.o.expertFfn, x, tokens, out, this.o.threads, this.spec);
   }
 }
 
@@ -91,6 +101,8 @@ class JsExpertKernel extends HostExpertKernel {
     const gate = decodeMatrix(enc, m.gate, F, H);
     const up = decodeMatrix(enc, m.up, F, H);
     const down = decodeMatrix(enc, m.down, H, F);
+    const act = this.o.activation ?? SILU;
+    const b: ExpertBiases | undefined = this.o.expertBias ? readExpertBiases(record, enc, H, F) : undefined;
     const h = new Float32Array(F);
     for (let t = 0; t < tokens; t++) {
       const xt = x.subarray(t * H, (t + 1) * H);
@@ -101,12 +113,16 @@ class JsExpertKernel extends HostExpertKernel {
           g += gate[f * H + i]! * xt[i]!;
           u += up[f * H + i]! * xt[i]!;
         }
-        h[f] = (g / (1 + Math.exp(-g))) * u;
+        if (b) {
+          g += b.gate[f]!;
+          u += b.up[f]!;
+        }
+        h[f] = activate(act, g, u);
       }
       for (let r = 0; r < H; r++) {
         let acc = 0;
         for (let f = 0; f < F; f++) acc += down[r * F + f]! * h[f]!;
-        out[t * H + r] = acc;
+        out[t * H + r] = b ? acc + b.down[r]! : acc;
       }
     }
   }
@@ -119,7 +135,9 @@ class JsExpertKernel extends HostExpertKernel {
 export async function createExpertKernel(name: ExpertKernelName | "auto", o: ExpertKernelOptions): Promise<ExpertKernel<unknown>> {
   const { addon, reason } = loadNativeAddon();
   const device = o.device ?? "cpu";
-  const onnx = () => DeviceExpertKernel.create({ encoding: o.encoding, hiddenSize: o.hiddenSize, expertFfn: o.expertFfn, device, threads: o.threads });
+  if (o.activation) checkActivation(o.activation);
+  const onnx = () =>
+    DeviceExpertKernel.create({ encoding: o.encoding, hiddenSize: o.hiddenSize, expertFfn: o.expertFfn, device, threads: o.threads, activation: o.activation, expertBias: o.expertBias });
   switch (name) {
     case "auto":
       if (device !== "cpu") return onnx();

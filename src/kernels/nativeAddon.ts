@@ -8,8 +8,12 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 
 export interface NativeAddon {
-  /** out[T,H] = down(silu(gate x) * up x) for one encoded expert record. */
-  expertForward(enc: number, record: Uint8Array, H: number, F: number, x: Float32Array, T: number, out: Float32Array, threads: number): void;
+  /**
+   * out[T,H] for one encoded expert record: down(silu(gate x) * up x) by default; `spec`
+   * (kernels/expertActivation.ts nativeExpertSpec) = [activation 0 silu | 1 clampedSwiglu, alpha,
+   * limit, bias 0 | 1], with bias the record ends with fp32 biases gate [F], up [F], down [H].
+   */
+  expertForward(enc: number, record: Uint8Array, H: number, F: number, x: Float32Array, T: number, out: Float32Array, threads: number, spec?: Float64Array): void;
   /**
    * The instruction-set level the kernels run at: "scalar" (plain C++), "avx2" (AVX2+FMA+F16C) or
    * "vnni" (avx2 plus AVX-VNNI / AVX512-VNNI integer dot products). Chosen once per process from
@@ -61,6 +65,7 @@ export interface NativeAddon {
   ): void;
   /** out[T,n] = x / sqrt(mean(x^2) + eps) * w per row. */
   rmsNorm(x: Float32Array, T: number, n: number, w: Float32Array, eps: number, out: Float32Array): void;
+  layerNorm(x: Float32Array, T: number, n: number, w: Float32Array, b: Float32Array, eps: number, out: Float32Array): void;
   /** y[T,rows] = x[T,cols] . W^T for one encoded matrix. */
   matmul(enc: number, w: Uint8Array, rows: number, cols: number, x: Float32Array, T: number, y: Float32Array, threads: number): void;
   /** out[n,cols] = rows ids of an F32 (0) or F16 (1) matrix, as fp32. */

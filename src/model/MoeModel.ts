@@ -6,7 +6,7 @@
  */
 import * as os from "node:os";
 import * as path from "node:path";
-import type { ModelDims } from "../architectures/ModelDims.js";
+import { modelFeatures, moeLayers, type ModelDims } from "../architectures/ModelDims.js";
 import { TieredExpertSource, type ExpertCacheReport } from "../cache/TieredExpertSource.js";
 import { ContextOverflowError, InvalidOptionError, MoeRunError } from "../errors.js";
 import { measurePrefetchPayoff } from "../cache/prefetchPayoff.js";
@@ -78,7 +78,7 @@ export class MoeModel implements LanguageModel {
     const dir = path.resolve(modelDir);
     const manifest = readManifest(dir, { verify: options.verify });
     const d = manifest.dims;
-    checkPins(options.pin, d.numLayers, d.numExperts);
+    checkPins(options.pin, d.numLayers, d.numExperts, modelFeatures(d).denseLayers);
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     const limits = options.memoryLimits ?? readMemoryLimits();
     // KV cache [Hkv, S, hd] fp32 for K and V per layer; a step holds past and present at once.
@@ -95,7 +95,8 @@ export class MoeModel implements LanguageModel {
       throw new InvalidOptionError(`context size must be a whole number from 2 to ${d.maxPositions} (the model's limit), got ${options.contextSize}`);
     }
     const tokenizer = TextTokenizer.load(path.join(dir, manifest.tokenizer.json), manifest.tokenizer.config && path.join(dir, manifest.tokenizer.config));
-    const layout = { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: manifest.precision.experts };
+    const f = modelFeatures(d);
+    const layout = { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: manifest.precision.experts, expertBias: f.expertBias, activation: f.expertActivation };
     const record = expertRecordBytes(layout);
     const threads = options.threads ?? os.availableParallelism();
     const rssBefore = process.memoryUsage().rss;
@@ -107,8 +108,9 @@ export class MoeModel implements LanguageModel {
     let experts: TieredExpertSource | undefined;
     try {
       const resident = runner.kernel.residentBytes;
-      const totalResidentBytes = resident * d.numExperts * d.numLayers;
-      const totalRecordBytes = record * d.numExperts * d.numLayers;
+      const expertLayers = moeLayers(d);
+      const totalResidentBytes = resident * d.numExperts * expertLayers.length;
+      const totalRecordBytes = record * d.numExperts * expertLayers.length;
       // Kernel scratch of one decode step: gate and up activations [F] and the output [H], fp32.
       const kernelBytes = (2 * d.expertFfn + d.hiddenSize) * 4;
       const readsInFlight = 4;
@@ -126,7 +128,7 @@ export class MoeModel implements LanguageModel {
         const [budget, minimum] = formatBytesDistinct(hostOverride, record);
         throw new InvalidOptionError(`host memory budget ${budget} is below the minimum ${minimum} (${record} bytes): one expert record (or 0 for no host tier)`);
       }
-      store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout, { numLayers: d.numLayers, numExperts: d.numExperts });
+      store = ExpertStore.openReadOnly(path.join(dir, manifest.experts.store), layout, { layers: expertLayers, numExperts: d.numExperts });
       if (options.verify) verifyExperts(store, manifest);
       const depth = options.prefetchDepth ?? 1;
       if (!Number.isInteger(depth) || depth < 1) throw new InvalidOptionError(`prefetch depth must be a whole number >= 1, got ${options.prefetchDepth}`);
@@ -163,7 +165,7 @@ export class MoeModel implements LanguageModel {
       if (schedule !== "device") {
         if (!loadNativeAddon().addon) throw new InvalidOptionError(`--schedule ${schedule} needs the CPU expert pool, which needs the native kernels: ${loadNativeAddon().reason}`);
         pool = new CpuExpertPool(store, { ...layout, recordBytes: record }, options.cpuThreads);
-        const cost = schedule === "auto" ? await CostModel.calibrate({ ...layout, numLayers: d.numLayers, numExperts: d.numExperts }, store, runner.kernel, runner.device, pool, { recalibrate: options.recalibrate }) : undefined;
+        const cost = schedule === "auto" ? await CostModel.calibrate({ ...layout, numLayers: d.numLayers, numExperts: d.numExperts, layers: expertLayers }, store, runner.kernel, runner.device, pool, { recalibrate: options.recalibrate }) : undefined;
         hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers, runner.device === "cpu", pool.threads), pool };
         memoryPlan = plan();
       }
@@ -179,13 +181,13 @@ export class MoeModel implements LanguageModel {
       let predictorName: PredictorName = asked === "auto" ? "none" : asked;
       if (asked === "auto") {
         if (!memoryPlan.allExpertsFit && options.prefetch !== false) {
-          const payoff = options.prefetch === true ? undefined : await measurePrefetchPayoff(store, d.numLayers, d.numExperts, compute);
+          const payoff = options.prefetch === true ? undefined : await measurePrefetchPayoff(store, expertLayers, d.numExperts, compute);
           if (!payoff || payoff.pays) predictorName = "gate";
           else log(`moe-run: no prefetch: ${payoff.reason} (--predictor gate --prefetch-always to force)`);
         }
         fetch = predictorName !== "none";
       } else if (fetch && options.prefetch !== true) {
-        const payoff = await measurePrefetchPayoff(store, d.numLayers, d.numExperts, compute);
+        const payoff = await measurePrefetchPayoff(store, expertLayers, d.numExperts, compute);
         if (!payoff.pays) {
           fetch = false;
           log(`moe-run: prefetch off: ${payoff.reason}; the predictor is still scored (--prefetch-always to force)`);

@@ -5,7 +5,7 @@
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { ModelDims } from "../architectures/ModelDims.js";
+import { isMoeLayer, modelFeatures, type ModelDims } from "../architectures/ModelDims.js";
 import { MoeRunError } from "../errors.js";
 import { readGraph } from "../onnx/graphFile.js";
 import { EXPERT_ENCODINGS, recordBytes, type ExpertEncoding } from "../store/expertEncoding.js";
@@ -194,10 +194,11 @@ function checkManifestShape(modelDir: string, m: ModelManifest): void {
     throw invalid(modelDir, `dims.numLayers is ${d.numLayers} but it lists ${g.layers.length} layer graphs`);
   }
   const sums = m.experts.checksums;
-  if (!Array.isArray(sums) || sums.length !== d.numLayers || !sums.every((row) => Array.isArray(row) && row.length === d.numExperts)) {
-    throw invalid(modelDir, `its expert checksums are not ${d.numLayers} layers x ${d.numExperts} experts (dims.numLayers x dims.numExperts)`);
+  // Dense layers (features.denseLayers) have no experts: an empty row.
+  if (!Array.isArray(sums) || sums.length !== d.numLayers || !sums.every((row, l) => Array.isArray(row) && row.length === (isMoeLayer(d, l) ? d.numExperts : 0))) {
+    throw invalid(modelDir, `its expert checksums are not ${d.numLayers} layers x ${d.numExperts} experts (dims.numLayers x dims.numExperts, none in dense layers)`);
   }
-  const record = recordBytes(m.precision.experts, d.hiddenSize, d.expertFfn);
+  const record = recordBytes(m.precision.experts, d.hiddenSize, d.expertFfn, modelFeatures(d).expertBias);
   if (m.experts.recordBytes !== record) {
     throw invalid(modelDir, `experts.recordBytes is ${m.experts.recordBytes} but ${m.precision.experts} experts of dims.hiddenSize ${d.hiddenSize} x dims.expertFfn ${d.expertFfn} take ${record}`);
   }
@@ -240,16 +241,29 @@ function checkFilesAgreeWithDims(modelDir: string, m: ModelManifest): void {
     }
   };
   check(m.graphs.embed, { embed_tokens: [V, H] });
-  check(m.graphs.head, { norm: [H], lm_head: [V, H] });
+  check(m.graphs.head, { norm: [H], lm_head: [V, H] }, { norm_bias: [H], lm_head_bias: [V] });
   const biases: Record<string, number[]> = d.qkvBias ? { q_bias: [Hq * hd], k_bias: [Hkv * hd], v_bias: [Hkv * hd] } : {};
   const qkNorm: Record<string, number[]> = d.qkNorm === "head" ? { q_norm: [hd], k_norm: [hd] } : d.qkNorm === "full" ? { q_norm: [Hq * hd], k_norm: [Hkv * hd] } : {};
-  const Fs = d.sharedExpertFfn;
-  const shared: Record<string, number[]> = Fs > 0 ? { shared_gate: [Fs, H], shared_up: [Fs, H], shared_down: [H, Fs], shared_expert_gate: [1, H] } : {};
-  for (const rel of m.graphs.layers) {
+  const f = modelFeatures(d);
+  const mlp = (F: number): Record<string, number[]> => (F > 0 ? { shared_gate: [F, H], shared_up: [F, H], shared_down: [H, F], shared_expert_gate: [1, H] } : {});
+  for (const [l, rel] of m.graphs.layers.entries()) {
+    // A dense layer holds its MLP in the shared-expert slots and has no router.
+    const moe = isMoeLayer(d, l);
+    const shared = mlp(moe ? d.sharedExpertFfn : f.denseFfn);
     check(
       rel,
-      { input_norm: [H], q_proj: [Hq * hd, H], k_proj: [Hkv * hd, H], v_proj: [Hkv * hd, H], o_proj: [H, Hq * hd], post_attention_norm: [H], router: [E, H], ...qkNorm },
-      { rotate_half: [hd, hd], ...biases, ...shared }
+      { input_norm: [H], q_proj: [Hq * hd, H], k_proj: [Hkv * hd, H], v_proj: [Hkv * hd, H], o_proj: [H, Hq * hd], post_attention_norm: [H], ...(moe ? { router: [E, H] } : {}), ...qkNorm },
+      {
+        rotate_half: [hd, hd],
+        ...biases,
+        ...shared,
+        input_norm_bias: [H],
+        post_attention_norm_bias: [H],
+        o_bias: [H],
+        router_bias: [E],
+        router_correction_bias: [E],
+        sinks: [Hkv, Hq / Hkv, 1, 1],
+      }
     );
   }
   const expert = readGraph(modelDir, m.graphs.expert);

@@ -16,6 +16,8 @@ export interface RouterWeights {
   routers: Float32Array; // [L, E, H]
   postNorms: Float32Array; // [L, H] post-attention RMSNorm weights
   rmsNormEps: number;
+  /** Layers with a dense MLP: never routed, so nothing is predicted for them. */
+  denseLayers?: readonly number[];
 }
 
 export class GatePredictor implements ExpertPredictor {
@@ -31,6 +33,10 @@ export class GatePredictor implements ExpertPredictor {
       const target = obs.layer + k;
       const router = this.w.routers.subarray(target * E * H, (target + 1) * E * H);
       const scores = new Float32Array(obs.tokens * E); // [T, E]
+      if (this.w.denseLayers?.includes(target)) {
+        out.push(scores); // all zero: below any prefetch threshold
+        continue;
+      }
       const x = new Float32Array(H);
       for (let t = 0; t < obs.tokens; t++) {
         if (this.name === "gate") x.set(obs.gateInput.subarray(t * H, (t + 1) * H));

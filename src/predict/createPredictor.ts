@@ -1,7 +1,7 @@
 /** Predictors by name (`--predictor gate`), resolved with an exhaustiveness check. */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { ModelDims } from "../architectures/ModelDims.js";
+import { modelFeatures, type ModelDims } from "../architectures/ModelDims.js";
 import { InvalidOptionError, MoeRunError } from "../errors.js";
 import type { ModelManifest } from "../model/manifest.js";
 import { AffinityPredictor } from "./AffinityPredictor.js";
@@ -32,6 +32,7 @@ export function readRouterWeights(modelDir: string, manifest: ModelManifest): Ro
     routers: all.subarray(0, routers),
     postNorms: all.subarray(routers),
     rmsNormEps: d.rmsNormEps,
+    denseLayers: modelFeatures(d).denseLayers,
   };
 }
 

@@ -8,6 +8,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { modelFeatures, moeLayers } from "../architectures/ModelDims.js";
 import { createExpertKernel, type ExpertKernelName } from "../kernels/expertKernels.js";
 import type { MoeModel } from "../model/MoeModel.js";
 import { ExpertStore } from "../store/ExpertStore.js";
@@ -108,9 +109,9 @@ export function measureStore(model: MoeModel, maxBytes = 128 * 2 ** 20): Pick<Mo
   const d = model.dims;
   const record = m.experts.recordBytes;
   const ids: [number, number][] = [];
-  for (let l = 0; l < d.numLayers; l++) for (let e = 0; e < d.numExperts; e++) ids.push([l, e]);
+  for (const l of moeLayers(d)) for (let e = 0; e < d.numExperts; e++) ids.push([l, e]);
   const sample = shuffled(ids).slice(0, Math.max(1, Math.floor(maxBytes / record)));
-  const store = ExpertStore.openReadOnly(path.join(model.dir, m.experts.store), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: m.precision.experts });
+  const store = ExpertStore.openReadOnly(path.join(model.dir, m.experts.store), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: m.precision.experts, expertBias: modelFeatures(d).expertBias });
   try {
     const records: Uint8Array[] = [];
     let t0 = performance.now();
@@ -136,7 +137,7 @@ export function measureStore(model: MoeModel, maxBytes = 128 * 2 ** 20): Pick<Mo
 export async function measureExpertCompute(model: MoeModel, threads: number): Promise<number> {
   const m = model.manifest;
   const d = model.dims;
-  const store = ExpertStore.openReadOnly(path.join(model.dir, m.experts.store), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: m.precision.experts });
+  const store = ExpertStore.openReadOnly(path.join(model.dir, m.experts.store), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: m.precision.experts, expertBias: modelFeatures(d).expertBias });
   const records: Uint8Array[] = [];
   try {
     const n = Math.max(1, Math.min(d.numLayers * d.numExperts, Math.floor((64 * 2 ** 20) / m.experts.recordBytes)));
@@ -152,6 +153,8 @@ export async function measureExpertCompute(model: MoeModel, threads: number): Pr
     encoding: m.precision.experts,
     hiddenSize: d.hiddenSize,
     expertFfn: d.expertFfn,
+    activation: modelFeatures(d).expertActivation,
+    expertBias: modelFeatures(d).expertBias,
     threads,
     device: model.device,
   });

@@ -40,7 +40,7 @@ export class CostModel {
 
   /** Cached figures for this machine and shape, or a fresh measurement (a few runs of each side). */
   static async calibrate(
-    key: { encoding: string; hiddenSize: number; expertFfn: number; numLayers: number; numExperts: number },
+    key: { encoding: string; hiddenSize: number; expertFfn: number; numLayers: number; numExperts: number; layers?: readonly number[] },
     store: ExpertStore,
     kernel: ExpertKernel<unknown>,
     device: ExecutionDevice,
@@ -67,8 +67,9 @@ export class CostModel {
     // Rotate over experts totalling more than the CPU caches (~96 MiB, 8 to 32 experts), as a run
     // does: one expert measured again and again stays cached and makes both sides look faster
     // than they are (the pool's figures were ~35% low).
-    const n = Math.min(key.numLayers * key.numExperts, 32, Math.max(8, Math.ceil((96 * 2 ** 20) / kernel.residentBytes)));
-    const ids = Array.from({ length: n }, (_, i) => ({ layer: i % key.numLayers, expert: Math.floor(i / key.numLayers) % key.numExperts }));
+    const layers = key.layers ?? Array.from({ length: key.numLayers }, (_, l) => l); // those with experts
+    const n = Math.min(layers.length * key.numExperts, 32, Math.max(8, Math.ceil((96 * 2 ** 20) / kernel.residentBytes)));
+    const ids = Array.from({ length: n }, (_, i) => ({ layer: layers[i % layers.length]!, expert: Math.floor(i / layers.length) % key.numExperts }));
     const loads: number[] = [];
     // Records read here are released when done (their memory is freed at once, not at the next GC).
     const prepare = (layer: number, expert: number) => prepareOwned(kernel, store.getRecord(layer, expert));

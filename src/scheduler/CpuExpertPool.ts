@@ -6,6 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Piscina } from "piscina";
+import { isPlainExpert, nativeExpertSpec, type ExpertActivation } from "../kernels/expertActivation.js";
 import { encodingCode, type ExpertEncoding } from "../store/expertEncoding.js";
 import type { ExpertStore } from "../store/ExpertStore.js";
 import type { ExpertResult, ExpertTask } from "./expertWorker.js";
@@ -13,14 +14,18 @@ import type { ExpertResult, ExpertTask } from "./expertWorker.js";
 export class CpuExpertPool {
   private readonly pool: Piscina;
   readonly threads: number;
+  /** The native kernel's activation/bias spec; absent for the plain expert (silu, no biases). */
+  private readonly spec: number[] | undefined;
 
   constructor(
     private readonly store: ExpertStore,
-    private readonly layout: { hiddenSize: number; expertFfn: number; encoding: ExpertEncoding; recordBytes: number },
+    /** recordBytes: what the store's records hold (with expertBias, the biases included). */
+    private readonly layout: { hiddenSize: number; expertFfn: number; encoding: ExpertEncoding; recordBytes: number; activation?: ExpertActivation; expertBias?: boolean },
     threads = Math.max(1, os.availableParallelism() - 1)
   ) {
     const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
     this.threads = threads;
+    this.spec = isPlainExpert(layout) ? undefined : Array.from(nativeExpertSpec(layout.activation, layout.expertBias));
     this.pool = new Piscina({ filename: path.join(root, "dist", "workers", "expertEntry.cjs"), minThreads: threads, maxThreads: threads, idleTimeout: 60_000 });
   }
 
@@ -32,7 +37,7 @@ export class CpuExpertPool {
   /** compute(), and with `withRecord` the expert's record as the worker read it (for promotion). */
   async computeAndRead(layer: number, expert: number, x: Float32Array, tokens: number, withRecord: boolean): Promise<{ y: Float32Array; record?: Uint8Array }> {
     const { hiddenSize, expertFfn, encoding, recordBytes } = this.layout;
-    const task: ExpertTask = { store: this.store.path, offset: this.store.span(layer, expert).offset, encoding: encodingCode(encoding), hiddenSize, expertFfn, recordBytes, layer, expert, x: x.slice(), tokens, returnRecord: withRecord };
+    const task: ExpertTask = { store: this.store.path, offset: this.store.span(layer, expert).offset, encoding: encodingCode(encoding), hiddenSize, expertFfn, recordBytes, layer, expert, x: x.slice(), tokens, returnRecord: withRecord, spec: this.spec };
     const result = (await this.pool.run(task, { transferList: [task.x.buffer as ArrayBuffer] })) as ExpertResult;
     const yBytes = tokens * hiddenSize * 4;
     return { y: new Float32Array(result, 0, tokens * hiddenSize), record: withRecord ? new Uint8Array(result, yBytes, recordBytes) : undefined };

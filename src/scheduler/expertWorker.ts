@@ -21,6 +21,8 @@ export interface ExpertTask {
   tokens: number;
   /** Also hand back a copy of the record (the device tier promotes it without a second read). */
   returnRecord?: boolean;
+  /** The expert's activation and biases (kernels/expertActivation.ts nativeExpertSpec); absent: silu, no biases. */
+  spec?: number[];
 }
 
 /** One transferred buffer: y fp32 [T, H], then the record's bytes when asked for. */
@@ -41,7 +43,7 @@ export default function compute(task: ExpertTask): ExpertResult {
   // The whole result is moved, not cloned.
   const result = new ArrayBuffer(yBytes + (task.returnRecord ? rec.byteLength : 0));
   const out = new Float32Array(result, 0, task.tokens * task.hiddenSize);
-  addon.expertForward(task.encoding, rec, task.hiddenSize, task.expertFfn, task.x, task.tokens, out, 1);
+  addon.expertForward(task.encoding, rec, task.hiddenSize, task.expertFfn, task.x, task.tokens, out, 1, task.spec ? Float64Array.from(task.spec) : undefined);
   if (task.returnRecord) new Uint8Array(result, yBytes).set(rec);
   releaseRecord(rec); // freed now: a worker's GC runs rarely
   return move(result) as ExpertResult;

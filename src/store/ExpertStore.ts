@@ -15,7 +15,7 @@ import type { Database, RootDatabase } from "lmdb";
 import { lmdbModule } from "../util/lazyLmdb.js";
 import { expertKey } from "../cache/types.js";
 import { MoeRunError, invariant } from "../errors.js";
-import { encodeMatrix, recordBytes, type ExpertEncoding } from "./expertEncoding.js";
+import { encodeExpertRecord, recordBytes, type ExpertBiases, type ExpertEncoding } from "./expertEncoding.js";
 import { locateRecords } from "./lmdbLocations.js";
 import { RecordFile } from "./RecordFile.js";
 
@@ -23,6 +23,8 @@ export interface ExpertLayout {
   hiddenSize: number; // H
   expertFfn: number; // F
   encoding: ExpertEncoding;
+  /** Records end with fp32 biases gate [F], up [F], down [H] (gpt-oss). */
+  expertBias?: boolean;
 }
 
 /** One expert's fp32 weights, as read from a checkpoint. */
@@ -30,10 +32,11 @@ export interface ExpertWeights {
   gate: Float32Array; // [F, H]
   up: Float32Array; // [F, H]
   down: Float32Array; // [H, F]
+  biases?: ExpertBiases;
 }
 
 export function expertRecordBytes(l: ExpertLayout): number {
-  return recordBytes(l.encoding, l.hiddenSize, l.expertFfn);
+  return recordBytes(l.encoding, l.hiddenSize, l.expertFfn, l.expertBias ?? false);
 }
 
 /** A short content checksum for one expert record, kept in the manifest. */
@@ -68,9 +71,9 @@ export class ExpertStore {
 
   /**
    * Opens for reading: resolves every record's place in the data file and checks it (size, pages,
-   * inside the file); with `experts`, also that every (layer, expert) below those counts is there.
+   * inside the file); with `experts`, also that every expert of those layers is there.
    */
-  static openReadOnly(path: string, layout: ExpertLayout, experts?: { numLayers: number; numExperts: number }): ExpertStore {
+  static openReadOnly(path: string, layout: ExpertLayout, experts?: { layers: readonly number[]; numExperts: number }): ExpertStore {
     const store = new ExpertStore(path, layout, undefined);
     const expected = expertRecordBytes(layout);
     const located = locateRecords(path);
@@ -84,7 +87,7 @@ export class ExpertStore {
       store.spans.set(expertKey(r.layer, r.expert), { offset: r.offset, length: r.length });
     }
     if (experts) {
-      for (let l = 0; l < experts.numLayers; l++) {
+      for (const l of experts.layers) {
         for (let e = 0; e < experts.numExperts; e++) {
           if (!store.spans.has(expertKey(l, e))) throw new MoeRunError("STORE_CORRUPT", `expert store ${path} lacks expert (${l}, ${e}); re-import the model`);
         }
@@ -110,13 +113,9 @@ export class ExpertStore {
   static pack(layout: ExpertLayout, w: ExpertWeights): Uint8Array {
     const { hiddenSize: H, expertFfn: F, encoding } = layout;
     invariant(w.gate.length === F * H && w.up.length === F * H && w.down.length === F * H, "expert matrices must be F*H each");
-    const parts = [encodeMatrix(encoding, w.gate, F, H), encodeMatrix(encoding, w.up, F, H), encodeMatrix(encoding, w.down, H, F)];
-    const out = new Uint8Array(expertRecordBytes(layout));
-    let at = 0;
-    for (const p of parts) {
-      out.set(p, at);
-      at += p.byteLength;
-    }
+    invariant((w.biases !== undefined) === (layout.expertBias ?? false), "expert biases must be given exactly when the layout has them");
+    const out = encodeExpertRecord(encoding, H, F, w, w.biases);
+    invariant(out.byteLength === expertRecordBytes(layout), "encoded expert record has the layout's size");
     return out;
   }
 

@@ -1,17 +1,38 @@
 /**
- * Expert storage precision: how one expert record (gate [F,H], up [F,H], down [H,F]) is encoded
- * in the store and in the resident tier. Kernels compute straight from these bytes.
- *   f32  : float32
- *   f16  : IEEE half
- *   int8 : per block of 32 along a row, fp32 scale; scales[rows*cols/32] then int8[rows*cols]
- *   int4 : per block of 32, fp32 scale; scales then packed nibbles (q + 8), low nibble first
- * The same layout is implemented in native-bindings/src/expert_kernels.cc.
+ * Expert storage precision: how one expert record is encoded in the store and in the resident
+ * tier. Kernels compute straight from these bytes.
+ *
+ * Record (expertRecordLayout): gate [F,H], up [F,H], down [H,F], each a matrix in the encoding
+ * below, concatenated; with expert biases (ExpertKernelOptions.expertBias, e.g. gpt-oss) then
+ * fp32 gate bias [F], up bias [F], down bias [H] (little-endian, right after the matrices; not
+ * necessarily 4-byte aligned for f16 records of odd sizes). Without biases a record is exactly
+ * the three matrices.
+ *
+ * Matrix [rows, cols], row-major, blocks of 32 along a row (cols % 32 == 0 for int8/int4/mxfp4):
+ *   f32   : float32[rows*cols]
+ *   f16   : IEEE half[rows*cols]
+ *   int8  : fp32 scale per block; scales[rows*cols/32] then int8[rows*cols]        x = scale * q
+ *   int4  : fp32 scale per block; scales then packed nibbles (q + 8), element 2i in the low
+ *           nibble of byte i, 2i+1 in the high one                                  x = scale * q
+ *   mxfp4 : OCP MXFP4 (store/mxfp4.ts): E8M0 scale byte per block; uint8 e[rows*cols/32] then
+ *           packed E2M1 codes, nibble order as int4; x = E2M1(code) * 2^(e-127). Hugging Face's
+ *           gpt-oss scales and blocks, concatenated as they are.
+ * The same layouts are implemented in native-bindings/src/expert_kernels.cc.
  */
 import { InvalidOptionError } from "../errors.js";
 import { loadNativeAddon } from "../kernels/nativeAddon.js";
 import { floatToHalf, halfToFloat } from "../util/dtype.js";
+import { GgmlType, registerGgmlDequantizer } from "../formats/ggmlQuants.js";
+import { dequantizeGgmlMxfp4 } from "./ggmlExpertBlocks.js";
+import { decodeMxfp4, encodeMxfp4, mxfp4MatrixBytes, mxfp4MatrixFromBlocks, type GptOssExpertTensors } from "./mxfp4.js";
 
-export const EXPERT_ENCODINGS = ["f32", "f16", "int8", "int4"] as const;
+export { MXFP4_X2, e8m0ToFloat, mxfp4MatrixFromBlocks, mxfp4MatrixFromGgml, type GptOssExpertTensors } from "./mxfp4.js";
+export { dequantizeGgmlMxfp4, expertMatrixFromGgml, int4MatrixFromGgmlQ4_0, int8MatrixFromGgmlQ8_0, losslessExpertEncoding } from "./ggmlExpertBlocks.js";
+
+// GGUF tensors of type MXFP4 decode with this codec (the hook src/formats/ggmlQuants.ts offers).
+registerGgmlDequantizer(GgmlType.MXFP4, dequantizeGgmlMxfp4);
+
+export const EXPERT_ENCODINGS = ["f32", "f16", "int8", "int4", "mxfp4"] as const;
 export type ExpertEncoding = (typeof EXPERT_ENCODINGS)[number];
 export const BLOCK = 32;
 
@@ -26,6 +47,8 @@ export function encodingCode(enc: ExpertEncoding): number {
       return 2;
     case "int4":
       return 3;
+    case "mxfp4":
+      return 4;
     default: {
       const never: never = enc;
       throw new Error(`unknown encoding ${String(never)}`);
@@ -49,6 +72,8 @@ export function matrixBytes(enc: ExpertEncoding, rows: number, cols: number): nu
       return (n / BLOCK) * 4 + n;
     case "int4":
       return (n / BLOCK) * 4 + n / 2;
+    case "mxfp4":
+      return mxfp4MatrixBytes(rows, cols);
     default: {
       const never: never = enc;
       throw new Error(`unknown encoding ${String(never)}`);
@@ -56,13 +81,129 @@ export function matrixBytes(enc: ExpertEncoding, rows: number, cols: number): nu
   }
 }
 
-/** Bytes of one expert record: gate and up [F,H], down [H,F]. */
-export function recordBytes(enc: ExpertEncoding, hiddenSize: number, expertFfn: number): number {
-  return 2 * matrixBytes(enc, expertFfn, hiddenSize) + matrixBytes(enc, hiddenSize, expertFfn);
+/** Where each part of an expert record lies: [byte offset, bytes]. Biases only with expertBias. */
+export interface ExpertRecordLayout {
+  gate: [number, number];
+  up: [number, number];
+  down: [number, number];
+  /** fp32 [F], [F], [H] */
+  gateBias?: [number, number];
+  upBias?: [number, number];
+  downBias?: [number, number];
+  bytes: number;
+}
+
+export function expertRecordLayout(enc: ExpertEncoding, hiddenSize: number, expertFfn: number, expertBias = false): ExpertRecordLayout {
+  const gm = matrixBytes(enc, expertFfn, hiddenSize);
+  const dm = matrixBytes(enc, hiddenSize, expertFfn);
+  const l: ExpertRecordLayout = { gate: [0, gm], up: [gm, gm], down: [2 * gm, dm], bytes: 2 * gm + dm };
+  if (expertBias) {
+    l.gateBias = [l.bytes, 4 * expertFfn];
+    l.upBias = [l.bytes + 4 * expertFfn, 4 * expertFfn];
+    l.downBias = [l.bytes + 8 * expertFfn, 4 * hiddenSize];
+    l.bytes += 4 * (2 * expertFfn + hiddenSize);
+  }
+  return l;
+}
+
+/** Bytes of one expert record: gate and up [F,H], down [H,F], and with expertBias their fp32 biases. */
+export function recordBytes(enc: ExpertEncoding, hiddenSize: number, expertFfn: number, expertBias = false): number {
+  return expertRecordLayout(enc, hiddenSize, expertFfn, expertBias).bytes;
+}
+
+/** An expert's biases, fp32: gate [F], up [F], down [H]. */
+export interface ExpertBiases {
+  gate: Float32Array;
+  up: Float32Array;
+  down: Float32Array;
+}
+
+/**
+ * One expert record from fp32 matrices (gate, up [F,H], down [H,F]) and, when given, its biases
+ * (the record then has expertBias's layout).
+ */
+export function encodeExpertRecord(
+  enc: ExpertEncoding,
+  hiddenSize: number,
+  expertFfn: number,
+  w: { gate: Float32Array; up: Float32Array; down: Float32Array },
+  biases?: ExpertBiases
+): Uint8Array {
+  const H = hiddenSize;
+  const F = expertFfn;
+  const l = expertRecordLayout(enc, H, F, biases !== undefined);
+  const out = new Uint8Array(l.bytes);
+  out.set(encodeMatrix(enc, w.gate, F, H), l.gate[0]);
+  out.set(encodeMatrix(enc, w.up, F, H), l.up[0]);
+  out.set(encodeMatrix(enc, w.down, H, F), l.down[0]);
+  if (biases) writeBiases(out, l, H, F, biases);
+  return out;
+}
+
+function writeBiases(out: Uint8Array, l: ExpertRecordLayout, H: number, F: number, b: ExpertBiases): void {
+  const check = (name: string, v: Float32Array, n: number) => {
+    if (v.length !== n) throw new InvalidOptionError(`expert ${name} bias has ${v.length} values, expected ${n}`);
+  };
+  check("gate", b.gate, F);
+  check("up", b.up, F);
+  check("down", b.down, H);
+  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  const put = (at: number, v: Float32Array) => v.forEach((x, i) => view.setFloat32(at + 4 * i, x, true));
+  put(l.gateBias![0], b.gate);
+  put(l.upBias![0], b.up);
+  put(l.downBias![0], b.down);
+}
+
+/** The fp32 biases of a record with expertBias's layout (copies). */
+export function readExpertBiases(record: Uint8Array, enc: ExpertEncoding, hiddenSize: number, expertFfn: number): ExpertBiases {
+  const l = expertRecordLayout(enc, hiddenSize, expertFfn, true);
+  if (record.byteLength !== l.bytes) throw new InvalidOptionError(`expert record has ${record.byteLength} bytes, expected ${l.bytes} (${enc} with biases)`);
+  const get = ([at, bytes]: [number, number]) => new Float32Array(record.slice(at, at + bytes).buffer);
+  return { gate: get(l.gateBias!), up: get(l.upBias!), down: get(l.downBias!) };
+}
+
+/**
+ * A gpt-oss expert's record in mxfp4, straight from its checkpoint's bytes (no float is
+ * involved for the weights): gate_up's interleaved rows are split into gate (even rows) and up
+ * (odd rows); with biases the record has expertBias's layout (gate_up bias split the same way).
+ */
+export function gptOssExpertRecord(t: GptOssExpertTensors): Uint8Array {
+  const { hiddenSize: H, expertFfn: F } = t;
+  const hasBias = t.gateUpBias !== undefined || t.downBias !== undefined;
+  if (hasBias && !(t.gateUpBias && t.downBias)) throw new InvalidOptionError("mxfp4 import: gate_up and down biases come together");
+  checkEncodable("mxfp4", H, F);
+  const gateUp = mxfp4MatrixFromBlocks(t.gateUpBlocks, t.gateUpScales, 2 * F, H); // [2F, H], interleaved rows
+  const down = mxfp4MatrixFromBlocks(t.downBlocks, t.downScales, H, F);
+  const l = expertRecordLayout("mxfp4", H, F, hasBias);
+  const out = new Uint8Array(l.bytes);
+  const sb = H / BLOCK; // scale bytes per row
+  const qb = H / 2; // nibble bytes per row
+  const qBase = 2 * F * sb; // where gate_up's nibbles start
+  for (const [m, parity] of [[l.gate, 0], [l.up, 1]] as const) {
+    const at = m[0];
+    for (let i = 0; i < F; i++) {
+      const src = 2 * i + parity;
+      out.set(gateUp.subarray(src * sb, (src + 1) * sb), at + i * sb);
+      out.set(gateUp.subarray(qBase + src * qb, qBase + (src + 1) * qb), at + F * sb + i * qb);
+    }
+  }
+  out.set(down, l.down[0]);
+  if (hasBias) {
+    const gu = t.gateUpBias!;
+    if (gu.length !== 2 * F) throw new InvalidOptionError(`mxfp4 import: gate_up bias has ${gu.length} values, expected ${2 * F}`);
+    const gate = new Float32Array(F);
+    const up = new Float32Array(F);
+    for (let i = 0; i < F; i++) {
+      gate[i] = gu[2 * i]!;
+      up[i] = gu[2 * i + 1]!;
+    }
+    writeBiases(out, l, H, F, { gate, up, down: t.downBias! });
+  }
+  return out;
 }
 
 export function checkEncodable(enc: ExpertEncoding, hiddenSize: number, expertFfn: number): void {
-  if ((enc === "int8" || enc === "int4") && (hiddenSize % BLOCK !== 0 || expertFfn % BLOCK !== 0)) {
+  if ((enc === "int8" || enc === "int4" || enc === "mxfp4") && (hiddenSize % BLOCK !== 0 || expertFfn % BLOCK !== 0)) {
     throw new InvalidOptionError(`--experts ${enc} needs hidden size (${hiddenSize}) and expert size (${expertFfn}) divisible by ${BLOCK}; use f16 or f32`);
   }
 }
@@ -116,6 +257,9 @@ export function encodeMatrixJs(enc: ExpertEncoding, src: Float32Array, rows: num
       }
       return;
     }
+    case "mxfp4":
+      encodeMxfp4(src, rows, cols, dst);
+      return;
     default: {
       const never: never = enc;
       throw new Error(`unknown encoding ${String(never)}`);
@@ -155,6 +299,9 @@ export function decodeMatrix(enc: ExpertEncoding, bytes: Uint8Array, rows: numbe
       }
       return out;
     }
+    case "mxfp4":
+      decodeMxfp4(bytes, rows, cols, out);
+      return out;
     default: {
       const never: never = enc;
       throw new Error(`unknown encoding ${String(never)}`);

@@ -6,6 +6,8 @@ import * as fs from "node:fs";
 import { Environment, Interpreter, Template } from "@huggingface/jinja";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { MoeRunError, TokenizerMissingError } from "../errors.js";
+import { GGUF_VOCAB_FORMAT } from "./ggufVocab.js";
+import { LlamaCppTokenizer } from "./LlamaCppTokenizer.js";
 
 /**
  * Bounds on rendering a chat template, which is code that comes with the model: a template
@@ -97,13 +99,39 @@ function tokenText(v: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * What TextTokenizer needs of a tokenizer: a Hugging Face tokenizer.json (@huggingface/tokenizers),
+ * or a vocabulary imported from GGUF (LlamaCppTokenizer, which tokenizes as llama.cpp does).
+ */
+interface TokenizerCore {
+  encode(text: string, addSpecialTokens: boolean): number[];
+  decode(ids: number[], skipSpecialTokens: boolean): string;
+  tokenId(token: string): number | undefined;
+}
+
+function huggingFaceCore(t: Tokenizer): TokenizerCore {
+  return {
+    encode: (text, add) => t.encode(text, { add_special_tokens: add }).ids,
+    decode: (ids, skip) => t.decode(ids, { skip_special_tokens: skip }),
+    tokenId: (token) => t.token_to_id(token),
+  };
+}
+
+function llamaCppCore(t: LlamaCppTokenizer): TokenizerCore {
+  return {
+    encode: (text, add) => t.encode(text, { addSpecial: add, parseSpecial: true }),
+    decode: (ids, skip) => t.decode(ids, { special: !skip }),
+    tokenId: (token) => t.tokenId(token),
+  };
+}
+
 export class TextTokenizer {
-  private readonly tokenizer: Tokenizer;
+  private readonly tokenizer: TokenizerCore;
   private readonly config: TokenizerConfig;
   readonly bosToken: string | undefined;
   readonly eosToken: string | undefined;
 
-  private constructor(tokenizer: Tokenizer, config: TokenizerConfig) {
+  private constructor(tokenizer: TokenizerCore, config: TokenizerConfig) {
     this.tokenizer = tokenizer;
     this.config = config;
     this.bosToken = tokenText(config["bos_token"]);
@@ -123,9 +151,10 @@ export class TextTokenizer {
     if (json === null || typeof json !== "object") throw new MoeRunError("MODEL_DIR_INVALID", `${jsonPath} is not a tokenizer; re-import the model`);
     const rawConfig = configPath && fs.existsSync(configPath) ? readJson(configPath) : {};
     const config = (rawConfig !== null && typeof rawConfig === "object" ? rawConfig : {}) as TokenizerConfig;
-    let tokenizer: Tokenizer;
+    let tokenizer: TokenizerCore;
     try {
-      tokenizer = new Tokenizer(json, config);
+      tokenizer =
+        (json as { format?: unknown }).format === GGUF_VOCAB_FORMAT ? llamaCppCore(LlamaCppTokenizer.fromJson(json)) : huggingFaceCore(new Tokenizer(json, config));
     } catch (cause) {
       throw new MoeRunError("MODEL_DIR_INVALID", `${jsonPath} cannot be read as a tokenizer (${firstLine(cause)}); re-import the model`, { cause });
     }
@@ -134,7 +163,7 @@ export class TextTokenizer {
 
   /** Token ids of `text`; special tokens (e.g. BOS) are added as the tokenizer's post-processor says. */
   encode(text: string, options: { addSpecialTokens?: boolean } = {}): number[] {
-    return this.tokenizer.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
+    return this.tokenizer.encode(text, options.addSpecialTokens ?? true);
   }
 
   /**
@@ -150,11 +179,11 @@ export class TextTokenizer {
   }
 
   decode(ids: readonly number[], options: { skipSpecialTokens?: boolean } = {}): string {
-    return this.tokenizer.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? true });
+    return this.tokenizer.decode([...ids], options.skipSpecialTokens ?? true);
   }
 
   tokenId(token: string): number | undefined {
-    return this.tokenizer.token_to_id(token);
+    return this.tokenizer.tokenId(token);
   }
 
   get hasChatTemplate(): boolean {

@@ -76,7 +76,7 @@ export function checkLoadOptions<T extends CheckedLoadOptions>(options: T): T {
 }
 
 /** Pinned experts must exist in the model. */
-export function checkPins(pins: readonly { layer: number; expert: number }[] | undefined, numLayers: number, numExperts: number): void {
+export function checkPins(pins: readonly { layer: number; expert: number }[] | undefined, numLayers: number, numExperts: number, denseLayers: readonly number[] = []): void {
   for (const p of pins ?? []) {
     const ok = p !== null && typeof p === "object" && Number.isInteger(p.layer) && Number.isInteger(p.expert) && p.layer >= 0 && p.expert >= 0;
     if (!ok) throw new InvalidOptionError(`pin: each pinned expert is { layer, expert } with whole numbers, got ${show(p)}`);
@@ -85,5 +85,6 @@ export function checkPins(pins: readonly { layer: number; expert: number }[] | u
         `pin ${p.layer}:${p.expert} is not an expert of this model: it has layers 0-${numLayers - 1} and experts 0-${numExperts - 1} in each`
       );
     }
+    if (denseLayers.includes(p.layer)) throw new InvalidOptionError(`pin ${p.layer}:${p.expert}: layer ${p.layer} has a dense MLP, no experts`);
   }
 }

@@ -1,6 +1,7 @@
 import * as fs from "node:fs";
 import type { Command } from "commander";
 import { MoeRunError } from "../../errors.js";
+import { isGgufPath } from "../../formats/ggufReader.js";
 import { HubError } from "../../hub/HubError.js";
 import { looksLikeRepoId } from "../../hub/repoId.js";
 import { importModel } from "../../importer/importModel.js";
@@ -10,8 +11,15 @@ import { pullWithInterrupt } from "./pullCommand.js";
 export function registerImport(program: Command): void {
   program
     .command("import")
-    .description("import a Hugging Face MoE checkpoint (config.json, *.safetensors, tokenizer.json) into a moe-run model directory")
-    .argument("<hf-dir>", "folder of the Hugging Face checkpoint, or a hub repository id org/name[@revision] (pulled into the hub cache first)")
+    .description(
+      "import a MoE checkpoint into a moe-run model directory: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) " +
+        "or a GGUF file (llama.cpp's format; for a split model, its -00001-of-0000N.gguf shard)"
+    )
+    .argument(
+      "<hf-dir>",
+      "folder of the Hugging Face checkpoint, a .gguf file (architectures llama with experts, qwen2moe, qwen3moe, olmoe), " +
+        "or a hub repository id org/name[@revision] (pulled into the hub cache first)"
+    )
     .argument("<model-dir>", "moe-run model directory to create")
     .option("--force", "replace <model-dir> if it is a moe-run model directory (never anything else)", false)
     .option("--no-progress", "no progress bar")
@@ -32,7 +40,8 @@ export function registerImport(program: Command): void {
  * is not a folder here is pulled (or found in the hub cache) and its snapshot folder imported.
  */
 async function resolveSource(hfDir: string, progress: boolean): Promise<string> {
-  if (fs.existsSync(hfDir) || !looksLikeRepoId(hfDir)) return hfDir;
+  // A .gguf path is a file, never a repository id (a missing one is reported as missing).
+  if (fs.existsSync(hfDir) || isGgufPath(hfDir) || !looksLikeRepoId(hfDir)) return hfDir;
   try {
     return (await pullWithInterrupt(hfDir, { progress })).snapshotDir;
   } catch (err) {

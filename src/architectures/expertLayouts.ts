@@ -1,0 +1,177 @@
+/**
+ * How a family stores its routed experts in a Hugging Face checkpoint, and how the importer reads
+ * expert j of a layer as the three fp32 matrices moe-run keeps: gate [F, H], up [F, H], down [H, F].
+ *   separate : one tensor per expert and projection (Mixtral's w1/w3/w2, Qwen's gate/up/down_proj)
+ *   fused    : Granite's input_linear [E, 2F, H] (gate rows, then up rows) and output_linear
+ *              [E, H, F]; each expert is the contiguous slice j of the first dimension
+ */
+import type { HfCheckpoint } from "../formats/HfCheckpoint.js";
+import { decodeMatrix, expertRecordLayout, gptOssExpertRecord, type ExpertBiases, type ExpertEncoding, type GptOssExpertTensors } from "../store/expertEncoding.js";
+import type { ModelDims } from "./ModelDims.js";
+
+export type ExpertPart = "gate" | "up" | "down";
+
+export interface ExpertWeights {
+  gate: Float32Array; // [F, H]
+  up: Float32Array; // [F, H]
+  down: Float32Array; // [H, F]
+  /** fp32 gate [F], up [F], down [H] (families whose experts have biases). */
+  biases?: ExpertBiases;
+}
+
+export interface CheckpointExperts {
+  /** Every tensor one layer's experts read, with the shape config.json implies. `at` names a tensor of the layer. */
+  shapes(at: (rest: string) => string, d: ModelDims): Map<string, number[]>;
+  /** Expert j of the layer. */
+  read(ckpt: HfCheckpoint, at: (rest: string) => string, j: number, d: ModelDims): ExpertWeights;
+  /** Tensors whose form depends on the checkpoint (gpt-oss: MXFP4 blocks or bf16), checked like `shapes`. */
+  storedShapes?(ckpt: HfCheckpoint, at: (rest: string) => string, d: ModelDims): Map<string, number[]>;
+  /** The expert encoding the checkpoint already stores (imported without loss by default). */
+  storedEncoding?(ckpt: HfCheckpoint, at: (rest: string) => string): ExpertEncoding | undefined;
+  /** Expert j's record in `enc` straight from the stored bytes, when they are in that encoding. */
+  rawRecord?(ckpt: HfCheckpoint, at: (rest: string) => string, j: number, d: ModelDims, enc: ExpertEncoding): Uint8Array | undefined;
+}
+
+export function separateExperts(name: (j: number, part: ExpertPart) => string): CheckpointExperts {
+  return {
+    shapes(at, d) {
+      const m = new Map<string, number[]>();
+      const { hiddenSize: H, expertFfn: F } = d;
+      for (let j = 0; j < d.numExperts; j++) {
+        m.set(at(name(j, "gate")), [F, H]);
+        m.set(at(name(j, "up")), [F, H]);
+        m.set(at(name(j, "down")), [H, F]);
+      }
+      return m;
+    },
+    read(ckpt, at, j, d) {
+      const { hiddenSize: H, expertFfn: F } = d;
+      return {
+        gate: ckpt.readFloat32(at(name(j, "gate")), [F, H]),
+        up: ckpt.readFloat32(at(name(j, "up")), [F, H]),
+        down: ckpt.readFloat32(at(name(j, "down")), [H, F]),
+      };
+    },
+  };
+}
+
+/** Granite: gate and up stacked in one [E, 2F, H] tensor, down in [E, H, F]. */
+export function fusedGateUpExperts(gateUp: string, down: string): CheckpointExperts {
+  return {
+    shapes(at, d) {
+      const { hiddenSize: H, expertFfn: F, numExperts: E } = d;
+      return new Map([
+        [at(gateUp), [E, 2 * F, H]],
+        [at(down), [E, H, F]],
+      ]);
+    },
+    read(ckpt, at, j, d) {
+      const { hiddenSize: H, expertFfn: F, numExperts: E } = d;
+      const gu = ckpt.readFloat32Slice(at(gateUp), [E, 2 * F, H], j); // [2F, H]
+      return { gate: gu.slice(0, F * H), up: gu.slice(F * H), down: ckpt.readFloat32Slice(at(down), [E, H, F], j) };
+    },
+  };
+}
+
+/**
+ * gpt-oss: `${prefix}.gate_up_proj` [E, H, 2F] (x @ W; gate columns 2i, up 2i+1) with bias
+ * [E, 2F], `down_proj` [E, F, H] with bias [E, H]; or, as released, MXFP4 blocks and scales
+ * (`gate_up_proj_blocks` [E, 2F, H/32, 16], `_scales` [E, 2F, H/32]; down [E, H, F/32, 16] and
+ * [E, H, F/32]), which import into mxfp4 records without touching a float.
+ */
+export function gptOssExperts(prefix: string): CheckpointExperts {
+  const t = (name: string) => `${prefix}.${name}`;
+  const isMx = (ckpt: HfCheckpoint, at: (rest: string) => string) => ckpt.has(at(t("gate_up_proj_blocks")));
+  const mxShapes = (d: ModelDims) => {
+    const { hiddenSize: H, expertFfn: F, numExperts: E } = d;
+    return {
+      gateUpBlocks: [E, 2 * F, H / 32, 16],
+      gateUpScales: [E, 2 * F, H / 32],
+      downBlocks: [E, H, F / 32, 16],
+      downScales: [E, H, F / 32],
+    };
+  };
+  const readBiases = (ckpt: HfCheckpoint, at: (rest: string) => string, j: number, d: ModelDims) => {
+    const { hiddenSize: H, expertFfn: F, numExperts: E } = d;
+    return { gateUp: ckpt.readFloat32Slice(at(t("gate_up_proj_bias")), [E, 2 * F], j), down: ckpt.readFloat32Slice(at(t("down_proj_bias")), [E, H], j) };
+  };
+  const mxTensors = (ckpt: HfCheckpoint, at: (rest: string) => string, j: number, d: ModelDims): GptOssExpertTensors => {
+    const s = mxShapes(d);
+    const b = readBiases(ckpt, at, j, d);
+    return {
+      hiddenSize: d.hiddenSize,
+      expertFfn: d.expertFfn,
+      gateUpBlocks: ckpt.readSliceBytes(at(t("gate_up_proj_blocks")), s.gateUpBlocks, j),
+      gateUpScales: ckpt.readSliceBytes(at(t("gate_up_proj_scales")), s.gateUpScales, j),
+      downBlocks: ckpt.readSliceBytes(at(t("down_proj_blocks")), s.downBlocks, j),
+      downScales: ckpt.readSliceBytes(at(t("down_proj_scales")), s.downScales, j),
+      gateUpBias: b.gateUp,
+      downBias: b.down,
+    };
+  };
+  return {
+    shapes(at, d) {
+      const { hiddenSize: H, expertFfn: F, numExperts: E } = d;
+      const m = new Map<string, number[]>([
+        [at(t("gate_up_proj_bias")), [E, 2 * F]],
+        [at(t("down_proj_bias")), [E, H]],
+      ]);
+      // Which form the checkpoint holds is known only from its tensor names: `shapes` lists both
+      // and the importer checks the ones present (storedEncoding picks).
+      return m;
+    },
+    storedShapes(ckpt, at, d) {
+      const { hiddenSize: H, expertFfn: F, numExperts: E } = d;
+      if (isMx(ckpt, at)) {
+        const s = mxShapes(d);
+        return new Map([
+          [at(t("gate_up_proj_blocks")), s.gateUpBlocks],
+          [at(t("gate_up_proj_scales")), s.gateUpScales],
+          [at(t("down_proj_blocks")), s.downBlocks],
+          [at(t("down_proj_scales")), s.downScales],
+        ]);
+      }
+      return new Map([
+        [at(t("gate_up_proj")), [E, H, 2 * F]],
+        [at(t("down_proj")), [E, F, H]],
+      ]);
+    },
+    storedEncoding(ckpt, at) {
+      return isMx(ckpt, at) ? "mxfp4" : undefined;
+    },
+    rawRecord(ckpt, at, j, d, enc) {
+      return enc === "mxfp4" && isMx(ckpt, at) ? gptOssExpertRecord(mxTensors(ckpt, at, j, d)) : undefined;
+    },
+    read(ckpt, at, j, d) {
+      const { hiddenSize: H, expertFfn: F, numExperts: E } = d;
+      const b = readBiases(ckpt, at, j, d);
+      const gate = new Float32Array(F * H);
+      const up = new Float32Array(F * H);
+      const down = new Float32Array(H * F);
+      if (isMx(ckpt, at)) {
+        // Dequantize the stored blocks (exact: E2M1 values times a power of two).
+        const rec = gptOssExpertRecord({ ...mxTensors(ckpt, at, j, d), gateUpBias: undefined, downBias: undefined });
+        const l = expertRecordLayout("mxfp4", H, F);
+        gate.set(decodeMatrix("mxfp4", rec.subarray(l.gate[0], l.gate[0] + l.gate[1]), F, H));
+        up.set(decodeMatrix("mxfp4", rec.subarray(l.up[0], l.up[0] + l.up[1]), F, H));
+        down.set(decodeMatrix("mxfp4", rec.subarray(l.down[0], l.down[0] + l.down[1]), H, F));
+      } else {
+        const gu = ckpt.readFloat32Slice(at(t("gate_up_proj")), [E, H, 2 * F], j); // [H, 2F]
+        const dp = ckpt.readFloat32Slice(at(t("down_proj")), [E, F, H], j); // [F, H]
+        for (let h = 0; h < H; h++)
+          for (let f = 0; f < F; f++) {
+            gate[f * H + h] = gu[h * 2 * F + 2 * f]!;
+            up[f * H + h] = gu[h * 2 * F + 2 * f + 1]!;
+            down[h * F + f] = dp[f * H + h]!;
+          }
+      }
+      const gateBias = new Float32Array(F);
+      const upBias = new Float32Array(F);
+      for (let f = 0; f < F; f++) {
+        gateBias[f] = b.gateUp[2 * f]!;
+        upBias[f] = b.gateUp[2 * f + 1]!;
+      }
+      return { gate, up, down, biases: { gate: gateBias, up: upBias, down: b.down } };
+    },
+  };
+}
