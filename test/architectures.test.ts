@@ -13,7 +13,7 @@ import { loadModel } from "../src/index.js";
 import { MODELS, copyFixture, greedyRun, importFixture, tmpDir } from "./helpers.js";
 
 /** Fixtures of the families added after the baseline, each with what it exercises. */
-const NEW_FIXTURES = ["tiny-granitemoe", "tiny-phimoe", "tiny-gpt-oss", "tiny-glm4-moe", "tiny-qwen3-moe-dense"].filter((f) => fs.existsSync(path.join(MODELS, f, "config.json")));
+const NEW_FIXTURES = ["tiny-granitemoe", "tiny-phimoe", "tiny-gpt-oss", "tiny-glm4-moe", "tiny-deepseek-v2", "tiny-qwen3-moe-dense"].filter((f) => fs.existsSync(path.join(MODELS, f, "config.json")));
 const PROMPT = "Permission is hereby granted, free of charge, to any person";
 
 it("has at least one fixture of a newer architecture", () => {
@@ -24,7 +24,9 @@ describe.each(NEW_FIXTURES)("%s", (fixture) => {
   let dir: string;
   let reference: number[];
   beforeAll(async () => {
-    dir = await importFixture(fixture);
+    // gpt-oss: its MXFP4 experts and int8 dense weights compute from 8-bit activations on the
+    // native kernels; backends agree exactly at f32 (the MXFP4 path is checked below).
+    dir = await importFixture(fixture, fixture === "tiny-gpt-oss" ? { experts: "f32" } : {});
     reference = (await greedyRun(dir, PROMPT, 40, { dense: "native", expertKernel: "native", schedule: "device" })).ids;
   }, 120_000);
 
@@ -73,6 +75,31 @@ describe.runIf(NEW_FIXTURES.includes("tiny-gpt-oss"))("gpt-oss's MXFP4 experts",
   }, 120_000);
 });
 
+describe.runIf(NEW_FIXTURES.includes("tiny-phimoe"))("LongRoPE", () => {
+  it("recomputes the cached keys when a generation crosses from the short to the long factors", async () => {
+    const model = await loadModel(await importFixture("tiny-phimoe"), { threads: 1, log: () => {} });
+    try {
+      const prompt = model.tokenize("Permission"); // well under original_max_position_embeddings (16)
+      expect(prompt.length).toBeLessThan(16);
+      const ids: number[] = [];
+      const steps: Float32Array[] = [];
+      const gen = model.generate("Permission", { temperature: 0, maxTokens: 24, stopAtEos: false, onToken: (id) => ids.push(id), onLogits: (l) => steps.push(l.slice()) });
+      for await (const _ of gen) void _;
+      // The last step's logits equal one forward over the whole sequence (all in the long regime).
+      const all = [...prompt, ...ids.slice(0, -1)];
+      expect(all.length).toBeGreaterThan(16);
+      const V = model.dims.vocabSize;
+      const full = (await model.logits(all)).data.subarray((all.length - 1) * V);
+      const last = steps[steps.length - 1]!;
+      let worst = 0;
+      for (let v = 0; v < V; v++) worst = Math.max(worst, Math.abs(full[v]! - last[v]!));
+      expect(worst).toBeLessThan(1e-4);
+    } finally {
+      await model.dispose();
+    }
+  }, 120_000);
+});
+
 describe("config values the runtime does not implement are refused by name", () => {
   const tryImport = async (fixture: string, edit: (c: Record<string, unknown>) => void) => {
     const src = copyFixture(fixture);
@@ -110,6 +137,11 @@ describe("config values the runtime does not implement are refused by name", () 
   it.runIf(NEW_FIXTURES.includes("tiny-glm4-moe"))("expert groups that do not divide the experts, an unknown topk_method", async () => {
     expect(await tryImport("tiny-glm4-moe", (c) => (c["n_group"] = 3))).toMatch(/n_group=3/);
     expect(await tryImport("tiny-glm4-moe", (c) => (c["topk_method"] = "sinkhorn"))).toMatch(/topk_method="sinkhorn"/);
+  });
+
+  it.runIf(NEW_FIXTURES.includes("tiny-deepseek-v2"))("an unknown DeepSeek top-k method or scoring function", async () => {
+    expect(await tryImport("tiny-deepseek-v2", (c) => (c["topk_method"] = "noaux_tc"))).toMatch(/topk_method="noaux_tc"/);
+    expect(await tryImport("tiny-deepseek-v2", (c) => (c["scoring_func"] = "sigmoid"))).toMatch(/scoring_func="sigmoid"/);
   });
 
   it.runIf(NEW_FIXTURES.includes("tiny-qwen3-moe-dense"))("dense-layer indices outside the model", async () => {

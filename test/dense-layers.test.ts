@@ -13,7 +13,7 @@ import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
 import { ROOT, importFixture, greedyRun } from "./helpers.js";
 
 const addon = loadNativeAddon().addon;
-const FIXTURES = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe", "moe-tiny-en"];
+const FIXTURES = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe", "moe-tiny-en", "tiny-granitemoe", "tiny-phimoe", "tiny-gpt-oss", "tiny-glm4-moe", "tiny-deepseek-v2", "tiny-qwen3-moe-dense"];
 const PROMPT = "The quick brown fox jumps over the lazy dog, and then";
 
 describe.skipIf(!addon)("native dense layers", () => {
@@ -23,7 +23,8 @@ describe.skipIf(!addon)("native dense layers", () => {
       let native: LanguageModel;
       let onnx: LanguageModel;
       beforeAll(async () => {
-        dir = await importFixture(name);
+        // gpt-oss imports MXFP4 experts (with int8 dense weights) by default: compare at f32.
+        dir = await importFixture(name, name === "tiny-gpt-oss" ? { experts: "f32" } : {});
         native = await loadModel(dir, { threads: 1, dense: "native", log: () => {} });
         onnx = await loadModel(dir, { threads: 1, dense: "onnx", log: () => {} });
       }, 120_000);
@@ -143,9 +144,9 @@ process.stdout.write(JSON.stringify(Array.from(l)));`;
 
   it("refuses a weight blob that does not match the layer's shapes, and token ids outside the vocabulary", () => {
     const a = addon!;
-    // [H, Hq, Hkv, hd, E, Fs, eps, qkNorm, norm, attnScale, rotaryDim, window]; 21 sections (dense_layer.h)
-    const spec = Float64Array.from([64, 4, 2, 16, 4, 0, 1e-5, 0, 0, 0.25, 16, 0]);
-    const sections = new Float64Array(21 * 3).fill(-1);
+    // [H, Hq, Hkv, hd, E, Fs, eps, qkNorm, norm, attnScale, rotaryDim, window, 5 x MLA]; 30 sections (dense_layer.h)
+    const spec = Float64Array.from([64, 4, 2, 16, 4, 0, 1e-5, 0, 0, 0.25, 16, 0, 0, 0, 0, 0, 0]);
+    const sections = new Float64Array(30 * 3).fill(-1);
     const f = (n: number) => new Float32Array(n);
     expect(() => a.denseLayer(spec, new Uint8Array(16), sections, f(64), 1, 0, f(16), f(16), f(2 * 16 * 4), f(2 * 16 * 4), 4, f(64), f(64), f(4), null, 1)).toThrow(
       /section 0 is missing/

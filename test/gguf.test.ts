@@ -11,7 +11,9 @@ import {
   GGML_TYPE,
   GgufValueType,
   dequantizeQ8_0,
+  encodeGgml,
   gguf,
+  ggmlTensorBytes,
   ggmlToFloat32,
   ggufValue,
   halfBitsToFloat,
@@ -21,12 +23,17 @@ import {
   readGgufTensorBytes,
   toFloat32,
   writeGguf,
+  type GgufValue,
 } from "../src/formats/gguf.js";
+import { exportGguf, rewriteGgufMetadata } from "../src/formats/ggufExport.js";
+import { GgufFile } from "../src/formats/ggufReader.js";
 import { convertHfToGguf } from "../src/formats/hfToGguf.js";
 import { HfCheckpoint } from "../src/formats/HfCheckpoint.js";
 import { importModel } from "../src/importer/importModel.js";
 import { loadModel, type LanguageModel } from "../src/index.js";
 import { writeSyntheticCheckpoint } from "../src/synthetic/syntheticCheckpoint.js";
+import { vocabFromGguf } from "../src/tokenizer/ggufVocab.js";
+import { LlamaCppTokenizer } from "../src/tokenizer/LlamaCppTokenizer.js";
 import { MODELS, copyFixture, tmpDir } from "./helpers.js";
 
 /** Q8_0 error bound in steps of amax/127: half a step, plus 127 times fp16's rounding of d (2^-11). */
@@ -107,6 +114,35 @@ describe("GGUF header", () => {
     expect([...ggmlToFloat32(readGgufTensorBytes(file, h, "a"), GGML_TYPE.F32)]).toEqual([...f32]);
     for (const v of ggmlToFloat32(readGgufTensorBytes(file, h, "b"), GGML_TYPE.Q8_0)) expect(v).toBeCloseTo(0.25, 3);
     expect([...ggmlToFloat32(readGgufTensorBytes(file, h, "c"), GGML_TYPE.F16)]).toEqual([1, -2]);
+  });
+
+  it("writes F16, BF16, Q8_0, Q4_K and Q6_K tensors that the validating reader decodes to the encoded values", () => {
+    const file = path.join(tmpDir(), "types.gguf");
+    const x = Float32Array.from({ length: 512 * 2 }, (_, i) => Math.sin(i * 0.37) * (1 + (i % 7)) * 0.01);
+    const types = ["F16", "BF16", "Q8_0", "Q4_K", "Q6_K"] as const;
+    writeGguf(
+      file,
+      [["general.architecture", gguf.str("llama")]],
+      types.map((type) => ({ name: type, dims: [512, 2], type, data: () => [encodeGgml(x, type)] }))
+    );
+    const g = GgufFile.open(file);
+    try {
+      for (const type of types) {
+        const t = g.tensor(type);
+        expect(t.type.name).toBe(type);
+        expect(t.byteLength).toBe(ggmlTensorBytes(type, [512, 2]));
+        expect(t.offset % 32).toBe(0);
+        expect([...g.readFloat32(type)]).toEqual([...ggmlToFloat32(encodeGgml(x, type), GGML_TYPE[type])]);
+        expect([...g.readFloat32(type, 1, 1)]).toEqual([...g.readFloat32(type).subarray(512)]); // one row
+      }
+      const h = readGgufHeader(file);
+      expect(h.tensors.map((t) => [t.name, t.type])).toEqual(types.map((t) => [t, GGML_TYPE[t]]));
+    } finally {
+      g.close();
+    }
+    expect(ggmlTensorBytes("Q4_K", [256, 3])).toBe(3 * 144);
+    expect(ggmlTensorBytes("Q6_K", [512])).toBe(2 * 210);
+    expect(() => ggmlTensorBytes("Q4_K", [192, 2])).toThrow(/Q4_K needs the innermost dimension to be a multiple of 256, got 192/);
   });
 
   it("refuses a file that is not GGUF, and a truncated header", () => {
@@ -288,4 +324,161 @@ describe("HF Mixtral -> GGUF, cross-checked with node-llama-cpp", () => {
       await model.dispose();
     }
   });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The tokenizer moe-run builds from GGUF metadata (LlamaCppTokenizer) against llama.cpp's
+
+/** A small SentencePiece ("llama") vocabulary learned from text: specials, 256 byte tokens, characters, merges. */
+function spmVocab(size: number, text: string): { tokens: string[]; types: number[]; scores: number[] } {
+  const tokens = ["<unk>", "<s>", "</s>"];
+  const types = [2, 3, 3];
+  const scores = [0, 0, 0];
+  for (let b = 0; b < 256; b++) {
+    tokens.push(`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`);
+    types.push(6);
+    scores.push(0);
+  }
+  tokens.push("<|user|>");
+  types.push(4); // user-defined: always split out
+  scores.push(0);
+  for (const c of "\u2581abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:'\"!?-()") {
+    tokens.push(c);
+    types.push(1);
+    scores.push(-1000);
+  }
+  const counts = new Map<string, number>();
+  for (const w of text.replace(/\s+/g, " ").split(" ")) counts.set(`\u2581${w}`, (counts.get(`\u2581${w}`) ?? 0) + 1);
+  let words = [...counts].map(([w, c]) => [Array.from(w), c] as [string[], number]);
+  const have = new Set(tokens);
+  for (let rank = 0; tokens.length < size; rank++) {
+    const pairs = new Map<string, number>();
+    for (const [s, c] of words) for (let i = 0; i + 1 < s.length; i++) pairs.set(`${s[i]}\u0000${s[i + 1]}`, (pairs.get(`${s[i]}\u0000${s[i + 1]}`) ?? 0) + c);
+    let best = "";
+    let bestCount = 0;
+    for (const [k, c] of pairs) if (c > bestCount && !have.has(k.replace("\u0000", ""))) [best, bestCount] = [k, c];
+    if (!best) break;
+    const [a, b] = best.split("\u0000") as [string, string];
+    tokens.push(a + b);
+    types.push(1);
+    scores.push(-rank);
+    have.add(a + b);
+    words = words.map(([s, c]) => {
+      const o: string[] = [];
+      for (let i = 0; i < s.length; i++) {
+        if (s[i] === a && s[i + 1] === b) {
+          o.push(a + b);
+          i++;
+        } else o.push(s[i]!);
+      }
+      return [o, c];
+    });
+  }
+  return { tokens, types, scores };
+}
+
+const TEXTS = [
+  "And the LORD spake unto Moses, saying,",
+  "  two  spaces\nand a newline\n\n\nthree",
+  "don't 123 +-*/ 4567.89 it's I'm we'll they've",
+  "H\u00e9llo w\u00f6rld \u2014 \u00fcn\u00efcode \u2713 \u65e5\u672c\u8a9e \ud83d\ude42",
+  "<s>special</s> inside <unk> <|user|>text",
+  "tabs\tand\r\ncrlf   trailing   ",
+  "",
+  " ",
+  "a\u00a0b\u3000c",
+];
+
+
+describe("GGUF vocabularies tokenize as llama.cpp tokenizes them", () => {
+  let dir: string;
+  let llama: Llama;
+  let f16: string;
+  let llamaF16: LlamaModel;
+  let validation: string;
+  beforeAll(async () => {
+    dir = tmpDir("moe-run-gguf-tok-");
+    validation = fs.readFileSync(path.join(MODELS, "moe-tiny-en", "validation.txt"), "utf8");
+    f16 = path.join(dir, "moe-tiny-en-F16.gguf");
+    exportGguf(path.join(MODELS, "moe-tiny-en"), f16, { type: "F16" });
+    llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
+    llamaF16 = await llama.loadModel({ modelPath: f16 });
+  });
+  afterAll(async () => {
+    await llamaF16?.dispose();
+    await llama?.dispose();
+  });
+
+  it("tokenizes and detokenizes the gpt2 vocabulary as llama.cpp does (with and without special-token parsing)", () => {
+    const g = GgufFile.open(f16);
+    const tok = new LlamaCppTokenizer(vocabFromGguf(g));
+    g.close();
+    for (const text of [...TEXTS, validation.slice(0, 20000)]) {
+      for (const special of [false, true]) {
+        const ids = tok.encode(text, { addSpecial: false, parseSpecial: special });
+        expect(ids, JSON.stringify(text.slice(0, 40))).toEqual(llamaF16.tokenize(text, special));
+        expect(tok.decode(ids, { special })).toBe(llamaF16.detokenize(ids, special));
+      }
+    }
+  });
+
+  it("splits words as llama.cpp's pre-tokenizers do (llama3, qwen2, gpt-4o, deepseek-v3 and others)", async () => {
+    const texts = [
+      ...TEXTS,
+      "DON'T Won't CamelCaseWord HTTPServer xmlHTTPRequest",
+      "12345678901 3.14159 !!! ??? ... ,,,",
+      "\n\n \n x  \ny \u0085 z",
+      validation.slice(0, 4000),
+    ];
+    const pres = ["default", "llama-bpe", "qwen2", "qwen35", "starcoder", "falcon", "deepseek-v3", "gpt-4o", "tekken", "bailingmoe", "seed-coder", "olmo"];
+    for (const pre of pres) {
+      const file = path.join(dir, `pre-${pre}.gguf`);
+      rewriteGgufMetadata(f16, file, (m) => m.map(([k, v]) => [k, k === "tokenizer.ggml.pre" ? gguf.str(pre) : v] as [string, GgufValue]));
+      const g = GgufFile.open(file);
+      const tok = new LlamaCppTokenizer(vocabFromGguf(g));
+      g.close();
+      const model = await llama.loadModel({ modelPath: file });
+      try {
+        for (const text of texts) expect(tok.encode(text, { addSpecial: false, parseSpecial: false }), `${pre}: ${JSON.stringify(text.slice(0, 40))}`).toEqual(model.tokenize(text, false));
+      } finally {
+        await model.dispose();
+        fs.rmSync(file);
+      }
+    }
+  });
+
+  it("tokenizes a SentencePiece (llama) vocabulary with scores, byte fallback and user-defined tokens as llama.cpp does", async () => {
+    const base = path.join(dir, "tiny-mixtral-F16.gguf");
+    exportGguf(path.join(MODELS, "tiny-mixtral"), base, { type: "F16" });
+    const v = spmVocab(512, validation.slice(0, 200_000));
+    const spm = path.join(dir, "spm.gguf");
+    rewriteGgufMetadata(base, spm, (m) => [
+      ...m.filter(([k]) => !k.startsWith("tokenizer.")),
+      ["tokenizer.ggml.model", gguf.str("llama")],
+      ["tokenizer.ggml.tokens", gguf.strings(v.tokens)],
+      ["tokenizer.ggml.scores", { type: 9, itemType: 6, value: v.scores } as GgufValue],
+      ["tokenizer.ggml.token_type", gguf.i32s(v.types)],
+      ["tokenizer.ggml.bos_token_id", gguf.u32(1)],
+      ["tokenizer.ggml.eos_token_id", gguf.u32(2)],
+      ["tokenizer.ggml.unknown_token_id", gguf.u32(0)],
+    ]);
+    const g = GgufFile.open(spm);
+    const tok = new LlamaCppTokenizer(vocabFromGguf(g));
+    g.close();
+    const model = await llama.loadModel({ modelPath: spm });
+    try {
+      for (const text of [...TEXTS, "zzzz qqqq", validation.slice(0, 5000)]) {
+        for (const special of [false, true]) {
+          const ids = tok.encode(text, { addSpecial: false, parseSpecial: special });
+          expect(ids, JSON.stringify(text.slice(0, 40))).toEqual(model.tokenize(text, special));
+          expect(tok.decode(ids, { special })).toBe(model.detokenize(ids, special));
+        }
+      }
+      // BOS as the vocabulary says (SPM: add_bos defaults to true)
+      expect(tok.encode("Hello")[0]).toBe(1);
+    } finally {
+      await model.dispose();
+    }
+  });
+
 });

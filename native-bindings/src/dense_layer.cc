@@ -49,13 +49,15 @@ void gather_rows(Enc enc, const uint8_t* w, size_t rows, size_t cols, const int3
 static inline const float* f32(const WeightRef& r) { return reinterpret_cast<const float*>(r.p); }
 
 // RoPE, half-split layout over the first `rot` dims, in place on [T, heads, hd] rows:
-// x' = x*cos + rotate_half(x)*sin; dims from rot on pass through.
-static void rope(float* x, size_t T, size_t heads, size_t hd, size_t rot, const float* cos, const float* sin) {
+// x' = x*cos + rotate_half(x)*sin; dims from rot on pass through. cos/sin are [T, table] (table
+// = hd unless given: MLA rotates sub-rows of a wider head).
+static void rope(float* x, size_t T, size_t heads, size_t hd, size_t rot, const float* cos, const float* sin, size_t table = 0) {
   const size_t h = rot / 2;
+  if (!table) table = hd;
   std::vector<float> tmp(rot);
   for (size_t t = 0; t < T; t++) {
-    const float* c = cos + t * hd;
-    const float* s = sin + t * hd;
+    const float* c = cos + t * table;
+    const float* s = sin + t * table;
     for (size_t k = 0; k < heads; k++) {
       float* v = x + (t * heads + k) * hd;
       for (size_t i = 0; i < h; i++) {
@@ -88,6 +90,76 @@ static void attention(const DenseSpec& s, const float* q, const float* kv_k, con
   parallel_for(threads, s.Hkv * T, work);
 }
 
+// Multi-head latent attention over the latent cache kv_k [capacity, kv_rank + rope] (hd = that
+// width): x [T, H] normed input -> ctx [T, Hq*v_dim]. Per head h: q_lat = [W_uk[h]^T q_nope[h],
+// rope(q_pe[h])], scores against the cached rows [c, rope(k_pe)], the softmax's average of the
+// rows' c parts mapped back through W_uv[h]. The latent norms use eps 1e-6, as DeepSeek's do.
+static void mla_attention(const DenseSpec& s, const WeightRef* w, const float* x, size_t T, size_t past, const float* cos, const float* sin,
+                          float* kv_k, size_t capacity, float* ctx, int threads) {
+  const size_t H = s.H, nh = s.Hq, r = s.kv_rank, dn = s.nope, dr = s.rope_dim, dv = s.v_dim, L = r + dr, qk = dn + dr;
+  const auto add_bias = [T](float* y, size_t n, const WeightRef& b) {
+    if (!b.p) return;
+    for (size_t t = 0; t < T; t++)
+      for (size_t i = 0; i < n; i++) y[t * n + i] += f32(b)[i];
+  };
+  std::vector<float> q(T * nh * qk), kva(T * L);  // [T, nh*(dn+dr)], [T, r+dr]
+  if (s.q_rank) {
+    std::vector<float> qa(T * s.q_rank);  // [T, q_rank]
+    const MatmulJob a[2] = {{w[kMlaQA].enc, w[kMlaQA].p, s.q_rank, H, x, T, qa.data()}, {w[kMlaKvA].enc, w[kMlaKvA].p, L, H, x, T, kva.data()}};
+    matmul_rows_batch(a, 2, threads);
+    add_bias(qa.data(), s.q_rank, w[kMlaQABias]);
+    rms_norm(qa.data(), T, s.q_rank, f32(w[kMlaQANorm]), 1e-6f, qa.data());
+    matmul_rows(w[kMlaQB].enc, w[kMlaQB].p, nh * qk, s.q_rank, qa.data(), T, q.data(), threads);
+  } else {
+    const MatmulJob a[2] = {{w[kMlaQB].enc, w[kMlaQB].p, nh * qk, H, x, T, q.data()}, {w[kMlaKvA].enc, w[kMlaKvA].p, L, H, x, T, kva.data()}};
+    matmul_rows_batch(a, 2, threads);
+  }
+  add_bias(kva.data(), L, w[kMlaKvABias]);
+  // The new latent rows: [rms(c), rope(k_pe)], appended to the cache.
+  for (size_t t = 0; t < T; t++) {
+    float* row = kva.data() + t * L;
+    rms_norm(row, 1, r, f32(w[kMlaKvANorm]), 1e-6f, row);
+  }
+  rope(kva.data() + r, T, 1, L, dr, cos, sin, L);  // rows of stride L: the rope part only
+  for (size_t t = 0; t < T; t++) std::memcpy(kv_k + (past + t) * L, kva.data() + t * L, L * 4);
+  // Queries in latent space [T, nh, L]: absorbed nope part, rotated rope part.
+  std::vector<float> qlat(T * nh * L), qn(T * dn);  // qn: one head's nope queries [T, dn]
+  rope(q.data() + dn, T, nh, qk, dr, cos, sin, L);
+  for (size_t h = 0; h < nh; h++) {
+    for (size_t t = 0; t < T; t++) std::memcpy(qn.data() + t * dn, q.data() + (t * nh + h) * qk, dn * 4);
+    std::vector<float> qa(T * r);  // [T, r]
+    matmul_rows(w[kMlaUkT].enc, w[kMlaUkT].p + matrix_bytes(w[kMlaUkT].enc, h * r, dn), r, dn, qn.data(), T, qa.data(), threads);
+    for (size_t t = 0; t < T; t++) {
+      std::memcpy(qlat.data() + (t * nh + h) * L, qa.data() + t * r, r * 4);
+      std::memcpy(qlat.data() + (t * nh + h) * L + r, q.data() + (t * nh + h) * qk + dn, dr * 4);
+    }
+  }
+  // Attention of all heads over the latent rows (values = the rows; their c part is used), in
+  // groups of at most 16 heads (the SIMD kernel's register budget).
+  const KernelTable* k = active_kernels();
+  std::vector<float> lat(T * nh * L);  // [T, nh, L] latent contexts
+  auto work = [&](size_t begin, size_t end) {
+    std::vector<float> scores(16 * (past + T));
+    for (size_t task = begin; task < end; task++) {
+      const size_t t = task;
+      const size_t seen = past + t + 1, first = s.window && seen > s.window ? seen - s.window : 0;
+      for (size_t h0 = 0; h0 < nh; h0 += 16) {
+        const size_t G = nh - h0 < 16 ? nh - h0 : 16;
+        k->attend(qlat.data() + (t * nh + h0) * L, G, kv_k + first * L, kv_k + first * L, seen - first, L, s.attn_scale, nullptr, scores.data(),
+                  lat.data() + (t * nh + h0) * L);
+      }
+    }
+  };
+  parallel_for(threads, T, work);
+  // Back to value space per head: ctx[t, h] = W_uv[h] lat[t, h, :r].
+  std::vector<float> lc(T * r), vo(T * dv);  // one head's latent contexts [T, r] and values [T, dv]
+  for (size_t h = 0; h < nh; h++) {
+    for (size_t t = 0; t < T; t++) std::memcpy(lc.data() + t * r, lat.data() + (t * nh + h) * L, r * 4);
+    matmul_rows(w[kMlaUv].enc, w[kMlaUv].p + matrix_bytes(w[kMlaUv].enc, h * dv, r), dv, r, lc.data(), T, vo.data(), threads);
+    for (size_t t = 0; t < T; t++) std::memcpy(ctx + (t * nh + h) * dv, vo.data() + t * dv, dv * 4);
+  }
+}
+
 void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, size_t T, size_t past, const float* cos,
                    const float* sin, float* kv_k, float* kv_v, size_t capacity, float* attn_out, float* moe_in,
                    float* router_logits, float* shared_out, int threads) {
@@ -98,17 +170,22 @@ void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, 
     else rms_norm(in, T, H, f32(w[weight]), s.eps, out);
   };
   norm(hidden, kInNorm, kInNormBias, x.data());
+  const auto add_bias = [T](float* y, size_t n, const WeightRef& b) {
+    if (!b.p) return;
+    for (size_t t = 0; t < T; t++)
+      for (size_t i = 0; i < n; i++) y[t * n + i] += f32(b)[i];
+  };
+  if (s.kv_rank) {
+    std::vector<float> mctx(T * s.Hq * s.v_dim);  // [T, Hq*v_dim]
+    mla_attention(s, w, x.data(), T, past, cos, sin, kv_k, capacity, mctx.data(), threads);
+    matmul_rows(w[kO].enc, w[kO].p, H, s.Hq * s.v_dim, mctx.data(), T, attn_out, threads);
+  } else {
   const MatmulJob qkv[3] = {
       {w[kQ].enc, w[kQ].p, nq, H, x.data(), T, q.data()},
       {w[kK].enc, w[kK].p, nkv, H, x.data(), T, k.data()},
       {w[kV].enc, w[kV].p, nkv, H, x.data(), T, v.data()},
   };
   matmul_rows_batch(qkv, 3, threads);
-  const auto add_bias = [T](float* y, size_t n, const WeightRef& b) {
-    if (!b.p) return;
-    for (size_t t = 0; t < T; t++)
-      for (size_t i = 0; i < n; i++) y[t * n + i] += f32(b)[i];
-  };
   add_bias(q.data(), nq, w[kQBias]);
   add_bias(k.data(), nkv, w[kKBias]);
   add_bias(v.data(), nkv, w[kVBias]);
@@ -128,6 +205,7 @@ void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, 
     }
   attention(s, q.data(), kv_k, kv_v, capacity, past, T, w[kSinks].p ? f32(w[kSinks]) : nullptr, ctx.data(), threads);
   matmul_rows(w[kO].enc, w[kO].p, H, nq, ctx.data(), T, attn_out, threads);
+  }
   add_bias(attn_out, H, w[kOBias]);
   for (size_t i = 0; i < T * H; i++) attn_out[i] += hidden[i];
   norm(attn_out, kPostNorm, kPostNormBias, moe_in);

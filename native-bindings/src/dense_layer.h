@@ -27,6 +27,9 @@ struct DenseSpec {
   float attn_scale;  // softmax scale of scores (1/sqrt(hd) unless the family sets it)
   size_t rot;        // rotary dims per head (<= hd, even)
   size_t window;     // sliding window in positions (the query and window-1 before it); 0 = full
+  // Multi-head latent attention (DeepSeek-V2) when kv_rank > 0: Hkv = 1 and hd = kv_rank + rope
+  // (one latent row per position, no values), q_rank 0 = no q compression.
+  size_t q_rank = 0, kv_rank = 0, nope = 0, rope_dim = 0, v_dim = 0;
 };
 
 // Sections of a layer's weight blob, in this order. Norms, biases, the router and the shared
@@ -53,6 +56,16 @@ enum Section : int {
   kSinks,       // f32 [Hq]         (optional) attention-sink logits
   kPostNormBias,  // f32 [H]  (LayerNorm)
   kRouterBias,  // f32 [E]          (optional)
+  // MLA (instead of kQ/kK/kV; kO is [H, Hq*v_dim]):
+  kMlaQA,       // [q_rank, H]      (optional: q compression)
+  kMlaQABias,   // f32 [q_rank]     (optional)
+  kMlaQANorm,   // f32 [q_rank]
+  kMlaQB,       // [Hq*(nope+rope), q_rank or H]
+  kMlaKvA,      // [kv_rank+rope, H]
+  kMlaKvABias,  // f32 [kv_rank+rope] (optional)
+  kMlaKvANorm,  // f32 [kv_rank]
+  kMlaUkT,      // [Hq*kv_rank, nope]: per head W_uk^T (absorbs the nope query into the latent)
+  kMlaUv,       // [Hq*v_dim, kv_rank]: per head W_uv (latent context -> value space)
   kSectionCount
 };
 

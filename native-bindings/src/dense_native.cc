@@ -18,7 +18,8 @@ napi_value fail(napi_env env, const std::string& msg) {
   return nullptr;
 }
 
-// denseLayer(spec: Float64Array [H,Hq,Hkv,hd,E,Fs,eps,qkNorm,norm,attnScale,rot,window], blob: Uint8Array,
+// denseLayer(spec: Float64Array [H,Hq,Hkv,hd,E,Fs,eps,qkNorm,norm,attnScale,rot,window,
+//                                 qRank,kvRank,nope,ropeDim,vDim (MLA when kvRank > 0)], blob: Uint8Array,
 //            sections: Float64Array [kSectionCount*3: offset (-1 absent), bytes, enc],
 //            hidden, T, past, cos, sin, kvK, kvV, capacity, attnOut, moeIn, routerLogits, sharedOut|null, threads)
 napi_value DenseLayer(napi_env env, napi_callback_info info) {
@@ -37,9 +38,12 @@ napi_value DenseLayer(napi_env env, napi_callback_info info) {
   }
   typed_data(env, a[14], &shared, &shared_b);  // null when the model has no shared expert
   const double* sp = static_cast<const double*>(spec_p);
-  if (spec_b != 12 * 8 || sec_b != moe::kSectionCount * 3 * 8) return fail(env, "denseLayer: spec or section table has the wrong length");
-  moe::DenseSpec s{size_t(sp[0]), size_t(sp[1]), size_t(sp[2]), size_t(sp[3]), size_t(sp[4]),  size_t(sp[5]),
-                   float(sp[6]),  int(sp[7]),     int(sp[8]),     float(sp[9]),   size_t(sp[10]), size_t(sp[11])};
+  if (spec_b != 17 * 8 || sec_b != moe::kSectionCount * 3 * 8) return fail(env, "denseLayer: spec or section table has the wrong length");
+  moe::DenseSpec s{size_t(sp[0]), size_t(sp[1]), size_t(sp[2]),  size_t(sp[3]),  size_t(sp[4]),  size_t(sp[5]),
+                   float(sp[6]),  int(sp[7]),     int(sp[8]),      float(sp[9]),   size_t(sp[10]), size_t(sp[11]),
+                   size_t(sp[12]), size_t(sp[13]), size_t(sp[14]), size_t(sp[15]), size_t(sp[16])};
+  const bool mla = s.kv_rank > 0;
+  if (mla && (s.Hkv != 1 || s.hd != s.kv_rank + s.rope_dim || s.rot != s.rope_dim || s.rope_dim % 2)) return fail(env, "denseLayer: inconsistent MLA spec");
   const size_t T = size_t(num(env, a[4])), past = size_t(num(env, a[5])), cap = size_t(num(env, a[10]));
   const int threads = int(num(env, a[15]));
   if (s.Hkv == 0 || s.Hq % s.Hkv || s.hd % 2 || T == 0 || s.rot % 2 || s.rot > s.hd || s.norm < 0 || s.norm > 1 || !(s.attn_scale > 0))
@@ -49,11 +53,15 @@ napi_value DenseLayer(napi_env env, napi_callback_info info) {
   struct Shape { size_t rows, cols; bool required; };
   const bool has_shared = s.Fs > 0;
   const size_t qn = s.qk_norm == 1 ? s.hd : nq, kn = s.qk_norm == 1 ? s.hd : nkv;
+  const size_t nv = mla ? s.Hq * s.v_dim : nq, qk = s.nope + s.rope_dim, L = s.kv_rank + s.rope_dim;
   const Shape shapes[moe::kSectionCount] = {
-      {1, H, true}, {nq, H, true}, {nkv, H, true}, {nkv, H, true}, {H, nq, true},
+      {1, H, true}, {nq, H, !mla}, {nkv, H, !mla}, {nkv, H, !mla}, {H, nv, true},
       {1, nq, false}, {1, nkv, false}, {1, nkv, false}, {1, qn, s.qk_norm != 0}, {1, kn, s.qk_norm != 0},
       {1, H, true}, {s.E, H, s.E > 0}, {s.Fs, H, has_shared}, {s.Fs, H, has_shared}, {H, s.Fs, has_shared}, {1, H, false},
       {1, H, s.norm == 1}, {1, H, false}, {1, s.Hq, false}, {1, H, s.norm == 1}, {1, s.E, false},
+      {s.q_rank, H, mla && s.q_rank > 0}, {1, s.q_rank, false}, {1, s.q_rank, mla && s.q_rank > 0},
+      {s.Hq * qk, s.q_rank ? s.q_rank : H, mla}, {L, H, mla}, {1, L, false}, {1, s.kv_rank, mla},
+      {s.Hq * s.kv_rank, s.nope, mla}, {s.Hq * s.v_dim, s.kv_rank, mla},
   };
   moe::WeightRef w[moe::kSectionCount];
   const double* sec = static_cast<const double*>(sec_p);
@@ -66,6 +74,8 @@ napi_value DenseLayer(napi_env env, napi_callback_info info) {
     }
     if (enc < 0 || enc > 3) return fail(env, "denseLayer: bad encoding in section " + std::to_string(i));
     const auto e = static_cast<moe::Enc>(enc);
+    // Per-head slices of the MLA up-projections are taken by row offset: whole-row encodings only.
+    if ((i == moe::kMlaUkT || i == moe::kMlaUv) && e != moe::Enc::F32 && e != moe::Enc::F16) return fail(env, "denseLayer: MLA up-projections must be F32 or F16");
     if (size_t(bytes) != moe::matrix_bytes(e, shapes[i].rows, shapes[i].cols) || off + bytes > double(blob_b)) {
       return fail(env, "denseLayer: section " + std::to_string(i) + " does not match its shape or lies outside the blob");
     }
@@ -73,7 +83,7 @@ napi_value DenseLayer(napi_env env, napi_callback_info info) {
     w[i].enc = e;
   }
   if (hidden_b < T * H * 4 || attn_b < T * H * 4 || moe_b < T * H * 4 || logits_b < T * s.E * 4 || cos_b < T * s.hd * 4 || sin_b < T * s.hd * 4 ||
-      past + T > cap || kvk_b < nkv * cap * 4 || kvv_b < nkv * cap * 4 || (has_shared && shared && shared_b < T * H * 4)) {
+      past + T > cap || kvk_b < nkv * cap * 4 || (!mla && kvv_b < nkv * cap * 4) || (has_shared && shared && shared_b < T * H * 4)) {
     return fail(env, "denseLayer: buffer sizes do not match the spec, T and the cache capacity");
   }
   moe::layer_forward(s, w, static_cast<const float*>(hidden), T, past, static_cast<const float*>(cos), static_cast<const float*>(sin),

@@ -113,6 +113,23 @@ export interface ModelFeatures {
   denseFfn: number;
   /** The shared expert's output is scaled by sigmoid(x . w) (Qwen2-MoE); false: added as is. */
   sharedGate: boolean;
+  /** Multi-head latent attention (DeepSeek-V2); absent: grouped-query attention. */
+  mla: MlaSpec | undefined;
+}
+
+/**
+ * Multi-head latent attention. The KV cache holds one latent row per position: the normalised
+ * compressed KV [kvLoraRank] and the rotated shared rope key [ropeDim] (dims.numKvHeads = 1,
+ * dims.headDim = kvLoraRank + ropeDim). Each head's nope query is absorbed into the latent space
+ * (W_uk^T q), its output read back through W_uv: the per-head keys and values are never formed.
+ */
+export interface MlaSpec {
+  /** 0: q = x Wq; else q = rms(x Wqa) Wqb. */
+  qLoraRank: number;
+  kvLoraRank: number;
+  nopeDim: number;
+  ropeDim: number;
+  vDim: number;
 }
 
 /** The features of `d`, with the baseline's values where the manifest has none. */
@@ -136,7 +153,13 @@ export function modelFeatures(d: ModelDims): ModelFeatures {
     denseLayers: f.denseLayers ?? [],
     denseFfn: f.denseFfn ?? 0,
     sharedGate: f.sharedGate ?? true,
+    mla: f.mla,
   };
+}
+
+/** Heads and row widths of the KV cache: keys [heads, S, keyDim], values [heads, S, valueDim] (MLA: no values). */
+export function kvShape(d: ModelDims): { heads: number; keyDim: number; valueDim: number } {
+  return { heads: d.numKvHeads, keyDim: d.headDim, valueDim: d.features?.mla ? 0 : d.headDim };
 }
 
 /** Whether decoder layer `layer` has routed experts (else its MLP is dense). */

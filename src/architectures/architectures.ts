@@ -147,6 +147,25 @@ const ARCHITECTURES: readonly ArchitectureSpec[] = [
     },
     features: familyFeatures.glm4_moe,
   },
+  {
+    // DeepSeek-V2: multi-head latent attention (the cache holds the compressed latent), softmax
+    // router with greedy or group-limited top-k and routed scaling, ungated shared experts, first
+    // dense layers, YaRN with mscale. The rope part rotates interleaved pairs; the importer
+    // permutes those rows into the half-split order the runtime rotates (scores are unchanged).
+    modelType: "deepseek_v2",
+    keys: { numExperts: "n_routed_experts", expertFfn: "moe_intermediate_size" },
+    normTopkProb: { key: "norm_topk_prob", default: false },
+    qkvBias: false,
+    qkNorm: "none",
+    names: {
+      router: "mlp.gate.weight",
+      experts: separateExperts((j, p) => `mlp.experts.${j}.${PROJ[p]}.weight`),
+      shared: { expert: (p) => `mlp.shared_experts.${PROJ[p]}.weight` },
+      denseMlp: (p) => `mlp.${PROJ[p]}.weight`,
+      oBias: "self_attn.o_proj.bias",
+    },
+    features: familyFeatures.deepseek_v2,
+  },
 ];
 
 export function supportedModelTypes(): string[] {

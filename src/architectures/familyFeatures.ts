@@ -8,6 +8,7 @@ import { UnsupportedConfigError } from "../errors.js";
 import { gptOssActivation } from "../kernels/expertActivation.js";
 import type { HfConfig } from "../formats/HfCheckpoint.js";
 import type { ModelDims, ModelFeatures } from "./ModelDims.js";
+import { ropeSpec } from "./ropeSpec.js";
 
 /** Factors the importer multiplies into weights. */
 export interface WeightFolds {
@@ -25,7 +26,7 @@ export type FamilyFeatures = (config: ConfigValues) => {
   features: Partial<ModelFeatures>;
   folds?: Partial<WeightFolds>;
   /** Dims the family computes from several keys (GLM-4.5's shared expert width, its optional QK-norm). */
-  dims?: Partial<Pick<ModelDims, "sharedExpertFfn" | "qkNorm">>;
+  dims?: Partial<Pick<ModelDims, "sharedExpertFfn" | "qkNorm" | "numKvHeads" | "headDim">>;
 };
 
 /**
@@ -137,6 +138,51 @@ export const familyFeatures = {
         ...firstDenseLayers(c),
       },
       dims: { sharedExpertFfn: shared > 0 ? shared * c.positive("moe_intermediate_size") : 0, qkNorm: c.flag("use_qk_norm", false) ? ("head" as const) : ("none" as const) },
+    };
+  },
+  deepseek_v2: (c: ConfigValues) => {
+    c.only("hidden_act", "silu", "the experts' activation");
+    c.only("scoring_func", "softmax", "DeepSeek-V2's router");
+    c.only("moe_layer_freq", 1, "MoE layers other than every layer after first_k_dense_replace");
+    const method = c.string("topk_method", "greedy");
+    if (method !== "greedy" && method !== "group_limited_greedy") {
+      throw new UnsupportedConfigError(`topk_method=${JSON.stringify(method)} in config.json is not supported; moe-run implements greedy and group_limited_greedy`);
+    }
+    const E = c.number("n_routed_experts");
+    const nGroup = method === "greedy" ? 1 : c.number("n_group", 1);
+    const topkGroup = method === "greedy" ? 1 : c.number("topk_group", 1);
+    if (!Number.isInteger(nGroup) || nGroup < 1 || E % nGroup !== 0) throw new UnsupportedConfigError(`n_group=${nGroup} in config.json must divide n_routed_experts ${E}`);
+    if (!Number.isInteger(topkGroup) || topkGroup < 1 || topkGroup > nGroup) throw new UnsupportedConfigError(`topk_group=${topkGroup} in config.json must be between 1 and n_group ${nGroup}`);
+    const whole = (key: string, fallback?: number) => {
+      const v = c.number(key, fallback);
+      if (!Number.isInteger(v) || v < 0) throw new UnsupportedConfigError(`${key} in config.json must be a whole number >= 0, got ${v}`);
+      return v;
+    };
+    const q = c.config["q_lora_rank"];
+    const mla = { qLoraRank: q === null || q === undefined ? 0 : whole("q_lora_rank"), kvLoraRank: whole("kv_lora_rank"), nopeDim: whole("qk_nope_head_dim"), ropeDim: whole("qk_rope_head_dim"), vDim: whole("v_head_dim") };
+    if (mla.kvLoraRank < 1 || mla.ropeDim < 2 || mla.ropeDim % 2 || mla.vDim < 1) throw new UnsupportedConfigError(`kv_lora_rank, qk_rope_head_dim (even) and v_head_dim in config.json must be >= 1`);
+    // Softmax scale (nope + rope)^-0.5, times YaRN's mscale(factor, mscale_all_dim)^2.
+    let scale = 1 / Math.sqrt(mla.nopeDim + mla.ropeDim);
+    const rs = c.config["rope_scaling"] as Record<string, unknown> | null | undefined;
+    const mAll = rs?.["mscale_all_dim"];
+    const factor = rs?.["factor"];
+    if (typeof mAll === "number" && mAll && typeof factor === "number" && factor > 1) {
+      const m = 0.1 * mAll * Math.log(factor) + 1;
+      scale *= m * m;
+    }
+    const shared = c.number("n_shared_experts", 0);
+    return {
+      features: {
+        router: "grouped" as const,
+        grouped: { score: "softmax" as const, nGroup, topkGroup, groupScore: "max" as const, routedScale: c.number("routed_scaling_factor", 1), correctionBias: false },
+        sharedGate: false,
+        oBias: c.flag("attention_bias", false),
+        mla,
+        attentionScale: scale,
+        rope: ropeSpec(c, mla.ropeDim, c.number("rope_theta", 10000), mla.ropeDim),
+        ...firstDenseLayers(c),
+      },
+      dims: { sharedExpertFfn: shared > 0 ? shared * c.positive("moe_intermediate_size") : 0, numKvHeads: 1, headDim: mla.kvLoraRank + mla.ropeDim },
     };
   },
   gpt_oss: (c: ConfigValues) => {

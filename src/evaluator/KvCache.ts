@@ -5,6 +5,13 @@
  * in place and that grow by doubling (the only copies, counted in copiedBytes).
  */
 import type { HostTensor } from "../backends/onnx.js";
+import { kvShape, type ModelDims } from "../architectures/ModelDims.js";
+
+/** An empty cache shaped for the model (multi-head latent attention: latent rows, no values). */
+export function newKvCache(d: ModelDims): KvCache {
+  const s = kvShape(d);
+  return new KvCache(d.numLayers, s.heads, s.keyDim, s.valueDim);
+}
 
 export class KvCache {
   /** Number of positions held. */
@@ -19,11 +26,17 @@ export class KvCache {
   capacity = 0;
   /** Bytes copied by growing the native buffers (the KV handling cost outside the kernels). */
   copiedBytes = 0;
+  /** The token ids of the cached positions (to recompute them when the RoPE regime changes). */
+  readonly tokens: number[] = [];
+  /** The RoPE regime the cached keys were rotated in (rope.ts ropeRegime). */
+  ropeRegime = "";
 
+  /** valueDim: the width of value rows (0: no values, multi-head latent attention keeps only its latent rows as keys). */
   constructor(
     readonly numLayers: number,
     private readonly numKvHeads: number,
-    private readonly headDim: number
+    private readonly headDim: number,
+    private readonly valueDim = headDim
   ) {
     this.reset();
   }
@@ -31,12 +44,14 @@ export class KvCache {
   /** Empties the cache (native buffers are kept for reuse). */
   reset(): void {
     this.length = 0;
-    const empty = (): HostTensor => ({ data: new Float32Array(0), dims: [this.numKvHeads, 0, this.headDim] });
+    this.tokens.length = 0;
+    this.ropeRegime = "";
+    const empty = (width: number): HostTensor => ({ data: new Float32Array(0), dims: [this.numKvHeads, 0, width] });
     this.keys.length = 0;
     this.values.length = 0;
     for (let l = 0; l < this.numLayers; l++) {
-      this.keys.push(empty());
-      this.values.push(empty());
+      this.keys.push(empty(this.headDim));
+      this.values.push(empty(this.valueDim));
     }
   }
 
@@ -45,9 +60,9 @@ export class KvCache {
     if (!Number.isInteger(positions) || positions < 0 || positions > this.length) throw new RangeError(`cannot truncate a KV cache of ${this.length} positions to ${positions}`);
     if (positions === 0) return this.reset();
     const Hkv = this.numKvHeads;
-    const hd = this.headDim;
     const cut = (t: HostTensor): HostTensor => {
       const S = t.dims[1]!;
+      const hd = t.dims[2]!;
       if (S <= positions) return t;
       const data = new Float32Array(Hkv * positions * hd); // [Hkv, positions, hd]
       for (let g = 0; g < Hkv; g++) data.set(t.data.subarray(g * S * hd, (g * S + positions) * hd), g * positions * hd);
@@ -59,6 +74,7 @@ export class KvCache {
     }
     // Native buffers: positions past `length` are simply overwritten by the next tokens.
     this.length = positions;
+    this.tokens.length = positions;
   }
 
   /**
@@ -68,9 +84,8 @@ export class KvCache {
   reserve(positions: number): void {
     if (positions <= this.capacity) return;
     const Hkv = this.numKvHeads;
-    const hd = this.headDim;
     const next = Math.max(positions, 2 * this.capacity, 64);
-    const grow = (old: Float32Array | undefined): Float32Array => {
+    const grow = (old: Float32Array | undefined, hd: number): Float32Array => {
       const fresh = new Float32Array(Hkv * next * hd); // [Hkv, next, hd]
       if (old && this.length > 0) {
         for (let g = 0; g < Hkv; g++) fresh.set(old.subarray(g * this.capacity * hd, (g * this.capacity + this.length) * hd), g * next * hd);
@@ -79,8 +94,8 @@ export class KvCache {
       return fresh;
     };
     for (let l = 0; l < this.numLayers; l++) {
-      this.nativeKeys[l] = grow(this.nativeKeys[l]);
-      this.nativeValues[l] = grow(this.nativeValues[l]);
+      this.nativeKeys[l] = grow(this.nativeKeys[l], this.headDim);
+      this.nativeValues[l] = grow(this.nativeValues[l], this.valueDim);
     }
     this.capacity = next;
   }

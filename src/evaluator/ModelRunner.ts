@@ -18,7 +18,7 @@ import type { DenseLayers, DenseLayersName } from "./DenseLayers.js";
 import type { KvCache } from "./KvCache.js";
 import { NativeDenseLayers } from "./NativeDenseLayers.js";
 import { OnnxDenseLayers } from "./OnnxDenseLayers.js";
-import { ropeTables } from "./rope.js";
+import { ropeRegime, ropeTables } from "./rope.js";
 import { StepTimes } from "./StepTimes.js";
 import { groupByExpert, routeTokens, type Routing } from "./routing.js";
 
@@ -149,6 +149,17 @@ export class ModelRunner {
       mark = now;
     };
     const f = this.features;
+    const regime = ropeRegime(f.rope, kv.length + T - 1);
+    if (kv.length > 0 && regime !== kv.ropeRegime) {
+      // LongRoPE crossed to its other factors: the cached keys were rotated with the old ones.
+      // Recompute the whole sequence (as Hugging Face does), then hand back this chunk's rows.
+      const all = [...kv.tokens, ...ids];
+      kv.reset();
+      const out = await this.forward(all, kv, options);
+      const rows = options.allLogits ? T : 1;
+      return { data: out.data.subarray(out.data.length - rows * d.vocabSize), dims: [rows, d.vocabSize] };
+    }
+    kv.ropeRegime = regime;
     const { cos, sin } = ropeTables(kv.length, T, d.headDim, f.rope);
     const rule = { kind: f.router, normTopkProb: d.normTopkProb, jitterEps: f.jitterEps, grouped: f.grouped };
     const rs = f.residualScale;
@@ -191,6 +202,7 @@ export class ModelRunner {
       lap("routing");
     }
     kv.length += T;
+    for (const id of ids) kv.tokens.push(id);
     experts.endForward?.();
     const rows = options.allLogits ? T : 1;
     const logits = await this.dense.head(options.allLogits ? hidden : hidden.subarray((T - 1) * d.hiddenSize), rows);

@@ -35,7 +35,21 @@ const SECTIONS = [
   { name: "sinks", matrix: false },
   { name: "post_attention_norm_bias", matrix: false },
   { name: "router_bias", matrix: false },
+  // Multi-head latent attention (dense_layer.h kMla*); mla_uk is stored [Hq, nope, r] and
+  // transposed here to per-head W_uk^T [Hq*r, nope].
+  { name: "mla_q_a", matrix: true },
+  { name: "mla_q_a_bias", matrix: false },
+  { name: "mla_q_a_norm", matrix: false },
+  { name: "mla_q_b", matrix: true },
+  { name: "mla_kv_a", matrix: true },
+  { name: "mla_kv_a_bias", matrix: false },
+  { name: "mla_kv_a_norm", matrix: false },
+  { name: "mla_uk", matrix: true },
+  { name: "mla_uv", matrix: true },
 ] as const;
+
+/** MLA up-projections are sliced per head by row: held at f32 or f16 (not block-quantised). */
+const WHOLE_ROWS = new Set<string>(["mla_uk", "mla_uv"]);
 
 const QK_NORM = { none: 0, head: 1, full: 2 } as const;
 const F32 = encodingCode("f32");
@@ -82,8 +96,10 @@ export class NativeDenseLayers implements DenseLayers {
     const f = modelFeatures(d);
     const scale = f.attentionScale || 1 / Math.sqrt(d.headDim);
     // Per layer: dense layers have no router (E = 0) and their MLP in the shared-expert slots.
+    const m = f.mla;
+    const mla = m ? [m.qLoraRank, m.kvLoraRank, m.nopeDim, m.ropeDim, m.vDim] : [0, 0, 0, 0, 0];
     this.specs = layerBlobs.map((b, l) =>
-      Float64Array.from([d.hiddenSize, d.numHeads, d.numKvHeads, d.headDim, b.experts, b.sharedFfn, d.rmsNormEps, QK_NORM[d.qkNorm], f.norm === "layer" ? 1 : 0, scale, f.rope.rotaryDim, layerWindow(f, l)])
+      Float64Array.from([d.hiddenSize, d.numHeads, d.numKvHeads, d.headDim, b.experts, b.sharedFfn, d.rmsNormEps, QK_NORM[d.qkNorm], f.norm === "layer" ? 1 : 0, scale, f.rope.rotaryDim, layerWindow(f, l), ...mla])
     );
     this.bytesPerToken = layerBlobs.reduce((s, b) => s + b.bytesPerToken, 0) + lmHead.data.byteLength + finalNorm.weight.byteLength;
   }
@@ -116,12 +132,21 @@ export class NativeDenseLayers implements DenseLayers {
             continue;
           }
           // Matrices are [rows, cols]; vectors (e.g. sinks [Hkv, G, 1, 1]) are one row of all their values.
-          const rows = init.dims.length === 2 ? init.dims[0]! : 1;
-          const cols = init.dims.reduce((a, b) => a * b, 1) / rows;
-          const enc = s.matrix ? encodingCode(denseEncoding(experts, cols)) : F32;
+          let rows = init.dims.length === 2 ? init.dims[0]! : 1;
+          let cols = init.dims.reduce((a, b) => a * b, 1) / rows;
+          let src = readFloatInitializer(modelDir, rel, graph, s.name);
+          if (s.name === "mla_uk") {
+            const [nh, dn, r] = init.dims as [number, number, number];
+            src = transposeHeads(src, nh, dn, r);
+            [rows, cols] = [nh * r, dn];
+          } else if (s.name === "mla_uv") {
+            [rows, cols] = [init.dims[0]! * init.dims[1]!, init.dims[2]!];
+          }
+          const whole = experts === "f32" ? F32 : F16;
+          const enc = WHOLE_ROWS.has(s.name) ? whole : s.matrix ? encodingCode(denseEncoding(experts, cols)) : F32;
           const bytes = matrixBytesOf(enc, rows, cols);
           size = Math.ceil(size / ALIGN) * ALIGN;
-          parts.push({ offset: size, bytes, enc, src: readFloatInitializer(modelDir, rel, graph, s.name), rows, cols });
+          parts.push({ offset: size, bytes, enc, src, rows, cols });
           size += bytes;
           bytesPerToken += bytes;
         }
@@ -198,6 +223,13 @@ export class NativeDenseLayers implements DenseLayers {
     this.addon.releaseRange(this.embedding.data);
     this.addon.releaseRange(this.lmHead.data);
   }
+}
+
+/** [nh, a, b] -> [nh, b, a]: each head's matrix transposed. */
+function transposeHeads(src: Float32Array, nh: number, a: number, b: number): Float32Array {
+  const out = new Float32Array(src.length);
+  for (let h = 0; h < nh; h++) for (let i = 0; i < a; i++) for (let j = 0; j < b; j++) out[h * a * b + j * a + i] = src[h * a * b + i * b + j]!;
+  return out;
 }
 
 function matrixBytesOf(enc: number, rows: number, cols: number): number {

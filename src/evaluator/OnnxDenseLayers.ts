@@ -59,10 +59,11 @@ export class OnnxDenseLayers implements DenseLayers {
       [L.sin]: { data: rope.sin, dims: [T, d.headDim] },
       [L.mask]: { data: causalMask(past, T, layerWindow(modelFeatures(d), layer)), dims: [T, past + T] },
       [L.pastKey]: kv.keys[layer]!,
-      [L.pastValue]: kv.values[layer]!,
+      // Multi-head latent attention caches latent rows only (as keys).
+      ...(modelFeatures(d).mla ? {} : { [L.pastValue]: kv.values[layer]! }),
     });
     kv.keys[layer] = out[L.presentKey]!;
-    kv.values[layer] = out[L.presentValue]!;
+    if (out[L.presentValue]) kv.values[layer] = out[L.presentValue]!;
     // Dense layers have no router: empty logits.
     return { attnOut: out[L.attnOut]!.data, moeIn: out[L.moeIn]!.data, routerLogits: out[L.routerLogits]?.data ?? new Float32Array(0), sharedOut: out[L.sharedOut]?.data };
   }

@@ -58,6 +58,15 @@ export function ropeFrequencies(rope: RopeSpec, lastPosition: number): { invFreq
   }
 }
 
+/**
+ * Which frequencies a forward ending at `lastPosition` rotates with: LongRoPE switches from its
+ * short to its long factors past originalMax ("" for every other scaling). Keys cached under one
+ * regime are not valid under the other (Hugging Face recomputes the cache there too).
+ */
+export function ropeRegime(rope: RopeSpec, lastPosition: number): string {
+  return rope.scaling.type === "longrope" ? (lastPosition + 1 > rope.scaling.originalMax ? "long" : "short") : "";
+}
+
 /** cos/sin [count, headDim] for positions start..start+count-1. */
 export function ropeTables(start: number, count: number, headDim: number, rope: RopeSpec): { cos: Float32Array; sin: Float32Array } {
   const r = rope.rotaryDim;

@@ -159,6 +159,21 @@ export class GgufCheckpoint {
     return this.file.readBytes(s.tensor, first * rowBytes, count * rowBytes);
   }
 
+  /**
+   * A tensor's stored ggml blocks, as they are in the file (for an expert of a stacked tensor, its
+   * rows), with their type: for consumers that keep GGUF blocks instead of decoding them. Refused for
+   * tensors the view transforms (permuted q/k, absent biases).
+   */
+  readRaw(name: string, expectedShape: readonly number[]): { type: GgufTensor["type"]; bytes: Uint8Array } {
+    this.checkShape(name, expectedShape);
+    const s = this.source(name);
+    if (s.zeros || s.unpermuteHeads !== undefined) throw new UnsupportedConfigError(`"${name}" is not stored as-is in ${this.file.path}`);
+    const t = this.file.tensor(s.tensor);
+    if (!s.rows) return { type: t.type, bytes: this.file.readBytes(s.tensor) };
+    const rowBytes = ((t.dims[0] ?? 1) / t.type.blockSize) * t.type.typeSize;
+    return { type: t.type, bytes: this.file.readBytes(s.tensor, s.rows[0] * rowBytes, s.rows[1] * rowBytes) };
+  }
+
   /** The GGUF rows (of ne0 values) holding slice `index` of a tensor's first dimension. */
   private sliceRows(s: Source, index: number): [number, number] {
     if (s.unpermuteHeads !== undefined) throw new UnsupportedConfigError(`slices of permuted q/k tensors are not supported`);

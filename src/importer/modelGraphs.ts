@@ -28,13 +28,27 @@ export const IO = {
   expert: { x: "x", gate: "w_gate", up: "w_up", down: "w_down", y: "y" },
 } as const;
 
+/** Multi-head latent attention weights (ModelFeatures.mla), rope rows already in half-split order. */
+export interface MlaWeights {
+  qA?: Float32Array; // [rq, H]
+  qABias?: Float32Array; // [rq]
+  qANorm?: Float32Array; // [rq]
+  qB: Float32Array; // [Hq*(dn+dr), rq or H]
+  kvA: Float32Array; // [r+dr, H]
+  kvABias?: Float32Array; // [r+dr]
+  kvANorm: Float32Array; // [r]
+  uk: Float32Array; // [Hq, dn, r]: per head W_uk (kv_b_proj's key rows)
+  uv: Float32Array; // [Hq, dv, r]: per head W_uv (kv_b_proj's value rows)
+}
+
 export interface LayerWeights {
   inputNorm: Float32Array; // [H]
   inputNormBias?: Float32Array; // [H] (LayerNorm models)
-  q: Float32Array; // [Hq*hd, H]
-  k: Float32Array; // [Hkv*hd, H]
-  v: Float32Array; // [Hkv*hd, H]
-  o: Float32Array; // [H, Hq*hd]
+  q?: Float32Array; // [Hq*hd, H] (absent with MLA)
+  k?: Float32Array; // [Hkv*hd, H]
+  v?: Float32Array; // [Hkv*hd, H]
+  o: Float32Array; // [H, Hq*hd] (MLA: [H, Hq*dv])
+  mla?: MlaWeights;
   qBias?: Float32Array; // [Hq*hd]
   kBias?: Float32Array; // [Hkv*hd]
   vBias?: Float32Array; // [Hkv*hd]
@@ -149,24 +163,29 @@ export function expertMlp(
   return linear(g, h, w.down, o.bias?.down);
 }
 
-export function buildLayerGraph(d: ModelDims, layer: number, w: LayerWeights): GraphBuilder {
-  const { hiddenSize: H, numHeads: Hq, numKvHeads: Hkv, headDim: hd, numExperts: E } = d;
+interface AttentionInputs {
+  cos: string; // [T, hd]
+  sin: string; // [T, hd]
+  mask: string; // [T, S]
+  pastK: string; // [Hkv, P, hd]
+}
+
+/** Grouped-query attention: the heads' outputs [T, Hq*hd] (o_proj's input) and the updated cache. */
+function gqaAttention(
+  g: GraphBuilder,
+  d: ModelDims,
+  w: LayerWeights,
+  x: string,
+  bias: (name: string, b: Float32Array | undefined, n: number) => string | undefined,
+  ins: AttentionInputs & { pastV: string }
+): { merged: string; width: number; presentK: string; presentV: string } {
+  const { hiddenSize: H, numHeads: Hq, numKvHeads: Hkv, headDim: hd } = d;
   const G = Hq / Hkv;
   const f = modelFeatures(d);
-  const L = IO.layer;
-  const g = new GraphBuilder(`layer_${layer}`);
-  const hidden = g.input(L.hidden, "float32", ["T", H]);
-  const cos = g.input(L.cos, "float32", ["T", hd]);
-  const sin = g.input(L.sin, "float32", ["T", hd]);
-  const mask = g.input(L.mask, "float32", ["T", "S"]);
-  const pastK = g.input(L.pastKey, "float32", [Hkv, "P", hd]);
-  const pastV = g.input(L.pastValue, "float32", [Hkv, "P", hd]);
-
-  const bias = (name: string, b: Float32Array | undefined, n: number) => (b ? g.weight(name, b, [n]) : undefined);
-  const x = norm(g, hidden, g.weight("input_norm", w.inputNorm, [H]), bias("input_norm_bias", w.inputNormBias, H), d.rmsNormEps);
-  let q = linear(g, x, g.weight("q_proj", w.q, [Hq * hd, H]), bias("q_bias", w.qBias, Hq * hd));
-  let k = linear(g, x, g.weight("k_proj", w.k, [Hkv * hd, H]), bias("k_bias", w.kBias, Hkv * hd));
-  const v = linear(g, x, g.weight("v_proj", w.v, [Hkv * hd, H]), bias("v_bias", w.vBias, Hkv * hd));
+  const { cos, sin, mask, pastK, pastV } = ins;
+  let q = linear(g, x, g.weight("q_proj", w.q!, [Hq * hd, H]), bias("q_bias", w.qBias, Hq * hd));
+  let k = linear(g, x, g.weight("k_proj", w.k!, [Hkv * hd, H]), bias("k_bias", w.kBias, Hkv * hd));
+  const v = linear(g, x, g.weight("v_proj", w.v!, [Hkv * hd, H]), bias("v_bias", w.vBias, Hkv * hd));
   if (d.qkNorm === "full") {
     q = rmsNorm(g, q, g.weight("q_norm", w.qNorm!, [Hq * hd]), d.rmsNormEps);
     k = rmsNorm(g, k, g.weight("k_norm", w.kNorm!, [Hkv * hd]), d.rmsNormEps);
@@ -207,7 +226,69 @@ export function buildLayerGraph(d: ModelDims, layer: number, w: LayerWeights): G
   }
   const ctx = g.op("MatMul", [probs, g.op("Unsqueeze", [presentV, axis1])]); // [Hkv, G, T, hd]
   const merged = g.op("Reshape", [g.op("Transpose", [ctx], { perm: [2, 0, 1, 3] }), g.constInt64([-1, Hq * hd])]);
-  const attnOut = g.op("Add", [hidden, linear(g, merged, g.weight("o_proj", w.o, [H, Hq * hd]), bias("o_bias", w.oBias, H))]);
+  return { merged, width: Hq * hd, presentK, presentV };
+}
+
+/**
+ * Multi-head latent attention (DeepSeek-V2), absorbed: the cache holds rows [rms(c), rope(k_pe)]
+ * [1, S, r + dr]; head h's query is [W_uk[h]^T q_nope[h], rope(q_pe[h])] and its output
+ * W_uv[h] (softmax . rows)[:r]. Returns the heads' outputs [T, Hq*dv] and the updated cache.
+ */
+function mlaAttention(g: GraphBuilder, d: ModelDims, m: MlaWeights, x: string, ins: AttentionInputs): { merged: string; width: number; presentK: string; presentV?: string } {
+  const f = modelFeatures(d);
+  const spec = f.mla!;
+  const { hiddenSize: H, numHeads: nh } = d;
+  const { kvLoraRank: r, nopeDim: dn, ropeDim: dr, vDim: dv, qLoraRank: rq } = spec;
+  const qk = dn + dr;
+  const slice = (t: string, from: number, to: number, axis: number) => g.op("Slice", [t, g.constInt64([from]), g.constInt64([to]), g.constInt64([axis])]);
+  const vec = (name: string, v: Float32Array | undefined, n: number) => (v ? g.weight(name, v, [n]) : undefined);
+  let q: string;
+  if (rq > 0) {
+    const qa = rmsNorm(g, linear(g, x, g.weight("mla_q_a", m.qA!, [rq, H]), vec("mla_q_a_bias", m.qABias, rq)), g.weight("mla_q_a_norm", m.qANorm!, [rq]), 1e-6);
+    q = linear(g, qa, g.weight("mla_q_b", m.qB, [nh * qk, rq]));
+  } else {
+    q = linear(g, x, g.weight("mla_q_b", m.qB, [nh * qk, H]));
+  }
+  q = g.op("Transpose", [g.op("Reshape", [q, g.constInt64([-1, nh, qk])])], { perm: [1, 0, 2] }); // [nh, T, qk]
+  const kva = linear(g, x, g.weight("mla_kv_a", m.kvA, [r + dr, H]), vec("mla_kv_a_bias", m.kvABias, r + dr)); // [T, r + dr]
+  const c = rmsNorm(g, slice(kva, 0, r, 1), g.weight("mla_kv_a_norm", m.kvANorm, [r]), 1e-6); // [T, r]
+  // RoPE on the dr-dim parts (half-split: the importer permuted the interleaved rows).
+  const cos = slice(ins.cos, 0, dr, 1);
+  const sin = slice(ins.sin, 0, dr, 1);
+  const rot = g.weight("mla_rotate_half", rotateHalfMatrix(dr, dr), [dr, dr]);
+  const rope = (t: string) => g.op("Add", [g.op("Mul", [t, cos]), g.op("Mul", [g.op("MatMul", [t, rot]), sin])]);
+  const kpe = rope(slice(kva, r, r + dr, 1)); // [T, dr]
+  const rows = g.op("Unsqueeze", [g.op("Concat", [c, kpe], { axis: 1 }), g.constInt64([0])]); // [1, T, r + dr]
+  const presentK = g.op("Concat", [ins.pastK, rows], { axis: 1 }); // [1, S, r + dr]
+  const qabs = g.op("MatMul", [slice(q, 0, dn, 2), g.weight("mla_uk", m.uk, [nh, dn, r])]); // [nh, T, r]
+  const qlat = g.op("Concat", [qabs, rope(slice(q, dn, qk, 2))], { axis: 2 }); // [nh, T, r + dr]
+  let scores = g.op("MatMul", [qlat, g.op("Transpose", [presentK], { perm: [0, 2, 1] })]); // [nh, T, S]
+  scores = g.op("Add", [g.op("Mul", [scores, g.constFloat([f.attentionScale], [])]), ins.mask]);
+  const lat = g.op("MatMul", [g.op("Softmax", [scores], { axis: -1 }), presentK]); // [nh, T, r + dr]
+  const uvT = g.op("Transpose", [g.weight("mla_uv", m.uv, [nh, dv, r])], { perm: [0, 2, 1] }); // [nh, r, dv]
+  const out = g.op("MatMul", [slice(lat, 0, r, 2), uvT]); // [nh, T, dv]
+  const merged = g.op("Reshape", [g.op("Transpose", [out], { perm: [1, 0, 2] }), g.constInt64([-1, nh * dv])]);
+  return { merged, width: nh * dv, presentK };
+}
+
+export function buildLayerGraph(d: ModelDims, layer: number, w: LayerWeights): GraphBuilder {
+  const { hiddenSize: H, numHeads: Hq, numKvHeads: Hkv, headDim: hd, numExperts: E } = d;
+  const G = Hq / Hkv;
+  const f = modelFeatures(d);
+  const L = IO.layer;
+  const g = new GraphBuilder(`layer_${layer}`);
+  const hidden = g.input(L.hidden, "float32", ["T", H]);
+  const cos = g.input(L.cos, "float32", ["T", hd]);
+  const sin = g.input(L.sin, "float32", ["T", hd]);
+  const mask = g.input(L.mask, "float32", ["T", "S"]);
+  const pastK = g.input(L.pastKey, "float32", [Hkv, "P", hd]);
+  // Multi-head latent attention keeps only latent rows (as keys): no values.
+  const pastV = w.mla ? undefined : g.input(L.pastValue, "float32", [Hkv, "P", hd]);
+
+  const bias = (name: string, b: Float32Array | undefined, n: number) => (b ? g.weight(name, b, [n]) : undefined);
+  const x = norm(g, hidden, g.weight("input_norm", w.inputNorm, [H]), bias("input_norm_bias", w.inputNormBias, H), d.rmsNormEps);
+  const att = w.mla ? mlaAttention(g, d, w.mla, x, { cos, sin, mask, pastK }) : gqaAttention(g, d, w, x, bias, { cos, sin, mask, pastK, pastV: pastV! });
+  const attnOut = g.op("Add", [hidden, linear(g, att.merged, g.weight("o_proj", w.o, [H, att.width]), bias("o_bias", w.oBias, H))]);
 
   const moeIn = norm(g, attnOut, g.weight("post_attention_norm", w.postAttnNorm, [H]), bias("post_attention_norm_bias", w.postAttnNormBias, H), d.rmsNormEps);
   g.output(attnOut, L.attnOut, "float32", ["T", H]);
@@ -217,8 +298,8 @@ export function buildLayerGraph(d: ModelDims, layer: number, w: LayerWeights): G
     g.output(routerLogits, L.routerLogits, "float32", ["T", E]);
     if (w.routerCorrectionBias) g.weight("router_correction_bias", w.routerCorrectionBias, [E]);
   }
-  g.output(presentK, L.presentKey, "float32", [Hkv, "S", hd]);
-  g.output(presentV, L.presentValue, "float32", [Hkv, "S", hd]);
+  g.output(att.presentK, L.presentKey, "float32", [Hkv, "S", hd]);
+  if (att.presentV) g.output(att.presentV, L.presentValue, "float32", [Hkv, "S", hd]);
   if (w.shared) {
     // The shared expert, or a dense layer's MLP (then of denseFfn and never gated).
     const s = w.shared;

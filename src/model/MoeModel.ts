@@ -20,7 +20,7 @@ import { HybridScheduler } from "../scheduler/HybridScheduler.js";
 import { expertChecksum, expertRecordBytes } from "../store/ExpertStore.js";
 import { formatBytes, formatBytesDistinct, resolveByteSize } from "../util/bytes.js";
 import { checkLoadOptions, checkPins } from "../util/optionChecks.js";
-import { KvCache } from "../evaluator/KvCache.js";
+import { KvCache, newKvCache } from "../evaluator/KvCache.js";
 import { ModelRunner, type RoutingObserver } from "../evaluator/ModelRunner.js";
 import { nonFiniteLogitsError, Sampler } from "../evaluator/sampler.js";
 import { ExpertStore } from "../store/ExpertStore.js";
@@ -235,7 +235,7 @@ export class MoeModel implements LanguageModel {
     const promptIds = this.tokenize(prompt, options.chat);
     if (promptIds.length === 0) throw new InvalidOptionError("the prompt is empty after tokenization");
     if (promptIds.length > this.contextSize) throw new ContextOverflowError(promptIds.length, this.contextSize);
-    const kv = new KvCache(this.dims.numLayers, this.dims.numKvHeads, this.dims.headDim);
+    const kv = newKvCache(this.dims);
     this.experts.startSequence();
     return yield* this.generateFrom(runner, kv, promptIds, maxTokens, sampler, options);
   }
@@ -341,7 +341,7 @@ export class MoeModel implements LanguageModel {
   /** Logits for every position of `ids`, from an empty cache: [T, V]. For tests and evaluation. */
   async logits(ids: readonly number[]): Promise<{ data: Float32Array; dims: readonly number[] }> {
     if (ids.length > this.contextSize) throw new ContextOverflowError(ids.length, this.contextSize);
-    const kv = new KvCache(this.dims.numLayers, this.dims.numKvHeads, this.dims.headDim);
+    const kv = newKvCache(this.dims);
     this.experts.startSequence();
     return this.forward(this.live(), ids, kv, { allLogits: true });
   }
@@ -353,12 +353,12 @@ export class MoeModel implements LanguageModel {
    */
   async teacherForce(ids: readonly number[], options: { signal?: AbortSignal } = {}): Promise<void> {
     const runner = this.live();
-    let kv = new KvCache(this.dims.numLayers, this.dims.numKvHeads, this.dims.headDim);
+    let kv = newKvCache(this.dims);
     this.experts.startSequence();
     for (const id of ids) {
       throwIfAborted(options.signal);
       if (kv.length >= this.contextSize) {
-        kv = new KvCache(this.dims.numLayers, this.dims.numKvHeads, this.dims.headDim);
+        kv = newKvCache(this.dims);
         this.experts.startSequence();
       }
       await this.forward(runner, [id], kv);

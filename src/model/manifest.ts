@@ -250,9 +250,21 @@ function checkFilesAgreeWithDims(modelDir: string, m: ModelManifest): void {
     // A dense layer holds its MLP in the shared-expert slots and has no router.
     const moe = isMoeLayer(d, l);
     const shared = mlp(moe ? d.sharedExpertFfn : f.denseFfn);
+    const m = f.mla;
+    const attention: Record<string, number[]> = m
+      ? {
+          mla_q_b: [Hq * (m.nopeDim + m.ropeDim), m.qLoraRank || H],
+          mla_kv_a: [m.kvLoraRank + m.ropeDim, H],
+          mla_kv_a_norm: [m.kvLoraRank],
+          mla_uk: [Hq, m.nopeDim, m.kvLoraRank],
+          mla_uv: [Hq, m.vDim, m.kvLoraRank],
+          o_proj: [H, Hq * m.vDim],
+          ...(m.qLoraRank ? { mla_q_a: [m.qLoraRank, H], mla_q_a_norm: [m.qLoraRank] } : {}),
+        }
+      : { q_proj: [Hq * hd, H], k_proj: [Hkv * hd, H], v_proj: [Hkv * hd, H], o_proj: [H, Hq * hd] };
     check(
       rel,
-      { input_norm: [H], q_proj: [Hq * hd, H], k_proj: [Hkv * hd, H], v_proj: [Hkv * hd, H], o_proj: [H, Hq * hd], post_attention_norm: [H], ...(moe ? { router: [E, H] } : {}), ...qkNorm },
+      { input_norm: [H], ...attention, post_attention_norm: [H], ...(moe ? { router: [E, H] } : {}), ...qkNorm },
       {
         rotate_half: [hd, hd],
         ...biases,
