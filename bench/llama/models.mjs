@@ -114,15 +114,21 @@ export async function prepareModel(m, args, log) {
     gguf[fmt] = { path: file, bytes: fs.statSync(file).size, header: readGgufHeader(file) };
   }
 
-  const importerHash = hashFiles(distFiles("importer", "store", "model/manifest.js", "onnx", "formats/HfCheckpoint.js", "formats/safetensors.js", "util/dtype.js"));
+  const importerHash = hashFiles(distFiles("importer", "store", "model/manifest.js", "onnx", "formats/HfCheckpoint.js", "formats/safetensors.js", "formats/GgufCheckpoint.js", "util/dtype.js"));
   const moe = {};
   for (const enc of args.moeRunExperts) {
     const out = path.join(dir, `moe-${enc}`);
     const marker = path.join(dir, `moe-${enc}.json`);
+    // "gguf-<TYPE>": moe-run imports the very GGUF file node-llama-cpp runs (experts kept as the
+    // file stores them where moe-run computes from that format, e.g. Q8_0 -> int8).
+    const fromGguf = enc.startsWith("gguf-") ? gguf[enc.slice(5)] : undefined;
+    if (enc.startsWith("gguf-") && !fromGguf) throw new Error(`--moe-run-experts ${enc} needs ${enc.slice(5)} in --formats`);
     if (!fs.existsSync(path.join(out, "manifest.json")) || readJson(marker)?.importer !== importerHash) {
-      log(`${m.id}: importing into moe-run (experts ${enc})`);
+      log(`${m.id}: importing into moe-run (${fromGguf ? `from ${path.basename(fromGguf.path)}` : `experts ${enc}`})`);
       const t = performance.now();
-      const r = await importModel(hfDir, out, { force: true, progress: false, log: () => {}, experts: enc });
+      const r = fromGguf
+        ? await importModel(fromGguf.path, out, { force: true, progress: false, log: () => {} })
+        : await importModel(hfDir, out, { force: true, progress: false, log: () => {}, experts: enc });
       fs.writeFileSync(marker, JSON.stringify({ importer: importerHash, seconds: r.seconds }));
       timings[`import_${enc}Seconds`] = (performance.now() - t) / 1000;
     }

@@ -13,7 +13,8 @@
  *   --decode-tokens N      generated tokens per run (default 64; oversize 16)
  *   --formats F16,Q8_0     GGUF types for node-llama-cpp
  *   --moe-run-experts f16,int8   moe-run expert precisions (import --experts), each paired with
- *                          the GGUF type of the same width (f32/f16 -> F16, int8/int4 -> Q8_0)
+ *                          the GGUF type of the same width (f32/f16 -> F16, int8/int4 -> Q8_0);
+ *                          gguf-Q8_0: moe-run imports the Q8_0 GGUF node-llama-cpp runs
  *   --moe-run-options JSON extra loadModel options for moe-run (default {}: moe-run sizes its
  *                          caches itself, from the cgroup limit in oversize runs)
  *   --seed S --dtype BF16|F16   synthetic weights (default seed 1, BF16)
@@ -106,6 +107,8 @@ for (const s of args.scenarios) {
   for (const it of items) if (!plan.some((x) => x.scenario === it.scenario)) plan.push(it);
 }
 const PAIR = { f32: "F16", f16: "F16", int8: "Q8_0", int4: "Q8_0" };
+/** The GGUF type a moe-run precision is compared with ("gguf-Q8_0": moe-run imported that very file). */
+const pairOf = (enc) => (enc.startsWith("gguf-") ? enc.slice(5) : PAIR[enc]);
 const log = (line) => process.stderr.write(`[bench:llama] ${line}\n`);
 const median = (xs) => {
   const s = xs.filter((x) => Number.isFinite(x)).sort((p, q) => p - q);
@@ -301,7 +304,7 @@ for (const { scenario, kind, ratio, promptTokens: fixedPrompt } of plan) {
     const engines = [];
     for (const enc of args.moeRunExperts) {
       const mm = p.moe[enc];
-      engines.push({ engine: "moe-run", format: enc, model: mm.dir, fileBytes: mm.bytes, precision: mm.manifest.precision, ...activeBytesMoeRun(mm.manifest), pair: PAIR[enc] });
+      engines.push({ engine: "moe-run", format: enc, model: mm.dir, fileBytes: mm.bytes, precision: mm.manifest.precision, ...activeBytesMoeRun(mm.manifest), pair: pairOf(enc) });
     }
     for (const fmt of args.formats) {
       const g = p.gguf[fmt];
@@ -476,7 +479,7 @@ for (const { scenario, kind, ratio, promptTokens: fixedPrompt } of plan) {
     for (const r of rows) {
       if (r.readBytes !== undefined) r.readBytesPerToken = r.readBytes / (r.promptTokens + r.decodeTokens);
       if (r.engine !== "moe-run") continue;
-      const peer = rows.find((x) => x.engine === "node-llama-cpp" && x.format === PAIR[r.format]);
+      const peer = rows.find((x) => x.engine === "node-llama-cpp" && x.format === pairOf(r.format));
       if (!peer) continue;
       r.decodeRatio = r.decodeTokPerS && peer.decodeTokPerS ? r.decodeTokPerS / peer.decodeTokPerS : undefined;
       // Runs of one rep are adjacent in time (engines alternate), so their ratio sees similar load.

@@ -7,6 +7,7 @@
  */
 import type { HfCheckpoint } from "../formats/HfCheckpoint.js";
 import { decodeMatrix, expertRecordLayout, gptOssExpertRecord, type ExpertBiases, type ExpertEncoding, type GptOssExpertTensors } from "../store/expertEncoding.js";
+import { expertMatrixFromGgml } from "../store/ggmlExpertBlocks.js";
 import type { ModelDims } from "./ModelDims.js";
 
 export type ExpertPart = "gate" | "up" | "down";
@@ -32,8 +33,42 @@ export interface CheckpointExperts {
   rawRecord?(ckpt: HfCheckpoint, at: (rest: string) => string, j: number, d: ModelDims, enc: ExpertEncoding): Uint8Array | undefined;
 }
 
+/** GGUF tensor types whose blocks moe-run keeps as they are (store/ggmlExpertBlocks.ts). */
+const GGML_AS_IS: Record<string, ExpertEncoding> = { F32: "f32", F16: "f16", Q8_0: "int8", Q4_0: "int4", MXFP4: "mxfp4" };
+
+/** A GGUF checkpoint view (formats/GgufCheckpoint.ts) hands out its tensors' stored blocks. */
+interface RawBlocks {
+  readRaw(name: string, shape: readonly number[]): { type: { id: number; name: string }; bytes: Uint8Array };
+}
+const rawBlocks = (ckpt: HfCheckpoint): RawBlocks | undefined => ("readRaw" in ckpt ? (ckpt as unknown as RawBlocks) : undefined);
+
 export function separateExperts(name: (j: number, part: ExpertPart) => string): CheckpointExperts {
   return {
+    // A GGUF file whose experts are all of one type moe-run computes from directly (Q8_0 -> int8,
+    // Q4_0 -> int4, MXFP4, F16, F32) imports them as they are, computing as llama.cpp does.
+    storedEncoding(ckpt, at) {
+      if (!rawBlocks(ckpt)) return undefined;
+      const types = new Set<string>();
+      for (const t of ckpt.tensorNames()) if (/\.experts\.\d+\./.test(t) && t.startsWith("model.layers.")) types.add(ckpt.entry(t).dtype);
+      void at;
+      const only = [...types];
+      return only.length === 1 ? GGML_AS_IS[only[0]!] : undefined;
+    },
+    rawRecord(ckpt, at, j, d, enc) {
+      const raw = rawBlocks(ckpt);
+      if (!raw) return undefined;
+      const { hiddenSize: H, expertFfn: F } = d;
+      const parts = ([["gate", F, H], ["up", F, H], ["down", H, F]] as const).map(([p, rows, cols]) => ({ ...raw.readRaw(at(name(j, p)), [rows, cols]), rows, cols }));
+      if (!parts.every((p) => GGML_AS_IS[p.type.name] === enc)) return undefined;
+      const matrices = parts.map((p) => expertMatrixFromGgml(p.type.id, p.bytes, p.rows, p.cols).bytes);
+      const out = new Uint8Array(matrices.reduce((s, m) => s + m.byteLength, 0));
+      let offset = 0;
+      for (const m of matrices) {
+        out.set(m, offset);
+        offset += m.byteLength;
+      }
+      return out;
+    },
     shapes(at, d) {
       const m = new Map<string, number[]>();
       const { hiddenSize: H, expertFfn: F } = d;

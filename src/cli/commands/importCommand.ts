@@ -23,13 +23,17 @@ export function registerImport(program: Command): void {
     .argument("<model-dir>", "moe-run model directory to create")
     .option("--force", "replace <model-dir> if it is a moe-run model directory (never anything else)", false)
     .option("--no-progress", "no progress bar")
-    .option("--experts <precision>", `expert storage precision: ${EXPERT_ENCODINGS.join(", ")}`, parseEncoding, "f32")
-    .action(async (hfDir: string, modelDir: string, opts: { force: boolean; progress: boolean; experts: ExpertEncoding }) => {
+    .option(
+      "--experts <precision>",
+      `expert storage precision: ${EXPERT_ENCODINGS.join(", ")} (default: the checkpoint's own where moe-run stores it as is, e.g. gpt-oss's mxfp4; else f32)`,
+      parseEncoding
+    )
+    .action(async (hfDir: string, modelDir: string, opts: { force: boolean; progress: boolean; experts?: ExpertEncoding }) => {
       const source = await resolveSource(hfDir, opts.progress);
       const result = await importModel(source, modelDir, { force: opts.force, progress: opts.progress, experts: opts.experts });
       const d = result.manifest.dims;
       process.stderr.write(
-        `imported ${d.modelType}: ${d.numLayers} layers, ${d.numExperts} experts x ${d.expertFfn} (top-${d.topK}, ${opts.experts}), ` +
+        `imported ${d.modelType}: ${d.numLayers} layers, ${d.numExperts} experts x ${d.expertFfn} (top-${d.topK}, ${result.manifest.precision.experts}), ` +
           `hidden ${d.hiddenSize}, vocab ${d.vocabSize} -> ${result.modelDir} in ${result.seconds.toFixed(1)} s\n`
       );
     });
