@@ -13,7 +13,7 @@ import { loadModel } from "../src/index.js";
 import { MODELS, copyFixture, greedyRun, importFixture, tmpDir } from "./helpers.js";
 
 /** Fixtures of the families added after the baseline, each with what it exercises. */
-const NEW_FIXTURES = ["tiny-granitemoe", "tiny-phimoe", "tiny-gpt-oss", "tiny-glm4-moe", "tiny-deepseek-v2", "tiny-qwen3-moe-dense"].filter((f) => fs.existsSync(path.join(MODELS, f, "config.json")));
+const NEW_FIXTURES = ["tiny-granitemoe", "tiny-phimoe", "tiny-gpt-oss", "tiny-glm4-moe", "tiny-deepseek-v2", "tiny-deepseek-v2-lite", "tiny-qwen3-moe-dense"].filter((f) => fs.existsSync(path.join(MODELS, f, "config.json")));
 const PROMPT = "Permission is hereby granted, free of charge, to any person";
 
 it("has at least one fixture of a newer architecture", () => {
@@ -36,7 +36,12 @@ describe.each(NEW_FIXTURES)("%s", (fixture) => {
   }, 120_000);
 
   it("offloading is lossless: the smallest budget, the gate predictor with prefetch, the CPU pool", async () => {
-    const small = await greedyRun(dir, PROMPT, 40, { deviceMem: { percent: 20 }, policy: "lfu", predictor: "gate", prefetch: true });
+    // A fifth of the experts, or the minimum (one token's activated experts plus working memory).
+    const manifest = JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8")) as { dims: { topK: number; hiddenSize: number; expertFfn: number }; experts: { recordBytes: number; checksums: string[][] } };
+    const { topK, hiddenSize: H, expertFfn: F } = manifest.dims;
+    const experts = manifest.experts.checksums.flat().length;
+    const deviceMem = Math.max(Math.ceil(0.2 * experts) * manifest.experts.recordBytes, topK * manifest.experts.recordBytes + (2 * F + H) * 4);
+    const small = await greedyRun(dir, PROMPT, 40, { deviceMem, policy: "lfu", predictor: "gate", prefetch: true });
     expect(small.ids).toEqual(reference);
     expect(small.stats.cache.residentBytesMax).toBeLessThanOrEqual(small.stats.cache.budgetBytes);
     expect(small.stats.cache.misses).toBeGreaterThan(0);

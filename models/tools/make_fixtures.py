@@ -152,6 +152,19 @@ FIXTURES.update({
                          "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 0.707},
         "attention_bias": False, "tie_word_embeddings": False,
     }),
+    # DeepSeek-V2-Lite's shape of MLA: no q compression (q_proj), greedy top-k, attention biases
+    "tiny-deepseek-v2-lite": dict(dtype="F32", shards=1, seed=9500, init="new", config={
+        "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", **NEW_COMMON,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "q_lora_rank": None, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
+        "v_head_dim": 16, "intermediate_size": 96, "moe_intermediate_size": 32,
+        "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2,
+        "n_group": 1, "topk_group": 1, "topk_method": "greedy",
+        "routed_scaling_factor": 1.0, "norm_topk_prob": False, "scoring_func": "softmax",
+        "first_k_dense_replace": 1, "moe_layer_freq": 1, "aux_loss_alpha": 0.001, "seq_aux": True,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "rope_scaling": None,
+        "attention_bias": True, "tie_word_embeddings": False,
+    }),
     # config variant of an existing family: a dense-MLP layer in qwen3_moe (mlp_only_layers)
     "tiny-qwen3-moe-dense": dict(dtype="F32", shards=1, seed=10005, config={
         "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", **COMMON,

@@ -40,7 +40,7 @@ MODELS = os.path.join(REPO, "models")
 REF_DIR = os.path.join(REPO, "test", "reference")
 FIXTURES = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe",
             "tiny-granitemoe", "tiny-glm4-moe", "tiny-phimoe", "tiny-gpt-oss", "tiny-deepseek-v2",
-            "tiny-qwen3-moe-dense"]
+            "tiny-deepseek-v2-lite", "tiny-qwen3-moe-dense"]
 N_GREEDY = 32
 
 PROMPTS = [
