@@ -13,6 +13,11 @@
  * - The router settings are llama.cpp's for the architecture (Mixtral and Qwen3-MoE renormalise
  *   the top-k weights, Qwen2-MoE and OLMoE do not), so moe-run computes what llama.cpp computes.
  *
+ * - gpt-oss, glm4moe, granitemoe and phimoe are mapped in their own files (ggufGptOss.ts,
+ *   ggufGlm4Moe.ts, ggufGranite.ts, ggufPhimoe.ts) through describeWith(); a tensor there may be
+ *   derived from stored ones (gpt-oss MXFP4 blocks re-ordered into Hugging Face's `_blocks` /
+ *   `_scales`, Granite's fused input_linear) by byte moves and transposes only.
+ *
  * Tensors are decoded to fp32 for now (any type ggmlQuants.ts decodes).
  */
 import * as path from "node:path";
@@ -29,6 +34,10 @@ import { vocabFromGguf, tokenizerConfigFromGguf } from "../tokenizer/ggufVocab.j
 import { canDequantize } from "./ggmlQuants.js";
 import { GgufValueType } from "./gguf.js";
 import { GgufFile, isGgufPath, type GgufTensor } from "./ggufReader.js";
+import { describeGlm4Moe } from "./ggufGlm4Moe.js";
+import { describeGraniteMoe } from "./ggufGranite.js";
+import { describePhimoe } from "./ggufPhimoe.js";
+import { describeGptOss, type ArchContext, type Derived } from "./ggufGptOss.js";
 import { HfCheckpoint, type HfConfig } from "./HfCheckpoint.js";
 
 type Part = "gate" | "up" | "down";
@@ -45,6 +54,8 @@ interface Source {
   unpermuteHeads?: number;
   /** A tensor absent from the file that stands for zeros (optional q/k/v biases). */
   zeros?: boolean;
+  /** A tensor computed from stored ones (ggufGptOss.ts): byte moves and transposes, no rounding. */
+  derived?: Derived;
 }
 
 /** The llama.cpp architectures moe-run imports, and the Hugging Face model_type each becomes. */
@@ -86,9 +97,11 @@ export class GgufCheckpoint {
       const { config, sources } = describe(file);
       for (const [name, s] of sources) {
         if (s.zeros) continue;
-        const t = file.tensors.get(s.tensor)!;
-        if (!canDequantize(t.type.id)) {
-          throw new UnsupportedConfigError(`${file.path}: tensor "${s.tensor}" (${name}) is ${t.type.name}, which moe-run cannot decode yet`);
+        for (const tensor of s.derived?.tensors ?? [s.tensor]) {
+          const t = file.tensors.get(tensor)!;
+          if (!canDequantize(t.type.id)) {
+            throw new UnsupportedConfigError(`${file.path}: tensor "${tensor}" (${name}) is ${t.type.name}, which moe-run cannot decode yet`);
+          }
         }
       }
       const vocab = vocabFromGguf(file);
@@ -115,7 +128,7 @@ export class GgufCheckpoint {
   /** Shape and storage of a tensor under its Hugging Face name. */
   entry(name: string): { name: string; shape: number[]; dtype: string } {
     const s = this.source(name);
-    return { name, shape: s.shape, dtype: s.zeros ? "F32" : this.file.tensor(s.tensor).type.name };
+    return { name, shape: s.shape, dtype: s.zeros ? "F32" : (s.derived?.dtype ?? this.file.tensor(s.tensor).type.name) };
   }
 
   checkShape(name: string, expectedShape: readonly number[]): void {
@@ -131,6 +144,7 @@ export class GgufCheckpoint {
     const s = this.source(name);
     const n = s.shape.reduce((a, b) => a * b, 1);
     if (s.zeros) return new Float32Array(n);
+    if (s.derived) return this.finite(s, this.derivedFloats(name, s));
     let values = s.rows ? this.file.readFloat32(s.tensor, s.rows[0], s.rows[1]) : this.file.readFloat32(s.tensor);
     if (s.unpermuteHeads !== undefined) values = unpermuteRopeRows(values, s.unpermuteHeads, s.shape.length === 2 ? s.shape[1]! : 1);
     return this.finite(s, values);
@@ -144,6 +158,7 @@ export class GgufCheckpoint {
     this.checkShape(name, expectedShape);
     const s = this.source(name);
     if (s.zeros) return new Float32Array(s.shape.slice(1).reduce((a, b) => a * b, 1));
+    if (s.derived) return this.finite(s, this.derivedFloats(name, s, index));
     const [first, count] = this.sliceRows(s, index);
     return this.finite(s, this.file.readFloat32(s.tensor, first, count));
   }
@@ -153,6 +168,10 @@ export class GgufCheckpoint {
     this.checkShape(name, expectedShape);
     const s = this.source(name);
     if (s.zeros) throw new UnsupportedConfigError(`"${name}" is not stored in ${this.file.path}`);
+    if (s.derived) {
+      if (!s.derived.bytes || index < 0 || index >= (s.shape[0] ?? 1)) throw new UnsupportedConfigError(`"${name}" has no stored bytes of slice ${index} in ${this.file.path}`);
+      return s.derived.bytes(this.file, index);
+    }
     const [first, count] = this.sliceRows(s, index);
     const t = this.file.tensor(s.tensor);
     const rowBytes = ((t.dims[0] ?? 1) / t.type.blockSize) * t.type.typeSize;
@@ -167,11 +186,17 @@ export class GgufCheckpoint {
   readRaw(name: string, expectedShape: readonly number[]): { type: GgufTensor["type"]; bytes: Uint8Array } {
     this.checkShape(name, expectedShape);
     const s = this.source(name);
-    if (s.zeros || s.unpermuteHeads !== undefined) throw new UnsupportedConfigError(`"${name}" is not stored as-is in ${this.file.path}`);
+    if (s.zeros || s.unpermuteHeads !== undefined || s.derived) throw new UnsupportedConfigError(`"${name}" is not stored as-is in ${this.file.path}`);
     const t = this.file.tensor(s.tensor);
     if (!s.rows) return { type: t.type, bytes: this.file.readBytes(s.tensor) };
     const rowBytes = ((t.dims[0] ?? 1) / t.type.blockSize) * t.type.typeSize;
     return { type: t.type, bytes: this.file.readBytes(s.tensor, s.rows[0] * rowBytes, s.rows[1] * rowBytes) };
+  }
+
+  private derivedFloats(name: string, s: Source, index?: number): Float32Array {
+    if (!s.derived?.floats) throw new UnsupportedConfigError(`"${name}" in ${this.file.path} is stored as blocks, not values`);
+    if (index !== undefined && (index < 0 || index >= (s.shape[0] ?? 1))) throw new RangeError(`slice ${index} of ${name} is out of range`);
+    return s.derived.floats(this.file, index);
   }
 
   /** The GGUF rows (of ne0 values) holding slice `index` of a tensor's first dimension. */
@@ -265,10 +290,14 @@ export function unpermuteRopeRows(w: Float32Array, heads: number, cols: number):
 /** The config.json and tensor map of a GGUF file. */
 function describe(g: GgufFile): { config: HfConfig; sources: Map<string, Source> } {
   const arch = g.string("general.architecture");
+  if (arch === "gpt-oss") return describeWith(g, arch, describeGptOss);
+  if (arch === "glm4moe") return describeWith(g, arch, describeGlm4Moe);
+  if (arch === "granitemoe") return describeWith(g, arch, describeGraniteMoe);
+  if (arch === "phimoe") return describeWith(g, arch, describePhimoe);
   const spec = ARCHES[arch];
   if (!spec) {
     const err = new UnknownArchitectureError(arch, Object.keys(ARCHES));
-    err.message = `${g.path}: GGUF architecture "${arch}" is not supported; moe-run imports llama (with experts, as Mixtral), qwen2moe, qwen3moe and olmoe`;
+    err.message = `${g.path}: GGUF architecture "${arch}" is not supported; moe-run imports llama (with experts, as Mixtral), qwen2moe, qwen3moe, olmoe, gpt-oss, glm4moe, granitemoe and phimoe`;
     throw err;
   }
   const key = (k: string) => `${arch}.${k}`;
@@ -425,6 +454,85 @@ function describe(g: GgufFile): { config: HfConfig; sources: Map<string, Source>
     }
   }
   if (arch !== "llama") config["attention_bias"] = qkvBias;
+  return { config, sources };
+}
+
+/**
+ * The architectures mapped in their own files: the settings and tensors every decoder has here,
+ * the rest by `mapping` (config keys, per-layer tensors).
+ */
+function describeWith(
+  g: GgufFile,
+  arch: string,
+  mapping: (c: ArchContext, config: HfConfig, dims: { L: number; H: number; V: number; heads: number; kvHeads: number; headDim: number; experts: number; topK: number }) => void
+): { config: HfConfig; sources: Map<string, Source> } {
+  const key = (k: string) => `${arch}.${k}`;
+  const uniform = (k: string, fallback?: number): number => {
+    const v = g.metadata.get(key(k));
+    if (v && v.type === GgufValueType.ARRAY) {
+      const items = v.value.map(Number);
+      if (items.length === 0 || items.some((x) => x !== items[0])) throw new UnsupportedConfigError(`${g.path}: ${key(k)} differs between layers, which moe-run does not support`);
+      return items[0]!;
+    }
+    return g.number(key(k), fallback);
+  };
+  const L = uniform("block_count");
+  const H = uniform("embedding_length");
+  const heads = uniform("attention.head_count");
+  const kvHeads = uniform("attention.head_count_kv", heads);
+  const headDim = uniform("attention.key_length", H / heads);
+  const experts = uniform("expert_count");
+  const topK = uniform("expert_used_count");
+  const embed = required(g, "token_embd.weight");
+  if (embed.dims.length !== 2 || embed.dims[0] !== H) {
+    throw new GgufTensorShapeError(`${g.path}: tensor "token_embd.weight" has dims [${embed.dims.join(", ")}] but ${key("embedding_length")} is ${H}`);
+  }
+  const V = embed.dims[1]!;
+  // Partial rotary (rope.dimension_count < key_length) is the mapping's to accept (GLM-4.5).
+  const rot = uniform("rope.dimension_count", headDim);
+  if (rot !== headDim && arch !== "glm4moe") throw new UnsupportedConfigError(`${g.path}: RoPE on ${rot} of ${headDim} head dimensions is not supported for ${arch}`);
+  const tied = !g.has("output.weight");
+  const config: HfConfig = {
+    vocab_size: V,
+    hidden_size: H,
+    num_hidden_layers: L,
+    num_attention_heads: heads,
+    num_key_value_heads: kvHeads,
+    head_dim: headDim,
+    rms_norm_eps: g.number(key("attention.layer_norm_rms_epsilon")),
+    rope_theta: g.number(key("rope.freq_base"), 10000),
+    max_position_embeddings: g.number(key("context_length")),
+    num_experts_per_tok: topK,
+    tie_word_embeddings: tied,
+    gguf: { file: path.basename(g.path), architecture: arch, shards: g.paths.length },
+  };
+  const sources = new Map<string, Source>();
+  const ctx: ArchContext = {
+    g,
+    uniform,
+    key,
+    required: (name) => required(g, name),
+    add(name, tensor, shape) {
+      checkDims(g, tensor, required(g, tensor), [...shape].reverse());
+      sources.set(name, { tensor, shape });
+    },
+    addPermuted(name, tensor, shape, heads) {
+      checkDims(g, tensor, required(g, tensor), [...shape].reverse());
+      sources.set(name, { tensor, shape, unpermuteHeads: heads });
+    },
+    addRows(name, tensor, shape, first, count) {
+      checkDims(g, tensor, required(g, tensor), undefined, shape);
+      sources.set(name, { tensor, shape, rows: [first, count] });
+    },
+    derive(name, shape, derived) {
+      for (const t of derived.tensors) required(g, t);
+      sources.set(name, { tensor: derived.tensors[0]!, shape, derived });
+    },
+  };
+  ctx.add("model.embed_tokens.weight", "token_embd.weight", [V, H]);
+  ctx.add("model.norm.weight", "output_norm.weight", [H]);
+  if (!tied) ctx.add("lm_head.weight", "output.weight", [V, H]);
+  mapping(ctx, config, { L, H, V, heads, kvHeads, headDim, experts, topK });
   return { config, sources };
 }
 

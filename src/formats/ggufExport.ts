@@ -28,6 +28,10 @@ import {
 } from "./gguf.js";
 import { GgufFile } from "./ggufReader.js";
 import { HfCheckpoint } from "./HfCheckpoint.js";
+import { exportGlm4Moe } from "./ggufExportGlm4Moe.js";
+import { exportGraniteMoe } from "./ggufExportGranite.js";
+import { exportPhimoe } from "./ggufExportPhimoe.js";
+import { exportGptOss } from "./ggufExportGptOss.js";
 import { readGgufVocab } from "./hfToGguf.js";
 
 export interface GgufExportOptions {
@@ -35,6 +39,8 @@ export interface GgufExportOptions {
   type: GgmlTypeName;
   /** Per-tensor override (GGUF name and dims) -> type; undefined: `type` with fallback. */
   typeFor?: (name: string, dims: readonly number[]) => GgmlTypeName | undefined;
+  /** gpt-oss: the experts' type; default MXFP4 (the checkpoint's blocks as they are), else decoded and re-encoded. */
+  gptOssExperts?: "MXFP4" | GgmlTypeName;
   /** general.name; default: the checkpoint folder's name. */
   name?: string;
 }
@@ -61,6 +67,10 @@ export function exportGguf(hfDir: string, outPath: string, options: GgufExportOp
   const ckpt = HfCheckpoint.open(hfDir);
   try {
     const { dims: d } = readModelDims(ckpt.config);
+    if (d.modelType === "gpt_oss") return exportGptOss(ckpt, hfDir, d, outPath, options, tokenizerMetadata(hfDir, d));
+    if (d.modelType === "granitemoe") return exportGraniteMoe(ckpt, hfDir, d, outPath, options, tokenizerMetadata(hfDir, d), fallbackType);
+    if (d.modelType === "phimoe") return exportPhimoe(ckpt, hfDir, d, outPath, options, tokenizerMetadata(hfDir, d), fallbackType);
+    if (d.modelType === "glm4_moe") return exportGlm4Moe(ckpt, hfDir, d, outPath, options, tokenizerMetadata(hfDir, d), fallbackType);
     const arch = ARCH[d.modelType];
     if (!arch) throw new UnsupportedConfigError(`GGUF export supports ${Object.keys(ARCH).join(", ")}, not model_type "${d.modelType}"`);
     const H = d.hiddenSize;
@@ -132,23 +142,29 @@ export function exportGguf(hfDir: string, outPath: string, options: GgufExportOp
     else if (arch === "olmoe" || arch === "qwen2moe") matrix("output.weight", [H, V], [read("model.embed_tokens.weight", [V, H])]);
 
     const metadata = archMetadata(arch, d, options.name ?? path.basename(path.resolve(hfDir)), options.type);
-    const v = readGgufVocab(hfDir, d);
-    metadata.push(
-      ["tokenizer.ggml.model", gguf.str("gpt2")],
-      ["tokenizer.ggml.pre", gguf.str("gpt-2")],
-      ["tokenizer.ggml.tokens", gguf.strings(v.tokens)],
-      ["tokenizer.ggml.token_type", gguf.i32s(v.tokenTypes)],
-      ["tokenizer.ggml.merges", gguf.strings(v.merges)]
-    );
-    if (v.bosId !== undefined) metadata.push(["tokenizer.ggml.bos_token_id", gguf.u32(v.bosId)]);
-    if (v.eosId !== undefined) metadata.push(["tokenizer.ggml.eos_token_id", gguf.u32(v.eosId)]);
-    if (v.unkId !== undefined) metadata.push(["tokenizer.ggml.unknown_token_id", gguf.u32(v.unkId)]);
-    metadata.push(["tokenizer.ggml.add_bos_token", gguf.bool(v.addBos)], ["tokenizer.ggml.add_eos_token", gguf.bool(false)]);
-    if (v.chatTemplate !== undefined) metadata.push(["tokenizer.chat_template", gguf.str(v.chatTemplate)]);
+    metadata.push(...tokenizerMetadata(hfDir, d));
     return { ...writeGguf(outPath, metadata, tensors), arch, types };
   } finally {
     ckpt.close();
   }
+}
+
+/** The tokenizer as GGUF metadata (llama.cpp "gpt2" byte-level BPE). */
+export function tokenizerMetadata(hfDir: string, d: ModelDims): [string, GgufValue][] {
+  const v = readGgufVocab(hfDir, d);
+  const m: [string, GgufValue][] = [
+    ["tokenizer.ggml.model", gguf.str("gpt2")],
+    ["tokenizer.ggml.pre", gguf.str("gpt-2")],
+    ["tokenizer.ggml.tokens", gguf.strings(v.tokens)],
+    ["tokenizer.ggml.token_type", gguf.i32s(v.tokenTypes)],
+    ["tokenizer.ggml.merges", gguf.strings(v.merges)],
+  ];
+  if (v.bosId !== undefined) m.push(["tokenizer.ggml.bos_token_id", gguf.u32(v.bosId)]);
+  if (v.eosId !== undefined) m.push(["tokenizer.ggml.eos_token_id", gguf.u32(v.eosId)]);
+  if (v.unkId !== undefined) m.push(["tokenizer.ggml.unknown_token_id", gguf.u32(v.unkId)]);
+  m.push(["tokenizer.ggml.add_bos_token", gguf.bool(v.addBos)], ["tokenizer.ggml.add_eos_token", gguf.bool(false)]);
+  if (v.chatTemplate !== undefined) m.push(["tokenizer.chat_template", gguf.str(v.chatTemplate)]);
+  return m;
 }
 
 function archMetadata(arch: string, d: ModelDims, name: string, type: GgmlTypeName): [string, GgufValue][] {
