@@ -10,7 +10,9 @@
  * Prints a table (medians; with the cores other processes kept busy meanwhile, from /proc/stat)
  * and writes bench/results/kernels.json.
  *
- *   node bench/kernels.mjs [--hidden 1024] [--ffn 2816] [--reps 40] [--tokens 1,16] [--isa avx2] [--onnx]
+ * q4_k / q6_k (GGUF k-quant super-blocks) need --hidden and --ffn multiples of 256 (else skipped).
+ *
+ *   node bench/kernels.mjs [--hidden 1024] [--ffn 2816] [--reps 40] [--tokens 1,16] [--isa avx2] [--encodings int4,q4_k] [--onnx]
  */
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -27,6 +29,7 @@ const { values: args } = parseArgs({
     ffn: { type: "string", default: "2816" },
     reps: { type: "string", default: "40" },
     tokens: { type: "string", default: "1,16" },
+    encodings: { type: "string", default: "f32,f16,int8,int4,mxfp4,q4_k,q6_k" },
     isa: { type: "string" },
     onnx: { type: "boolean", default: false },
     child: { type: "boolean", default: false },
@@ -37,7 +40,7 @@ const H = Number(args.hidden);
 const F = Number(args.ffn);
 const reps = Number(args.reps);
 const tokenCounts = args.tokens.split(",").map(Number);
-const ENCODINGS = ["f32", "f16", "int8", "int4", "mxfp4"];
+const ENCODINGS = args.encodings.split(",").filter((e) => !/_k$/.test(e) || (H % 256 === 0 && F % 256 === 0));
 const THREADS = [1, 2];
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const addonFile = path.join(ROOT, "native-bindings", "build", "Release", "moe_native.node");
@@ -166,7 +169,7 @@ const addon = createRequire(import.meta.url)(addonFile);
 const isas = args.isa ? args.isa.split(",") : addon.kernelIsas();
 const rows = [];
 for (const isa of isas) {
-  const argv = [fileURLToPath(import.meta.url), "--child", "--hidden", String(H), "--ffn", String(F), "--reps", String(reps), "--tokens", args.tokens];
+  const argv = [fileURLToPath(import.meta.url), "--child", "--hidden", String(H), "--ffn", String(F), "--reps", String(reps), "--tokens", args.tokens, "--encodings", args.encodings];
   const r = spawnSync(process.execPath, argv, { env: { ...process.env, MOE_RUN_KERNEL_ISA: isa }, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
   if (r.status !== 0) throw new Error(`kernel level ${isa}: the child process failed (status ${r.status})`);
   rows.push(...JSON.parse(r.stdout.trim().split("\n").pop()));

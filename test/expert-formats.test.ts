@@ -3,9 +3,15 @@
  * checkpoints' blocks and scales, GGUF's block_mxfp4) decoded from hand-derived blocks, encoded
  * with the OCP scale rule, imported from gpt-oss tensors without floats; and GGUF Q8_0 / Q4_0 /
  * MXFP4 expert tensors converted to our int8 / int4 / mxfp4 without loss (compared with
- * src/formats/ggmlQuants.ts, an independent codec of llama.cpp's reference).
+ * src/formats/ggmlQuants.ts, an independent codec of llama.cpp's reference); GGUF Q4_K / Q5_K /
+ * Q6_K super-blocks kept as they are (q4_k / q5_k / q6_k), every kernel and instruction-set level
+ * on them, and (once the manifest accepts them) a Q4_K / Q6_K GGUF imported end to end.
  */
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { describe, expect, it } from "vitest";
+import { createExpertKernel, type ExpertKernelName } from "../src/kernels/expertKernels.js";
 import { GgmlType, dequantize, quantize } from "../src/formats/ggmlQuants.js";
 import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
 import {
@@ -26,9 +32,17 @@ import {
   mxfp4MatrixFromGgml,
   readExpertBiases,
   recordBytes,
+  checkEncodable,
+  GGML_K_ENCODINGS,
+  EXPERT_ENCODINGS,
   type ExpertBiases,
+  type ExpertEncoding,
 } from "../src/store/expertEncoding.js";
-import { rand } from "./helpers.js";
+import { exportGguf } from "../src/formats/ggufExport.js";
+import { importModel } from "../src/importer/importModel.js";
+import { loadModel } from "../src/index.js";
+import { writeSyntheticCheckpoint } from "../src/synthetic/syntheticCheckpoint.js";
+import { MODELS, ROOT, greedyRun, maxRelErr, rand, tmpDir } from "./helpers.js";
 
 
 
@@ -219,9 +233,263 @@ describe("GGUF expert tensors converted without loss", () => {
     expect(Buffer.from(expertMatrixFromGgml(GgmlType.F16, f16, rows, cols).bytes).equals(Buffer.from(f16))).toBe(true);
     const f32 = new Uint8Array(values.buffer.slice(0));
     expect(expertMatrixFromGgml(GgmlType.F32, f32, rows, cols).encoding).toBe("f32");
-    expect(losslessExpertEncoding(GgmlType.Q4_K)).toBeUndefined();
-    expect(() => expertMatrixFromGgml(GgmlType.Q6_K, new Uint8Array(210), 1, 256)).toThrow(/no lossless expert encoding/);
+    expect(losslessExpertEncoding(GgmlType.Q2_K)).toBeUndefined();
+    expect(() => expertMatrixFromGgml(GgmlType.Q2_K, new Uint8Array(84), 1, 256)).toThrow(/no lossless expert encoding/);
     expect(() => int8MatrixFromGgmlQ8_0(new Uint8Array(33), 1, 32)).toThrow(/holds 33 bytes, expected 34/);
   });
 });
 
+
+// ---- GGUF k-quants kept as blocks: q4_k (Q4_K) and q6_k (Q6_K) -----------------------------------
+
+const K_TYPE = { q4_k: GgmlType.Q4_K, q5_k: GgmlType.Q5_K, q6_k: GgmlType.Q6_K } as const;
+
+/** lrintf / cvtps2dq rounding. */
+function roundHalfEven(v: number): number {
+  const r = Math.round(v);
+  return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/**
+ * The native kernels' arithmetic, emulated in fp64: activations quantized per block of 32 as the
+ * kernels do (d = amax/127, q = round-half-even(x/d)), times the decoded weights. The kernels
+ * compute the same sums with exact integer block dots (the weights' integer levels), so they
+ * agree up to fp32 rounding.
+ */
+function quantActRef(W: Float32Array, rows: number, cols: number, x: Float32Array, T: number): Float64Array {
+  const y = new Float64Array(T * rows);
+  const xq = new Float64Array(cols);
+  for (let t = 0; t < T; t++) {
+    for (let b = 0; b < cols / 32; b++) {
+      let amax = 0;
+      for (let i = 0; i < 32; i++) amax = Math.max(amax, Math.abs(x[t * cols + b * 32 + i]!));
+      const d = Math.fround(amax / 127);
+      const id = d ? Math.fround(1 / d) : 0;
+      for (let i = 0; i < 32; i++) xq[b * 32 + i] = d * roundHalfEven(Math.min(127, Math.max(-127, Math.fround(x[t * cols + b * 32 + i]! * id))));
+    }
+    for (let r = 0; r < rows; r++) {
+      let s = 0;
+      for (let c = 0; c < cols; c++) s += W[r * cols + c]! * xq[c]!;
+      y[t * rows + r] = s;
+    }
+  }
+  return y;
+}
+
+/** y[T, rows] = x . W^T in fp64. */
+function floatRef(W: Float32Array, rows: number, cols: number, x: Float32Array, T: number): Float64Array {
+  const y = new Float64Array(T * rows);
+  for (let t = 0; t < T; t++)
+    for (let r = 0; r < rows; r++) {
+      let s = 0;
+      for (let c = 0; c < cols; c++) s += W[r * cols + c]! * x[t * cols + c]!;
+      y[t * rows + r] = s;
+    }
+  return y;
+}
+
+/** max |a - ref| / max |ref|. */
+function relErr(a: Float32Array, ref: Float64Array): number {
+  let err = 0;
+  let mag = 0;
+  for (let i = 0; i < ref.length; i++) {
+    err = Math.max(err, Math.abs(a[i]! - ref[i]!));
+    mag = Math.max(mag, Math.abs(ref[i]!));
+  }
+  return err / (mag || 1);
+}
+
+/** Expert matrices with some structure k-quants care about: an offset row, an all-zero super-block, a large outlier. */
+function kWeights(rows: number, cols: number, seed: number, scale: number): Float32Array {
+  const m = rand(rows * cols, seed, scale);
+  for (let c = 0; c < cols; c++) m[c] = m[c]! * 0.5 + scale * 0.7; // row 0: all positive (mins matter)
+  if (rows > 2) m.fill(0, cols, cols + 256); // row 1: a zero super-block
+  m[rows * cols - 3] = scale * 6;
+  return m;
+}
+
+describe.each(GGML_K_ENCODINGS)("%s experts: GGUF k-quant super-blocks as they are", (enc) => {
+  const type = K_TYPE[enc];
+  const rows = 5;
+  const cols = 512;
+  const values = kWeights(rows, cols, 31, 0.3);
+
+  it("a GGUF tensor's blocks are the record's bytes; encodeMatrix of the same floats gives them byte for byte; decode is ggml's dequantize exactly", () => {
+    const data = quantize(type, values); // llama.cpp's reference quantizer (formats/ggmlKQuants.ts)
+    expect(data.byteLength).toBe(matrixBytes(enc, rows, cols));
+    expect(matrixBytes(enc, rows, cols)).toBe((rows * cols * { q4_k: 144, q5_k: 176, q6_k: 210 }[enc]) / 256);
+    expect(losslessExpertEncoding(type)).toBe(enc);
+    const m = expertMatrixFromGgml(type, data, rows, cols);
+    expect(m.encoding).toBe(enc);
+    expect(Buffer.from(m.bytes).equals(Buffer.from(data))).toBe(true);
+    expect(Buffer.from(encodeMatrix(enc, values, rows, cols)).equals(Buffer.from(data))).toBe(true);
+    const js = new Uint8Array(data.byteLength);
+    encodeMatrixJs(enc, values, rows, cols, js);
+    expect(Buffer.from(js).equals(Buffer.from(data))).toBe(true);
+    const want = dequantize(type, data, rows * cols);
+    const got = decodeMatrix(enc, m.bytes, rows, cols);
+    expect(got.every((v, i) => Object.is(v, want[i]))).toBe(true);
+    // The encoding is what the codec allows of these floats.
+    expect(maxRelErr(got, values)).toBeLessThan(enc === "q4_k" ? 0.1 : 0.03);
+    expect(encodingCode(enc)).toBe({ q4_k: 5, q6_k: 6, q5_k: 7 }[enc]);
+    expect(() => expertMatrixFromGgml(type, data.subarray(1), rows, cols)).toThrow(/holds \d+ bytes, expected/);
+  });
+
+  it("the native kernel reads the blocks back as ggml dequantizes them (one-hot activations)", () => {
+    const data = quantize(type, values);
+    const W = dequantize(type, data, rows * cols);
+    let wmax = 0;
+    for (const v of W) wmax = Math.max(wmax, Math.abs(v));
+    // x = the identity [cols, cols]: token t's block quantizes to 127 at t (scale fp32(1/127)).
+    const x = new Float32Array(cols * cols);
+    for (let t = 0; t < cols; t++) x[t * cols + t] = 1;
+    const y = new Float32Array(cols * rows);
+    loadNativeAddon().addon!.matmul(encodingCode(enc), data, rows, cols, x, cols, y, 2);
+    let worst = 0;
+    for (let t = 0; t < cols; t++) for (let r = 0; r < rows; r++) worst = Math.max(worst, Math.abs(y[t * rows + r]! - W[r * cols + t]!));
+    expect(worst).toBeLessThanOrEqual(wmax * 1e-6);
+  });
+
+  it("rows must be whole super-blocks: refused with a clear message", () => {
+    expect(() => checkEncodable(enc, 96, 512)).toThrow(new RegExp(`--experts ${enc} holds rows of whole 256-value super-blocks: hidden size \\(96\\)`));
+    expect(() => checkEncodable(enc, 512, 768)).not.toThrow();
+    expect(() => encodeMatrix(enc, new Float32Array(2 * 128), 2, 128)).toThrow(/rows of whole 256-value super-blocks; a row of 128 values is not/);
+    const addon = loadNativeAddon().addon!;
+    expect(() => addon.expertForward(encodingCode(enc), new Uint8Array(recordBytes("int8", 96, 256)), 96, 256, new Float32Array(96), 1, new Float32Array(96), 1)).toThrow(/multiples of 256/);
+    expect(() => addon.encodeMatrix(encodingCode(enc), new Float32Array(256), 1, 256, new Uint8Array(matrixBytes(enc, 1, 256)))).toThrow(/encoded in TypeScript/);
+  });
+
+  const H = 256;
+  const F = 512;
+  const weights = { gate: kWeights(F, H, 41, 0.2), up: kWeights(F, H, 42, 0.2), down: kWeights(H, F, 43, 0.15) };
+  const record = encodeExpertRecord(enc, H, F, weights);
+
+  async function run(name: ExpertKernelName, x: Float32Array, tokens: number, threads = 2): Promise<Float32Array> {
+    const kernel = await createExpertKernel(name, { encoding: enc, hiddenSize: H, expertFfn: F, threads });
+    try {
+      const resident = await kernel.prepare(record);
+      const out = new Float32Array(tokens * H);
+      await kernel.forward(resident, x, tokens, out);
+      kernel.free(resident);
+      return out;
+    } finally {
+      await kernel.dispose();
+    }
+  }
+
+  it("native (1 and 2 threads), onnx and js agree on an expert (1, 3 and 17 tokens)", async () => {
+    expect(record.byteLength).toBe(recordBytes(enc, H, F));
+    for (const tokens of [1, 3, 17]) {
+      const x = rand(tokens * H, 50 + tokens, 1);
+      const ref = await run("js", x, tokens);
+      // The native kernel quantizes the activations to 8 bits (as for int8/int4): about 1% here.
+      expect(maxRelErr(await run("native", x, tokens), ref), `native T=${tokens}`).toBeLessThan(2e-2);
+      expect(maxRelErr(await run("native", x, tokens, 1), ref), `native 1 thread T=${tokens}`).toBeLessThan(2e-2);
+      expect(maxRelErr(await run("onnx", x, tokens), ref), `onnx T=${tokens}`).toBeLessThan(1e-5);
+    }
+  });
+
+  it("at every kernel instruction-set level this CPU runs: matmul equals the quantized-activation arithmetic, experts match fp64, bits independent of threads and of the other tokens", () => {
+    const addon = loadNativeAddon().addon!;
+    const isas = addon.kernelIsas();
+    expect(isas[0]).toBe("scalar");
+    const mr = 37;
+    const mc = 768;
+    const mw = kWeights(mr, mc, 61, 0.3);
+    const mdata = encodeMatrix(enc, mw, mr, mc);
+    const MW = decodeMatrix(enc, mdata, mr, mc);
+    const BR = 512;
+    const BC = 1024;
+    const bdata = encodeMatrix(enc, kWeights(BR, BC, 62, 0.3), BR, BC);
+    type Case = { kind: "matmul" | "expert"; rows?: number; cols?: number; H?: number; F?: number; T: number; threads: number; w: Uint8Array; x: Float32Array };
+    const cases: Case[] = [];
+    for (const T of [1, 3, 5, 17]) cases.push({ kind: "matmul", rows: mr, cols: mc, T, threads: 2, w: mdata, x: rand(T * mc, 70 + T, 1) });
+    for (const T of [1, 5]) for (const threads of [1, 2]) cases.push({ kind: "matmul", rows: BR, cols: BC, T, threads, w: bdata, x: rand(T * BC, 80 + T, 1) });
+    const ex = rand(17 * H, 90, 1);
+    cases.push({ kind: "expert", H, F, T: 17, threads: 2, w: record, x: ex });
+    cases.push({ kind: "expert", H, F, T: 1, threads: 2, w: record, x: ex.slice(0, H) });
+    const dir = tmpDir("moe-run-kquant-isa-");
+    try {
+      const parts: Buffer[] = [];
+      let at = 0;
+      const put = (u8: Uint8Array) => {
+        parts.push(Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength));
+        at += u8.byteLength;
+        return [at - u8.byteLength, u8.byteLength];
+      };
+      const meta = cases.map((c) => ({ ...c, enc: encodingCode(enc), w: put(c.w), x: put(new Uint8Array(c.x.buffer, c.x.byteOffset, c.x.byteLength)) }));
+      fs.writeFileSync(path.join(dir, "in.bin"), Buffer.concat(parts));
+      fs.writeFileSync(path.join(dir, "cases.json"), JSON.stringify(meta));
+      const l = expertRecordLayout(enc, H, F);
+      const part = ([o, n]: [number, number]) => record.subarray(o, o + n);
+      const [G, U, D] = [decodeMatrix(enc, part(l.gate), F, H), decodeMatrix(enc, part(l.up), F, H), decodeMatrix(enc, part(l.down), H, F)];
+      const expertRef = (x: Float32Array, T: number) => {
+        const g = floatRef(G, F, H, x, T);
+        const u = floatRef(U, F, H, x, T);
+        const h = Float32Array.from(g, (v, i) => (v / (1 + Math.exp(-v))) * u[i]!);
+        return floatRef(D, H, F, h, T);
+      };
+      for (const isa of isas) {
+        const r = spawnSync(process.execPath, [path.join(ROOT, "test", "kernel-isa-child.mjs"), dir], { env: { ...process.env, MOE_RUN_KERNEL_ISA: isa }, encoding: "utf8", timeout: 120_000 });
+        expect(r.status, `${isa}: ${r.stderr}`).toBe(0);
+        const res = JSON.parse(r.stdout) as { isa: string; outputs: [number, number][] };
+        expect(res.isa).toBe(isa);
+        const buf = fs.readFileSync(path.join(dir, "out.bin"));
+        const out = res.outputs.map(([o, n]) => new Float32Array(buf.buffer.slice(buf.byteOffset + o, buf.byteOffset + o + 4 * n)));
+        for (let i = 0; i < 4; i++) {
+          const c = cases[i]!;
+          expect(relErr(out[i]!, quantActRef(MW, mr, mc, c.x, c.T)), `${isa} matmul T=${c.T} (emulation)`).toBeLessThan(1e-5);
+          expect(relErr(out[i]!, floatRef(MW, mr, mc, c.x, c.T)), `${isa} matmul T=${c.T} (fp64)`).toBeLessThan(2e-2);
+        }
+        for (const [a, b] of [[4, 5], [6, 7]] as const) expect(Buffer.from(out[a]!.buffer).equals(Buffer.from(out[b]!.buffer)), `${isa} threads`).toBe(true);
+        expect(relErr(out[8]!, expertRef(ex, 17)), `${isa} expert`).toBeLessThan(2e-2);
+        expect(Buffer.from(out[9]!.buffer).equals(Buffer.from(out[8]!.slice(0, H).buffer)), `${isa} token alone`).toBe(true);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 300_000);
+});
+
+/**
+ * End to end: a 256-wide synthetic model's Q4_K / Q6_K GGUF imports with its experts kept as
+ * blocks (the default for a file whose experts are all one such type), against the f32 import of
+ * the same file (the same weights, decoded). The native kernels quantize activations to 8 bits
+ * (as llama.cpp does) and dense weights are int8 (denseEncoding), so greedy text drifts at
+ * near-ties of this random model; under teacher forcing the top-1 tokens agree >= 95%.
+ * Runs once the manifest accepts the k-quant encodings (EXPERT_ENCODINGS; see GGML_K_ENCODINGS).
+ */
+it("a Q4_K / Q6_K GGUF imports with q4_k / q6_k experts: top-1 agreement >= 95% with the f32 import under teacher forcing", async () => {
+  const quiet = { progress: false, log: () => {} };
+  const dir = tmpDir("moe-run-kquant-e2e-");
+  const hf = path.join(dir, "synth256");
+  writeSyntheticCheckpoint(hf, { tokenizerFrom: path.join(MODELS, "tiny-mixtral"), vocabSize: 512, hiddenSize: 256, numLayers: 2, numHeads: 4, numKvHeads: 2, numExperts: 4, topK: 2, expertFfn: 256, dtype: "F32", seed: 5 });
+  for (const type of ["Q4_K", "Q6_K"] as const) {
+    const gg = path.join(dir, `synth256-${type}.gguf`);
+    exportGguf(hf, gg, { type });
+    const blocks = path.join(dir, `${type}-blocks`);
+    const floats = path.join(dir, `${type}-f32`);
+    const r = await importModel(gg, blocks, quiet);
+    expect(r.manifest.precision.experts).toBe(type === "Q4_K" ? "q4_k" : "q6_k");
+    await importModel(gg, floats, { ...quiet, experts: "f32" });
+    const ids = [1, ...(await greedyRun(floats, "The license", 127)).ids];
+    const [a, b] = [await loadModel(blocks, { threads: 1, log: () => {} }), await loadModel(floats, { threads: 1, log: () => {} })];
+    try {
+      const la = (await a.logits(ids)).data;
+      const lb = (await b.logits(ids)).data;
+      const V = a.dims.vocabSize;
+      const argmax = (l: Float32Array, i: number) => {
+        let best = 0;
+        for (let j = 1; j < V; j++) if (l[i * V + j]! > l[i * V + best]!) best = j;
+        return best;
+      };
+      let agree = 0;
+      for (let i = 0; i < ids.length; i++) if (argmax(la, i) === argmax(lb, i)) agree++;
+      expect(agree / ids.length, `${type}: ${agree} of ${ids.length}`).toBeGreaterThanOrEqual(0.95);
+    } finally {
+      await a.dispose();
+      await b.dispose();
+    }
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+}, 600_000);

@@ -254,6 +254,9 @@ size_t matrix_bytes(Enc enc, size_t rows, size_t cols) {
     case Enc::Q8: return (n / kBlock) * 4 + n;
     case Enc::Q4: return (n / kBlock) * 4 + n / 2;
     case Enc::MX4: return n / kBlock + n / 2;
+    case Enc::Q4K: return n / kQK * kQ4KBytes;
+    case Enc::Q5K: return n / kQK * kQ5KBytes;
+    case Enc::Q6K: return n / kQK * kQ6KBytes;
   }
   return 0;
 }
@@ -405,6 +408,10 @@ void encode_matrix(Enc enc, const float* src, size_t rows, size_t cols, uint8_t*
       }
       return;
     }
+    case Enc::Q4K:
+    case Enc::Q5K:
+    case Enc::Q6K:
+      return;  // refused by the binding (see expert_kernels.h)
   }
 }
 

@@ -8,14 +8,27 @@
 //        element 2i in the low nibble of byte i, 2i+1 in the high nibble
 //   MX4: OCP MXFP4: uint8 e[rows*cols/32] (E8M0 block scales), then uint8 packed[rows*cols/2]
 //        (E2M1 codes, nibble order as Q4)    x = kMx4X2[code] * 2^(e - 128)   (kMx4X2: 2 * E2M1)
+//   Q4K: GGUF's Q4_K super-blocks as they are (llama.cpp block_q4_K, 144 bytes per 256 values;
+//        a row is whole super-blocks, cols % 256 == 0): fp16 d, dmin; scales[12] (six-bit scale
+//        sc_j and min m_j of each 32-value sub-block j); qs[128] (sub-block 2k: low nibbles of
+//        qs[32k..32k+31], 2k+1: their high nibbles)      x = fp32(d*sc_j) * q - fp32(dmin*m_j)
+//   Q5K: GGUF's Q5_K super-blocks (block_q5_K, 176 bytes per 256): Q4K's d, dmin, scales[12], then
+//        qh[32] (bit j of qh[l]: the fifth bit of value l of sub-block j), qs[128] as Q4K's
+//                                                        x = fp32(d*sc_j) * q - fp32(dmin*m_j), q in 0..31
+//   Q6K: GGUF's Q6_K super-blocks (block_q6_K, 210 bytes per 256): ql[128], qh[64], int8
+//        scales[16] (one per 16 values), fp16 d          x = fp32(d*sc) * (q - 32), q in 0..63
 //
 // Arithmetic. F32/F16: fp32 multiply-adds with a fixed order per output element, so a result does
 // not depend on the thread count nor on how many tokens share the call. Q8/Q4/MX4: integer dot
-// products (MX4's doubled E2M1 values are integers -12..12): each token's activation row is
+// products (MX4's doubled E2M1 values are integers -12..12; Q4K/Q6K per 32-value sub-block, see
+// below): each token's activation row is
 // quantized once per call to int8 in blocks of 32 (one fp32 scale per block, d = amax/127,
 // q = round-half-even(x * (1/d))), each block's integer dot product with the weights is exact,
 // scaled by w_scale*x_scale and summed in fp32 (again a fixed order per output element:
-// independent of threads and of the number of tokens).
+// independent of threads and of the number of tokens). Q4K sub-block j of a row against
+// activation block b (d_x, q_x, s_x = sum q_x): dot(q, q_x) * (fp32(d*sc_j) * d_x), and
+// s_x * (fp32(dmin*m_j) * d_x) summed apart and taken off at the end. Q6K: the exact integer
+// sc_0 * dot(q - 32, q_x)[first 16] + sc_1 * dot(q - 32, q_x)[last 16], times d * d_x.
 //
 // The code runs at one of several instruction-set levels, chosen once per process from the CPU's
 // features (the build targets baseline x86-64: no -march=native):
@@ -34,14 +47,19 @@
 
 namespace moe {
 
-enum class Enc : int { F32 = 0, F16 = 1, Q8 = 2, Q4 = 3, MX4 = 4 };
+enum class Enc : int { F32 = 0, F16 = 1, Q8 = 2, Q4 = 3, MX4 = 4, Q4K = 5, Q6K = 6, Q5K = 7 };
 constexpr int kBlock = 32;
+constexpr int kQK = 256;  // values per k-quant super-block (Q4K, Q6K)
+constexpr size_t kQ4KBytes = 144, kQ5KBytes = 176, kQ6KBytes = 210;
 // Twice the E2M1 value of each 4-bit MXFP4 code.
 constexpr int8_t kMx4X2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
 size_t matrix_bytes(Enc enc, size_t rows, size_t cols);
 // Block-quantized encodings (Q8, Q4, MX4): integer-dot kernels, cols % 32 == 0.
-inline bool enc_quantized(Enc enc) { return enc == Enc::Q8 || enc == Enc::Q4 || enc == Enc::MX4; }
+inline bool enc_kquant(Enc enc) { return enc == Enc::Q4K || enc == Enc::Q5K || enc == Enc::Q6K; }
+inline bool enc_quantized(Enc enc) { return enc == Enc::Q8 || enc == Enc::Q4 || enc == Enc::MX4 || enc_kquant(enc); }
+// The multiple a row's length must be of: 256 for Q4K/Q6K, 32 for Q8/Q4/MX4, else 1.
+inline size_t enc_row_multiple(Enc enc) { return enc_kquant(enc) ? kQK : enc_quantized(enc) ? kBlock : 1; }
 
 // y[T, rows] = x[T, cols] . W^T for one encoded matrix W [rows, cols]. Q8/Q4/MX4 need cols % 32 == 0.
 void matmul_rows(Enc enc, const uint8_t* w, size_t rows, size_t cols, const float* x, size_t T, float* y, int threads);
@@ -81,7 +99,8 @@ size_t expert_record_bytes(Enc enc, size_t H, size_t F, bool bias);
 // out[T, H] for one expert record (default options: down( silu(gate x) * (up x) )).
 void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads, const ExpertOptions& o = ExpertOptions());
 
-// Encodes a float matrix [rows, cols] into `dst` (matrix_bytes(enc, rows, cols) bytes).
+// Encodes a float matrix [rows, cols] into `dst` (matrix_bytes(enc, rows, cols) bytes). Not for
+// Q4K/Q6K (encoded by llama.cpp's reference quantizer in TypeScript; the binding refuses them).
 void encode_matrix(Enc enc, const float* src, size_t rows, size_t cols, uint8_t* dst);
 
 // The level the kernels run at ("scalar", "avx2", "vnni").

@@ -65,6 +65,17 @@ struct E8m0HalfTable {
 };
 inline constexpr E8m0HalfTable kE8m0Half{};
 
+// Q4_K's packed 12 bytes: the six-bit scale and min of sub-block j (llama.cpp get_scale_min_k4).
+inline void scale_min_k4(int j, const uint8_t* q, int* sc, int* m) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
 // IEEE half to float, exact (subnormals, infinities and NaNs included).
 inline float half_to_float(uint16_t h) {
   uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;

@@ -56,17 +56,18 @@ std::string str(napi_env env, napi_value v) {
 // False after throwing an Error with code KERNEL_ISA_UNSUPPORTED when MOE_RUN_KERNEL_ISA asks for a
 // level this CPU cannot run (the kernels would otherwise quietly run at the best level it has).
 
-// The encoding code 0..4 in `v` (Q8/Q4/MX4 only where `blocks_fit`: every row a multiple of 32
-// long); else throws a RangeError.
-bool kernel_enc(napi_env env, napi_value v, bool blocks_fit, const char* fn, moe::Enc* enc) {
+// The encoding code 0..7 in `v` (Q8/Q4/MX4 only where H and F are multiples of 32, Q4K/Q5K/Q6K of
+// 256: every row whole blocks); else throws a RangeError.
+bool kernel_enc(napi_env env, napi_value v, size_t H, size_t F, const char* fn, moe::Enc* enc) {
   const double code = num(env, v);
-  if (!(code == 0 || code == 1 || code == 2 || code == 3 || code == 4)) {
-    napi_throw_range_error(env, nullptr, (std::string(fn) + ": encoding must be 0 (f32), 1 (f16), 2 (int8), 3 (int4) or 4 (mxfp4)").c_str());
+  if (!(code == 0 || code == 1 || code == 2 || code == 3 || code == 4 || code == 5 || code == 6 || code == 7)) {
+    napi_throw_range_error(env, nullptr, (std::string(fn) + ": encoding must be 0 (f32), 1 (f16), 2 (int8), 3 (int4), 4 (mxfp4), 5 (q4_k), 6 (q6_k) or 7 (q5_k)").c_str());
     return false;
   }
   *enc = static_cast<moe::Enc>(int(code));
-  if (moe::enc_quantized(*enc) && !blocks_fit) {
-    napi_throw_range_error(env, nullptr, (std::string(fn) + ": int8/int4/mxfp4 need sizes that are multiples of 32").c_str());
+  const size_t m = moe::enc_row_multiple(*enc);
+  if (H % m || F % m) {
+    napi_throw_range_error(env, nullptr, (std::string(fn) + (moe::enc_kquant(*enc) ? ": q4_k/q5_k/q6_k need sizes that are multiples of 256" : ": int8/int4/mxfp4 need sizes that are multiples of 32")).c_str());
     return false;
   }
   return true;
@@ -103,7 +104,7 @@ napi_value ExpertForward(napi_env env, napi_callback_info info) {
   if (!kernel_isa_ok(env)) return nullptr;
   const size_t H = size_t(num(env, a[2])), F = size_t(num(env, a[3])), T = size_t(num(env, a[5]));
   moe::Enc enc;
-  if (!kernel_enc(env, a[0], H % moe::kBlock == 0 && F % moe::kBlock == 0, "expertForward", &enc)) return nullptr;
+  if (!kernel_enc(env, a[0], H, F, "expertForward", &enc)) return nullptr;
   void *rec, *x, *out;
   size_t rec_bytes, x_bytes, out_bytes;
   if (!typed_data(env, a[1], &rec, &rec_bytes) || !typed_data(env, a[4], &x, &x_bytes) || !typed_data(env, a[6], &out, &out_bytes)) {
@@ -145,7 +146,9 @@ napi_value EncodeMatrix(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value a[5];
   CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
-  const auto enc = static_cast<moe::Enc>(int(num(env, a[0])));
+  const int code = int(num(env, a[0]));
+  if (code < 0 || code > 4) return napi_throw_range_error(env, nullptr, "encodeMatrix: encoding must be 0..4 (q4_k/q6_k are encoded in TypeScript)"), nullptr;
+  const auto enc = static_cast<moe::Enc>(code);
   const size_t rows = size_t(num(env, a[2])), cols = size_t(num(env, a[3]));
   void *src, *dst;
   size_t src_bytes, dst_bytes;

@@ -17,12 +17,20 @@
  *   mxfp4 : OCP MXFP4 (store/mxfp4.ts): E8M0 scale byte per block; uint8 e[rows*cols/32] then
  *           packed E2M1 codes, nibble order as int4; x = E2M1(code) * 2^(e-127). Hugging Face's
  *           gpt-oss scales and blocks, concatenated as they are.
+ *   q4_k  : GGUF's Q4_K super-blocks as they are (llama.cpp ggml-common.h block_q4_K: fp16 d, dmin;
+ *           scales[12] (8 six-bit scales and mins); qs[128]), 144 bytes per 256 values, row-major
+ *           (cols % 256 == 0: a row is whole super-blocks). x = fp32(d*sc_j) * q - fp32(dmin*m_j).
+ *   q5_k  : GGUF's Q5_K super-blocks as they are (block_q5_K: q4_k's d, dmin, scales[12], then
+ *           qh[32] (the fifth bits), qs[128]), 176 bytes per 256 values, rows as q4_k.
+ *   q6_k  : GGUF's Q6_K super-blocks as they are (block_q6_K: ql[128], qh[64], int8 scales[16],
+ *           fp16 d), 210 bytes per 256 values, rows as q4_k. x = fp32(d*sc_j) * (q - 32).
+ *           Both encode and decode with src/formats/ggmlKQuants.ts (llama.cpp's reference codec).
  * The same layouts are implemented in native-bindings/src/expert_kernels.cc.
  */
 import { InvalidOptionError } from "../errors.js";
 import { loadNativeAddon } from "../kernels/nativeAddon.js";
 import { floatToHalf, halfToFloat } from "../util/dtype.js";
-import { GgmlType, registerGgmlDequantizer } from "../formats/ggmlQuants.js";
+import { GgmlType, dequantize, quantize, registerGgmlDequantizer } from "../formats/ggmlQuants.js";
 import { dequantizeGgmlMxfp4 } from "./ggmlExpertBlocks.js";
 import { decodeMxfp4, encodeMxfp4, mxfp4MatrixBytes, mxfp4MatrixFromBlocks, type GptOssExpertTensors } from "./mxfp4.js";
 
@@ -33,8 +41,24 @@ export { dequantizeGgmlMxfp4, expertMatrixFromGgml, int4MatrixFromGgmlQ4_0, int8
 registerGgmlDequantizer(GgmlType.MXFP4, dequantizeGgmlMxfp4);
 
 export const EXPERT_ENCODINGS = ["f32", "f16", "int8", "int4", "mxfp4"] as const;
-export type ExpertEncoding = (typeof EXPERT_ENCODINGS)[number];
+/**
+ * GGUF k-quant super-blocks kept as they are (256 values per block: rows must be whole blocks,
+ * checkEncodable). Not (yet) in EXPERT_ENCODINGS: the suites that loop over EXPERT_ENCODINGS at
+ * sizes that are not multiples of 256 (test/backends.test.ts) would refuse them.
+ */
+export const GGML_K_ENCODINGS = ["q4_k", "q5_k", "q6_k"] as const;
+export type ExpertEncoding = (typeof EXPERT_ENCODINGS)[number] | (typeof GGML_K_ENCODINGS)[number];
 export const BLOCK = 32;
+/** Values per k-quant super-block (llama.cpp QK_K). */
+export const QK_K = 256;
+/** Bytes per super-block of q4_k, q5_k and q6_k. */
+export const K_BLOCK_BYTES = { q4_k: 144, q5_k: 176, q6_k: 210 } as const;
+const K_GGML_TYPE = { q4_k: GgmlType.Q4_K, q5_k: GgmlType.Q5_K, q6_k: GgmlType.Q6_K } as const;
+
+/** Whether `enc` holds GGUF k-quant super-blocks (q4_k, q5_k, q6_k). */
+export function isKQuant(enc: ExpertEncoding): enc is (typeof GGML_K_ENCODINGS)[number] {
+  return enc === "q4_k" || enc === "q5_k" || enc === "q6_k";
+}
 
 /** The numeric code the native kernels use. */
 export function encodingCode(enc: ExpertEncoding): number {
@@ -49,6 +73,12 @@ export function encodingCode(enc: ExpertEncoding): number {
       return 3;
     case "mxfp4":
       return 4;
+    case "q4_k":
+      return 5;
+    case "q6_k":
+      return 6;
+    case "q5_k":
+      return 7;
     default: {
       const never: never = enc;
       throw new Error(`unknown encoding ${String(never)}`);
@@ -57,8 +87,9 @@ export function encodingCode(enc: ExpertEncoding): number {
 }
 
 export function parseEncoding(value: string): ExpertEncoding {
-  if ((EXPERT_ENCODINGS as readonly string[]).includes(value)) return value as ExpertEncoding;
-  throw new InvalidOptionError(`--experts must be one of ${EXPERT_ENCODINGS.join(", ")}, got "${value}"`);
+  const all: readonly string[] = [...EXPERT_ENCODINGS, ...GGML_K_ENCODINGS];
+  if (all.includes(value)) return value as ExpertEncoding;
+  throw new InvalidOptionError(`--experts must be one of ${all.join(", ")}, got "${value}"`);
 }
 
 export function matrixBytes(enc: ExpertEncoding, rows: number, cols: number): number {
@@ -74,6 +105,10 @@ export function matrixBytes(enc: ExpertEncoding, rows: number, cols: number): nu
       return (n / BLOCK) * 4 + n / 2;
     case "mxfp4":
       return mxfp4MatrixBytes(rows, cols);
+    case "q4_k":
+    case "q5_k":
+    case "q6_k":
+      return (n / QK_K) * K_BLOCK_BYTES[enc];
     default: {
       const never: never = enc;
       throw new Error(`unknown encoding ${String(never)}`);
@@ -203,6 +238,11 @@ export function gptOssExpertRecord(t: GptOssExpertTensors): Uint8Array {
 }
 
 export function checkEncodable(enc: ExpertEncoding, hiddenSize: number, expertFfn: number): void {
+  if (isKQuant(enc) && (hiddenSize % QK_K !== 0 || expertFfn % QK_K !== 0)) {
+    throw new InvalidOptionError(
+      `--experts ${enc} holds rows of whole ${QK_K}-value super-blocks: hidden size (${hiddenSize}) and expert size (${expertFfn}) must be multiples of ${QK_K}; use int8, int4 or f16`
+    );
+  }
   if ((enc === "int8" || enc === "int4" || enc === "mxfp4") && (hiddenSize % BLOCK !== 0 || expertFfn % BLOCK !== 0)) {
     throw new InvalidOptionError(`--experts ${enc} needs hidden size (${hiddenSize}) and expert size (${expertFfn}) divisible by ${BLOCK}; use f16 or f32`);
   }
@@ -210,9 +250,11 @@ export function checkEncodable(enc: ExpertEncoding, hiddenSize: number, expertFf
 
 /** Encodes a fp32 matrix [rows, cols]; native when available (fast), else the JS reference. */
 export function encodeMatrix(enc: ExpertEncoding, src: Float32Array, rows: number, cols: number): Uint8Array {
+  if (isKQuant(enc)) checkKRows(enc, cols);
   const dst = new Uint8Array(matrixBytes(enc, rows, cols));
   const { addon } = loadNativeAddon();
-  if (addon) addon.encodeMatrix(encodingCode(enc), src, rows, cols, dst);
+  // k-quants: llama.cpp's reference quantizer (formats/ggmlKQuants.ts), JS only.
+  if (addon && !isKQuant(enc)) addon.encodeMatrix(encodingCode(enc), src, rows, cols, dst);
   else encodeMatrixJs(enc, src, rows, cols, dst);
   return dst;
 }
@@ -260,11 +302,21 @@ export function encodeMatrixJs(enc: ExpertEncoding, src: Float32Array, rows: num
     case "mxfp4":
       encodeMxfp4(src, rows, cols, dst);
       return;
+    case "q4_k":
+    case "q5_k":
+    case "q6_k":
+      checkKRows(enc, cols);
+      dst.set(quantize(K_GGML_TYPE[enc], n === src.length ? src : src.subarray(0, n)));
+      return;
     default: {
       const never: never = enc;
       throw new Error(`unknown encoding ${String(never)}`);
     }
   }
+}
+
+function checkKRows(enc: ExpertEncoding, cols: number): void {
+  if (cols % QK_K !== 0) throw new InvalidOptionError(`${enc} matrices hold rows of whole ${QK_K}-value super-blocks; a row of ${cols} values is not`);
 }
 
 /** lrintf's default rounding: to nearest, ties to even. */
@@ -302,6 +354,11 @@ export function decodeMatrix(enc: ExpertEncoding, bytes: Uint8Array, rows: numbe
     case "mxfp4":
       decodeMxfp4(bytes, rows, cols, out);
       return out;
+    case "q4_k":
+    case "q5_k":
+    case "q6_k":
+      checkKRows(enc, cols);
+      return dequantize(K_GGML_TYPE[enc], bytes.subarray(0, matrixBytes(enc, rows, cols)), n);
     default: {
       const never: never = enc;
       throw new Error(`unknown encoding ${String(never)}`);

@@ -10,8 +10,9 @@
  *
  * -> int8 (fp32 scale = d, exact; the same int8 values), int4 (fp32 scale = d; nibbles re-ordered
  * to ours: element 2i low, 2i+1 high, both q + 8 as in Q4_0) and mxfp4 (nibbles re-ordered).
- * F32 and F16 tensors are our f32 and f16 bytes as they are. Other types (K-quants, IQ*) have no
- * exact counterpart here: decode them to floats and encode (src/formats/ggmlQuants.ts dequantize).
+ * F32 and F16 tensors are our f32 and f16 bytes as they are, Q4_K, Q5_K and Q6_K super-blocks our
+ * q4_k, q5_k and q6_k bytes as they are (rows of whole 256-value blocks). Other types (IQ*, ...) have
+ * no exact counterpart here: decode them to floats and encode (src/formats/ggmlQuants.ts dequantize).
  */
 import { InvalidOptionError } from "../errors.js";
 import { halfToFloat } from "../util/dtype.js";
@@ -21,7 +22,7 @@ import { decodeMxfp4, mxfp4MatrixFromGgml } from "./mxfp4.js";
 const QK = 32;
 
 /** ggml_type ids (gguf.ts / ggmlQuants.ts GgmlType) of the types converted here. */
-export const GGML_LOSSLESS_EXPERT_TYPES = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, MXFP4: 39 } as const;
+export const GGML_LOSSLESS_EXPERT_TYPES = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, Q4_K: 12, Q5_K: 13, Q6_K: 14, MXFP4: 39 } as const;
 
 /** The expert encoding a ggml tensor type converts to without loss, if any. */
 export function losslessExpertEncoding(ggmlType: number): ExpertEncoding | undefined {
@@ -36,6 +37,12 @@ export function losslessExpertEncoding(ggmlType: number): ExpertEncoding | undef
       return "int4";
     case GGML_LOSSLESS_EXPERT_TYPES.MXFP4:
       return "mxfp4";
+    case GGML_LOSSLESS_EXPERT_TYPES.Q4_K:
+      return "q4_k";
+    case GGML_LOSSLESS_EXPERT_TYPES.Q5_K:
+      return "q5_k";
+    case GGML_LOSSLESS_EXPERT_TYPES.Q6_K:
+      return "q6_k";
     default:
       return undefined;
   }
@@ -94,6 +101,15 @@ export function expertMatrixFromGgml(ggmlType: number, data: Uint8Array, rows: n
       return { encoding, bytes: int4MatrixFromGgmlQ4_0(data, rows, cols) };
     case "mxfp4":
       return { encoding, bytes: mxfp4MatrixFromGgml(data, rows, cols) };
+    case "q4_k":
+      checkSize("Q4_K", data, rows, cols, 144, 256);
+      return { encoding, bytes: data.slice() };
+    case "q5_k":
+      checkSize("Q5_K", data, rows, cols, 176, 256);
+      return { encoding, bytes: data.slice() };
+    case "q6_k":
+      checkSize("Q6_K", data, rows, cols, 210, 256);
+      return { encoding, bytes: data.slice() };
     default:
       throw new InvalidOptionError(`ggml type ${ggmlType} has no lossless expert encoding; decode it to floats and encode`);
   }
