@@ -13,10 +13,10 @@
  * - The router settings are llama.cpp's for the architecture (Mixtral and Qwen3-MoE renormalise
  *   the top-k weights, Qwen2-MoE and OLMoE do not), so moe-run computes what llama.cpp computes.
  *
- * - gpt-oss, glm4moe, granitemoe and phimoe are mapped in their own files (ggufGptOss.ts,
- *   ggufGlm4Moe.ts, ggufGranite.ts, ggufPhimoe.ts) through describeWith(); a tensor there may be
+ * - gpt-oss, glm4moe, granitemoe, phimoe and deepseek2 are mapped in their own files (ggufGptOss.ts,
+ *   ggufGlm4Moe.ts, ggufGranite.ts, ggufPhimoe.ts, ggufDeepseek2.ts) through describeWith(); a tensor there may be
  *   derived from stored ones (gpt-oss MXFP4 blocks re-ordered into Hugging Face's `_blocks` /
- *   `_scales`, Granite's fused input_linear) by byte moves and transposes only.
+ *   `_scales`, Granite's fused input_linear, DeepSeek-V2's kv_b_proj from the split attn_k_b / attn_v_b) by byte moves and transposes only.
  *
  * Tensors are decoded to fp32 for now (any type ggmlQuants.ts decodes).
  */
@@ -34,6 +34,7 @@ import { vocabFromGguf, tokenizerConfigFromGguf } from "../tokenizer/ggufVocab.j
 import { canDequantize } from "./ggmlQuants.js";
 import { GgufValueType } from "./gguf.js";
 import { GgufFile, isGgufPath, type GgufTensor } from "./ggufReader.js";
+import { describeDeepseek2 } from "./ggufDeepseek2.js";
 import { describeGlm4Moe } from "./ggufGlm4Moe.js";
 import { describeGraniteMoe } from "./ggufGranite.js";
 import { describePhimoe } from "./ggufPhimoe.js";
@@ -294,10 +295,11 @@ function describe(g: GgufFile): { config: HfConfig; sources: Map<string, Source>
   if (arch === "glm4moe") return describeWith(g, arch, describeGlm4Moe);
   if (arch === "granitemoe") return describeWith(g, arch, describeGraniteMoe);
   if (arch === "phimoe") return describeWith(g, arch, describePhimoe);
+  if (arch === "deepseek2") return describeWith(g, arch, describeDeepseek2);
   const spec = ARCHES[arch];
   if (!spec) {
     const err = new UnknownArchitectureError(arch, Object.keys(ARCHES));
-    err.message = `${g.path}: GGUF architecture "${arch}" is not supported; moe-run imports llama (with experts, as Mixtral), qwen2moe, qwen3moe, olmoe, gpt-oss, glm4moe, granitemoe and phimoe`;
+    err.message = `${g.path}: GGUF architecture "${arch}" is not supported; moe-run imports llama (with experts, as Mixtral), qwen2moe, qwen3moe, olmoe, gpt-oss, glm4moe, granitemoe, phimoe and deepseek2`;
     throw err;
   }
   const key = (k: string) => `${arch}.${k}`;
@@ -488,9 +490,9 @@ function describeWith(
     throw new GgufTensorShapeError(`${g.path}: tensor "token_embd.weight" has dims [${embed.dims.join(", ")}] but ${key("embedding_length")} is ${H}`);
   }
   const V = embed.dims[1]!;
-  // Partial rotary (rope.dimension_count < key_length) is the mapping's to accept (GLM-4.5).
+  // Partial rotary (rope.dimension_count < key_length) is the mapping's to accept (GLM-4.5; DeepSeek-V2's MLA).
   const rot = uniform("rope.dimension_count", headDim);
-  if (rot !== headDim && arch !== "glm4moe") throw new UnsupportedConfigError(`${g.path}: RoPE on ${rot} of ${headDim} head dimensions is not supported for ${arch}`);
+  if (rot !== headDim && arch !== "glm4moe" && arch !== "deepseek2") throw new UnsupportedConfigError(`${g.path}: RoPE on ${rot} of ${headDim} head dimensions is not supported for ${arch}`);
   const tied = !g.has("output.weight");
   const config: HfConfig = {
     vocab_size: V,

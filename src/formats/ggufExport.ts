@@ -28,6 +28,7 @@ import {
 } from "./gguf.js";
 import { GgufFile } from "./ggufReader.js";
 import { HfCheckpoint } from "./HfCheckpoint.js";
+import { exportDeepseek2 } from "./ggufExportDeepseek2.js";
 import { exportGlm4Moe } from "./ggufExportGlm4Moe.js";
 import { exportGraniteMoe } from "./ggufExportGranite.js";
 import { exportPhimoe } from "./ggufExportPhimoe.js";
@@ -70,6 +71,7 @@ export function exportGguf(hfDir: string, outPath: string, options: GgufExportOp
     if (d.modelType === "gpt_oss") return exportGptOss(ckpt, hfDir, d, outPath, options, tokenizerMetadata(hfDir, d));
     if (d.modelType === "granitemoe") return exportGraniteMoe(ckpt, hfDir, d, outPath, options, tokenizerMetadata(hfDir, d), fallbackType);
     if (d.modelType === "phimoe") return exportPhimoe(ckpt, hfDir, d, outPath, options, tokenizerMetadata(hfDir, d), fallbackType);
+    if (d.modelType === "deepseek_v2") return exportDeepseek2(ckpt, hfDir, d, outPath, options, tokenizerMetadata(hfDir, d), fallbackType);
     if (d.modelType === "glm4_moe") return exportGlm4Moe(ckpt, hfDir, d, outPath, options, tokenizerMetadata(hfDir, d), fallbackType);
     const arch = ARCH[d.modelType];
     if (!arch) throw new UnsupportedConfigError(`GGUF export supports ${Object.keys(ARCH).join(", ")}, not model_type "${d.modelType}"`);

@@ -17,7 +17,7 @@ export function registerImport(program: Command): void {
     )
     .argument(
       "<hf-dir>",
-      "folder of the Hugging Face checkpoint, a .gguf file (architectures llama with experts, qwen2moe, qwen3moe, olmoe, gpt-oss, glm4moe, granitemoe, phimoe), " +
+      "folder of the Hugging Face checkpoint, a .gguf file (architectures llama with experts, qwen2moe, qwen3moe, olmoe, gpt-oss, glm4moe, granitemoe, phimoe, deepseek2), " +
         "or a hub repository id org/name[@revision] (pulled into the hub cache first)"
     )
     .argument("<model-dir>", "moe-run model directory to create")
