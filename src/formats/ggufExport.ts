@@ -11,12 +11,11 @@
 import * as path from "node:path";
 import { readModelDims } from "../architectures/readModelDims.js";
 import type { ModelDims } from "../architectures/ModelDims.js";
-import { CheckpointCorruptError, UnsupportedConfigError } from "../errors.js";
+import { UnsupportedConfigError } from "../errors.js";
 import {
   FILE_TYPE,
   GGML_TYPE,
   GGUF_DEFAULT_ALIGNMENT,
-  encodeGgml,
   gguf,
   ggmlTypeFits,
   permuteRopeRows,
@@ -28,6 +27,7 @@ import {
 } from "./gguf.js";
 import { GgufFile } from "./ggufReader.js";
 import { HfCheckpoint } from "./HfCheckpoint.js";
+import { ggufTensorList } from "./ggufTensorList.js";
 import { exportDeepseek2 } from "./ggufExportDeepseek2.js";
 import { exportGlm4Moe } from "./ggufExportGlm4Moe.js";
 import { exportGraniteMoe } from "./ggufExportGranite.js";
@@ -81,25 +81,11 @@ export function exportGguf(hfDir: string, outPath: string, options: GgufExportOp
     const E = d.numExperts;
     const qRows = d.numHeads * d.headDim;
     const kvRows = d.numKvHeads * d.headDim;
-    const types = new Map<string, GgmlTypeName>();
-    const tensors: GgufTensorSpec[] = [];
-    const read = (name: string, shape: number[]) => {
-      if (!ckpt.has(name)) throw new CheckpointCorruptError(`the checkpoint in ${hfDir} has no tensor "${name}"`);
-      ckpt.checkShape(name, shape);
-      return () => ckpt.readFloat32(name, shape);
-    };
-    const vector = (name: string, hf: string, n: number, shape: number[] = [n]) => {
-      const get = read(hf, shape);
-      types.set(name, "F32");
-      tensors.push({ name, dims: [n], type: "F32", data: () => [encodeGgml(get(), "F32")] });
-    };
+    const list = ggufTensorList(ckpt, hfDir, (name, dims) => options.typeFor?.(name, dims) ?? fallbackType(options.type, dims[0]!));
+    const { types, tensors, read } = list;
+    const vector = (name: string, hf: string, n: number, shape: number[] = [n]) => list.f32(name, [n], read(hf, shape));
     /** A matrix or a stack of them: `parts` read row-major [rows, cols] blocks written one after another. */
-    const matrix = (name: string, dims: number[], parts: (() => Float32Array)[], keepF32 = false) => {
-      const cols = dims[0]!;
-      const type = keepF32 ? "F32" : (options.typeFor?.(name, dims) ?? fallbackType(options.type, cols));
-      types.set(name, type);
-      tensors.push({ name, dims, type, data: function* () { for (const p of parts) yield encodeGgml(p(), type); } });
-    };
+    const matrix = (name: string, dims: number[], parts: (() => Float32Array)[], keepF32 = false) => list.matrix(name, dims, parts, keepF32 ? "F32" : undefined);
     const hf = (l: number, rest: string) => `model.layers.${l}.${rest}`;
     const permuted = (get: () => Float32Array, heads: number, cols: number) => (arch === "llama" ? () => permuteRopeRows(get(), heads, cols) : get);
 

@@ -8,10 +8,10 @@
  */
 import * as path from "node:path";
 import type { ModelDims } from "../architectures/ModelDims.js";
-import { CheckpointCorruptError } from "../errors.js";
-import { FILE_TYPE, GGUF_DEFAULT_ALIGNMENT, encodeGgml, gguf, writeGguf, type GgmlTypeName, type GgufTensorSpec, type GgufValue } from "./gguf.js";
+import { FILE_TYPE, GGUF_DEFAULT_ALIGNMENT, gguf, writeGguf, type GgmlTypeName, type GgufValue } from "./gguf.js";
 import type { GgufExportOptions, GgufExportResult } from "./ggufExport.js";
 import type { HfCheckpoint } from "./HfCheckpoint.js";
+import { ggufTensorList } from "./ggufTensorList.js";
 
 type Part = "gate" | "up" | "down";
 const PROJ: Record<Part, string> = { gate: "gate_proj", up: "up_proj", down: "down_proj" };
@@ -37,22 +37,7 @@ export function exportGlm4Moe(
   const shared = Number(c["n_shared_experts"] ?? 0);
   const Fs = shared * F;
   const rot = Math.floor(d.headDim * Number(c["partial_rotary_factor"] ?? 0.5));
-  const types = new Map<string, GgmlTypeName>();
-  const tensors: GgufTensorSpec[] = [];
-  const read = (name: string, shape: number[]) => {
-    if (!ckpt.has(name)) throw new CheckpointCorruptError(`the checkpoint in ${hfDir} has no tensor "${name}"`);
-    ckpt.checkShape(name, shape);
-    return () => ckpt.readFloat32(name, shape);
-  };
-  const f32 = (name: string, dims: number[], get: () => Float32Array) => {
-    types.set(name, "F32");
-    tensors.push({ name, dims, type: "F32", data: () => [encodeGgml(get(), "F32")] });
-  };
-  const matrix = (name: string, dims: number[], parts: (() => Float32Array)[]) => {
-    const type = options.typeFor?.(name, dims) ?? fallback(options.type, dims[0]!);
-    types.set(name, type);
-    tensors.push({ name, dims, type, data: function* () { for (const p of parts) yield encodeGgml(p(), type); } });
-  };
+  const { types, tensors, read, f32, matrix } = ggufTensorList(ckpt, hfDir, (name, dims) => options.typeFor?.(name, dims) ?? fallback(options.type, dims[0]!));
   const hf = (l: number, rest: string) => `model.layers.${l}.${rest}`;
   const shape = (p: Part, rows: number) => (p === "down" ? [H, rows] : [rows, H]);
   const gdims = (p: Part, rows: number) => (p === "down" ? [rows, H] : [H, rows]);

@@ -13,10 +13,11 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { ModelDims } from "../architectures/ModelDims.js";
-import { CheckpointCorruptError, UnsupportedConfigError } from "../errors.js";
-import { FILE_TYPE, GGUF_DEFAULT_ALIGNMENT, encodeGgml, gguf, writeGguf, type GgmlTypeName, type GgufTensorSpec, type GgufValue } from "./gguf.js";
+import { UnsupportedConfigError } from "../errors.js";
+import { FILE_TYPE, GGUF_DEFAULT_ALIGNMENT, encodeGgml, gguf, writeGguf, type GgmlTypeName, type GgufValue } from "./gguf.js";
 import type { GgufExportOptions, GgufExportResult } from "./ggufExport.js";
 import type { HfCheckpoint } from "./HfCheckpoint.js";
+import { ggufTensorList } from "./ggufTensorList.js";
 import { GgmlType, dequantize } from "./ggmlQuants.js";
 import "../store/expertEncoding.js"; // registers the MXFP4 decoder
 
@@ -47,23 +48,10 @@ export function exportGptOss(ckpt: HfCheckpoint, hfDir: string, d: ModelDims, ou
   const kvRows = d.numKvHeads * d.headDim;
   const c = ckpt.config;
   if (H % 64 !== 0 || F % 64 !== 0) throw new UnsupportedConfigError(`gpt-oss GGUF export needs hidden and expert sizes that are multiples of 64, got ${H}, ${F}`);
-  const types = new Map<string, GgmlTypeName>();
-  const tensors: GgufTensorSpec[] = [];
   const mx: { name: string; cols: number }[] = [];
-  const read = (name: string, shape: number[]) => {
-    if (!ckpt.has(name)) throw new CheckpointCorruptError(`the checkpoint in ${hfDir} has no tensor "${name}"`);
-    ckpt.checkShape(name, shape);
-    return () => ckpt.readFloat32(name, shape);
-  };
-  const f32 = (name: string, dims: number[], get: () => Float32Array) => {
-    types.set(name, "F32");
-    tensors.push({ name, dims, type: "F32", data: () => [encodeGgml(get(), "F32")] });
-  };
-  const matrix = (name: string, dims: number[], get: () => Float32Array) => {
-    const type = options.typeFor?.(name, dims) ?? options.type;
-    types.set(name, type);
-    tensors.push({ name, dims, type, data: () => [encodeGgml(get(), type)] });
-  };
+  const list = ggufTensorList(ckpt, hfDir, (name, dims) => options.typeFor?.(name, dims) ?? options.type);
+  const { types, tensors, read, f32 } = list;
+  const matrix = (name: string, dims: number[], get: () => Float32Array) => list.matrix(name, dims, [get]);
   const hf = (l: number, rest: string) => `model.layers.${l}.${rest}`;
   matrix("token_embd.weight", [H, V], read("model.embed_tokens.weight", [V, H]));
   for (let l = 0; l < d.numLayers; l++) {

@@ -7,10 +7,11 @@
  */
 import * as path from "node:path";
 import type { ModelDims } from "../architectures/ModelDims.js";
-import { CheckpointCorruptError, UnsupportedConfigError } from "../errors.js";
-import { FILE_TYPE, GGUF_DEFAULT_ALIGNMENT, encodeGgml, gguf, writeGguf, type GgmlTypeName, type GgufTensorSpec, type GgufValue } from "./gguf.js";
+import { UnsupportedConfigError } from "../errors.js";
+import { FILE_TYPE, GGUF_DEFAULT_ALIGNMENT, gguf, writeGguf, type GgmlTypeName, type GgufValue } from "./gguf.js";
 import type { GgufExportOptions, GgufExportResult } from "./ggufExport.js";
 import type { HfCheckpoint } from "./HfCheckpoint.js";
+import { ggufTensorList } from "./ggufTensorList.js";
 
 const MIXTRAL_W = { gate: "w1", up: "w3", down: "w2" } as const;
 
@@ -30,22 +31,7 @@ export function exportPhimoe(
   const E = d.numExperts;
   const qRows = d.numHeads * d.headDim;
   const kvRows = d.numKvHeads * d.headDim;
-  const types = new Map<string, GgmlTypeName>();
-  const tensors: GgufTensorSpec[] = [];
-  const read = (name: string, shape: number[]) => {
-    if (!ckpt.has(name)) throw new CheckpointCorruptError(`the checkpoint in ${hfDir} has no tensor "${name}"`);
-    ckpt.checkShape(name, shape);
-    return () => ckpt.readFloat32(name, shape);
-  };
-  const f32 = (name: string, dims: number[], get: () => Float32Array) => {
-    types.set(name, "F32");
-    tensors.push({ name, dims, type: "F32", data: () => [encodeGgml(get(), "F32")] });
-  };
-  const matrix = (name: string, dims: number[], parts: (() => Float32Array)[]) => {
-    const type = options.typeFor?.(name, dims) ?? fallback(options.type, dims[0]!);
-    types.set(name, type);
-    tensors.push({ name, dims, type, data: function* () { for (const p of parts) yield encodeGgml(p(), type); } });
-  };
+  const { types, tensors, read, f32, matrix } = ggufTensorList(ckpt, hfDir, (name, dims) => options.typeFor?.(name, dims) ?? fallback(options.type, dims[0]!));
   const hf = (l: number, rest: string) => `model.layers.${l}.${rest}`;
   const rs = c["rope_scaling"] as Record<string, unknown> | null | undefined;
   const longrope = rs && (rs["rope_type"] ?? rs["type"]) === "longrope";
