@@ -46,11 +46,10 @@ export function separateExperts(name: (j: number, part: ExpertPart) => string): 
   return {
     // A GGUF file whose experts are all of one type moe-run computes from directly (Q8_0 -> int8,
     // Q4_0 -> int4, MXFP4, F16, F32) imports them as they are, computing as llama.cpp does.
-    storedEncoding(ckpt, at) {
+    storedEncoding(ckpt) {
       if (!rawBlocks(ckpt)) return undefined;
       const types = new Set<string>();
       for (const t of ckpt.tensorNames()) if (/\.experts\.\d+\./.test(t) && t.startsWith("model.layers.")) types.add(ckpt.entry(t).dtype);
-      void at;
       const only = [...types];
       return only.length === 1 ? GGML_AS_IS[only[0]!] : undefined;
     },
@@ -151,8 +150,7 @@ export function gptOssExperts(prefix: string): CheckpointExperts {
         [at(t("gate_up_proj_bias")), [E, 2 * F]],
         [at(t("down_proj_bias")), [E, H]],
       ]);
-      // Which form the checkpoint holds is known only from its tensor names: `shapes` lists both
-      // and the importer checks the ones present (storedEncoding picks).
+      // The weights' tensors depend on the form the checkpoint holds: storedShapes.
       return m;
     },
     storedShapes(ckpt, at, d) {

@@ -8,7 +8,7 @@ import { UnsupportedConfigError } from "../errors.js";
 import { gptOssActivation } from "../kernels/expertActivation.js";
 import type { HfConfig } from "../formats/HfCheckpoint.js";
 import type { ModelDims, ModelFeatures } from "./ModelDims.js";
-import { ropeSpec } from "./ropeSpec.js";
+import { ropeSpec, yarnMscale } from "./ropeSpec.js";
 
 /** Factors the importer multiplies into weights. */
 export interface WeightFolds {
@@ -166,10 +166,7 @@ export const familyFeatures = {
     const rs = c.config["rope_scaling"] as Record<string, unknown> | null | undefined;
     const mAll = rs?.["mscale_all_dim"];
     const factor = rs?.["factor"];
-    if (typeof mAll === "number" && mAll && typeof factor === "number" && factor > 1) {
-      const m = 0.1 * mAll * Math.log(factor) + 1;
-      scale *= m * m;
-    }
+    if (typeof mAll === "number" && mAll && typeof factor === "number") scale *= yarnMscale(factor, mAll) ** 2;
     const shared = c.number("n_shared_experts", 0);
     return {
       features: {

@@ -3,6 +3,11 @@ import { UnsupportedConfigError } from "../errors.js";
 import type { ConfigValues } from "./familyFeatures.js";
 import type { RopeSpec } from "./ModelDims.js";
 
+/** YaRN's magnitude correction for a context stretched `scale` times: 0.1 * m * ln(scale) + 1 (1 when not stretched). */
+export function yarnMscale(scale: number, m = 1): number {
+  return scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1;
+}
+
 /** rope_theta, partial_rotary_factor and rope_scaling as the runtime's RopeSpec; unknown kinds refused by name. */
 export function ropeSpec(c: ConfigValues, headDim: number, theta: number, rotaryDims?: number): RopeSpec {
   const partial = c.number("partial_rotary_factor", 1);
@@ -30,12 +35,11 @@ export function ropeSpec(c: ConfigValues, headDim: number, theta: number, rotary
     case "yarn": {
       const factor = num("factor");
       const originalMax = num("original_max_position_embeddings", maxPositions);
-      const mscale = (scale: number, m = 1) => (scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1);
       const m = r["mscale"];
       const mAll = r["mscale_all_dim"];
       let attentionFactor = num("attention_factor", Number.NaN);
       if (Number.isNaN(attentionFactor)) {
-        attentionFactor = typeof m === "number" && m && typeof mAll === "number" && mAll ? mscale(factor, m) / mscale(factor, mAll) : mscale(factor);
+        attentionFactor = typeof m === "number" && m && typeof mAll === "number" && mAll ? yarnMscale(factor, m) / yarnMscale(factor, mAll) : yarnMscale(factor);
       }
       const truncate = r["truncate"] ?? true;
       if (typeof truncate !== "boolean") throw new UnsupportedConfigError(`rope_scaling.truncate in config.json must be true or false, got ${JSON.stringify(truncate)}`);

@@ -1,7 +1,7 @@
 /** The dense layers as onnxruntime sessions over the importer's graphs (fp32 weights). */
 import * as path from "node:path";
 import { OnnxSession, type ExecutionDevice } from "../backends/onnx.js";
-import { layerWindow, modelFeatures, type ModelDims } from "../architectures/ModelDims.js";
+import { layerWindow, modelFeatures, type ModelDims, type ModelFeatures } from "../architectures/ModelDims.js";
 import { IO } from "../importer/modelGraphs.js";
 import type { ModelManifest } from "../model/manifest.js";
 import type { DenseLayers, LayerOutputs, RopeTables } from "./DenseLayers.js";
@@ -11,6 +11,7 @@ import { causalMask } from "./rope.js";
 export class OnnxDenseLayers implements DenseLayers {
   readonly name = "onnx" as const;
   readonly bytesPerToken: number;
+  private readonly features: ModelFeatures;
 
   private constructor(
     private readonly dims: ModelDims,
@@ -19,6 +20,7 @@ export class OnnxDenseLayers implements DenseLayers {
     private readonly headSession: OnnxSession
   ) {
     const d = dims;
+    this.features = modelFeatures(d);
     const attn = (d.numHeads + 2 * d.numKvHeads) * d.headDim * d.hiddenSize + d.hiddenSize * d.numHeads * d.headDim;
     const shared = 3 * d.sharedExpertFfn * d.hiddenSize;
     this.bytesPerToken = 4 * (d.numLayers * (attn + d.numExperts * d.hiddenSize + shared) + d.vocabSize * d.hiddenSize);
@@ -57,10 +59,10 @@ export class OnnxDenseLayers implements DenseLayers {
       [L.hidden]: { data: hidden, dims: [T, d.hiddenSize] },
       [L.cos]: { data: rope.cos, dims: [T, d.headDim] },
       [L.sin]: { data: rope.sin, dims: [T, d.headDim] },
-      [L.mask]: { data: causalMask(past, T, layerWindow(modelFeatures(d), layer)), dims: [T, past + T] },
+      [L.mask]: { data: causalMask(past, T, layerWindow(this.features, layer)), dims: [T, past + T] },
       [L.pastKey]: kv.keys[layer]!,
       // Multi-head latent attention caches latent rows only (as keys).
-      ...(modelFeatures(d).mla ? {} : { [L.pastValue]: kv.values[layer]! }),
+      ...(this.features.mla ? {} : { [L.pastValue]: kv.values[layer]! }),
     });
     kv.keys[layer] = out[L.presentKey]!;
     if (out[L.presentValue]) kv.values[layer] = out[L.presentValue]!;
