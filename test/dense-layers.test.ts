@@ -144,8 +144,8 @@ process.stdout.write(JSON.stringify(Array.from(l)));`;
 
   it("refuses a weight blob that does not match the layer's shapes, and token ids outside the vocabulary", () => {
     const a = addon!;
-    // [H, Hq, Hkv, hd, E, Fs, eps, qkNorm, norm, attnScale, rotaryDim, window, 5 x MLA]; 30 sections (dense_layer.h)
-    const spec = Float64Array.from([64, 4, 2, 16, 4, 0, 1e-5, 0, 0, 0.25, 16, 0, 0, 0, 0, 0, 0]);
+    // [H, Hq, Hkv, hd, E, Fs, eps, qkNorm, norm, attnScale, rotaryDim, window, 5 x MLA, kvF16]; 30 sections (dense_layer.h)
+    const spec = Float64Array.from([64, 4, 2, 16, 4, 0, 1e-5, 0, 0, 0.25, 16, 0, 0, 0, 0, 0, 0, 0]);
     const sections = new Float64Array(30 * 3).fill(-1);
     const f = (n: number) => new Float32Array(n);
     expect(() => a.denseLayer(spec, new Uint8Array(16), sections, f(64), 1, 0, f(16), f(16), f(2 * 16 * 4), f(2 * 16 * 4), 4, f(64), f(64), f(4), null, 1)).toThrow(
@@ -156,6 +156,118 @@ process.stdout.write(JSON.stringify(Array.from(l)));`;
       /does not match its shape or lies outside the blob/
     );
     expect(() => a.gatherRows(0, new Uint8Array(4 * 8 * 4), 4, 8, Int32Array.from([1, 4]), f(16))).toThrow(/token id 4 outside the vocabulary/);
+    expect(() => a.denseLayer(spec.subarray(0, 17), new Uint8Array(16), sections, f(64), 1, 0, f(16), f(16), f(128), f(128), 4, f(64), f(64), f(4), null, 1)).toThrow(
+      /spec or section table has the wrong length/
+    );
+    // A half cache of 4 positions is [2, 4, 16] halves; one short of that is refused, not overrun.
+    const half = Float64Array.from(spec);
+    half[17] = 1;
+    const blobBytes = 4096;
+    const ok = new Float64Array(30 * 3).fill(-1);
+    expect(() => a.denseLayer(half, new Uint8Array(blobBytes), ok, f(64), 1, 0, f(16), f(16), new Uint16Array(2 * 4 * 16 - 1), new Uint16Array(2 * 4 * 16), 4, f(64), f(64), f(4), null, 1)).toThrow(
+      /section 0 is missing|buffer sizes do not match/
+    );
+    const mla = Float64Array.from([64, 4, 1, 24, 4, 0, 1e-5, 0, 0, 0.25, 8, 0, 0, 16, 16, 8, 16, 1]);
+    expect(() => a.denseLayer(mla, new Uint8Array(16), sections, f(64), 1, 0, f(24), f(24), f(4 * 24), f(0), 4, f(64), f(64), f(4), null, 1)).toThrow(/MLA latent cache is fp32 only/);
+  });
+
+  describe("f16 KV cache", () => {
+    // Halves of every cached key and value: logits move by rounding (2^-11 relative per value), and
+    // only by that; a latent (MLA) cache is kept fp32, so there nothing moves.
+    for (const name of FIXTURES) {
+      it(`${name}: logits within half-precision rounding of the fp32 cache's at every position`, async () => {
+        const dir = await importFixture(name, name === "tiny-gpt-oss" ? { experts: "f32" } : {});
+        const exact = await loadModel(dir, { threads: 1, dense: "native", log: () => {} });
+        const half = await loadModel(dir, { threads: 1, dense: "native", kvCache: "f16", log: () => {} });
+        try {
+          const mla = name.startsWith("tiny-deepseek-v2");
+          expect(half.engineInfo().kvCache).toBe(mla ? "f32" : "f16");
+          expect(exact.engineInfo().kvCache).toBe("f32");
+          const ids = exact.tokenize(`${PROMPT} ${PROMPT} ${PROMPT}`);
+          const a = (await exact.logits(ids)).data;
+          const b = (await half.logits(ids)).data;
+          let worst = 0;
+          let scale = 0;
+          for (let i = 0; i < a.length; i++) {
+            worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
+            scale = Math.max(scale, Math.abs(a[i]!));
+          }
+          if (mla) expect(worst).toBe(0);
+          else {
+            expect(worst).toBeGreaterThan(0);
+            expect(worst).toBeLessThan(5e-3 * scale);
+          }
+        } finally {
+          await exact.dispose();
+          await half.dispose();
+        }
+      }, 120_000);
+    }
+
+    it("keeps greedy output of the trained model equal to the fp32 cache's", async () => {
+      const dir = await importFixture("moe-tiny-en");
+      const a = await greedyRun(dir, "The king said that", 64);
+      const b = await greedyRun(dir, "The king said that", 64, { kvCache: "f16" });
+      expect(b.ids).toEqual(a.ids);
+    }, 300_000);
+
+    it("reads halves at every kernel level this CPU runs, within their rounding of the exact logits", async () => {
+      // Levels round the same fp32 keys to halves, but their keys differ in the last fp32 bits, so
+      // a value near a rounding boundary may land on the neighbouring half: compare each level with
+      // the exact (onnx, fp32 cache) logits at half-precision tolerance, not with each other.
+      const dir = await importFixture("tiny-qwen3-moe");
+      const ids = Array.from({ length: 70 }, (_, i) => (i * 37 + 11) % 200);
+      const onnx = await loadModel(dir, { threads: 1, dense: "onnx", log: () => {} });
+      const want = (await onnx.logits(ids)).data;
+      await onnx.dispose();
+      const scale = want.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+      const script = `import { loadModel } from ${JSON.stringify(path.join(ROOT, "dist", "index.js"))};
+const m = await loadModel(${JSON.stringify(dir)}, { threads: 2, dense: "native", kvCache: "f16", log: () => {} });
+const l = (await m.logits(${JSON.stringify(ids)})).data;
+await m.dispose();
+process.stdout.write(JSON.stringify(Array.from(l)));`;
+      for (const isa of addon!.kernelIsas()) {
+        const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { env: { ...process.env, MOE_RUN_KERNEL_ISA: isa }, encoding: "utf8", maxBuffer: 1 << 26 });
+        expect(r.status, `${isa}: ${r.stderr}`).toBe(0);
+        const got = JSON.parse(r.stdout) as number[];
+        expect(got.length).toBe(want.length);
+        let worst = 0;
+        for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
+        expect(worst, isa).toBeGreaterThan(0);
+        expect(worst, isa).toBeLessThan(5e-3 * scale);
+      }
+    }, 120_000);
+
+    it("grows past its capacity by copying halves, continuing as a cache filled at once would", async () => {
+      const dir = await importFixture("tiny-mixtral");
+      const model = await loadModel(dir, { threads: 1, kvCache: "f16", log: () => {} });
+      try {
+        const take = async (seq: ReturnType<LanguageModel["openSequence"]>, ids: number[]) => {
+          const out: number[] = [];
+          const it = seq.generate(ids, { maxTokens: 8, stopAtEos: false, onToken: (id) => out.push(id) });
+          let r = await it.next();
+          while (!r.done) r = await it.next();
+          return { out, stats: r.value };
+        };
+        const first = model.tokenize(PROMPT);
+        const longer = [...first, ...Array.from({ length: 150 }, (_, i) => (i * 13 + 5) % 400)];
+        const grown = model.openSequence();
+        await take(grown, first); // capacity 64: the prompt and 8 tokens
+        const second = await take(grown, longer); // past 64 positions: the halves are copied into a larger cache
+        expect(second.stats.reusedTokens).toBe(first.length);
+        const fresh = model.openSequence();
+        expect(second.out).toEqual((await take(fresh, longer)).out);
+        await grown.dispose();
+        await fresh.dispose();
+      } finally {
+        await model.dispose();
+      }
+    }, 120_000);
+
+    it("refuses a KV cache precision it does not have", async () => {
+      const dir = await importFixture("tiny-mixtral");
+      await expect(loadModel(dir, { kvCache: "f8" as never, log: () => {} })).rejects.toThrow(/kvCache must be "f32" or "f16", got "f8"/);
+    });
   });
 
   it("holds the dense weights of an int8 model at int8 (about a quarter of the fp32 graphs)", async () => {

@@ -70,7 +70,7 @@ static void rope(float* x, size_t T, size_t heads, size_t hd, size_t rot, const 
 }
 
 // ctx[T, Hq*hd] from q [T, Hq*hd] and the cache's first past+T positions (causal).
-static void attention(const DenseSpec& s, const float* q, const float* kv_k, const float* kv_v, size_t capacity, size_t past,
+static void attention(const DenseSpec& s, const float* q, const void* kv_k, const void* kv_v, size_t capacity, size_t past,
                       size_t T, const float* sinks, float* ctx, int threads) {
   const size_t hd = s.hd, G = s.Hq / s.Hkv;
   const float scale = s.attn_scale;
@@ -83,8 +83,9 @@ static void attention(const DenseSpec& s, const float* q, const float* kv_k, con
       const size_t g = task / T, t = task % T;
       // Keys [first, past + t]: all before the query, or the last `window` of them.
       const size_t seen = past + t + 1, first = s.window && seen > s.window ? seen - s.window : 0;
-      k->attend(q + t * s.Hq * hd + g * G * hd, G, kv_k + (g * capacity + first) * hd, kv_v + (g * capacity + first) * hd, seen - first, hd, scale,
-                sinks ? sinks + g * G : nullptr, scores.data(), ctx + t * s.Hq * hd + g * G * hd);
+      const size_t row = (g * capacity + first) * hd, el = s.kv_f16 ? 2 : 4;  // the first key's offset, in elements
+      k->attend(q + t * s.Hq * hd + g * G * hd, G, static_cast<const uint8_t*>(kv_k) + row * el, static_cast<const uint8_t*>(kv_v) + row * el,
+                s.kv_f16, seen - first, hd, scale, sinks ? sinks + g * G : nullptr, scores.data(), ctx + t * s.Hq * hd + g * G * hd);
     }
   };
   parallel_for(threads, s.Hkv * T, work);
@@ -145,8 +146,8 @@ static void mla_attention(const DenseSpec& s, const WeightRef* w, const float* x
       const size_t seen = past + t + 1, first = s.window && seen > s.window ? seen - s.window : 0;
       for (size_t h0 = 0; h0 < nh; h0 += 16) {
         const size_t G = nh - h0 < 16 ? nh - h0 : 16;
-        k->attend(qlat.data() + (t * nh + h0) * L, G, kv_k + first * L, kv_k + first * L, seen - first, L, s.attn_scale, nullptr, scores.data(),
-                  lat.data() + (t * nh + h0) * L);
+        k->attend(qlat.data() + (t * nh + h0) * L, G, kv_k + first * L, kv_k + first * L, false, seen - first, L, s.attn_scale, nullptr,
+                  scores.data(), lat.data() + (t * nh + h0) * L);
       }
     }
   };
@@ -161,7 +162,7 @@ static void mla_attention(const DenseSpec& s, const WeightRef* w, const float* x
 }
 
 void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, size_t T, size_t past, const float* cos,
-                   const float* sin, float* kv_k, float* kv_v, size_t capacity, float* attn_out, float* moe_in,
+                   const float* sin, void* kv_k, void* kv_v, size_t capacity, float* attn_out, float* moe_in,
                    float* router_logits, float* shared_out, int threads) {
   const size_t H = s.H, hd = s.hd, nq = s.Hq * hd, nkv = s.Hkv * hd;
   std::vector<float> x(T * H), q(T * nq), k(T * nkv), v(T * nkv), ctx(T * nq);  // [T, *] activations
@@ -177,7 +178,7 @@ void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, 
   };
   if (s.kv_rank) {
     std::vector<float> mctx(T * s.Hq * s.v_dim);  // [T, Hq*v_dim]
-    mla_attention(s, w, x.data(), T, past, cos, sin, kv_k, capacity, mctx.data(), threads);
+    mla_attention(s, w, x.data(), T, past, cos, sin, static_cast<float*>(kv_k), capacity, mctx.data(), threads);
     matmul_rows(w[kO].enc, w[kO].p, H, s.Hq * s.v_dim, mctx.data(), T, attn_out, threads);
   } else {
   const MatmulJob qkv[3] = {
@@ -200,8 +201,20 @@ void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, 
   rope(k.data(), T, s.Hkv, hd, s.rot, cos, sin);
   for (size_t t = 0; t < T; t++)
     for (size_t g = 0; g < s.Hkv; g++) {
-      std::memcpy(kv_k + (g * capacity + past + t) * hd, k.data() + (t * s.Hkv + g) * hd, hd * 4);
-      std::memcpy(kv_v + (g * capacity + past + t) * hd, v.data() + (t * s.Hkv + g) * hd, hd * 4);
+      const size_t at = (g * capacity + past + t) * hd;
+      const float* kr = k.data() + (t * s.Hkv + g) * hd;
+      const float* vr = v.data() + (t * s.Hkv + g) * hd;
+      if (s.kv_f16) {
+        uint16_t* kh = static_cast<uint16_t*>(kv_k) + at;
+        uint16_t* vh = static_cast<uint16_t*>(kv_v) + at;
+        for (size_t i = 0; i < hd; i++) {
+          kh[i] = float_to_half(kr[i]);
+          vh[i] = float_to_half(vr[i]);
+        }
+      } else {
+        std::memcpy(static_cast<float*>(kv_k) + at, kr, hd * 4);
+        std::memcpy(static_cast<float*>(kv_v) + at, vr, hd * 4);
+      }
     }
   attention(s, q.data(), kv_k, kv_v, capacity, past, T, w[kSinks].p ? f32(w[kSinks]) : nullptr, ctx.data(), threads);
   matmul_rows(w[kO].enc, w[kO].p, H, nq, ctx.data(), T, attn_out, threads);

@@ -30,6 +30,9 @@ struct DenseSpec {
   // Multi-head latent attention (DeepSeek-V2) when kv_rank > 0: Hkv = 1 and hd = kv_rank + rope
   // (one latent row per position, no values), q_rank 0 = no q compression.
   size_t q_rank = 0, kv_rank = 0, nope = 0, rope_dim = 0, v_dim = 0;
+  // The KV cache holds IEEE halves instead of fp32 (not with MLA): half the bytes a decode step
+  // reads at long contexts, as llama.cpp's default F16 cache.
+  bool kv_f16 = false;
 };
 
 // Sections of a layer's weight blob, in this order. Norms, biases, the router and the shared
@@ -75,10 +78,10 @@ struct WeightRef {
 };
 
 // Buffers (fp32): hidden, attn_out, moe_in [T, H]; cos, sin [T, hd]; router_logits [T, E];
-// shared_out [T, H] or null; kv_k, kv_v [Hkv, capacity, hd] holding `past` positions, to which
-// the T new positions are appended (past + T <= capacity).
+// shared_out [T, H] or null; kv_k, kv_v [Hkv, capacity, hd] (fp32, or uint16 halves with
+// s.kv_f16) holding `past` positions, to which the T new positions are appended (past + T <= capacity).
 void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, size_t T, size_t past, const float* cos,
-                   const float* sin, float* kv_k, float* kv_v, size_t capacity, float* attn_out, float* moe_in,
+                   const float* sin, void* kv_k, void* kv_v, size_t capacity, float* attn_out, float* moe_in,
                    float* router_logits, float* shared_out, int threads);
 
 // out[T, n] = x / sqrt(mean(x^2) + eps) * w, per row of n.

@@ -19,7 +19,8 @@ napi_value fail(napi_env env, const std::string& msg) {
 }
 
 // denseLayer(spec: Float64Array [H,Hq,Hkv,hd,E,Fs,eps,qkNorm,norm,attnScale,rot,window,
-//                                 qRank,kvRank,nope,ropeDim,vDim (MLA when kvRank > 0)], blob: Uint8Array,
+//                                 qRank,kvRank,nope,ropeDim,vDim (MLA when kvRank > 0),
+//                                 kvF16 (1: kvK/kvV are Uint16Array halves)], blob: Uint8Array,
 //            sections: Float64Array [kSectionCount*3: offset (-1 absent), bytes, enc],
 //            hidden, T, past, cos, sin, kvK, kvV, capacity, attnOut, moeIn, routerLogits, sharedOut|null, threads)
 napi_value DenseLayer(napi_env env, napi_callback_info info) {
@@ -38,17 +39,18 @@ napi_value DenseLayer(napi_env env, napi_callback_info info) {
   }
   typed_data(env, a[14], &shared, &shared_b);  // null when the model has no shared expert
   const double* sp = static_cast<const double*>(spec_p);
-  if (spec_b != 17 * 8 || sec_b != moe::kSectionCount * 3 * 8) return fail(env, "denseLayer: spec or section table has the wrong length");
+  if (spec_b != 18 * 8 || sec_b != moe::kSectionCount * 3 * 8) return fail(env, "denseLayer: spec or section table has the wrong length");
   moe::DenseSpec s{size_t(sp[0]), size_t(sp[1]), size_t(sp[2]),  size_t(sp[3]),  size_t(sp[4]),  size_t(sp[5]),
                    float(sp[6]),  int(sp[7]),     int(sp[8]),      float(sp[9]),   size_t(sp[10]), size_t(sp[11]),
-                   size_t(sp[12]), size_t(sp[13]), size_t(sp[14]), size_t(sp[15]), size_t(sp[16])};
+                   size_t(sp[12]), size_t(sp[13]), size_t(sp[14]), size_t(sp[15]), size_t(sp[16]), sp[17] == 1};
   const bool mla = s.kv_rank > 0;
+  if (mla && s.kv_f16) return fail(env, "denseLayer: an MLA latent cache is fp32 only");
   if (mla && (s.Hkv != 1 || s.hd != s.kv_rank + s.rope_dim || s.rot != s.rope_dim || s.rope_dim % 2)) return fail(env, "denseLayer: inconsistent MLA spec");
   const size_t T = size_t(num(env, a[4])), past = size_t(num(env, a[5])), cap = size_t(num(env, a[10]));
   const int threads = int(num(env, a[15]));
   if (s.Hkv == 0 || s.Hq % s.Hkv || s.hd % 2 || T == 0 || s.rot % 2 || s.rot > s.hd || s.norm < 0 || s.norm > 1 || !(s.attn_scale > 0))
     return fail(env, "denseLayer: inconsistent spec");
-  const size_t H = s.H, nq = s.Hq * s.hd, nkv = s.Hkv * s.hd;
+  const size_t H = s.H, nq = s.Hq * s.hd, nkv = s.Hkv * s.hd, el = s.kv_f16 ? 2 : 4;  // el: bytes per cached value
   // Each section's expected shape: the blob must hold it whole, in the stated encoding.
   struct Shape { size_t rows, cols; bool required; };
   const bool has_shared = s.Fs > 0;
@@ -83,11 +85,11 @@ napi_value DenseLayer(napi_env env, napi_callback_info info) {
     w[i].enc = e;
   }
   if (hidden_b < T * H * 4 || attn_b < T * H * 4 || moe_b < T * H * 4 || logits_b < T * s.E * 4 || cos_b < T * s.hd * 4 || sin_b < T * s.hd * 4 ||
-      past + T > cap || kvk_b < nkv * cap * 4 || (!mla && kvv_b < nkv * cap * 4) || (has_shared && shared && shared_b < T * H * 4)) {
+      past + T > cap || kvk_b < nkv * cap * el || (!mla && kvv_b < nkv * cap * el) || (has_shared && shared && shared_b < T * H * 4)) {
     return fail(env, "denseLayer: buffer sizes do not match the spec, T and the cache capacity");
   }
   moe::layer_forward(s, w, static_cast<const float*>(hidden), T, past, static_cast<const float*>(cos), static_cast<const float*>(sin),
-                     static_cast<float*>(kv_k), static_cast<float*>(kv_v), cap, static_cast<float*>(attn_out), static_cast<float*>(moe_in),
+                     kv_k, kv_v, cap, static_cast<float*>(attn_out), static_cast<float*>(moe_in),
                      static_cast<float*>(logits), has_shared ? static_cast<float*>(shared) : nullptr, threads);
   return nullptr;
 }

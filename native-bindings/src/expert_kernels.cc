@@ -320,26 +320,6 @@ void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const fl
 
 // ---------------------------------------------------------------- encoding -----------------------
 
-static inline uint16_t float_to_half(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  uint32_t sign = (x >> 16) & 0x8000, exp = (x >> 23) & 0xff, mant = x & 0x7fffff;
-  if (exp == 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  int e = int(exp) - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    int shift = 14 - e;
-    uint32_t half = mant >> shift, rem = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
-    if (rem > mid || (rem == mid && (half & 1))) half++;
-    return sign | half;
-  }
-  uint32_t half = (uint32_t(e) << 10) | (mant >> 13), rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem == 0x1000 && (half & 1))) half++;
-  return sign | half;
-}
-
 void encode_matrix(Enc enc, const float* src, size_t rows, size_t cols, uint8_t* dst) {
   const size_t n = rows * cols;
   switch (enc) {

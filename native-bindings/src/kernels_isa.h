@@ -26,10 +26,11 @@ struct KernelTable {
   void (*rows_quant)(Enc enc, const uint8_t* w, size_t rows, size_t cols, const QuantRows& xq, size_t T, float* y, size_t r0, size_t r1);
   // Quantizes x [T, cols] into q [T*cols], d and s [T*cols/32], in Q4's block order when q4 (Q4, MX4).
   void (*quantize)(bool q4, const float* x, size_t T, size_t cols, int8_t* q, float* d, int32_t* s);
-  // Softmax attention of G query heads q [G, hd] over one KV head's S cached rows K, V [S, hd]:
-  // out [G, hd]; sinks [G] or null joins the denominator; scores [G, S] is scratch (attention_isa.inc).
-  void (*attend)(const float* q, size_t G, const float* K, const float* V, size_t S, size_t hd, float scale, const float* sinks, float* scores,
-                 float* out);
+  // Softmax attention of G query heads q [G, hd] over one KV head's S cached rows K, V [S, hd]
+  // (fp32, or IEEE half when kv_f16): out [G, hd]; sinks [G] or null joins the denominator;
+  // scores [G, S] is scratch (attention_isa.inc).
+  void (*attend)(const float* q, size_t G, const void* K, const void* V, bool kv_f16, size_t S, size_t hd, float scale, const float* sinks,
+                 float* scores, float* out);
 };
 
 // The table the kernels run with in this process (MOE_RUN_KERNEL_ISA or the best the CPU has).
@@ -100,6 +101,27 @@ inline float half_to_float(uint16_t h) {
   float f;
   __builtin_memcpy(&f, &bits, 4);
   return f;
+}
+
+// Float to IEEE half, rounding to nearest even (overflow to infinity, subnormals kept).
+inline uint16_t float_to_half(float f) {
+  uint32_t x;
+  __builtin_memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000, exp = (x >> 23) & 0xff, mant = x & 0x7fffff;
+  if (exp == 0xff) return uint16_t(sign | 0x7c00 | (mant ? 0x200 : 0));
+  int e = int(exp) - 127 + 15;
+  if (e >= 0x1f) return uint16_t(sign | 0x7c00);
+  if (e <= 0) {
+    if (e < -10) return uint16_t(sign);
+    mant |= 0x800000;
+    int shift = 14 - e;
+    uint32_t half = mant >> shift, rem = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
+    if (rem > mid || (rem == mid && (half & 1))) half++;
+    return uint16_t(sign | half);
+  }
+  uint32_t half = (uint32_t(e) << 10) | (mant >> 13), rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem == 0x1000 && (half & 1))) half++;
+  return uint16_t(sign | half);
 }
 
 }  // namespace moe

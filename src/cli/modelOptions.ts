@@ -6,6 +6,7 @@ import { POLICY_NAMES, parsePolicyName, type PolicyName } from "../cache/policie
 import type { ExpertId } from "../cache/types.js";
 import { InvalidOptionError, MoeRunError } from "../errors.js";
 import type { DenseLayersName } from "../evaluator/DenseLayers.js";
+import { KV_CACHE_PRECISIONS, type KvCachePrecision } from "../evaluator/KvCache.js";
 import type { StepTimesSnapshot } from "../evaluator/StepTimes.js";
 import type { ExpertKernelName } from "../kernels/expertKernels.js";
 import { loadModelOnThisThread } from "../model/loadModel.js";
@@ -26,6 +27,7 @@ export interface ModelCliOptions {
   pin?: ExpertId[];
   expertKernel: ExpertKernelName | "auto";
   dense: DenseLayersName | "auto";
+  kvCache: KvCachePrecision;
   predictor: PredictorName | "auto";
   schedule?: ScheduleName;
   cpuThreads?: number;
@@ -57,6 +59,11 @@ function parseDense(text: string): DenseLayersName | "auto" {
   throw new InvalidOptionError(`--dense must be auto, native or onnx, got "${text}"`);
 }
 
+function parseKvCache(text: string): KvCachePrecision {
+  if ((KV_CACHE_PRECISIONS as readonly string[]).includes(text)) return text as KvCachePrecision;
+  throw new InvalidOptionError(`--kv-cache must be ${KV_CACHE_PRECISIONS.join(" or ")}, got "${text}"`);
+}
+
 function parseKernel(text: string): ExpertKernelName | "auto" {
   if (["auto", "native", "onnx", "js"].includes(text)) return text as ExpertKernelName | "auto";
   throw new InvalidOptionError(`--expert-kernel must be auto, native, onnx or js, got "${text}"`);
@@ -72,6 +79,7 @@ export function addModelOptions(cmd: Command): Command {
     .option("--pin <layer:expert,...>", "experts never evicted", parsePins)
     .option("--expert-kernel <name>", "auto, native, onnx or js", parseKernel, "auto")
     .option("--dense <name>", "dense layers (attention, router, LM head): auto (native on the CPU), native or onnx", parseDense, "auto")
+    .option("--kv-cache <precision>", "KV cache of the native dense layers: f32 (exact) or f16 (half the bytes attention reads, as llama.cpp's default)", parseKvCache, "f32")
     .option("--device <name>", `execution provider: ${DEVICE_NAMES.join(", ")} (unavailable ones fall back to the CPU with a note)`, parseDevice, "cpu")
     .option("--schedule <name>", `where experts run: ${SCHEDULE_NAMES.join(", ")} (default auto: split by a measured cost model)`, parseScheduleName)
     .option("--cpu-threads <n>", "threads of the CPU expert pool (default: cores - 1; at most the cores)", parseThreadsOption("cpu-threads"))
@@ -96,6 +104,7 @@ export function loadOptions(o: ModelCliOptions): LoadModelOptions {
     pin: o.pin,
     expertKernel: o.expertKernel,
     dense: o.dense,
+    kvCache: o.kvCache,
     predictor: o.predictor,
     schedule: o.schedule,
     device: o.device,
@@ -147,7 +156,7 @@ export function reportStats(model: MoeModel, o: ModelCliOptions, extra: Record<s
     `  host tier:   budget ${formatBytes(host.budgetBytes)}, resident max ${formatBytes(host.residentBytesMax)}, ${host.hits} hits; read from the store ${host.reads} records, ${formatBytes(host.bytesRead)}${host.directReads ? " (direct I/O)" : " (buffered, pages dropped)"}`,
     `  stalls: ${(1000 * r.stalls.secondsPerForward).toFixed(2)} ms per forward pass (${r.stalls.forwards} passes, ${r.stalls.waits} waits)`,
     ...(r.memoryPlan ? [`  ${describePlan(r.memoryPlan)}`] : []),
-    `  engine: dense ${engine.dense} (${formatBytes(engine.denseBytesPerToken)} of dense weights per token), expert kernel ${engine.expertKernel}, ${engine.threads} thread(s)`,
+    `  engine: dense ${engine.dense} (${formatBytes(engine.denseBytesPerToken)} of dense weights per token), expert kernel ${engine.expertKernel}, ${engine.threads} thread(s), ${engine.kvCache} KV cache`,
     ...stepLines(extra.generation as { decodeBreakdown?: StepTimesSnapshot; prefillBreakdown?: StepTimesSnapshot } | undefined),
     ...(pr ? [`  predictor ${pr.name}: next-layer recall@k ${(100 * pr.recall).toFixed(1)}%, precision ${(100 * pr.precision).toFixed(1)}%`] : []),
     ...(pf ? [`  prefetch: ${pf.issued} issued, ${pf.used} used (${pf.late} late), ${pf.wasted} wasted, ${pf.dropped} dropped, ${(1000 * pf.stallSavedSeconds).toFixed(1)} ms of loads overlapped`] : []),

@@ -1,16 +1,27 @@
 /**
  * Per-layer attention keys and values of one sequence, in the form the dense layers compute
  * with: onnx keeps the tensors its graphs return ([Hkv, S, hd] fp32, copied in and out of
- * onnxruntime each step); native keeps buffers [Hkv, capacity, hd] fp32 that the layer appends to
- * in place and that grow by doubling (the only copies, counted in copiedBytes).
+ * onnxruntime each step); native keeps buffers [Hkv, capacity, hd] (fp32, or IEEE halves) that
+ * the layer appends to in place and that grow by doubling or to the planned length (the only
+ * copies, counted in copiedBytes).
  */
 import type { HostTensor } from "../backends/onnx.js";
 import { kvShape, type ModelDims } from "../architectures/ModelDims.js";
 
-/** An empty cache shaped for the model (multi-head latent attention: latent rows, no values). */
-export function newKvCache(d: ModelDims): KvCache {
+/**
+ * How the native dense layers hold cached keys and values: "f16" halves the bytes attention reads
+ * per token at long contexts (llama.cpp's default cache type), "f32" keeps them exact.
+ */
+export type KvCachePrecision = "f32" | "f16";
+export const KV_CACHE_PRECISIONS: readonly KvCachePrecision[] = ["f32", "f16"];
+
+/**
+ * An empty cache shaped for the model (multi-head latent attention: latent rows, no values).
+ * `precision` applies to the native buffers; a latent (MLA) cache is always fp32.
+ */
+export function newKvCache(d: ModelDims, precision: KvCachePrecision = "f32"): KvCache {
   const s = kvShape(d);
-  return new KvCache(d.numLayers, s.heads, s.keyDim, s.valueDim);
+  return new KvCache(d.numLayers, s.heads, s.keyDim, s.valueDim, s.valueDim === 0 ? "f32" : precision);
 }
 
 export class KvCache {
@@ -19,11 +30,16 @@ export class KvCache {
   /** onnx: [Hkv, length, hd] per layer. */
   readonly keys: HostTensor[] = [];
   readonly values: HostTensor[] = [];
-  /** native: [Hkv, capacity, hd] per layer. */
-  readonly nativeKeys: Float32Array[] = [];
-  readonly nativeValues: Float32Array[] = [];
+  /** native: [Hkv, capacity, hd] per layer, fp32 or (precision f16) IEEE halves. */
+  readonly nativeKeys: (Float32Array | Uint16Array)[] = [];
+  readonly nativeValues: (Float32Array | Uint16Array)[] = [];
   /** Positions the native buffers hold room for. */
   capacity = 0;
+  /**
+   * Positions the sequence is expected to reach (prompt + tokens to generate): the first growth
+   * goes straight there, so a long prompt's cache is not copied again by the first decode step.
+   */
+  plannedLength = 0;
   /** Bytes copied by growing the native buffers (the KV handling cost outside the kernels). */
   copiedBytes = 0;
   /** The token ids of the cached positions (to recompute them when the RoPE regime changes). */
@@ -36,7 +52,8 @@ export class KvCache {
     readonly numLayers: number,
     private readonly numKvHeads: number,
     private readonly headDim: number,
-    private readonly valueDim = headDim
+    private readonly valueDim = headDim,
+    readonly precision: KvCachePrecision = "f32"
   ) {
     this.reset();
   }
@@ -84,12 +101,13 @@ export class KvCache {
   reserve(positions: number): void {
     if (positions <= this.capacity) return;
     const Hkv = this.numKvHeads;
-    const next = Math.max(positions, 2 * this.capacity, 64);
-    const grow = (old: Float32Array | undefined, hd: number): Float32Array => {
-      const fresh = new Float32Array(Hkv * next * hd); // [Hkv, next, hd]
+    const next = Math.max(positions, 2 * this.capacity, 64, this.plannedLength);
+    const half = this.precision === "f16";
+    const grow = (old: Float32Array | Uint16Array | undefined, hd: number): Float32Array | Uint16Array => {
+      const fresh = half ? new Uint16Array(Hkv * next * hd) : new Float32Array(Hkv * next * hd); // [Hkv, next, hd]
       if (old && this.length > 0) {
         for (let g = 0; g < Hkv; g++) fresh.set(old.subarray(g * this.capacity * hd, (g * this.capacity + this.length) * hd), g * next * hd);
-        this.copiedBytes += Hkv * this.length * hd * 4;
+        this.copiedBytes += Hkv * this.length * hd * fresh.BYTES_PER_ELEMENT;
       }
       return fresh;
     };

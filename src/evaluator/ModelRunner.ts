@@ -6,7 +6,7 @@
  */
 import * as path from "node:path";
 import { resolveDevice, type DeviceName, type ExecutionDevice, type HostTensor } from "../backends/onnx.js";
-import { isMoeLayer, modelFeatures, type ModelDims, type ModelFeatures } from "../architectures/ModelDims.js";
+import { isMoeLayer, kvShape, modelFeatures, type ModelDims, type ModelFeatures } from "../architectures/ModelDims.js";
 import { readFloatInitializer, readGraph } from "../onnx/graphFile.js";
 import { InvalidOptionError, invariant } from "../errors.js";
 import type { ModelManifest } from "../model/manifest.js";
@@ -15,7 +15,7 @@ import { loadNativeAddon } from "../kernels/nativeAddon.js";
 import type { CpuExpertPool } from "../scheduler/CpuExpertPool.js";
 import type { HybridScheduler } from "../scheduler/HybridScheduler.js";
 import type { DenseLayers, DenseLayersName } from "./DenseLayers.js";
-import type { KvCache } from "./KvCache.js";
+import { newKvCache, type KvCache, type KvCachePrecision } from "./KvCache.js";
 import { NativeDenseLayers } from "./NativeDenseLayers.js";
 import { OnnxDenseLayers } from "./OnnxDenseLayers.js";
 import { ropeRegime, ropeTables } from "./rope.js";
@@ -62,6 +62,8 @@ export interface ModelRunnerOptions {
    * (weights at the experts' width, KV cache appended in place), else onnx.
    */
   dense?: DenseLayersName | "auto";
+  /** KV cache precision of the native dense layers (onnx: always fp32). Default "f32". */
+  kvCache?: KvCachePrecision;
   log?: (line: string) => void;
 }
 
@@ -81,7 +83,12 @@ export class ModelRunner {
   /** Per layer: the grouped router's selection-only correction bias [E] (else undefined). */
   private correctionBiases: (Float32Array | undefined)[] = [];
 
-  private constructor(dims: ModelDims, dense: DenseLayers, kernel: ExpertKernel<unknown>, readonly threads: number) {
+  /** The precision newKvCache() gives native caches. */
+  readonly kvPrecision: KvCachePrecision;
+
+  private constructor(dims: ModelDims, dense: DenseLayers, kernel: ExpertKernel<unknown>, readonly threads: number, kvCache: KvCachePrecision) {
+    // fp32 where halves do not apply: onnx graphs take fp32 caches, a latent (MLA) cache stays fp32.
+    this.kvPrecision = dense.name === "native" && kvShape(dims).valueDim > 0 ? kvCache : "f32";
     this.dims = dims;
     this.features = modelFeatures(dims);
     this.dense = dense;
@@ -108,7 +115,7 @@ export class ModelRunner {
         device,
         log: options.log,
       });
-      const runner = new ModelRunner(manifest.dims, dense, kernel, threads);
+      const runner = new ModelRunner(manifest.dims, dense, kernel, threads, options.kvCache ?? "f32");
       runner.device = device;
       if (runner.features.grouped.correctionBias) {
         runner.correctionBiases = manifest.graphs.layers.map((rel) => {
@@ -121,6 +128,11 @@ export class ModelRunner {
       await dense.dispose();
       throw err;
     }
+  }
+
+  /** An empty KV cache in the form this runner's dense layers compute with. */
+  newKvCache(): KvCache {
+    return newKvCache(this.dims, this.kvPrecision);
   }
 
   /** The source of experts forward() computes with. */

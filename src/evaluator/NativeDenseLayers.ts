@@ -78,7 +78,10 @@ interface Held {
 export class NativeDenseLayers implements DenseLayers {
   readonly name = "native" as const;
   readonly bytesPerToken: number;
-  /** Spec of each layer: [H, Hq, Hkv, hd, E, Fs, eps, qkNorm, norm, attnScale, rotaryDim, window]. */
+  /**
+   * Spec of each layer: [H, Hq, Hkv, hd, E, Fs, eps, qkNorm, norm, attnScale, rotaryDim, window,
+   * qRank, kvRank, nope, ropeDim, vDim, kvF16] (dense_native.cc); kvF16 is set per call from the cache.
+   */
   private readonly specs: Float64Array[];
   private disposed = false;
 
@@ -99,7 +102,7 @@ export class NativeDenseLayers implements DenseLayers {
     const m = f.mla;
     const mla = m ? [m.qLoraRank, m.kvLoraRank, m.nopeDim, m.ropeDim, m.vDim] : [0, 0, 0, 0, 0];
     this.specs = layerBlobs.map((b, l) =>
-      Float64Array.from([d.hiddenSize, d.numHeads, d.numKvHeads, d.headDim, b.experts, b.sharedFfn, d.rmsNormEps, QK_NORM[d.qkNorm], f.norm === "layer" ? 1 : 0, scale, f.rope.rotaryDim, layerWindow(f, l), ...mla])
+      Float64Array.from([d.hiddenSize, d.numHeads, d.numKvHeads, d.headDim, b.experts, b.sharedFfn, d.rmsNormEps, QK_NORM[d.qkNorm], f.norm === "layer" ? 1 : 0, scale, f.rope.rotaryDim, layerWindow(f, l), ...mla, 0])
     );
     this.bytesPerToken = layerBlobs.reduce((s, b) => s + b.bytesPerToken, 0) + lmHead.data.byteLength + finalNorm.weight.byteLength;
   }
@@ -198,7 +201,9 @@ export class NativeDenseLayers implements DenseLayers {
     const moeIn = new Float32Array(T * H); // [T, H]
     const routerLogits = new Float32Array(T * experts); // [T, E]; empty in dense layers
     const sharedOut = sharedFfn > 0 ? new Float32Array(T * H) : undefined; // [T, H]
-    this.addon.denseLayer(this.specs[layer]!, blob, sections, hidden, T, kv.length, rope.cos, rope.sin, kv.nativeKeys[layer]!, kv.nativeValues[layer]!, kv.capacity, attnOut, moeIn, routerLogits, sharedOut ?? null, this.threads);
+    const spec = this.specs[layer]!;
+    spec[17] = kv.precision === "f16" ? 1 : 0;
+    this.addon.denseLayer(spec, blob, sections, hidden, T, kv.length, rope.cos, rope.sin, kv.nativeKeys[layer]!, kv.nativeValues[layer]!, kv.capacity, attnOut, moeIn, routerLogits, sharedOut ?? null, this.threads);
     return { attnOut, moeIn, routerLogits, sharedOut };
   }
 

@@ -41,9 +41,10 @@ export interface NativeAddon {
   /** Fresh aligned memory that releaseRange frees. */
   allocRange(length: number): Uint8Array;
   /**
-   * One layer's dense part (native-bindings/src/dense_layer.h): spec [H,Hq,Hkv,hd,E,Fs,eps,qkNorm],
-   * a weight blob with its section table [offset|-1, bytes, enc] x 16, and the KV buffers
-   * [Hkv, capacity, hd] holding `past` positions, to which the T new ones are appended.
+   * One layer's dense part (native-bindings/src/dense_layer.h): spec (18 numbers, dense_native.cc),
+   * a weight blob with its section table [offset|-1, bytes, enc] per section, and the KV buffers
+   * [Hkv, capacity, hd] (fp32, or halves when spec[17] is 1) holding `past` positions, to which
+   * the T new ones are appended.
    */
   denseLayer(
     spec: Float64Array,
@@ -54,8 +55,8 @@ export interface NativeAddon {
     past: number,
     cos: Float32Array,
     sin: Float32Array,
-    kvKeys: Float32Array,
-    kvValues: Float32Array,
+    kvKeys: Float32Array | Uint16Array,
+    kvValues: Float32Array | Uint16Array,
     capacity: number,
     attnOut: Float32Array,
     moeIn: Float32Array,

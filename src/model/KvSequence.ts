@@ -6,7 +6,7 @@
  * back to it) and computes the rest.
  */
 import { ContextOverflowError, InvalidOptionError, MoeRunError } from "../errors.js";
-import { KvCache, newKvCache } from "../evaluator/KvCache.js";
+import type { KvCache } from "../evaluator/KvCache.js";
 import type { GenerateOptions, GenerationStats, MoeModel } from "./MoeModel.js";
 
 export interface SequenceStats extends GenerationStats {
@@ -48,7 +48,7 @@ export class KvSequence implements TokenSequence {
     if (ids.length > this.model.contextSize) throw new ContextOverflowError(ids.length, this.model.contextSize);
     this.busy = true;
     const d = this.model.dims;
-    const kv = (this.kv ??= newKvCache(d));
+    const kv = (this.kv ??= this.model.newKvCache());
     // The common prefix stays in the cache; one prompt token at least is computed again (its
     // logits give the first new token).
     let reused = Math.min(commonPrefix(this.cached, ids), ids.length - 1);

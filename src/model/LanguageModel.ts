@@ -5,6 +5,7 @@
  * checks that the two stay the same. Statistics kept where the compute runs may come back as a
  * promise (from the worker): `await` them, which works for both.
  */
+import type { KvCachePrecision } from "../evaluator/KvCache.js";
 import type { ModelDims } from "../architectures/ModelDims.js";
 import type { ExecutionDevice } from "../backends/onnx.js";
 import type { ExpertCacheReport } from "../cache/TieredExpertSource.js";
@@ -22,6 +23,8 @@ export interface EngineInfo {
   denseBytesPerToken: number;
   expertKernel: string;
   threads: number;
+  /** How the KV cache holds keys and values (LoadModelOptions.kvCache; fp32 where f16 does not apply). */
+  kvCache: KvCachePrecision;
 }
 
 /** Where experts ran, per layer, and the cost figures the scheduler planned with. */

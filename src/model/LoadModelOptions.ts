@@ -12,6 +12,7 @@ import type { RoutingLog } from "../predict/OraclePredictor.js";
 import type { PredictorName } from "../predict/types.js";
 import type { ScheduleName } from "../scheduler/HybridScheduler.js";
 import type { ByteSize } from "../util/bytes.js";
+import type { KvCachePrecision } from "../evaluator/KvCache.js";
 import type { MemoryLimits } from "./memoryPlan.js";
 
 export interface LoadModelOptions {
@@ -87,6 +88,12 @@ export interface LoadModelOptions {
    * "onnx" (onnxruntime, fp32 weights).
    */
   dense?: DenseLayersName | "auto";
+  /**
+   * KV cache precision of the native dense layers. Default "f32" (exact: greedy output equals the
+   * reference's); "f16" halves the bytes attention reads per token, which long contexts feel
+   * (llama.cpp's default cache type). The onnx dense layers and latent (MLA) caches keep fp32.
+   */
+  kvCache?: KvCachePrecision;
   /** Where notes (fallbacks, warnings) go. Default: stderr. */
   log?: (line: string) => void;
 }

@@ -20,7 +20,7 @@ import { HybridScheduler } from "../scheduler/HybridScheduler.js";
 import { expertChecksum, expertRecordBytes } from "../store/ExpertStore.js";
 import { formatBytes, formatBytesDistinct, resolveByteSize } from "../util/bytes.js";
 import { checkLoadOptions, checkPins } from "../util/optionChecks.js";
-import { KvCache, newKvCache } from "../evaluator/KvCache.js";
+import type { KvCache } from "../evaluator/KvCache.js";
 import { ModelRunner, type RoutingObserver } from "../evaluator/ModelRunner.js";
 import { nonFiniteLogitsError, Sampler } from "../evaluator/sampler.js";
 import { ExpertStore } from "../store/ExpertStore.js";
@@ -81,8 +81,8 @@ export class MoeModel implements LanguageModel {
     checkPins(options.pin, d.numLayers, d.numExperts, modelFeatures(d).denseLayers);
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     const limits = options.memoryLimits ?? readMemoryLimits();
-    // KV cache [Hkv, S, hd] fp32 for K and V per layer; a step holds past and present at once.
-    const kvBytesPerPosition = 2 * 2 * d.numLayers * d.numKvHeads * d.headDim * 4;
+    // KV cache [Hkv, S, hd] fp32 (or halves) for K and V per layer; a step holds past and present at once.
+    const kvBytesPerPosition = 2 * 2 * d.numLayers * d.numKvHeads * d.headDim * (options.kvCache === "f16" ? 2 : 4);
     let contextSize = options.contextSize ?? d.maxPositions;
     if (options.contextSize === undefined && kvBytesPerPosition * contextSize > limits.availableBytes / 8) {
       // The model's full context would take over an eighth of the memory there is, memory the
@@ -101,7 +101,7 @@ export class MoeModel implements LanguageModel {
     const threads = options.threads ?? os.availableParallelism();
     const rssBefore = process.memoryUsage().rss;
     // The expert kernel decides the device tier's form of an expert (record, or GPU tensors), hence its size.
-    const runner = await ModelRunner.create(dir, manifest, { threads, expertKernel: options.expertKernel, device: options.device, dense: options.dense, log });
+    const runner = await ModelRunner.create(dir, manifest, { threads, expertKernel: options.expertKernel, device: options.device, dense: options.dense, kvCache: options.kvCache, log });
     let store: ExpertStore | undefined;
     let predictor: ExpertPredictor | undefined;
     let pool: CpuExpertPool | undefined;
@@ -222,6 +222,11 @@ export class MoeModel implements LanguageModel {
     }
   }
 
+  /** An empty KV cache in the form the dense layers compute with (LoadModelOptions.kvCache). */
+  newKvCache(): KvCache {
+    return this.live().newKvCache();
+  }
+
   /** Prompt text -> token ids (chat template applied when asked). */
   tokenize(prompt: string | readonly ChatMessage[], chat = false): number[] {
     return this.tokenizer.encodePrompt(prompt, chat);
@@ -235,7 +240,7 @@ export class MoeModel implements LanguageModel {
     const promptIds = this.tokenize(prompt, options.chat);
     if (promptIds.length === 0) throw new InvalidOptionError("the prompt is empty after tokenization");
     if (promptIds.length > this.contextSize) throw new ContextOverflowError(promptIds.length, this.contextSize);
-    const kv = newKvCache(this.dims);
+    const kv = this.newKvCache();
     this.experts.startSequence();
     return yield* this.generateFrom(runner, kv, promptIds, maxTokens, sampler, options);
   }
@@ -288,6 +293,8 @@ export class MoeModel implements LanguageModel {
     try {
       if (maxTokens === 0) return stats;
       throwIfAborted(options.signal);
+      // The cache grows once, to what this generation can reach, not by doubling past the prompt.
+      kv.plannedLength = Math.min(kv.length + promptIds.length + maxTokens, this.contextSize);
       t0 = performance.now();
       let logits = (await this.forward(runner, promptIds, kv)).data;
       stats.prefillSeconds = (performance.now() - t0) / 1000;
@@ -341,7 +348,7 @@ export class MoeModel implements LanguageModel {
   /** Logits for every position of `ids`, from an empty cache: [T, V]. For tests and evaluation. */
   async logits(ids: readonly number[]): Promise<{ data: Float32Array; dims: readonly number[] }> {
     if (ids.length > this.contextSize) throw new ContextOverflowError(ids.length, this.contextSize);
-    const kv = newKvCache(this.dims);
+    const kv = this.newKvCache();
     this.experts.startSequence();
     return this.forward(this.live(), ids, kv, { allLogits: true });
   }
@@ -353,12 +360,12 @@ export class MoeModel implements LanguageModel {
    */
   async teacherForce(ids: readonly number[], options: { signal?: AbortSignal } = {}): Promise<void> {
     const runner = this.live();
-    let kv = newKvCache(this.dims);
+    let kv = this.newKvCache();
     this.experts.startSequence();
     for (const id of ids) {
       throwIfAborted(options.signal);
       if (kv.length >= this.contextSize) {
-        kv = newKvCache(this.dims);
+        kv = this.newKvCache();
         this.experts.startSequence();
       }
       await this.forward(runner, [id], kv);
@@ -415,7 +422,7 @@ export class MoeModel implements LanguageModel {
   /** Which implementations run this model, and the dense bytes one decode token reads. */
   engineInfo(): EngineInfo {
     const runner = this.live();
-    return { dense: runner.dense.name, denseBytesPerToken: runner.dense.bytesPerToken, expertKernel: runner.kernel.name, threads: runner.threads };
+    return { dense: runner.dense.name, denseBytesPerToken: runner.dense.bytesPerToken, expertKernel: runner.kernel.name, threads: runner.threads, kvCache: runner.kvPrecision };
   }
 
   /** Expert cache statistics since load: hits, misses, bytes per tier, stalls, per layer, and the memory plan. */

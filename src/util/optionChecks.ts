@@ -17,6 +17,7 @@ export interface CheckedLoadOptions {
   prefetchDepth?: number;
   prefetchThreshold?: number;
   pin?: readonly { layer: number; expert: number }[];
+  kvCache?: string;
   log?: (line: string) => void;
 }
 
@@ -71,6 +72,7 @@ export function checkLoadOptions<T extends CheckedLoadOptions>(options: T): T {
   if (depth !== undefined && (typeof depth !== "number" || !Number.isInteger(depth) || depth < 1)) throw new InvalidOptionError(`prefetchDepth must be a whole number >= 1, got ${show(depth)}`);
   const t = options.prefetchThreshold;
   if (t !== undefined && (typeof t !== "number" || !(t >= 0 && t <= 1))) throw new InvalidOptionError(`prefetchThreshold must be a number in [0, 1], got ${show(t)}`);
+  if (options.kvCache !== undefined && options.kvCache !== "f32" && options.kvCache !== "f16") throw new InvalidOptionError(`kvCache must be "f32" or "f16", got ${show(options.kvCache)}`);
   if (options.pin !== undefined && !Array.isArray(options.pin)) throw new InvalidOptionError(`pin must be a list of { layer, expert }, got ${show(options.pin)}`);
   return checked as T;
 }
