@@ -5,6 +5,7 @@
 // compiled for a level the CPU may lack.
 #include "kernels_isa.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
