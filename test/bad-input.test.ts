@@ -137,6 +137,14 @@ describe("run refuses bad requests", () => {
     expectCleanFailure(runCli(["run", model, "--prompt", "hi", "--context-size", "100000"]), /context size must be a whole number from 2 to 256/);
   });
 
+  it("a KV cache precision it does not have; the ones it has run and say so", () => {
+    expectCleanFailure(runCli(["run", model, "--prompt", "hi", "--kv-cache", "q8"]), /--kv-cache must be f32 or f16, got "q8"/);
+    const half = runCli(["run", model, "--prompt", "hi", "-n", "4", "--kv-cache", "f16", "--stats"]);
+    expect(half.status, half.stderr).toBe(0);
+    expect(half.stderr).toMatch(/f16 KV cache/);
+    expect(half.stdout.length).toBeGreaterThan(0);
+  });
+
   it("bad sampling option", () => {
     expectCleanFailure(runCli(["run", model, "--prompt", "hi", "--top-p", "1.5"]), /--top-p must be a number in \[0, 1\]/);
   });
