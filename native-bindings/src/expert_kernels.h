@@ -71,11 +71,11 @@ constexpr size_t kQ41Bytes = 20, kQ50Bytes = 22, kQ51Bytes = 24;
 constexpr int8_t kMx4X2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
 size_t matrix_bytes(Enc enc, size_t rows, size_t cols);
-// Block-quantized encodings (Q8, Q4, MX4): integer-dot kernels, cols % 32 == 0.
 // GGUF blocks with a kernel of their own (kernels_blocks_isa.inc): Q41, Q50, Q51, Q2K, Q3K.
 inline bool enc_ggml_blocks(Enc enc) { return enc == Enc::Q41 || enc == Enc::Q50 || enc == Enc::Q51 || enc == Enc::Q2K || enc == Enc::Q3K; }
 // k-quant super-blocks of 256 values (Q2K..Q6K).
 inline bool enc_kquant(Enc enc) { return enc == Enc::Q4K || enc == Enc::Q5K || enc == Enc::Q6K || enc == Enc::Q2K || enc == Enc::Q3K; }
+// Block-quantized encodings (all but F32 and F16): integer-dot kernels on quantized activations.
 inline bool enc_quantized(Enc enc) { return enc == Enc::Q8 || enc == Enc::Q4 || enc == Enc::MX4 || enc_kquant(enc) || enc_ggml_blocks(enc); }
 // The multiple a row's length must be of: 256 for Q2K..Q6K, 32 for Q8/Q4/MX4/Q41/Q50/Q51, else 1.
 inline size_t enc_row_multiple(Enc enc) { return enc_kquant(enc) ? kQK : enc_quantized(enc) ? kBlock : 1; }

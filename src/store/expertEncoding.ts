@@ -93,7 +93,7 @@ export function isKQuant(enc: ExpertEncoding): enc is KQuantEncoding {
 
 /** Whether `enc` holds GGUF blocks as they are (the k-quants, q4_1, q5_0, q5_1). */
 export function isGgmlBlocks(enc: ExpertEncoding): enc is GgmlBlockEncoding {
-  return enc in GGML_BLOCK_BYTES;
+  return isKQuant(enc) || (GGML_BLOCK_ENCODINGS as readonly string[]).includes(enc);
 }
 
 /** Values per block of a GGUF block encoding: a row must be whole blocks. */
