@@ -10,7 +10,8 @@
  * Prints a table (medians; with the cores other processes kept busy meanwhile, from /proc/stat)
  * and writes bench/results/kernels.json.
  *
- * q4_k / q6_k (GGUF k-quant super-blocks) need --hidden and --ffn multiples of 256 (else skipped).
+ * q2_k .. q6_k (GGUF k-quant super-blocks) need --hidden and --ffn multiples of 256 (else skipped);
+ * q4_1 / q5_0 / q5_1 (GGUF 32-value blocks) multiples of 32.
  *
  *   node bench/kernels.mjs [--hidden 1024] [--ffn 2816] [--reps 40] [--tokens 1,16] [--isa avx2] [--encodings int4,q4_k] [--onnx]
  */
@@ -29,7 +30,7 @@ const { values: args } = parseArgs({
     ffn: { type: "string", default: "2816" },
     reps: { type: "string", default: "40" },
     tokens: { type: "string", default: "1,16" },
-    encodings: { type: "string", default: "f32,f16,int8,int4,mxfp4,q4_k,q6_k" },
+    encodings: { type: "string", default: "f32,f16,int8,int4,mxfp4,q4_1,q5_0,q5_1,q2_k,q3_k,q4_k,q6_k" },
     isa: { type: "string" },
     onnx: { type: "boolean", default: false },
     child: { type: "boolean", default: false },

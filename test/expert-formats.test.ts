@@ -4,8 +4,9 @@
  * with the OCP scale rule, imported from gpt-oss tensors without floats; and GGUF Q8_0 / Q4_0 /
  * MXFP4 expert tensors converted to our int8 / int4 / mxfp4 without loss (compared with
  * src/formats/ggmlQuants.ts, an independent codec of llama.cpp's reference); GGUF Q4_K / Q5_K /
- * Q6_K super-blocks kept as they are (q4_k / q5_k / q6_k), every kernel and instruction-set level
- * on them, and (once the manifest accepts them) a Q4_K / Q6_K GGUF imported end to end.
+ * Q6_K, Q2_K / Q3_K super-blocks and Q4_1 / Q5_0 / Q5_1 blocks kept as they are (q4_k .. q5_1),
+ * every kernel and instruction-set level on them, and GGUFs of each such expert type imported
+ * end to end.
  */
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -34,7 +35,9 @@ import {
   recordBytes,
   checkEncodable,
   GGML_K_ENCODINGS,
+  GGML_BLOCK_ENCODINGS,
   EXPERT_ENCODINGS,
+  type GgmlBlockEncoding,
   type ExpertBiases,
   type ExpertEncoding,
 } from "../src/store/expertEncoding.js";
@@ -233,16 +236,29 @@ describe("GGUF expert tensors converted without loss", () => {
     expect(Buffer.from(expertMatrixFromGgml(GgmlType.F16, f16, rows, cols).bytes).equals(Buffer.from(f16))).toBe(true);
     const f32 = new Uint8Array(values.buffer.slice(0));
     expect(expertMatrixFromGgml(GgmlType.F32, f32, rows, cols).encoding).toBe("f32");
-    expect(losslessExpertEncoding(GgmlType.Q2_K)).toBeUndefined();
-    expect(() => expertMatrixFromGgml(GgmlType.Q2_K, new Uint8Array(84), 1, 256)).toThrow(/no lossless expert encoding/);
+    expect(losslessExpertEncoding(GgmlType.IQ4_NL)).toBeUndefined();
+    expect(() => expertMatrixFromGgml(GgmlType.IQ4_NL, new Uint8Array(18), 1, 32)).toThrow(/no lossless expert encoding/);
     expect(() => int8MatrixFromGgmlQ8_0(new Uint8Array(33), 1, 32)).toThrow(/holds 33 bytes, expected 34/);
   });
 });
 
 
-// ---- GGUF k-quants kept as blocks: q4_k (Q4_K) and q6_k (Q6_K) -----------------------------------
+// ---- GGUF blocks kept as they are: q2_k .. q6_k (Q2_K .. Q6_K), q4_1, q5_0, q5_1 -----------------
 
-const K_TYPE = { q4_k: GgmlType.Q4_K, q5_k: GgmlType.Q5_K, q6_k: GgmlType.Q6_K } as const;
+/**
+ * Per encoding: the ggml type, values and bytes per block, the native code, and how close the
+ * codec's floats come to kWeights' values (max relative error: 2-bit Q2_K is coarse).
+ */
+const BLOCK_INFO: Record<GgmlBlockEncoding, { type: number; values: number; bytes: number; code: number; codecErr: number }> = {
+  q2_k: { type: GgmlType.Q2_K, values: 256, bytes: 84, code: 11, codecErr: 0.4 },
+  q3_k: { type: GgmlType.Q3_K, values: 256, bytes: 110, code: 12, codecErr: 0.2 },
+  q4_k: { type: GgmlType.Q4_K, values: 256, bytes: 144, code: 5, codecErr: 0.1 },
+  q5_k: { type: GgmlType.Q5_K, values: 256, bytes: 176, code: 7, codecErr: 0.03 },
+  q6_k: { type: GgmlType.Q6_K, values: 256, bytes: 210, code: 6, codecErr: 0.03 },
+  q4_1: { type: GgmlType.Q4_1, values: 32, bytes: 20, code: 8, codecErr: 0.1 },
+  q5_0: { type: GgmlType.Q5_0, values: 32, bytes: 22, code: 9, codecErr: 0.05 },
+  q5_1: { type: GgmlType.Q5_1, values: 32, bytes: 24, code: 10, codecErr: 0.05 },
+};
 
 /** lrintf / cvtps2dq rounding. */
 function roundHalfEven(v: number): number {
@@ -308,8 +324,8 @@ function kWeights(rows: number, cols: number, seed: number, scale: number): Floa
   return m;
 }
 
-describe.each(GGML_K_ENCODINGS)("%s experts: GGUF k-quant super-blocks as they are", (enc) => {
-  const type = K_TYPE[enc];
+describe.each([...GGML_K_ENCODINGS, ...GGML_BLOCK_ENCODINGS])("%s experts: GGUF blocks as they are", (enc) => {
+  const { type, values: bv, bytes: bb, code, codecErr } = BLOCK_INFO[enc];
   const rows = 5;
   const cols = 512;
   const values = kWeights(rows, cols, 31, 0.3);
@@ -317,7 +333,7 @@ describe.each(GGML_K_ENCODINGS)("%s experts: GGUF k-quant super-blocks as they a
   it("a GGUF tensor's blocks are the record's bytes; encodeMatrix of the same floats gives them byte for byte; decode is ggml's dequantize exactly", () => {
     const data = quantize(type, values); // llama.cpp's reference quantizer (formats/ggmlKQuants.ts)
     expect(data.byteLength).toBe(matrixBytes(enc, rows, cols));
-    expect(matrixBytes(enc, rows, cols)).toBe((rows * cols * { q4_k: 144, q5_k: 176, q6_k: 210 }[enc]) / 256);
+    expect(matrixBytes(enc, rows, cols)).toBe((rows * cols * bb) / bv);
     expect(losslessExpertEncoding(type)).toBe(enc);
     const m = expertMatrixFromGgml(type, data, rows, cols);
     expect(m.encoding).toBe(enc);
@@ -330,8 +346,8 @@ describe.each(GGML_K_ENCODINGS)("%s experts: GGUF k-quant super-blocks as they a
     const got = decodeMatrix(enc, m.bytes, rows, cols);
     expect(got.every((v, i) => Object.is(v, want[i]))).toBe(true);
     // The encoding is what the codec allows of these floats.
-    expect(maxRelErr(got, values)).toBeLessThan(enc === "q4_k" ? 0.1 : 0.03);
-    expect(encodingCode(enc)).toBe({ q4_k: 5, q6_k: 6, q5_k: 7 }[enc]);
+    expect(maxRelErr(got, values)).toBeLessThan(codecErr);
+    expect(encodingCode(enc)).toBe(code);
     expect(() => expertMatrixFromGgml(type, data.subarray(1), rows, cols)).toThrow(/holds \d+ bytes, expected/);
   });
 
@@ -350,12 +366,19 @@ describe.each(GGML_K_ENCODINGS)("%s experts: GGUF k-quant super-blocks as they a
     expect(worst).toBeLessThanOrEqual(wmax * 1e-6);
   });
 
-  it("rows must be whole super-blocks: refused with a clear message", () => {
-    expect(() => checkEncodable(enc, 96, 512)).toThrow(new RegExp(`--experts ${enc} holds rows of whole 256-value super-blocks: hidden size \\(96\\)`));
-    expect(() => checkEncodable(enc, 512, 768)).not.toThrow();
-    expect(() => encodeMatrix(enc, new Float32Array(2 * 128), 2, 128)).toThrow(/rows of whole 256-value super-blocks; a row of 128 values is not/);
+  it("rows must be whole blocks: refused with a clear message", () => {
     const addon = loadNativeAddon().addon!;
-    expect(() => addon.expertForward(encodingCode(enc), new Uint8Array(recordBytes("int8", 96, 256)), 96, 256, new Float32Array(96), 1, new Float32Array(96), 1)).toThrow(/multiples of 256/);
+    if (bv === 256) {
+      expect(() => checkEncodable(enc, 96, 512)).toThrow(new RegExp(`--experts ${enc} holds rows of whole 256-value super-blocks: hidden size \\(96\\)`));
+      expect(() => encodeMatrix(enc, new Float32Array(2 * 128), 2, 128)).toThrow(/rows of whole 256-value super-blocks; a row of 128 values is not/);
+      expect(() => addon.expertForward(encodingCode(enc), new Uint8Array(recordBytes("int8", 96, 256)), 96, 256, new Float32Array(96), 1, new Float32Array(96), 1)).toThrow(/multiples of 256/);
+    } else {
+      expect(() => checkEncodable(enc, 80, 512)).toThrow(new RegExp(`--experts ${enc} needs hidden size \\(80\\) and expert size \\(512\\) divisible by 32`));
+      expect(() => checkEncodable(enc, 96, 160)).not.toThrow();
+      expect(() => encodeMatrix(enc, new Float32Array(2 * 48), 2, 48)).toThrow(/rows of whole 32-value blocks; a row of 48 values is not/);
+      expect(() => addon.expertForward(encodingCode(enc), new Uint8Array(recordBytes("f32", 80, 96)), 80, 96, new Float32Array(80), 1, new Float32Array(80), 1)).toThrow(/multiples of 32/);
+    }
+    expect(() => checkEncodable(enc, 512, 768)).not.toThrow();
     expect(() => addon.encodeMatrix(encodingCode(enc), new Float32Array(256), 1, 256, new Uint8Array(matrixBytes(enc, 1, 256)))).toThrow(/encoded in TypeScript/);
   });
 
@@ -452,44 +475,59 @@ describe.each(GGML_K_ENCODINGS)("%s experts: GGUF k-quant super-blocks as they a
 });
 
 /**
- * End to end: a 256-wide synthetic model's Q4_K / Q6_K GGUF imports with its experts kept as
- * blocks (the default for a file whose experts are all one such type), against the f32 import of
- * the same file (the same weights, decoded). The native kernels quantize activations to 8 bits
+ * End to end: a 256-wide synthetic model's GGUF of one expert type imports with its experts kept
+ * as blocks (the default for a file whose experts are all one such type), against the f32 import
+ * of the same file (the same weights, decoded). The native kernels quantize activations to 8 bits
  * (as llama.cpp does) and dense weights are int8 (denseEncoding), so greedy text drifts at
- * near-ties of this random model; under teacher forcing the top-1 tokens agree >= 95%.
- * Runs once the manifest accepts the k-quant encodings (EXPERT_ENCODINGS; see GGML_K_ENCODINGS).
+ * near-ties of this random model; under teacher forcing the top-1 tokens agree >= 95%. Q2_K: >= 93%:
+ * with its 2-bit weights this model meets near-ties more often; measured 121 of 128 (the same
+ * file's experts re-encoded as int8, an older kernel with the same activation rounding: 123 of
+ * 128; over 256 tokens 244 vs 246), every disagreement but one a logit gap under 0.05 of a range
+ * of ~12. The kernels themselves equal the quantized-activation arithmetic (tests above).
  */
-it("a Q4_K / Q6_K GGUF imports with q4_k / q6_k experts: top-1 agreement >= 95% with the f32 import under teacher forcing", async () => {
+async function importsAsBlocks(types: readonly (keyof typeof GGUF_TYPE_ENCODING)[]): Promise<void> {
   const quiet = { progress: false, log: () => {} };
   const dir = tmpDir("moe-run-kquant-e2e-");
   const hf = path.join(dir, "synth256");
   writeSyntheticCheckpoint(hf, { tokenizerFrom: path.join(MODELS, "tiny-mixtral"), vocabSize: 512, hiddenSize: 256, numLayers: 2, numHeads: 4, numKvHeads: 2, numExperts: 4, topK: 2, expertFfn: 256, dtype: "F32", seed: 5 });
-  for (const type of ["Q4_K", "Q6_K"] as const) {
-    const gg = path.join(dir, `synth256-${type}.gguf`);
-    exportGguf(hf, gg, { type });
-    const blocks = path.join(dir, `${type}-blocks`);
-    const floats = path.join(dir, `${type}-f32`);
-    const r = await importModel(gg, blocks, quiet);
-    expect(r.manifest.precision.experts).toBe(type === "Q4_K" ? "q4_k" : "q6_k");
-    await importModel(gg, floats, { ...quiet, experts: "f32" });
-    const ids = [1, ...(await greedyRun(floats, "The license", 127)).ids];
-    const [a, b] = [await loadModel(blocks, { threads: 1, log: () => {} }), await loadModel(floats, { threads: 1, log: () => {} })];
-    try {
-      const la = (await a.logits(ids)).data;
-      const lb = (await b.logits(ids)).data;
-      const V = a.dims.vocabSize;
-      const argmax = (l: Float32Array, i: number) => {
-        let best = 0;
-        for (let j = 1; j < V; j++) if (l[i * V + j]! > l[i * V + best]!) best = j;
-        return best;
-      };
-      let agree = 0;
-      for (let i = 0; i < ids.length; i++) if (argmax(la, i) === argmax(lb, i)) agree++;
-      expect(agree / ids.length, `${type}: ${agree} of ${ids.length}`).toBeGreaterThanOrEqual(0.95);
-    } finally {
-      await a.dispose();
-      await b.dispose();
+  try {
+    for (const type of types) {
+      const gg = path.join(dir, `synth256-${type}.gguf`);
+      const written = exportGguf(hf, gg, { type });
+      expect(written.types.get("blk.0.ffn_gate_exps.weight")).toBe(type);
+      const blocks = path.join(dir, `${type}-blocks`);
+      const floats = path.join(dir, `${type}-f32`);
+      const r = await importModel(gg, blocks, quiet);
+      expect(r.manifest.precision.experts).toBe(GGUF_TYPE_ENCODING[type]);
+      await importModel(gg, floats, { ...quiet, experts: "f32" });
+      const ids = [1, ...(await greedyRun(floats, "The license", 127)).ids];
+      const [a, b] = [await loadModel(blocks, { threads: 1, log: () => {} }), await loadModel(floats, { threads: 1, log: () => {} })];
+      try {
+        const la = (await a.logits(ids)).data;
+        const lb = (await b.logits(ids)).data;
+        const V = a.dims.vocabSize;
+        const argmax = (l: Float32Array, i: number) => {
+          let best = 0;
+          for (let j = 1; j < V; j++) if (l[i * V + j]! > l[i * V + best]!) best = j;
+          return best;
+        };
+        let agree = 0;
+        for (let i = 0; i < ids.length; i++) if (argmax(la, i) === argmax(lb, i)) agree++;
+        expect(agree / ids.length, `${type}: ${agree} of ${ids.length}`).toBeGreaterThanOrEqual(type === "Q2_K" ? 0.93 : 0.95);
+      } finally {
+        await a.dispose();
+        await b.dispose();
+      }
     }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
-  fs.rmSync(dir, { recursive: true, force: true });
-}, 600_000);
+}
+
+const GGUF_TYPE_ENCODING = { Q4_K: "q4_k", Q6_K: "q6_k", Q2_K: "q2_k", Q3_K: "q3_k", Q4_1: "q4_1", Q5_0: "q5_0", Q5_1: "q5_1" } as const;
+
+it("a Q4_K / Q6_K GGUF imports with q4_k / q6_k experts: top-1 agreement >= 95% with the f32 import under teacher forcing", () => importsAsBlocks(["Q4_K", "Q6_K"]), 600_000);
+
+it("a Q2_K / Q3_K GGUF imports with q2_k / q3_k experts: top-1 agreement >= 95% (Q2_K >= 93%) with the f32 import under teacher forcing", () => importsAsBlocks(["Q2_K", "Q3_K"]), 600_000);
+
+it("a Q4_1 / Q5_0 / Q5_1 GGUF imports with q4_1 / q5_0 / q5_1 experts: top-1 agreement >= 95% with the f32 import under teacher forcing", () => importsAsBlocks(["Q4_1", "Q5_0", "Q5_1"]), 600_000);

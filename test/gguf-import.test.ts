@@ -141,8 +141,8 @@ describe("bundled checkpoints to GGUF and back", () => {
       expect(written.types.get("blk.1.attn_q.weight")).toBe(type);
       const a = path.join(dir, `synth-${type}-gguf`);
       const b = path.join(dir, `synth-${type}-hf`);
-      // Experts decoded to f32 on both sides (a file of Q4_K / Q6_K experts may keep them as q4_k /
-      // q6_k blocks by default: test/expert-formats.test.ts checks that import).
+      // Experts decoded to f32 on both sides (a file of Q4_K / Q6_K experts (or Q2_K, Q3_K, Q4_1,
+      // Q5_0, Q5_1) keeps them as blocks by default: test/expert-formats.test.ts checks that import).
       const r = await importModel(gg, a, { ...quiet, experts: "f32" });
       expect(r.manifest.source.dtypes).toEqual(["F32", type]);
       await importModel(viewCopy(hf, gg, path.join(dir, `synth-${type}-copy`)), b, quiet);

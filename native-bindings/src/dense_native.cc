@@ -137,7 +137,7 @@ napi_value Matmul(napi_env env, napi_callback_info info) {
   if (!typed_data(env, a[1], &w, &wb) || !typed_data(env, a[4], &x, &xb) || !typed_data(env, a[6], &y, &yb)) return fail(env, "matmul: typed arrays expected");
   const int enc = int(num(env, a[0]));
   const size_t rows = size_t(num(env, a[2])), cols = size_t(num(env, a[3])), T = size_t(num(env, a[5]));
-  if (enc < 0 || enc > 7) return fail(env, "matmul: bad encoding");
+  if (enc < 0 || enc >= moe::kEncCount) return fail(env, "matmul: bad encoding");
   const auto e = static_cast<moe::Enc>(enc);
   if (cols % moe::enc_row_multiple(e) || wb != moe::matrix_bytes(e, rows, cols) || xb < T * cols * 4 || yb < T * rows * 4) {
     return fail(env, "matmul: buffer sizes do not match rows, cols, T and the encoding");

@@ -257,6 +257,11 @@ size_t matrix_bytes(Enc enc, size_t rows, size_t cols) {
     case Enc::Q4K: return n / kQK * kQ4KBytes;
     case Enc::Q5K: return n / kQK * kQ5KBytes;
     case Enc::Q6K: return n / kQK * kQ6KBytes;
+    case Enc::Q2K: return n / kQK * kQ2KBytes;
+    case Enc::Q3K: return n / kQK * kQ3KBytes;
+    case Enc::Q41: return n / kBlock * kQ41Bytes;
+    case Enc::Q50: return n / kBlock * kQ50Bytes;
+    case Enc::Q51: return n / kBlock * kQ51Bytes;
   }
   return 0;
 }
@@ -391,6 +396,11 @@ void encode_matrix(Enc enc, const float* src, size_t rows, size_t cols, uint8_t*
     case Enc::Q4K:
     case Enc::Q5K:
     case Enc::Q6K:
+    case Enc::Q2K:
+    case Enc::Q3K:
+    case Enc::Q41:
+    case Enc::Q50:
+    case Enc::Q51:
       return;  // refused by the binding (see expert_kernels.h)
   }
 }

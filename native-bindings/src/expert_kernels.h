@@ -17,6 +17,15 @@
 //                                                        x = fp32(d*sc_j) * q - fp32(dmin*m_j), q in 0..31
 //   Q6K: GGUF's Q6_K super-blocks (block_q6_K, 210 bytes per 256): ql[128], qh[64], int8
 //        scales[16] (one per 16 values), fp16 d          x = fp32(d*sc) * (q - 32), q in 0..63
+//   Q2K: GGUF's Q2_K super-blocks (block_q2_K, 84 bytes per 256): scales[16] (per 16 values: scale
+//        sc in the low nibble, min m in the high one), qs[64] (2-bit levels), fp16 d, dmin
+//                                                        x = fp32(d*sc) * q - fp32(dmin*m), q in 0..3
+//   Q3K: GGUF's Q3_K super-blocks (block_q3_K, 110 bytes per 256): hmask[32], qs[64], scales[12]
+//        (sixteen six-bit scales), fp16 d                 x = fp32(d*(sc - 32)) * q, q in -4..3
+//   Q41, Q50, Q51: GGUF's 32-value blocks as they are (block_q4_1 {fp16 d, m; qs[16]} 20 bytes,
+//        block_q5_0 {fp16 d; qh[4]; qs[16]} 22, block_q5_1 {fp16 d, m; qh[4]; qs[16]} 24; value j
+//        in the low nibble of qs[j], j+16 in the high one; fifth bit of value j: bit j of qh)
+//        Q41/Q51: x = d*q + m (q in 0..15 / 0..31); Q50: x = d*(q - 16)
 //
 // Arithmetic. F32/F16: fp32 multiply-adds with a fixed order per output element, so a result does
 // not depend on the thread count nor on how many tokens share the call. Q8/Q4/MX4: integer dot
@@ -29,6 +38,11 @@
 // activation block b (d_x, q_x, s_x = sum q_x): dot(q, q_x) * (fp32(d*sc_j) * d_x), and
 // s_x * (fp32(dmin*m_j) * d_x) summed apart and taken off at the end. Q6K: the exact integer
 // sc_0 * dot(q - 32, q_x)[first 16] + sc_1 * dot(q - 32, q_x)[last 16], times d * d_x.
+// Q2K/Q3K as Q6K (integer scales of the two 16-value halves times their integer dots, times
+// d * d_x); Q2K's mins: the exact m_0 * sum(q_x)[first 16] + m_1 * sum(q_x)[last 16], times
+// dmin * d_x, summed apart and taken off at the end. Q50: dot(q, q_x) - 16 s_x, times d * d_x.
+// Q41/Q51: dot(q, q_x) * (d * d_x), and s_x * (m * d_x) summed apart and added at the end
+// (kernels_blocks_isa.inc).
 //
 // The code runs at one of several instruction-set levels, chosen once per process from the CPU's
 // features (the build targets baseline x86-64: no -march=native):
@@ -47,18 +61,23 @@
 
 namespace moe {
 
-enum class Enc : int { F32 = 0, F16 = 1, Q8 = 2, Q4 = 3, MX4 = 4, Q4K = 5, Q6K = 6, Q5K = 7 };
+enum class Enc : int { F32 = 0, F16 = 1, Q8 = 2, Q4 = 3, MX4 = 4, Q4K = 5, Q6K = 6, Q5K = 7, Q41 = 8, Q50 = 9, Q51 = 10, Q2K = 11, Q3K = 12 };
+constexpr int kEncCount = 13;
 constexpr int kBlock = 32;
-constexpr int kQK = 256;  // values per k-quant super-block (Q4K, Q6K)
-constexpr size_t kQ4KBytes = 144, kQ5KBytes = 176, kQ6KBytes = 210;
+constexpr int kQK = 256;  // values per k-quant super-block (Q2K..Q6K)
+constexpr size_t kQ4KBytes = 144, kQ5KBytes = 176, kQ6KBytes = 210, kQ2KBytes = 84, kQ3KBytes = 110;
+constexpr size_t kQ41Bytes = 20, kQ50Bytes = 22, kQ51Bytes = 24;
 // Twice the E2M1 value of each 4-bit MXFP4 code.
 constexpr int8_t kMx4X2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
 size_t matrix_bytes(Enc enc, size_t rows, size_t cols);
-// Block-quantized encodings (Q8, Q4, MX4): integer-dot kernels, cols % 32 == 0.
-inline bool enc_kquant(Enc enc) { return enc == Enc::Q4K || enc == Enc::Q5K || enc == Enc::Q6K; }
-inline bool enc_quantized(Enc enc) { return enc == Enc::Q8 || enc == Enc::Q4 || enc == Enc::MX4 || enc_kquant(enc); }
-// The multiple a row's length must be of: 256 for Q4K/Q6K, 32 for Q8/Q4/MX4, else 1.
+// GGUF blocks with a kernel of their own (kernels_blocks_isa.inc): Q41, Q50, Q51, Q2K, Q3K.
+inline bool enc_ggml_blocks(Enc enc) { return enc == Enc::Q41 || enc == Enc::Q50 || enc == Enc::Q51 || enc == Enc::Q2K || enc == Enc::Q3K; }
+// k-quant super-blocks of 256 values (Q2K..Q6K).
+inline bool enc_kquant(Enc enc) { return enc == Enc::Q4K || enc == Enc::Q5K || enc == Enc::Q6K || enc == Enc::Q2K || enc == Enc::Q3K; }
+// Block-quantized encodings (all but F32 and F16): integer-dot kernels on quantized activations.
+inline bool enc_quantized(Enc enc) { return enc == Enc::Q8 || enc == Enc::Q4 || enc == Enc::MX4 || enc_kquant(enc) || enc_ggml_blocks(enc); }
+// The multiple a row's length must be of: 256 for Q2K..Q6K, 32 for Q8/Q4/MX4/Q41/Q50/Q51, else 1.
 inline size_t enc_row_multiple(Enc enc) { return enc_kquant(enc) ? kQK : enc_quantized(enc) ? kBlock : 1; }
 
 // y[T, rows] = x[T, cols] . W^T for one encoded matrix W [rows, cols]. Q8/Q4/MX4 need cols % 32 == 0.
@@ -100,7 +119,8 @@ size_t expert_record_bytes(Enc enc, size_t H, size_t F, bool bias);
 void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads, const ExpertOptions& o = ExpertOptions());
 
 // Encodes a float matrix [rows, cols] into `dst` (matrix_bytes(enc, rows, cols) bytes). Not for
-// Q4K/Q6K (encoded by llama.cpp's reference quantizer in TypeScript; the binding refuses them).
+// the GGUF block encodings (Q4K.., Q41..: encoded by llama.cpp's reference quantizer in TypeScript;
+// the binding refuses them).
 void encode_matrix(Enc enc, const float* src, size_t rows, size_t cols, uint8_t* dst);
 
 // The level the kernels run at ("scalar", "avx2", "vnni").

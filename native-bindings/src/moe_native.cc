@@ -56,18 +56,19 @@ std::string str(napi_env env, napi_value v) {
 // False after throwing an Error with code KERNEL_ISA_UNSUPPORTED when MOE_RUN_KERNEL_ISA asks for a
 // level this CPU cannot run (the kernels would otherwise quietly run at the best level it has).
 
-// The encoding code 0..7 in `v` (Q8/Q4/MX4 only where H and F are multiples of 32, Q4K/Q5K/Q6K of
-// 256: every row whole blocks); else throws a RangeError.
+// The encoding code 0..12 in `v` (Q8/Q4/MX4/Q41/Q50/Q51 only where H and F are multiples of 32,
+// Q2K..Q6K of 256: every row whole blocks); else throws a RangeError.
 bool kernel_enc(napi_env env, napi_value v, size_t H, size_t F, const char* fn, moe::Enc* enc) {
   const double code = num(env, v);
-  if (!(code == 0 || code == 1 || code == 2 || code == 3 || code == 4 || code == 5 || code == 6 || code == 7)) {
-    napi_throw_range_error(env, nullptr, (std::string(fn) + ": encoding must be 0 (f32), 1 (f16), 2 (int8), 3 (int4), 4 (mxfp4), 5 (q4_k), 6 (q6_k) or 7 (q5_k)").c_str());
+  if (!(code >= 0 && code < moe::kEncCount && code == double(int(code)))) {
+    napi_throw_range_error(env, nullptr,
+                           (std::string(fn) + ": encoding must be 0 (f32), 1 (f16), 2 (int8), 3 (int4), 4 (mxfp4), 5 (q4_k), 6 (q6_k), 7 (q5_k), 8 (q4_1), 9 (q5_0), 10 (q5_1), 11 (q2_k) or 12 (q3_k)").c_str());
     return false;
   }
   *enc = static_cast<moe::Enc>(int(code));
   const size_t m = moe::enc_row_multiple(*enc);
   if (H % m || F % m) {
-    napi_throw_range_error(env, nullptr, (std::string(fn) + (moe::enc_kquant(*enc) ? ": q4_k/q5_k/q6_k need sizes that are multiples of 256" : ": int8/int4/mxfp4 need sizes that are multiples of 32")).c_str());
+    napi_throw_range_error(env, nullptr, (std::string(fn) + (moe::enc_kquant(*enc) ? ": q2_k/q3_k/q4_k/q5_k/q6_k need sizes that are multiples of 256" : ": int8/int4/mxfp4/q4_1/q5_0/q5_1 need sizes that are multiples of 32")).c_str());
     return false;
   }
   return true;
@@ -147,7 +148,7 @@ napi_value EncodeMatrix(napi_env env, napi_callback_info info) {
   napi_value a[5];
   CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
   const int code = int(num(env, a[0]));
-  if (code < 0 || code > 4) return napi_throw_range_error(env, nullptr, "encodeMatrix: encoding must be 0..4 (q4_k/q6_k are encoded in TypeScript)"), nullptr;
+  if (code < 0 || code > 4) return napi_throw_range_error(env, nullptr, "encodeMatrix: encoding must be 0..4 (the GGUF block encodings, q4_k etc., are encoded in TypeScript)"), nullptr;
   const auto enc = static_cast<moe::Enc>(code);
   const size_t rows = size_t(num(env, a[2])), cols = size_t(num(env, a[3]));
   void *src, *dst;

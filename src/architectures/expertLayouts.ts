@@ -34,7 +34,7 @@ export interface CheckpointExperts {
 }
 
 /** GGUF tensor types whose blocks moe-run keeps as they are (store/ggmlExpertBlocks.ts). */
-const GGML_AS_IS: Record<string, ExpertEncoding> = { F32: "f32", F16: "f16", Q8_0: "int8", Q4_0: "int4", MXFP4: "mxfp4", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k" };
+const GGML_AS_IS: Record<string, ExpertEncoding> = { F32: "f32", F16: "f16", Q8_0: "int8", Q4_0: "int4", MXFP4: "mxfp4", Q4_1: "q4_1", Q5_0: "q5_0", Q5_1: "q5_1", Q2_K: "q2_k", Q3_K: "q3_k", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k" };
 
 /** A GGUF checkpoint view (formats/GgufCheckpoint.ts) hands out its tensors' stored blocks. */
 interface RawBlocks {

@@ -18,7 +18,7 @@ import { DeviceTensor, OnnxSession, type ExecutionDevice, type HostTensor, type 
 import { invariant } from "../errors.js";
 import { GraphBuilder, type ElemType } from "../onnx/GraphBuilder.js";
 import { expertMlp } from "../importer/modelGraphs.js";
-import { BLOCK, MXFP4_X2, decodeMatrix, encodeMatrix, expertRecordLayout, isKQuant, matrixBytes, readExpertBiases, type ExpertEncoding } from "../store/expertEncoding.js";
+import { BLOCK, MXFP4_X2, decodeMatrix, encodeMatrix, expertRecordLayout, isGgmlBlocks, matrixBytes, readExpertBiases, type ExpertEncoding } from "../store/expertEncoding.js";
 import type { ExpertActivation } from "./expertActivation.js";
 import type { ResidencyStats } from "../cache/TieredExpertSource.js";
 import type { ExpertKernel } from "./expertKernels.js";
@@ -51,9 +51,9 @@ export type ResidentLayout = "f32" | "f16" | "q8";
 /** The layout for an encoding on a provider: as compact as the provider's tensor types allow. */
 export function residentLayoutFor(encoding: ExpertEncoding, device: ExecutionDevice): ResidentLayout {
   if (encoding === "f32" || encoding === "f16") return encoding;
-  // k-quants (two scales per block of 32, or a scale and a min) have no exact q8 form: their
-  // values are dequantized at prepare, to f32 (f16 on WebGPU).
-  if (isKQuant(encoding)) return device === "webgpu" ? "f16" : "f32";
+  // GGUF blocks other than Q8_0/Q4_0 (two scales per block of 32, or a scale and a min) have no
+  // exact q8 form: their values are dequantized at prepare, to f32 (f16 on WebGPU).
+  if (isGgmlBlocks(encoding)) return device === "webgpu" ? "f16" : "f32";
   return device === "webgpu" ? "f16" : "q8";
 }
 
@@ -164,7 +164,7 @@ export function recordTensors(
       out[f.values.name] = { data: new Uint16Array(halves.buffer, halves.byteOffset, n), dims };
       continue;
     }
-    if (layout === "f32" && isKQuant(encoding)) {
+    if (layout === "f32" && isGgmlBlocks(encoding)) {
       out[f.values.name] = { data: decodeMatrix(encoding, bytes, rows, cols), dims };
       continue;
     }
@@ -215,9 +215,14 @@ export function recordTensors(
         out[f.values.name] = { data: q, dims };
         break;
       }
+      case "q2_k":
+      case "q3_k":
       case "q4_k":
       case "q5_k":
       case "q6_k":
+      case "q4_1":
+      case "q5_0":
+      case "q5_1":
         throw new Error(`a ${encoding} record is held as f32 or f16, not ${layout}`);
       default: {
         const never: never = encoding;

@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { isMoeLayer, modelFeatures, type ModelDims } from "../architectures/ModelDims.js";
 import { MoeRunError } from "../errors.js";
 import { readGraph } from "../onnx/graphFile.js";
-import { EXPERT_ENCODINGS, GGML_K_ENCODINGS, recordBytes, type ExpertEncoding } from "../store/expertEncoding.js";
+import { ALL_EXPERT_ENCODINGS, recordBytes, type ExpertEncoding } from "../store/expertEncoding.js";
 
 export const MANIFEST_FILE = "manifest.json";
 export const FORMAT_VERSION = 1;
@@ -157,7 +157,7 @@ function checkManifestShape(modelDir: string, m: ModelManifest): void {
     throw invalid(modelDir, `dims.bosTokenId must be a token id below the vocabulary size ${d.vocabSize}, got ${JSON.stringify(d.bosTokenId)}`);
   }
   if (!["none", "head", "full"].includes(d.qkNorm)) throw invalid(modelDir, `dims.qkNorm must be none, head or full, got ${JSON.stringify(d.qkNorm)}`);
-  const encodings: readonly string[] = [...EXPERT_ENCODINGS, ...GGML_K_ENCODINGS];
+  const encodings: readonly string[] = ALL_EXPERT_ENCODINGS;
   if (!m.precision || !encodings.includes(m.precision.experts)) {
     throw invalid(modelDir, `precision.experts must be one of ${encodings.join(", ")}, got ${JSON.stringify(m.precision?.experts)}`);
   }

@@ -24,7 +24,18 @@
  *           qh[32] (the fifth bits), qs[128]), 176 bytes per 256 values, rows as q4_k.
  *   q6_k  : GGUF's Q6_K super-blocks as they are (block_q6_K: ql[128], qh[64], int8 scales[16],
  *           fp16 d), 210 bytes per 256 values, rows as q4_k. x = fp32(d*sc_j) * (q - 32).
- *           Both encode and decode with src/formats/ggmlKQuants.ts (llama.cpp's reference codec).
+ *   q2_k  : GGUF's Q2_K super-blocks (block_q2_K: scales[16] (4-bit scale | 4-bit min << 4 per 16
+ *           values), qs[64] (2-bit levels), fp16 d, dmin), 84 bytes per 256 values, rows as q4_k.
+ *           x = fp32(d*sc) * q - fp32(dmin*m).
+ *   q3_k  : GGUF's Q3_K super-blocks (block_q3_K: hmask[32], qs[64], scales[12] (sixteen 6-bit
+ *           scales), fp16 d), 110 bytes per 256 values, rows as q4_k. x = fp32(d*(sc-32)) * q,
+ *           q in -4..3.
+ *   q4_1, q5_0, q5_1: GGUF's 32-value blocks as they are (block_q4_1 {fp16 d, m; qs[16]} 20 bytes,
+ *           block_q5_0 {fp16 d; qh[4]; qs[16]} 22, block_q5_1 {fp16 d, m; qh[4]; qs[16]} 24): value
+ *           j in the low nibble of qs[j], j+16 in the high one, fifth bit of value j = bit j of qh.
+ *           q4_1/q5_1: x = d*q + m; q5_0: x = d*(q - 16). cols % 32 == 0.
+ *           All of these encode and decode with src/formats/ggmlQuants.ts / ggmlKQuants.ts
+ *           (llama.cpp's reference codec).
  * The same layouts are implemented in native-bindings/src/expert_kernels.cc.
  */
 import { InvalidOptionError } from "../errors.js";
@@ -46,18 +57,48 @@ export const EXPERT_ENCODINGS = ["f32", "f16", "int8", "int4", "mxfp4"] as const
  * checkEncodable). Not (yet) in EXPERT_ENCODINGS: the suites that loop over EXPERT_ENCODINGS at
  * sizes that are not multiples of 256 (test/backends.test.ts) would refuse them.
  */
-export const GGML_K_ENCODINGS = ["q4_k", "q5_k", "q6_k"] as const;
-export type ExpertEncoding = (typeof EXPERT_ENCODINGS)[number] | (typeof GGML_K_ENCODINGS)[number];
+export const GGML_K_ENCODINGS = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"] as const;
+/**
+ * GGUF 32-value blocks with a min or a 5-bit level kept as they are (Q4_1, Q5_0, Q5_1; Q4_0 and
+ * Q8_0 become int4 / int8). A sibling of GGML_K_ENCODINGS, for the same reason not (yet) in
+ * EXPERT_ENCODINGS: the suites over EXPERT_ENCODINGS have no numbers for them.
+ */
+export const GGML_BLOCK_ENCODINGS = ["q4_1", "q5_0", "q5_1"] as const;
+export type KQuantEncoding = (typeof GGML_K_ENCODINGS)[number];
+/** An encoding that holds a GGUF tensor's blocks byte for byte (decoded by llama.cpp's codec). */
+export type GgmlBlockEncoding = KQuantEncoding | (typeof GGML_BLOCK_ENCODINGS)[number];
+export type ExpertEncoding = (typeof EXPERT_ENCODINGS)[number] | GgmlBlockEncoding;
+/** Every expert encoding: the CLI's and the manifest's choices. */
+export const ALL_EXPERT_ENCODINGS: readonly ExpertEncoding[] = [...EXPERT_ENCODINGS, ...GGML_K_ENCODINGS, ...GGML_BLOCK_ENCODINGS];
 export const BLOCK = 32;
 /** Values per k-quant super-block (llama.cpp QK_K). */
 export const QK_K = 256;
-/** Bytes per super-block of q4_k, q5_k and q6_k. */
-export const K_BLOCK_BYTES = { q4_k: 144, q5_k: 176, q6_k: 210 } as const;
-const K_GGML_TYPE = { q4_k: GgmlType.Q4_K, q5_k: GgmlType.Q5_K, q6_k: GgmlType.Q6_K } as const;
+/** Bytes per (super-)block of the GGUF block encodings (32 values; k-quants 256). */
+export const GGML_BLOCK_BYTES = { q2_k: 84, q3_k: 110, q4_k: 144, q5_k: 176, q6_k: 210, q4_1: 20, q5_0: 22, q5_1: 24 } as const;
+const GGML_TYPE_OF = {
+  q2_k: GgmlType.Q2_K,
+  q3_k: GgmlType.Q3_K,
+  q4_k: GgmlType.Q4_K,
+  q5_k: GgmlType.Q5_K,
+  q6_k: GgmlType.Q6_K,
+  q4_1: GgmlType.Q4_1,
+  q5_0: GgmlType.Q5_0,
+  q5_1: GgmlType.Q5_1,
+} as const;
 
-/** Whether `enc` holds GGUF k-quant super-blocks (q4_k, q5_k, q6_k). */
-export function isKQuant(enc: ExpertEncoding): enc is (typeof GGML_K_ENCODINGS)[number] {
-  return enc === "q4_k" || enc === "q5_k" || enc === "q6_k";
+/** Whether `enc` holds GGUF k-quant super-blocks (q2_k .. q6_k: rows of whole 256-value blocks). */
+export function isKQuant(enc: ExpertEncoding): enc is KQuantEncoding {
+  return (GGML_K_ENCODINGS as readonly string[]).includes(enc);
+}
+
+/** Whether `enc` holds GGUF blocks as they are (the k-quants, q4_1, q5_0, q5_1). */
+export function isGgmlBlocks(enc: ExpertEncoding): enc is GgmlBlockEncoding {
+  return isKQuant(enc) || (GGML_BLOCK_ENCODINGS as readonly string[]).includes(enc);
+}
+
+/** Values per block of a GGUF block encoding: a row must be whole blocks. */
+export function ggmlBlockValues(enc: GgmlBlockEncoding): number {
+  return isKQuant(enc) ? QK_K : BLOCK;
 }
 
 /** The numeric code the native kernels use. */
@@ -79,6 +120,16 @@ export function encodingCode(enc: ExpertEncoding): number {
       return 6;
     case "q5_k":
       return 7;
+    case "q4_1":
+      return 8;
+    case "q5_0":
+      return 9;
+    case "q5_1":
+      return 10;
+    case "q2_k":
+      return 11;
+    case "q3_k":
+      return 12;
     default: {
       const never: never = enc;
       throw new Error(`unknown encoding ${String(never)}`);
@@ -87,9 +138,8 @@ export function encodingCode(enc: ExpertEncoding): number {
 }
 
 export function parseEncoding(value: string): ExpertEncoding {
-  const all: readonly string[] = [...EXPERT_ENCODINGS, ...GGML_K_ENCODINGS];
-  if (all.includes(value)) return value as ExpertEncoding;
-  throw new InvalidOptionError(`--experts must be one of ${all.join(", ")}, got "${value}"`);
+  if ((ALL_EXPERT_ENCODINGS as readonly string[]).includes(value)) return value as ExpertEncoding;
+  throw new InvalidOptionError(`--experts must be one of ${ALL_EXPERT_ENCODINGS.join(", ")}, got "${value}"`);
 }
 
 export function matrixBytes(enc: ExpertEncoding, rows: number, cols: number): number {
@@ -105,10 +155,15 @@ export function matrixBytes(enc: ExpertEncoding, rows: number, cols: number): nu
       return (n / BLOCK) * 4 + n / 2;
     case "mxfp4":
       return mxfp4MatrixBytes(rows, cols);
+    case "q2_k":
+    case "q3_k":
     case "q4_k":
     case "q5_k":
     case "q6_k":
-      return (n / QK_K) * K_BLOCK_BYTES[enc];
+    case "q4_1":
+    case "q5_0":
+    case "q5_1":
+      return (n / ggmlBlockValues(enc)) * GGML_BLOCK_BYTES[enc];
     default: {
       const never: never = enc;
       throw new Error(`unknown encoding ${String(never)}`);
@@ -243,18 +298,18 @@ export function checkEncodable(enc: ExpertEncoding, hiddenSize: number, expertFf
       `--experts ${enc} holds rows of whole ${QK_K}-value super-blocks: hidden size (${hiddenSize}) and expert size (${expertFfn}) must be multiples of ${QK_K}; use int8, int4 or f16`
     );
   }
-  if ((enc === "int8" || enc === "int4" || enc === "mxfp4") && (hiddenSize % BLOCK !== 0 || expertFfn % BLOCK !== 0)) {
+  if ((enc === "int8" || enc === "int4" || enc === "mxfp4" || isGgmlBlocks(enc)) && (hiddenSize % BLOCK !== 0 || expertFfn % BLOCK !== 0)) {
     throw new InvalidOptionError(`--experts ${enc} needs hidden size (${hiddenSize}) and expert size (${expertFfn}) divisible by ${BLOCK}; use f16 or f32`);
   }
 }
 
 /** Encodes a fp32 matrix [rows, cols]; native when available (fast), else the JS reference. */
 export function encodeMatrix(enc: ExpertEncoding, src: Float32Array, rows: number, cols: number): Uint8Array {
-  if (isKQuant(enc)) checkKRows(enc, cols);
+  if (isGgmlBlocks(enc)) checkBlockRows(enc, cols);
   const dst = new Uint8Array(matrixBytes(enc, rows, cols));
   const { addon } = loadNativeAddon();
-  // k-quants: llama.cpp's reference quantizer (formats/ggmlKQuants.ts), JS only.
-  if (addon && !isKQuant(enc)) addon.encodeMatrix(encodingCode(enc), src, rows, cols, dst);
+  // GGUF blocks: llama.cpp's reference quantizer (formats/ggmlQuants.ts, ggmlKQuants.ts), JS only.
+  if (addon && !isGgmlBlocks(enc)) addon.encodeMatrix(encodingCode(enc), src, rows, cols, dst);
   else encodeMatrixJs(enc, src, rows, cols, dst);
   return dst;
 }
@@ -302,11 +357,16 @@ export function encodeMatrixJs(enc: ExpertEncoding, src: Float32Array, rows: num
     case "mxfp4":
       encodeMxfp4(src, rows, cols, dst);
       return;
+    case "q2_k":
+    case "q3_k":
     case "q4_k":
     case "q5_k":
     case "q6_k":
-      checkKRows(enc, cols);
-      dst.set(quantize(K_GGML_TYPE[enc], n === src.length ? src : src.subarray(0, n)));
+    case "q4_1":
+    case "q5_0":
+    case "q5_1":
+      checkBlockRows(enc, cols);
+      dst.set(quantize(GGML_TYPE_OF[enc], n === src.length ? src : src.subarray(0, n)));
       return;
     default: {
       const never: never = enc;
@@ -315,8 +375,9 @@ export function encodeMatrixJs(enc: ExpertEncoding, src: Float32Array, rows: num
   }
 }
 
-function checkKRows(enc: ExpertEncoding, cols: number): void {
-  if (cols % QK_K !== 0) throw new InvalidOptionError(`${enc} matrices hold rows of whole ${QK_K}-value super-blocks; a row of ${cols} values is not`);
+function checkBlockRows(enc: GgmlBlockEncoding, cols: number): void {
+  const k = ggmlBlockValues(enc);
+  if (cols % k !== 0) throw new InvalidOptionError(`${enc} matrices hold rows of whole ${k}-value ${k === QK_K ? "super-blocks" : "blocks"}; a row of ${cols} values is not`);
 }
 
 /** lrintf's default rounding: to nearest, ties to even. */
@@ -354,11 +415,16 @@ export function decodeMatrix(enc: ExpertEncoding, bytes: Uint8Array, rows: numbe
     case "mxfp4":
       decodeMxfp4(bytes, rows, cols, out);
       return out;
+    case "q2_k":
+    case "q3_k":
     case "q4_k":
     case "q5_k":
     case "q6_k":
-      checkKRows(enc, cols);
-      return dequantize(K_GGML_TYPE[enc], bytes.subarray(0, matrixBytes(enc, rows, cols)), n);
+    case "q4_1":
+    case "q5_0":
+    case "q5_1":
+      checkBlockRows(enc, cols);
+      return dequantize(GGML_TYPE_OF[enc], bytes.subarray(0, matrixBytes(enc, rows, cols)), n);
     default: {
       const never: never = enc;
       throw new Error(`unknown encoding ${String(never)}`);

@@ -10,8 +10,9 @@
  *
  * -> int8 (fp32 scale = d, exact; the same int8 values), int4 (fp32 scale = d; nibbles re-ordered
  * to ours: element 2i low, 2i+1 high, both q + 8 as in Q4_0) and mxfp4 (nibbles re-ordered).
- * F32 and F16 tensors are our f32 and f16 bytes as they are, Q4_K, Q5_K and Q6_K super-blocks our
- * q4_k, q5_k and q6_k bytes as they are (rows of whole 256-value blocks). Other types (IQ*, ...) have
+ * F32 and F16 tensors are our f32 and f16 bytes as they are, Q2_K..Q6_K super-blocks our q2_k..q6_k
+ * bytes as they are (rows of whole 256-value blocks), Q4_1, Q5_0 and Q5_1 blocks our q4_1, q5_0 and
+ * q5_1 bytes as they are (rows of whole 32-value blocks). Other types (IQ*, ...) have
  * no exact counterpart here: decode them to floats and encode (src/formats/ggmlQuants.ts dequantize).
  */
 import { InvalidOptionError } from "../errors.js";
@@ -21,8 +22,20 @@ import { decodeMxfp4, mxfp4MatrixFromGgml } from "./mxfp4.js";
 
 const QK = 32;
 
+/** [values, bytes] per block of the GGUF types kept byte for byte (ggmlQuants.ts's type table). */
+const AS_IS_BLOCKS = {
+  q2_k: [256, 84],
+  q3_k: [256, 110],
+  q4_k: [256, 144],
+  q5_k: [256, 176],
+  q6_k: [256, 210],
+  q4_1: [32, 20],
+  q5_0: [32, 22],
+  q5_1: [32, 24],
+} as const;
+
 /** ggml_type ids (gguf.ts / ggmlQuants.ts GgmlType) of the types converted here. */
-export const GGML_LOSSLESS_EXPERT_TYPES = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, Q4_K: 12, Q5_K: 13, Q6_K: 14, MXFP4: 39 } as const;
+export const GGML_LOSSLESS_EXPERT_TYPES = { F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q5_0: 6, Q5_1: 7, Q8_0: 8, Q2_K: 10, Q3_K: 11, Q4_K: 12, Q5_K: 13, Q6_K: 14, MXFP4: 39 } as const;
 
 /** The expert encoding a ggml tensor type converts to without loss, if any. */
 export function losslessExpertEncoding(ggmlType: number): ExpertEncoding | undefined {
@@ -37,6 +50,16 @@ export function losslessExpertEncoding(ggmlType: number): ExpertEncoding | undef
       return "int4";
     case GGML_LOSSLESS_EXPERT_TYPES.MXFP4:
       return "mxfp4";
+    case GGML_LOSSLESS_EXPERT_TYPES.Q4_1:
+      return "q4_1";
+    case GGML_LOSSLESS_EXPERT_TYPES.Q5_0:
+      return "q5_0";
+    case GGML_LOSSLESS_EXPERT_TYPES.Q5_1:
+      return "q5_1";
+    case GGML_LOSSLESS_EXPERT_TYPES.Q2_K:
+      return "q2_k";
+    case GGML_LOSSLESS_EXPERT_TYPES.Q3_K:
+      return "q3_k";
     case GGML_LOSSLESS_EXPERT_TYPES.Q4_K:
       return "q4_k";
     case GGML_LOSSLESS_EXPERT_TYPES.Q5_K:
@@ -101,14 +124,15 @@ export function expertMatrixFromGgml(ggmlType: number, data: Uint8Array, rows: n
       return { encoding, bytes: int4MatrixFromGgmlQ4_0(data, rows, cols) };
     case "mxfp4":
       return { encoding, bytes: mxfp4MatrixFromGgml(data, rows, cols) };
+    case "q2_k":
+    case "q3_k":
     case "q4_k":
-      checkSize("Q4_K", data, rows, cols, 144, 256);
-      return { encoding, bytes: data.slice() };
     case "q5_k":
-      checkSize("Q5_K", data, rows, cols, 176, 256);
-      return { encoding, bytes: data.slice() };
     case "q6_k":
-      checkSize("Q6_K", data, rows, cols, 210, 256);
+    case "q4_1":
+    case "q5_0":
+    case "q5_1":
+      checkSize(encoding.toUpperCase(), data, rows, cols, AS_IS_BLOCKS[encoding][1], AS_IS_BLOCKS[encoding][0]);
       return { encoding, bytes: data.slice() };
     default:
       throw new InvalidOptionError(`ggml type ${ggmlType} has no lossless expert encoding; decode it to floats and encode`);

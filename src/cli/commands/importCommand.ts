@@ -5,7 +5,7 @@ import { isGgufPath } from "../../formats/ggufReader.js";
 import { HubError } from "../../hub/HubError.js";
 import { looksLikeRepoId } from "../../hub/repoId.js";
 import { importModel } from "../../importer/importModel.js";
-import { EXPERT_ENCODINGS, GGML_K_ENCODINGS, parseEncoding, type ExpertEncoding } from "../../store/expertEncoding.js";
+import { ALL_EXPERT_ENCODINGS, parseEncoding, type ExpertEncoding } from "../../store/expertEncoding.js";
 import { pullWithInterrupt } from "./pullCommand.js";
 
 export function registerImport(program: Command): void {
@@ -25,7 +25,7 @@ export function registerImport(program: Command): void {
     .option("--no-progress", "no progress bar")
     .option(
       "--experts <precision>",
-      `expert storage precision: ${[...EXPERT_ENCODINGS, ...GGML_K_ENCODINGS].join(", ")} (default: the checkpoint's own where moe-run stores it as is, e.g. gpt-oss's mxfp4 or a GGUF's Q8_0/Q4_K/Q6_K blocks; else f32)`,
+      `expert storage precision: ${ALL_EXPERT_ENCODINGS.join(", ")} (default: the checkpoint's own where moe-run stores it as is, e.g. gpt-oss's mxfp4 or a GGUF's Q8_0/Q4_1/Q5_0/Q2_K..Q6_K blocks; else f32)`,
       parseEncoding
     )
     .action(async (hfDir: string, modelDir: string, opts: { force: boolean; progress: boolean; experts?: ExpertEncoding }) => {
