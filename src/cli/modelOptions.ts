@@ -79,7 +79,7 @@ export function addModelOptions(cmd: Command): Command {
     .option("--pin <layer:expert,...>", "experts never evicted", parsePins)
     .option("--expert-kernel <name>", "auto, native, onnx or js", parseKernel, "auto")
     .option("--dense <name>", "dense layers (attention, router, LM head): auto (native on the CPU), native or onnx", parseDense, "auto")
-    .option("--kv-cache <precision>", "KV cache of the native dense layers: f32 (exact) or f16 (half the bytes attention reads, as llama.cpp's default)", parseKvCache, "f32")
+    .option("--kv-cache <precision>", "KV cache of the native dense layers: f16 (half the bytes attention reads per token, as llama.cpp's default) or f32 (exact)", parseKvCache, "f16")
     .option("--device <name>", `execution provider: ${DEVICE_NAMES.join(", ")} (unavailable ones fall back to the CPU with a note)`, parseDevice, "cpu")
     .option("--schedule <name>", `where experts run: ${SCHEDULE_NAMES.join(", ")} (default auto: split by a measured cost model)`, parseScheduleName)
     .option("--cpu-threads <n>", "threads of the CPU expert pool (default: cores - 1; at most the cores)", parseThreadsOption("cpu-threads"))

@@ -62,7 +62,7 @@ export interface ModelRunnerOptions {
    * (weights at the experts' width, KV cache appended in place), else onnx.
    */
   dense?: DenseLayersName | "auto";
-  /** KV cache precision of the native dense layers (onnx: always fp32). Default "f32". */
+  /** KV cache precision of the native dense layers (onnx: always fp32). Default "f16". */
   kvCache?: KvCachePrecision;
   log?: (line: string) => void;
 }
@@ -115,7 +115,7 @@ export class ModelRunner {
         device,
         log: options.log,
       });
-      const runner = new ModelRunner(manifest.dims, dense, kernel, threads, options.kvCache ?? "f32");
+      const runner = new ModelRunner(manifest.dims, dense, kernel, threads, options.kvCache ?? "f16");
       runner.device = device;
       if (runner.features.grouped.correctionBias) {
         runner.correctionBiases = manifest.graphs.layers.map((rel) => {

@@ -89,9 +89,10 @@ export interface LoadModelOptions {
    */
   dense?: DenseLayersName | "auto";
   /**
-   * KV cache precision of the native dense layers. Default "f32" (exact: greedy output equals the
-   * reference's); "f16" halves the bytes attention reads per token, which long contexts feel
-   * (llama.cpp's default cache type). The onnx dense layers and latent (MLA) caches keep fp32.
+   * KV cache precision of the native dense layers. Default "f16": half the bytes attention reads
+   * per token, which is what decode at long contexts is bound by (llama.cpp's default cache type);
+   * logits move by half-precision rounding only. "f32" is exact (greedy output equals an fp32
+   * reference's). The onnx dense layers and latent (MLA) caches keep fp32.
    */
   kvCache?: KvCachePrecision;
   /** Where notes (fallbacks, warnings) go. Default: stderr. */

@@ -82,7 +82,7 @@ export class MoeModel implements LanguageModel {
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     const limits = options.memoryLimits ?? readMemoryLimits();
     // KV cache [Hkv, S, hd] fp32 (or halves) for K and V per layer; a step holds past and present at once.
-    const kvBytesPerPosition = 2 * 2 * d.numLayers * d.numKvHeads * d.headDim * (options.kvCache === "f16" ? 2 : 4);
+    const kvBytesPerPosition = 2 * 2 * d.numLayers * d.numKvHeads * d.headDim * (options.kvCache === "f32" ? 4 : 2);
     let contextSize = options.contextSize ?? d.maxPositions;
     if (options.contextSize === undefined && kvBytesPerPosition * contextSize > limits.availableBytes / 8) {
       // The model's full context would take over an eighth of the memory there is, memory the
