@@ -73,7 +73,7 @@ export function markdown(r) {
   L.push("");
   const dates = [...new Set(r.runs.map((x) => x.date))].sort();
   L.push(`- Runs from ${dates.map((d) => d.replace("T", " ").slice(0, 16) + " UTC").join(", ")}; machine: ${r.machine.cpus} × ${r.machine.cpu}, ${(r.machine.memTotalBytes / 2 ** 30).toFixed(0)} GiB, Node ${r.machine.node}, load average at start ${r.machine.loadAvgAtStart.map((x) => x.toFixed(1)).join(" ")} (shared machine: other work was running).`);
-  if (r.moeRun) L.push(`- moe-run (latest run; each row's commit is in latest.json): commit ${r.moeRun.commit ?? "?"}${r.moeRun.dirty ? " plus uncommitted changes" : ""}, loadModel options ${JSON.stringify({ threads: "<threads>", ...(r.args?.moeRunOptions ?? {}) })}, experts imported as ${(r.args?.moeRunExperts ?? []).join(" and ")}.`);
+  if (r.moeRun) L.push(`- moe-run (latest run; each row's commit is in latest.json): commit ${r.moeRun.commit ?? "?"}${r.moeRun.dirty ? " plus uncommitted changes" : ""}, loadModel options ${JSON.stringify({ threads: "<threads>", ...(r.args?.moeRunOptions ?? {}) })}, experts imported as ${(r.args?.moeRunExperts ?? []).join(" and ")}${kvCacheNote(r)}.`);
   L.push(`- Peer: node-llama-cpp ${r.peer.version} (llama.cpp binaries release ${r.peer.llamaCppRelease ?? "?"}, ${r.peer.binaries}), mmap on, greedy, no repeat penalty.`);
   const mem = r.roofline?.memory;
   if (mem) {
@@ -188,7 +188,8 @@ function range(x) {
 function targets(r) {
   const out = [];
   const find = (sc, eng, fmt, threads) => r.runs.filter((x) => x.scenario === sc && x.engine === eng && x.format === fmt && x.threads === threads);
-  const peerOf = (x) => find(x.scenario, "node-llama-cpp", x.pairedWith?.split(":")[1], x.threads)[0];
+  // The pair runs the same model (a scenario such as "bundled" holds several).
+  const peerOf = (x) => find(x.scenario, "node-llama-cpp", x.pairedWith?.split(":")[1], x.threads).find((p) => p.model === x.model);
   // Model-to-limit ratio of a row's pair; older results ran every engine under one limit (half the F16 GGUF).
   const ratioOf = (x) => {
     if (x.oversizeRatio !== undefined) return x.oversizeRatio;
@@ -296,4 +297,10 @@ function cpuTargets(r, find, peerOf, versus, none) {
   if (!withSplit.length) out.push(none);
   for (const x of withSplit) out.push(`  - ${x.threads} thread(s), moe-run ${x.format}: ${pct(x.outsideKernelsShare)} of ${num(1000 / x.decodeTokPerS, 2)} ms per token → ${verdict(x.outsideKernelsShare < 0.1)}.`);
   return out;
+}
+
+/** The KV cache precisions moe-run's rows ran with (engineInfo.kvCache; rows older than the option ran fp32). */
+function kvCacheNote(r) {
+  const kinds = [...new Set(r.runs.filter((x) => x.engine === "moe-run").map((x) => x.engineInfo?.kvCache ?? "f32 (before the option)"))];
+  return kinds.length ? `; KV cache ${kinds.join(", ")} (llama.cpp: F16, its default)` : "";
 }
