@@ -119,7 +119,17 @@ async function importLocked(
   try {
     const { spec, dims, folds } = readModelDims(ckpt.config);
     // Experts the checkpoint stores in one of moe-run's encodings (gpt-oss's MXFP4) import as they are.
-    const encoding = options.experts ?? spec.names.experts.storedEncoding?.(ckpt, (rest) => COMMON_NAMES.layer(0, rest)) ?? "f32";
+    const stored = spec.names.experts.storedEncoding?.(ckpt, (rest) => COMMON_NAMES.layer(0, rest));
+    const encoding = options.experts ?? stored ?? "f32";
+    if (options.experts === undefined && stored === undefined) {
+      // A GGUF whose expert tensors mix types (Q4_K_M: Q6_K in some layers' ffn_down) cannot keep
+      // its blocks yet: a record holds one encoding. Say so, since f32 is several times the file.
+      const types = new Set<string>();
+      if (hfDir.endsWith(".gguf")) for (const t of ckpt.tensorNames()) if (/\.experts\./.test(t)) types.add(ckpt.entry(t).dtype);
+      if (types.size > 1) {
+        log(`moe-run import: the experts mix ${[...types].sort().join(", ")}; one encoding per model for now, so they are imported as f32 (exact, larger than the file). --experts <encoding> re-quantizes them instead (e.g. q6_k or int8).`);
+      }
+    }
     checkEncodable(encoding, dims.hiddenSize, dims.expertFfn);
     const tokenizer = ggufTokenizerFiles(ckpt) ?? readTokenizer(hfDir);
     const shapes = expectedShapes(spec, dims, ckpt);
