@@ -21,6 +21,7 @@ import { expertChecksum, expertRecordBytes } from "../store/ExpertStore.js";
 import { formatBytes, formatBytesDistinct, resolveByteSize } from "../util/bytes.js";
 import { checkLoadOptions, checkPins } from "../util/optionChecks.js";
 import type { KvCache } from "../evaluator/KvCache.js";
+import { IncrementalDecoder } from "../tokenizer/IncrementalDecoder.js";
 import { ModelRunner, type RoutingObserver } from "../evaluator/ModelRunner.js";
 import { nonFiniteLogitsError, Sampler } from "../evaluator/sampler.js";
 import { ExpertStore } from "../store/ExpertStore.js";
@@ -288,7 +289,7 @@ export class MoeModel implements LanguageModel {
     };
     let timesMark = runner.times.snapshot();
     const generated: number[] = [];
-    let emitted = "";
+    const detok = new IncrementalDecoder((ids) => this.tokenizer.decode(ids));
     let t0 = performance.now();
     try {
       if (maxTokens === 0) return stats;
@@ -313,13 +314,8 @@ export class MoeModel implements LanguageModel {
         generated.push(id);
         stats.generatedTokens = generated.length;
         options.onToken?.(id);
-        const text = this.tokenizer.decode(generated);
-        // Hold back an incomplete UTF-8 sequence until its last byte arrives.
-        if (!text.endsWith("\uFFFD") && text.length > emitted.length) {
-          const piece = text.slice(emitted.length);
-          emitted = text;
-          yield piece;
-        }
+        const piece = detok.push(id);
+        if (piece) yield piece;
         if (generated.length >= maxTokens) break;
         if (kv.length >= this.contextSize) {
           stats.finishReason = "context";
