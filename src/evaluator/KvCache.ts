@@ -17,11 +17,11 @@ export const KV_CACHE_PRECISIONS: readonly KvCachePrecision[] = ["f32", "f16"];
 
 /**
  * An empty cache shaped for the model (multi-head latent attention: latent rows, no values).
- * `precision` applies to the native buffers; a latent (MLA) cache is always fp32.
+ * `precision` applies to the native buffers (ModelRunner.kvPrecision says which applies).
  */
 export function newKvCache(d: ModelDims, precision: KvCachePrecision = "f32"): KvCache {
   const s = kvShape(d);
-  return new KvCache(d.numLayers, s.heads, s.keyDim, s.valueDim, s.valueDim === 0 ? "f32" : precision);
+  return new KvCache(d.numLayers, s.heads, s.keyDim, s.valueDim, precision);
 }
 
 export class KvCache {
