@@ -136,7 +136,7 @@ async function onnxRows() {
       const rec = await pack(enc);
       const ks = await Promise.all(THREADS.map((threads) => createExpertKernel("onnx", { encoding: enc, hiddenSize: H, expertFfn: F, threads, expertGraph })));
       for (const T of tokenCounts) {
-        const ms = await timeRounds(ks.map((k) => () => k.forward(rec, inputs[T], T, new Float32Array(T * H))));
+        const ms = await timeRounds(ks.map((k) => () => k.forward(rec, inputs[T], T, new Float32Array(T * H), 0)));
         rows.push({ isa: "onnxruntime (weights as inputs)", encoding: enc, tokens: T, recordBytes: rec.byteLength, ms1: ms.hot[0], ms2: ms.hot[1], ms2Cold: ms.cold[1] });
       }
       for (const k of ks) await k.dispose();

@@ -38,7 +38,7 @@ describe.each(["cpu", "webgpu", "cuda"] as const)("the %s provider's expert kern
     const ref = await createExpertKernel("js", { ...layout, threads: 1 });
     const kernel = await DeviceExpertKernel.create({ ...layout, device, threads: 2 });
     try {
-      const resident = await kernel.prepare(record);
+      const resident = await kernel.prepare(record, 0);
       // Resident bytes: the compact form (int4 and mxfp4 are held as int8 values + fp32 scales).
       expect(resident.bytes).toBe(kernel.residentBytes);
       if (enc !== "int4" && enc !== "mxfp4" && kernel.layout !== "f16") expect(resident.bytes).toBe(record.byteLength);
@@ -46,8 +46,8 @@ describe.each(["cpu", "webgpu", "cuda"] as const)("the %s provider's expert kern
         const x = rand(tokens * H, 9 + tokens, 1);
         const want = new Float32Array(tokens * H);
         const got = new Float32Array(tokens * H);
-        ref.forward(record, x, tokens, want);
-        await kernel.forward(resident, x, tokens, got);
+        ref.forward(record, x, tokens, want, 0);
+        await kernel.forward(resident, x, tokens, got, 0);
         expect(maxRelErr(got, want), `${device} ${enc} T=${tokens}`).toBeLessThan(device === "cpu" ? 1e-5 : 1e-3);
       }
       kernel.free(resident);
@@ -74,15 +74,15 @@ describe.each(["cpu", "webgpu", "cuda"] as const)("the %s provider's expert kern
     const ref = await createExpertKernel("js", { ...o, threads: 1 });
     const kernel = await DeviceExpertKernel.create({ ...o, device, threads: 2 });
     try {
-      const resident = await kernel.prepare(record);
+      const resident = await kernel.prepare(record, 0);
       expect(resident.bytes).toBe(kernel.residentBytes);
       expect(Object.keys(resident.tensors).sort()).toEqual(expect.arrayContaining(["b_down", "b_gate", "b_up"]));
       for (const tokens of [1, 5]) {
         const x = rand(tokens * H, 31 + tokens, 4);
         const want = new Float32Array(tokens * H);
         const got = new Float32Array(tokens * H);
-        ref.forward(record, x, tokens, want);
-        await kernel.forward(resident, x, tokens, got);
+        ref.forward(record, x, tokens, want, 0);
+        await kernel.forward(resident, x, tokens, got, 0);
         expect(maxRelErr(got, want), `${device} ${enc} T=${tokens}`).toBeLessThan(device === "cpu" ? 1e-5 : 1e-3);
       }
       kernel.free(resident);
@@ -119,7 +119,7 @@ it("the CPU pool's workers compute gpt-oss's activation with biases from the rec
     for (const [e, rec] of [[0, a], [1, b]] as const) {
       const x = rand(3 * H, 60 + e, 4);
       const want = new Float32Array(3 * H);
-      native.forward(rec, x, 3, want);
+      native.forward(rec, x, 3, want, 0);
       const { y, record } = await pool.computeAndRead(0, e, x, 3, true);
       expect(Buffer.from(y.buffer, y.byteOffset, y.byteLength).equals(Buffer.from(want.buffer)), `expert ${e}`).toBe(true);
       expect(Buffer.from(record!).equals(Buffer.from(rec))).toBe(true);
@@ -184,13 +184,13 @@ it.each(["int8", "int4", "mxfp4"] as const)("%s experts held as f16 (WebGPU's la
   const ref = await createExpertKernel("js", { ...layout, threads: 1 });
   const kernel = await DeviceExpertKernel.create({ ...layout, device: "cpu", layout: "f16" });
   try {
-    const resident = await kernel.prepare(record);
+    const resident = await kernel.prepare(record, 0);
     expect(resident.bytes).toBe(3 * H * F * 2);
     const x = rand(3 * H, 21, 1);
     const want = new Float32Array(3 * H);
     const got = new Float32Array(3 * H);
-    ref.forward(record, x, 3, want);
-    await kernel.forward(resident, x, 3, got);
+    ref.forward(record, x, 3, want, 0);
+    await kernel.forward(resident, x, 3, got, 0);
     const err = maxRelErr(got, want);
     expect(err).toBeLessThan(2e-3);
     expect(err).toBeGreaterThan(0); // it really is rounded to half

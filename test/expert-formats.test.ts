@@ -390,9 +390,9 @@ describe.each([...GGML_K_ENCODINGS, ...GGML_BLOCK_ENCODINGS])("%s experts: GGUF 
   async function run(name: ExpertKernelName, x: Float32Array, tokens: number, threads = 2): Promise<Float32Array> {
     const kernel = await createExpertKernel(name, { encoding: enc, hiddenSize: H, expertFfn: F, threads });
     try {
-      const resident = await kernel.prepare(record);
+      const resident = await kernel.prepare(record, 0);
       const out = new Float32Array(tokens * H);
-      await kernel.forward(resident, x, tokens, out);
+      await kernel.forward(resident, x, tokens, out, 0);
       kernel.free(resident);
       return out;
     } finally {

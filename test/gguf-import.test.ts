@@ -279,14 +279,16 @@ describe("same numbers as llama.cpp (node-llama-cpp) on the same GGUF", () => {
     }
   });
 
-  it("Q4_K_M-style mix: perplexity within 1% of llama.cpp's and top-1 agreement >= 95% under teacher forcing", async () => {
+  it("Q4_K_M-style mix: each layer's expert blocks kept; perplexity within 1% of llama.cpp's and top-1 agreement >= 95% under teacher forcing", async () => {
     const out = path.join(dir, "mixed");
-    const notes: string[] = [];
-    const imported = await importModel(mixed, out, { progress: false, log: (l) => notes.push(l) });
-    // Two expert types (moe-tiny-en's rows are not whole k-blocks: Q5_0 and Q8_0 stand in for Q4_K
-    // and Q6_K) cannot share one record encoding yet: imported exactly, as f32, and said so.
-    expect(imported.manifest.precision.experts).toBe("f32");
-    expect(notes.join("\n")).toMatch(/the experts mix Q5_0, Q8_0; .* imported as f32 .* --experts <encoding> re-quantizes/);
+    const imported = await importModel(mixed, out, quiet);
+    // moe-tiny-en's rows are not whole k-blocks: Q5_0 and Q8_0 stand in for Q4_K and Q6_K. Each
+    // layer's tensors keep their blocks (store/recordEncodings.ts), so the kernels compute what
+    // llama.cpp's do.
+    expect(imported.manifest.precision.experts).toBe("q5_0");
+    const q8Layers = imported.manifest.precision.expertLayers!.flatMap((e, l) => (e.down === "int8" ? [l] : []));
+    expect(q8Layers).toEqual([0, 3, 6, 7]); // Q8_0 blocks are int8 records as they are
+    expect(imported.manifest.precision.expertLayers!.every((e) => e.gate === "q5_0" && e.up === "q5_0" && (e.down === "q5_0" || e.down === "int8"))).toBe(true);
     const moe = await loadModel(out, { threads: 1 });
     const model = await llama.loadModel({ modelPath: mixed });
     const ctx = await model.createContext({ contextSize: 256, threads: 1 });

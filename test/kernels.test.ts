@@ -46,9 +46,9 @@ async function runKernel(name: ExpertKernelName, enc: ExpertEncoding, tokens: nu
   const kernel = await createExpertKernel(name, { encoding: enc, hiddenSize: H, expertFfn: F, threads });
   try {
     const record = ExpertStore.pack({ hiddenSize: H, expertFfn: F, encoding: enc }, weights);
-    const resident = await kernel.prepare(record);
+    const resident = await kernel.prepare(record, 0);
     const out = new Float32Array(tokens * H);
-    await kernel.forward(resident, rand(tokens * H, 9, 1), tokens, out);
+    await kernel.forward(resident, rand(tokens * H, 9, 1), tokens, out, 0);
     kernel.free(resident);
     return out;
   } finally {
@@ -401,9 +401,9 @@ async function runActKernel(name: ExpertKernelName, enc: ExpertEncoding, act: Ex
   const kernel = await createExpertKernel(name, { encoding: enc, hiddenSize: H, expertFfn: F, threads, activation: act, expertBias: true });
   try {
     if (name !== "onnx") expect(kernel.residentBytes).toBe(record.byteLength);
-    const resident = await kernel.prepare(record);
+    const resident = await kernel.prepare(record, 0);
     const out = new Float32Array(tokens * H);
-    await kernel.forward(resident, x, tokens, out);
+    await kernel.forward(resident, x, tokens, out, 0);
     kernel.free(resident);
     return out;
   } finally {

@@ -188,7 +188,7 @@ describe("promotion of CPU-served experts", () => {
         expect(promote, `expert ${expert}`).toBe(expert < 2); // the third finds no free room: no eviction
         const r = await pool.computeAndRead(0, expert, x, 1, promote);
         const want = new Float32Array(64);
-        kernel.forward(store.getRecord(0, expert), x, 1, want);
+        kernel.forward(store.getRecord(0, expert), x, 1, want, 0);
         expect([...r.y]).toEqual([...want]);
         if (promote) {
           expect([...r.record!]).toEqual([...store.getRecord(0, expert)]);

@@ -266,23 +266,23 @@ size_t matrix_bytes(Enc enc, size_t rows, size_t cols) {
   return 0;
 }
 
-size_t expert_record_bytes(Enc enc, size_t H, size_t F, bool bias) {
-  return 2 * matrix_bytes(enc, F, H) + matrix_bytes(enc, H, F) + (bias ? (2 * F + H) * 4 : 0);
+size_t expert_record_bytes(const RecordEncs& enc, size_t H, size_t F, bool bias) {
+  return matrix_bytes(enc.gate, F, H) + matrix_bytes(enc.up, F, H) + matrix_bytes(enc.down, H, F) + (bias ? (2 * F + H) * 4 : 0);
 }
 
-void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads, const ExpertOptions& o) {
-  const size_t gate_bytes = matrix_bytes(enc, F, H);
+void expert_forward(const RecordEncs& enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads, const ExpertOptions& o) {
   const uint8_t* gate = record;
-  const uint8_t* up = record + gate_bytes;
-  const uint8_t* down = up + gate_bytes;
+  const uint8_t* up = record + matrix_bytes(enc.gate, F, H);
+  const uint8_t* down = up + matrix_bytes(enc.up, F, H);
   std::vector<float> g(T * F), u(T * F);  // [T, F]
-  const MatmulJob gate_up[2] = {{enc, gate, F, H, x, T, g.data()}, {enc, up, F, H, x, T, u.data()}};
+  // Both jobs quantize x once between them when their encodings share an activation form.
+  const MatmulJob gate_up[2] = {{enc.gate, gate, F, H, x, T, g.data()}, {enc.up, up, F, H, x, T, u.data()}};
   matmul_rows_batch(gate_up, 2, threads);
   float* gp = g.data();
   const float* up_p = u.data();
   // Biases: fp32 gate [F], up [F], down [H] after the matrices (possibly unaligned: copied).
   std::vector<float> bias(o.bias ? 2 * F + H : 0);
-  if (o.bias) std::memcpy(bias.data(), down + matrix_bytes(enc, H, F), bias.size() * 4);
+  if (o.bias) std::memcpy(bias.data(), down + matrix_bytes(enc.down, H, F), bias.size() * 4);
   const float* bg = bias.data();
   const float* bu = bg + F;
   if (o.bias || o.act != Activation::Silu) {
@@ -315,7 +315,7 @@ void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const fl
     if (T * F >= 1024) split_for(threads, T * F, silu_mul, false);
     else silu_mul(0, T * F);
   }
-  matmul_rows(enc, down, H, F, g.data(), T, out, threads);
+  matmul_rows(enc.down, down, H, F, g.data(), T, out, threads);
   if (o.bias) {
     const float* bd = bu + F;
     for (size_t t = 0; t < T; t++)

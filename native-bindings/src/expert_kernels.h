@@ -112,11 +112,19 @@ struct ExpertOptions {
   bool bias = false;  // the record ends with fp32 biases gate [F], up [F], down [H]
 };
 
+// The encodings of a record's three matrices: one for all (store/expertEncoding.ts), or each its
+// own where a GGUF file mixes types (Q4_K_M: Q6_K ffn_down in some layers; store/recordEncodings.ts).
+struct RecordEncs {
+  Enc gate, up, down;
+  RecordEncs(Enc all) : gate(all), up(all), down(all) {}  // NOLINT: a plain encoding is a record's
+  RecordEncs(Enc g, Enc u, Enc d) : gate(g), up(u), down(d) {}
+};
+
 // Bytes of one record: the three matrices, plus (2F + H) * 4 with biases.
-size_t expert_record_bytes(Enc enc, size_t H, size_t F, bool bias);
+size_t expert_record_bytes(const RecordEncs& enc, size_t H, size_t F, bool bias);
 
 // out[T, H] for one expert record (default options: down( silu(gate x) * (up x) )).
-void expert_forward(Enc enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads, const ExpertOptions& o = ExpertOptions());
+void expert_forward(const RecordEncs& enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads, const ExpertOptions& o = ExpertOptions());
 
 // Encodes a float matrix [rows, cols] into `dst` (matrix_bytes(enc, rows, cols) bytes). Not for
 // the GGUF block encodings (Q4K.., Q41..: encoded by llama.cpp's reference quantizer in TypeScript;

@@ -74,6 +74,40 @@ bool kernel_enc(napi_env env, napi_value v, size_t H, size_t F, const char* fn, 
   return true;
 }
 
+// A record's encodings: a code 0..12 for all three matrices (kernel_enc), or, where they differ,
+// kMixedRecord | gate | up << 8 | down << 16 (store/recordEncodings.ts nativeRecordCode), each
+// matrix's rows whole blocks of its own encoding (gate and up rows are H long, down rows F).
+constexpr double kMixedRecord = double(1 << 24);
+bool record_encs(napi_env env, napi_value v, size_t H, size_t F, const char* fn, moe::RecordEncs* encs, bool* mixed) {
+  const double code = num(env, v);
+  *mixed = code >= kMixedRecord;
+  if (!*mixed) {
+    moe::Enc e;
+    if (!kernel_enc(env, v, H, F, fn, &e)) return false;
+    *encs = moe::RecordEncs(e);
+    return true;
+  }
+  const int64_t bits = int64_t(code - kMixedRecord);
+  const int parts[3] = {int(bits & 255), int((bits >> 8) & 255), int((bits >> 16) & 255)};
+  const size_t cols[3] = {H, H, F};
+  if (code != double(int64_t(code)) || bits >= (int64_t(1) << 24)) {
+    napi_throw_range_error(env, nullptr, (std::string(fn) + ": a mixed record's code is 2^24 + gate + up * 256 + down * 65536").c_str());
+    return false;
+  }
+  for (int i = 0; i < 3; i++) {
+    if (parts[i] >= moe::kEncCount) {
+      napi_throw_range_error(env, nullptr, (std::string(fn) + ": a mixed record's encodings must each be 0..12").c_str());
+      return false;
+    }
+    if (cols[i] % moe::enc_row_multiple(static_cast<moe::Enc>(parts[i]))) {
+      napi_throw_range_error(env, nullptr, (std::string(fn) + ": a matrix's rows must be whole blocks of its encoding").c_str());
+      return false;
+    }
+  }
+  *encs = moe::RecordEncs(static_cast<moe::Enc>(parts[0]), static_cast<moe::Enc>(parts[1]), static_cast<moe::Enc>(parts[2]));
+  return true;
+}
+
 // kernelIsa() -> "scalar" | "avx2" | "vnni": the level the kernels run at.
 napi_value KernelIsa(napi_env env, napi_callback_info) {
   if (!kernel_isa_ok(env)) return nullptr;
@@ -95,7 +129,7 @@ napi_value KernelIsas(napi_env env, napi_callback_info) {
   return arr;
 }
 
-// expertForward(enc, record: Uint8Array, H, F, x: Float32Array [T,H], T, out: Float32Array [T,H], threads,
+// expertForward(enc (a code or a mixed record's, record_encs), record: Uint8Array, H, F, x: Float32Array [T,H], T, out: Float32Array [T,H], threads,
 //               spec?: Float64Array [activation (0 silu, 1 clampedSwiglu), alpha, limit, bias (0/1)])
 napi_value ExpertForward(napi_env env, napi_callback_info info) {
   size_t argc = 9;
@@ -104,8 +138,9 @@ napi_value ExpertForward(napi_env env, napi_callback_info info) {
   if (argc < 8) return napi_throw_error(env, nullptr, "expertForward: 8 arguments expected"), nullptr;
   if (!kernel_isa_ok(env)) return nullptr;
   const size_t H = size_t(num(env, a[2])), F = size_t(num(env, a[3])), T = size_t(num(env, a[5]));
-  moe::Enc enc;
-  if (!kernel_enc(env, a[0], H, F, "expertForward", &enc)) return nullptr;
+  moe::RecordEncs enc(moe::Enc::F32);
+  bool mixed = false;
+  if (!record_encs(env, a[0], H, F, "expertForward", &enc, &mixed)) return nullptr;
   void *rec, *x, *out;
   size_t rec_bytes, x_bytes, out_bytes;
   if (!typed_data(env, a[1], &rec, &rec_bytes) || !typed_data(env, a[4], &x, &x_bytes) || !typed_data(env, a[6], &out, &out_bytes)) {
@@ -135,7 +170,9 @@ napi_value ExpertForward(napi_env env, napi_callback_info info) {
       opts.bias = sp[3] == 1;
     }
   }
-  if (rec_bytes != moe::expert_record_bytes(enc, H, F, opts.bias) || x_bytes < T * H * 4 || out_bytes < T * H * 4) {
+  // A mixed model's records all take the largest layer's bytes: shorter layouts end in padding.
+  const size_t need = moe::expert_record_bytes(enc, H, F, opts.bias);
+  if ((mixed ? rec_bytes < need : rec_bytes != need) || x_bytes < T * H * 4 || out_bytes < T * H * 4) {
     return napi_throw_range_error(env, nullptr, "expertForward: buffer sizes do not match H, F, T, the encoding and the biases"), nullptr;
   }
   moe::expert_forward(enc, static_cast<const uint8_t*>(rec), H, F, static_cast<const float*>(x), T, static_cast<float*>(out), int(num(env, a[7])), opts);

@@ -6,9 +6,9 @@
  *              [E, H, F]; each expert is the contiguous slice j of the first dimension
  */
 import type { HfCheckpoint } from "../formats/HfCheckpoint.js";
-import { decodeMatrix, expertRecordLayout, gptOssExpertRecord, type ExpertBiases, type ExpertEncoding, type GptOssExpertTensors } from "../store/expertEncoding.js";
+import { decodeMatrix, expertRecordLayout, gptOssExpertRecord, type ExpertBiases, type ExpertEncoding, type GptOssExpertTensors, type RecordEncodings } from "../store/expertEncoding.js";
 import { expertMatrixFromGgml } from "../store/ggmlExpertBlocks.js";
-import type { ModelDims } from "./ModelDims.js";
+import { isMoeLayer, type ModelDims } from "./ModelDims.js";
 
 export type ExpertPart = "gate" | "up" | "down";
 
@@ -27,10 +27,19 @@ export interface CheckpointExperts {
   read(ckpt: HfCheckpoint, at: (rest: string) => string, j: number, d: ModelDims): ExpertWeights;
   /** Tensors whose form depends on the checkpoint (gpt-oss: MXFP4 blocks or bf16), checked like `shapes`. */
   storedShapes?(ckpt: HfCheckpoint, at: (rest: string) => string, d: ModelDims): Map<string, number[]>;
-  /** The expert encoding the checkpoint already stores (imported without loss by default). */
-  storedEncoding?(ckpt: HfCheckpoint, at: (rest: string) => string): ExpertEncoding | undefined;
-  /** Expert j's record in `enc` straight from the stored bytes, when they are in that encoding. */
-  rawRecord?(ckpt: HfCheckpoint, at: (rest: string) => string, j: number, d: ModelDims, enc: ExpertEncoding): Uint8Array | undefined;
+  /**
+   * The expert encodings the checkpoint already stores (imported without loss by default): one,
+   * or per layer where a GGUF file mixes types. `layerAt(l)` names tensors of layer l.
+   */
+  storedEncoding?(ckpt: HfCheckpoint, layerAt: (l: number) => (rest: string) => string, d: ModelDims): StoredExperts | undefined;
+  /** Expert j's record in `enc` straight from the stored bytes, when they are in those encodings (unpadded). */
+  rawRecord?(ckpt: HfCheckpoint, at: (rest: string) => string, j: number, d: ModelDims, enc: RecordEncodings): Uint8Array | undefined;
+}
+
+/** Experts a checkpoint stores in moe-run's encodings: one for all, or each layer's (store/recordEncodings.ts). */
+export interface StoredExperts {
+  encoding: ExpertEncoding;
+  layerEncodings?: RecordEncodings[];
 }
 
 /** GGUF tensor types whose blocks moe-run keeps as they are (store/ggmlExpertBlocks.ts). */
@@ -44,21 +53,42 @@ const rawBlocks = (ckpt: HfCheckpoint): RawBlocks | undefined => ("readRaw" in c
 
 export function separateExperts(name: (j: number, part: ExpertPart) => string): CheckpointExperts {
   return {
-    // A GGUF file whose experts are all of one type moe-run computes from directly (Q8_0 -> int8,
-    // Q4_0 -> int4, MXFP4, F16, F32) imports them as they are, computing as llama.cpp does.
-    storedEncoding(ckpt) {
+    // A GGUF file's experts in types moe-run computes from directly (Q8_0 -> int8, Q4_0 -> int4,
+    // MXFP4, F16, F32, the k-quants, Q4_1, Q5_0, Q5_1) import as they are, computing as llama.cpp
+    // does: one encoding, or each layer's gate, up and down (Q4_K_M's Q6_K ffn_down layers).
+    storedEncoding(ckpt, layerAt, d) {
       if (!rawBlocks(ckpt)) return undefined;
-      const types = new Set<string>();
-      for (const t of ckpt.tensorNames()) if (/\.experts\.\d+\./.test(t) && t.startsWith("model.layers.")) types.add(ckpt.entry(t).dtype);
-      const only = [...types];
-      return only.length === 1 ? GGML_AS_IS[only[0]!] : undefined;
+      const moe: { l: number; e: RecordEncodings }[] = [];
+      for (let l = 0; l < d.numLayers; l++) {
+        if (!isMoeLayer(d, l)) continue;
+        const at = layerAt(l);
+        const of = (p: ExpertPart): ExpertEncoding | undefined => {
+          const types = new Set<string>();
+          for (let j = 0; j < d.numExperts; j++) types.add(ckpt.entry(at(name(j, p))).dtype);
+          return types.size === 1 ? GGML_AS_IS[[...types][0]!] : undefined; // experts of one layer differ: no record form
+        };
+        const gate = of("gate");
+        const up = of("up");
+        const down = of("down");
+        if (!gate || !up || !down) return undefined;
+        moe.push({ l, e: { gate, up, down } });
+      }
+      if (moe.length === 0) return undefined;
+      // The model's encoding: the commonest gate encoding (the one a mix's description is against).
+      const count = new Map<ExpertEncoding, number>();
+      for (const { e } of moe) count.set(e.gate, (count.get(e.gate) ?? 0) + 1);
+      const encoding = [...count].sort((a, b) => b[1] - a[1])[0]![0];
+      if (moe.every(({ e }) => e.gate === encoding && e.up === encoding && e.down === encoding)) return { encoding };
+      const layerEncodings: RecordEncodings[] = Array.from({ length: d.numLayers }, () => ({ gate: encoding, up: encoding, down: encoding }));
+      for (const { l, e } of moe) layerEncodings[l] = e;
+      return { encoding, layerEncodings };
     },
     rawRecord(ckpt, at, j, d, enc) {
       const raw = rawBlocks(ckpt);
       if (!raw) return undefined;
       const { hiddenSize: H, expertFfn: F } = d;
-      const parts = ([["gate", F, H], ["up", F, H], ["down", H, F]] as const).map(([p, rows, cols]) => ({ ...raw.readRaw(at(name(j, p)), [rows, cols]), rows, cols }));
-      if (!parts.every((p) => GGML_AS_IS[p.type.name] === enc)) return undefined;
+      const parts = ([["gate", F, H], ["up", F, H], ["down", H, F]] as const).map(([p, rows, cols]) => ({ ...raw.readRaw(at(name(j, p)), [rows, cols]), rows, cols, want: enc[p] }));
+      if (!parts.every((p) => GGML_AS_IS[p.type.name] === p.want)) return undefined;
       const matrices = parts.map((p) => expertMatrixFromGgml(p.type.id, p.bytes, p.rows, p.cols).bytes);
       const out = new Uint8Array(matrices.reduce((s, m) => s + m.byteLength, 0));
       let offset = 0;
@@ -169,11 +199,12 @@ export function gptOssExperts(prefix: string): CheckpointExperts {
         [at(t("down_proj")), [E, F, H]],
       ]);
     },
-    storedEncoding(ckpt, at) {
-      return isMx(ckpt, at) ? "mxfp4" : undefined;
+    storedEncoding(ckpt, layerAt) {
+      return isMx(ckpt, layerAt(0)) ? { encoding: "mxfp4" } : undefined;
     },
     rawRecord(ckpt, at, j, d, enc) {
-      return enc === "mxfp4" && isMx(ckpt, at) ? gptOssExpertRecord(mxTensors(ckpt, at, j, d)) : undefined;
+      const mx = enc.gate === "mxfp4" && enc.up === "mxfp4" && enc.down === "mxfp4";
+      return mx && isMx(ckpt, at) ? gptOssExpertRecord(mxTensors(ckpt, at, j, d)) : undefined;
     },
     read(ckpt, at, j, d) {
       const { hiddenSize: H, expertFfn: F, numExperts: E } = d;

@@ -39,7 +39,7 @@ export interface PrefetchOptions {
  */
 export interface ResidentForm {
   readonly residentBytes: number;
-  prepare(record: Uint8Array): unknown;
+  prepare(record: Uint8Array, layer: number): unknown;
   free(resident: unknown): void;
   /** Where prepared experts live and how many bytes they hold there (kernels with device memory). */
   residency?(): ResidencyStats;
@@ -249,7 +249,7 @@ export class TieredExpertSource {
     }
     let resident: NonNullable<unknown>;
     try {
-      resident = await this.prepareFrom(await this.host.record(id));
+      resident = await this.prepareFrom(await this.host.record(id), id.layer);
     } catch (err) {
       if (reserved) this.cache.cancelReservation(bytes);
       throw err;
@@ -281,8 +281,8 @@ export class TieredExpertSource {
   }
 
   /** The device form of a record the caller owns (prepareOwned). */
-  private prepareFrom(record: Uint8Array): Promise<NonNullable<unknown>> {
-    return prepareOwned(this.options.form, record);
+  private prepareFrom(record: Uint8Array, layer: number): Promise<NonNullable<unknown>> {
+    return prepareOwned(this.options.form, record, layer);
   }
 
   /** Frees a device-tier form (GPU memory, or the record's own memory for the CPU kernels). */
@@ -330,7 +330,7 @@ export class TieredExpertSource {
     let resident: NonNullable<unknown>;
     try {
       // The pool's copy lives in a GC-managed buffer: kept, it goes into memory freed on eviction.
-      resident = await this.prepareFrom(copyRecord(record));
+      resident = await this.prepareFrom(copyRecord(record), layer);
     } catch (err) {
       this.cache.cancelReservation(this.residentBytes);
       throw err;
@@ -425,7 +425,7 @@ export class TieredExpertSource {
           releaseRecord(record);
           return { record, resident: undefined };
         }
-        return { record, resident: await this.prepareFrom(record) };
+        return { record, resident: await this.prepareFrom(record, layer) };
       })
       .then(
         ({ record, resident }) => {

@@ -92,9 +92,9 @@ export async function measurePrefetchPayoff(
     const record = store.getRecord(a.layer, a.expert);
     reads.push((performance.now() - t0) / 1000);
     if (compute) {
-      const resident = await compute.kernel.prepare(record);
+      const resident = await compute.kernel.prepare(record, a.layer);
       t0 = performance.now();
-      await compute.kernel.forward(resident, x, 1, y);
+      await compute.kernel.forward(resident, x, 1, y, a.layer);
       computes.push((performance.now() - t0) / 1000);
       compute.kernel.free(resident);
     }

@@ -8,14 +8,15 @@ import { releaseRecord } from "../store/RecordFile.js";
 
 /** What the helpers need of a form: ResidentForm and ExpertKernel both fit. */
 export interface RecordForm {
-  prepare(record: Uint8Array): unknown;
+  prepare(record: Uint8Array, layer: number): unknown;
   free(resident: unknown): void;
 }
 
-export async function prepareOwned(form: RecordForm, record: Uint8Array): Promise<NonNullable<unknown>> {
+/** `layer`: whose record it is (the form of a model whose layers differ in encoding depends on it). */
+export async function prepareOwned(form: RecordForm, record: Uint8Array, layer: number): Promise<NonNullable<unknown>> {
   let resident: NonNullable<unknown>;
   try {
-    resident = (await form.prepare(record)) as NonNullable<unknown>;
+    resident = (await form.prepare(record, layer)) as NonNullable<unknown>;
   } catch (err) {
     releaseRecord(record);
     throw err;

@@ -107,6 +107,7 @@ export class ModelRunner {
     try {
       const kernel = await createExpertKernel(options.expertKernel ?? "auto", {
         encoding: manifest.precision.experts,
+        layerEncodings: manifest.precision.expertLayers,
         hiddenSize: manifest.dims.hiddenSize,
         expertFfn: manifest.dims.expertFfn,
         activation: modelFeatures(manifest.dims).expertActivation,
@@ -277,7 +278,7 @@ export class ModelRunner {
       const resident = await experts.acquire(layer, e);
       const y = new Float32Array(n * H); // [n, H] expert output
       try {
-        await this.kernel.forward(resident, rows, n, y);
+        await this.kernel.forward(resident, rows, n, y, layer);
       } finally {
         experts.release?.(layer, e);
       }

@@ -21,6 +21,7 @@ import type { HfCheckpoint } from "../formats/HfCheckpoint.js";
 import { MAX_SMALL_JSON_BYTES, MAX_TOKENIZER_BYTES, readSourceJson } from "../formats/sourceFiles.js";
 import { FORMAT_VERSION, IMPORTING_SUFFIX, sha256File, writeManifest, type ModelManifest } from "../model/manifest.js";
 import { checkEncodable, type ExpertEncoding } from "../store/expertEncoding.js";
+import { checkRecordEncodings, encodingsOf, padRecord, type ExpertRecordShape } from "../store/recordEncodings.js";
 import { ExpertStore, expertChecksum, expertRecordBytes } from "../store/ExpertStore.js";
 import { Progress } from "../util/progress.js";
 import { VERSION } from "../version.js";
@@ -118,19 +119,25 @@ async function importLocked(
   const ckpt = openImportCheckpoint(hfDir);
   try {
     const { spec, dims, folds } = readModelDims(ckpt.config);
-    // Experts the checkpoint stores in one of moe-run's encodings (gpt-oss's MXFP4) import as they are.
-    const stored = spec.names.experts.storedEncoding?.(ckpt, (rest) => COMMON_NAMES.layer(0, rest));
-    const encoding = options.experts ?? stored ?? "f32";
-    if (options.experts === undefined && stored === undefined) {
-      // A GGUF whose expert tensors mix types (Q4_K_M: Q6_K in some layers' ffn_down) cannot keep
-      // its blocks yet: a record holds one encoding. Say so, since f32 is several times the file.
+    // Experts the checkpoint stores in moe-run's encodings (gpt-oss's MXFP4, a GGUF file's blocks,
+    // per layer where the file mixes types) import as they are.
+    const stored = options.experts === undefined ? spec.names.experts.storedEncoding?.(ckpt, (l) => (rest) => COMMON_NAMES.layer(l, rest), dims) : undefined;
+    const records: ExpertRecordShape = {
+      hiddenSize: dims.hiddenSize,
+      expertFfn: dims.expertFfn,
+      encoding: options.experts ?? stored?.encoding ?? "f32",
+      layerEncodings: stored?.layerEncodings,
+      expertBias: modelFeatures(dims).expertBias,
+    };
+    if (options.experts === undefined && stored === undefined && spec.names.experts.storedEncoding && hfDir.endsWith(".gguf")) {
+      // Expert types without an exact record form (IQ*, BF16), or experts of one layer in several
+      // types: decoded to f32. Say so, since f32 is several times the file.
       const types = new Set<string>();
-      if (hfDir.endsWith(".gguf")) for (const t of ckpt.tensorNames()) if (/\.experts\./.test(t)) types.add(ckpt.entry(t).dtype);
-      if (types.size > 1) {
-        log(`moe-run import: the experts mix ${[...types].sort().join(", ")}; one encoding per model for now, so they are imported as f32 (exact, larger than the file). --experts <encoding> re-quantizes them instead (e.g. q6_k or int8).`);
-      }
+      for (const t of ckpt.tensorNames()) if (/\.experts\./.test(t)) types.add(ckpt.entry(t).dtype);
+      log(`moe-run import: the experts' types (${[...types].sort().join(", ")}) are not all block types moe-run computes from as they are, so the experts are imported as f32 (exact, larger than the file). --experts <encoding> re-quantizes them instead (e.g. q6_k or int8).`);
     }
-    checkEncodable(encoding, dims.hiddenSize, dims.expertFfn);
+    if (records.layerEncodings) records.layerEncodings.forEach((e, l) => checkRecordEncodings(e, dims.hiddenSize, dims.expertFfn, `layer ${l}'s experts`));
+    else checkEncodable(records.encoding, dims.hiddenSize, dims.expertFfn);
     const tokenizer = ggufTokenizerFiles(ckpt) ?? readTokenizer(hfDir);
     const shapes = expectedShapes(spec, dims, ckpt);
     for (const [name, shape] of shapes) ckpt.checkShape(name, shape);
@@ -138,7 +145,7 @@ async function importLocked(
     clearStaging(staging, shown, log);
     try {
       fs.mkdirSync(path.join(staging, "graphs"), { recursive: true });
-      const manifest = await writeModel(ckpt, spec, dims, folds, encoding, shapes, staging, tokenizer, options.progress ?? true);
+      const manifest = await writeModel(ckpt, spec, dims, folds, records, shapes, staging, tokenizer, options.progress ?? true);
       writeManifest(staging, manifest);
       fsyncDir(staging);
       if (!lock.stillHeld()) {
@@ -157,7 +164,7 @@ async function importLocked(
       // Free space as the failure left it, before the partial import is removed.
       const free = freeBytes(path.dirname(target));
       fs.rmSync(staging, { recursive: true, force: true });
-      if (isDiskFull(err, free, 2 * expertRecordBytes({ hiddenSize: dims.hiddenSize, expertFfn: dims.expertFfn, encoding, expertBias: modelFeatures(dims).expertBias }))) {
+      if (isDiskFull(err, free, 2 * expertRecordBytes(records))) {
         throw diskFullError(shown, estimateImportBytes(ckpt), err);
       }
       throw err;
@@ -284,7 +291,7 @@ async function writeModel(
   spec: ArchitectureSpec,
   d: ModelDims,
   folds: WeightFolds,
-  encoding: ExpertEncoding,
+  layout: ExpertRecordShape,
   shapes: Map<string, number[]>,
   dir: string,
   tokenizer: TokenizerFiles,
@@ -314,7 +321,6 @@ async function writeModel(
   const expert = save(buildExpertGraph(d, { activation: features.expertActivation, expertBias: features.expertBias }), "graphs/expert.onnx");
   progress.tick(1, "embedding, head");
 
-  const layout = { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding, expertBias: modelFeatures(d).expertBias };
   const store = ExpertStore.create(path.join(dir, STORE_NAME), layout);
   const checksums: string[][] = [];
   const layers: string[] = [];
@@ -367,7 +373,8 @@ async function writeModel(
       const layerSums: string[] = [];
       for (let j = 0; moe && j < d.numExperts; j++) {
         const experts = spec.names.experts;
-        const record = experts.rawRecord?.(ckpt, n, j, d, encoding) ?? ExpertStore.pack(layout, experts.read(ckpt, n, j, d));
+        const raw = experts.rawRecord?.(ckpt, n, j, d, encodingsOf(layout, l));
+        const record = raw ? padRecord(raw, expertRecordBytes(layout)) : ExpertStore.pack(layout, experts.read(ckpt, n, j, d), l);
         layerSums.push(expertChecksum(record));
         store.put(l, j, record);
       }
@@ -405,7 +412,7 @@ async function writeModel(
     createdBy: `moe-run ${VERSION}`,
     source: { dir: path.resolve(ckpt.dir), dtypes: ckpt.dtypes(), modelType: d.modelType },
     dims: d,
-    precision: { dense: "F32", experts: encoding },
+    precision: { dense: "F32", experts: layout.encoding, ...(layout.layerEncodings ? { expertLayers: [...layout.layerEncodings] } : {}) },
     graphs: { embed, layers, head, expert },
     experts: { store: STORE_NAME, recordBytes: expertRecordBytes(layout), checksums },
     predictor: { file: predictorFile },

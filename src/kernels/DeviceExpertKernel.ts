@@ -18,7 +18,21 @@ import { DeviceTensor, OnnxSession, type ExecutionDevice, type HostTensor, type 
 import { invariant } from "../errors.js";
 import { GraphBuilder, type ElemType } from "../onnx/GraphBuilder.js";
 import { expertMlp } from "../importer/modelGraphs.js";
-import { BLOCK, MXFP4_X2, decodeMatrix, encodeMatrix, expertRecordLayout, isGgmlBlocks, matrixBytes, readExpertBiases, type ExpertEncoding } from "../store/expertEncoding.js";
+import {
+  BLOCK,
+  MXFP4_X2,
+  decodeMatrix,
+  encodeMatrix,
+  expertRecordLayout,
+  isGgmlBlocks,
+  matrixBytes,
+  partEncodings,
+  readExpertBiases,
+  type ExpertEncoding,
+  type RecordEncoding,
+  type RecordEncodings,
+} from "../store/expertEncoding.js";
+import { recordEncodingOf } from "../store/recordEncodings.js";
 import type { ExpertActivation } from "./expertActivation.js";
 import type { ResidencyStats } from "../cache/TieredExpertSource.js";
 import type { ExpertKernel } from "./expertKernels.js";
@@ -48,13 +62,27 @@ interface MatrixForm {
  */
 export type ResidentLayout = "f32" | "f16" | "q8";
 
-/** The layout for an encoding on a provider: as compact as the provider's tensor types allow. */
-export function residentLayoutFor(encoding: ExpertEncoding, device: ExecutionDevice): ResidentLayout {
+/**
+ * The layout for an encoding on a provider: as compact as the provider's tensor types allow. For
+ * a model whose matrices differ in encoding (store/recordEncodings.ts), the one layout that holds
+ * all of them exactly: theirs where they agree, else f32 (f16 on WebGPU unless one is f32).
+ */
+export function residentLayoutFor(encoding: ExpertEncoding | readonly ExpertEncoding[], device: ExecutionDevice): ResidentLayout {
+  if (typeof encoding !== "string") {
+    const layouts = new Set(encoding.map((e) => residentLayoutFor(e, device)));
+    if (layouts.size === 1) return [...layouts][0]!;
+    return device === "webgpu" && !layouts.has("f32") ? "f16" : "f32";
+  }
   if (encoding === "f32" || encoding === "f16") return encoding;
   // GGUF blocks other than Q8_0/Q4_0 (two scales per block of 32, or a scale and a min) have no
   // exact q8 form: their values are dequantized at prepare, to f32 (f16 on WebGPU).
   if (isGgmlBlocks(encoding)) return device === "webgpu" ? "f16" : "f32";
   return device === "webgpu" ? "f16" : "q8";
+}
+
+/** Every encoding a model's records use (one, or the union of its layers' matrices'). */
+function allEncodings(o: { encoding: ExpertEncoding; layerEncodings?: readonly RecordEncodings[] }): ExpertEncoding | ExpertEncoding[] {
+  return o.layerEncodings ? [...new Set(o.layerEncodings.flatMap((e) => [e.gate, e.up, e.down]))] : o.encoding;
 }
 
 function residentForm(layout: ResidentLayout): Record<MatrixName, MatrixForm> {
@@ -131,7 +159,7 @@ export function buildUploadGraph(layout: ResidentLayout, H: number, F: number, o
  * with expertBias also its biases.
  */
 export function recordTensors(
-  encoding: ExpertEncoding,
+  encodings: RecordEncoding,
   layout: ResidentLayout,
   record: Uint8Array,
   H: number,
@@ -140,16 +168,19 @@ export function recordTensors(
 ): Record<string, HostTensor<TensorData>> {
   const form = residentForm(layout);
   const out: Record<string, HostTensor<TensorData>> = {};
-  const expected = expertRecordLayout(encoding, H, F, expertBias).bytes;
-  invariant(record.byteLength === expected, `expert record has ${record.byteLength} bytes, expected ${expected} (${encoding}${expertBias ? " with biases" : ""})`);
+  const expected = expertRecordLayout(encodings, H, F, expertBias).bytes;
+  // A mixed model's records all have its largest layer's size (padded, store/recordEncodings.ts).
+  const fits = typeof encodings === "string" ? record.byteLength === expected : record.byteLength >= expected;
+  invariant(fits, `expert record has ${record.byteLength} bytes, expected ${expected} (${JSON.stringify(encodings)}${expertBias ? " with biases" : ""})`);
   if (expertBias) {
-    const b = readExpertBiases(record, encoding, H, F);
+    const b = readExpertBiases(record, encodings, H, F);
     out[BIAS_INPUTS.gate] = { data: b.gate, dims: [F] };
     out[BIAS_INPUTS.up] = { data: b.up, dims: [F] };
     out[BIAS_INPUTS.down] = { data: b.down, dims: [H] };
   }
   let offset = 0;
   for (const m of MATRICES) {
+    const encoding = partEncodings(encodings)[m];
     const [rows, cols] = shapeOf(m, H, F);
     const n = rows * cols;
     const bytes = record.subarray(offset, offset + matrixBytes(encoding, rows, cols));
@@ -164,7 +195,8 @@ export function recordTensors(
       out[f.values.name] = { data: new Uint16Array(halves.buffer, halves.byteOffset, n), dims };
       continue;
     }
-    if (layout === "f32" && isGgmlBlocks(encoding)) {
+    if (layout === "f32" && encoding !== "f32") {
+      // GGUF blocks without a q8 form, or a mixed model's matrices: their fp32 values, exactly.
       out[f.values.name] = { data: decodeMatrix(encoding, bytes, rows, cols), dims };
       continue;
     }
@@ -235,12 +267,14 @@ export function recordTensors(
 
 export interface DeviceExpertKernelOptions {
   encoding: ExpertEncoding;
+  /** Per layer, where the matrices' encodings differ (store/recordEncodings.ts). */
+  layerEncodings?: readonly RecordEncodings[];
   hiddenSize: number;
   expertFfn: number;
   device: ExecutionDevice;
   /** Intra-op threads (matter on the CPU provider). Default 1. */
   threads?: number;
-  /** How weights are held. Default: residentLayoutFor(encoding, device). */
+  /** How weights are held. Default: residentLayoutFor(every encoding used, device). */
   layout?: ResidentLayout;
   /** What the expert computes. Default { kind: "silu" }. */
   activation?: ExpertActivation;
@@ -260,14 +294,14 @@ export class DeviceExpertKernel implements ExpertKernel<ResidentExpert> {
     /** Present on WebGPU: moves weights into GPU buffers. */
     private readonly upload: OnnxSession | undefined
   ) {
-    this.layout = o.layout ?? residentLayoutFor(o.encoding, o.device);
+    this.layout = o.layout ?? residentLayoutFor(allEncodings(o), o.device);
     this.residentBytes = residentExpertBytes(this.layout, o.hiddenSize, o.expertFfn, o.expertBias);
     this.stats_ = { device: o.device, memory: upload ? "gpu" : "host", prepared: 0, freed: 0, liveBytes: 0, liveBytesMax: 0 };
   }
 
   static async create(o: DeviceExpertKernelOptions): Promise<DeviceExpertKernel> {
-    const { encoding: enc, hiddenSize: H, expertFfn: F, device } = o;
-    const layout = o.layout ?? residentLayoutFor(enc, device);
+    const { hiddenSize: H, expertFfn: F, device } = o;
+    const layout = o.layout ?? residentLayoutFor(allEncodings(o), device);
     const threads = o.threads ?? 1;
     const graph = { activation: o.activation, expertBias: o.expertBias };
     const expert = await OnnxSession.create(buildResidentExpertGraph(layout, H, F, graph), { device, threads, name: `expert graph (${layout}, ${device})` });
@@ -285,8 +319,8 @@ export class DeviceExpertKernel implements ExpertKernel<ResidentExpert> {
     return this.o.device;
   }
 
-  async prepare(record: Uint8Array): Promise<ResidentExpert> {
-    const host = recordTensors(this.o.encoding, this.layout, record, this.o.hiddenSize, this.o.expertFfn, this.o.expertBias);
+  async prepare(record: Uint8Array, layer: number): Promise<ResidentExpert> {
+    const host = recordTensors(recordEncodingOf(this.o, layer), this.layout, record, this.o.hiddenSize, this.o.expertFfn, this.o.expertBias);
     const tensors: Record<string, DeviceTensor> = {};
     if (this.upload) {
       const out = await this.upload.runOnDevice(host);

@@ -14,7 +14,8 @@
 import type { ExecutionDevice } from "../backends/onnx.js";
 import type { ResidencyStats } from "../cache/TieredExpertSource.js";
 import { InvalidOptionError } from "../errors.js";
-import { decodeMatrix, encodingCode, expertRecordLayout, readExpertBiases, recordBytes, type ExpertBiases, type ExpertEncoding } from "../store/expertEncoding.js";
+import { decodeMatrix, readExpertBiases, type ExpertBiases, type ExpertEncoding, type RecordEncodings } from "../store/expertEncoding.js";
+import { encodingsOf, layerRecordLayout, nativeRecordCode, paddedRecordBytes, recordEncodingOf } from "../store/recordEncodings.js";
 import { DeviceExpertKernel } from "./DeviceExpertKernel.js";
 import { SILU, activate, checkActivation, isPlainExpert, nativeExpertSpec, type ExpertActivation } from "./expertActivation.js";
 import { loadNativeAddon } from "./nativeAddon.js";
@@ -30,9 +31,10 @@ export interface ExpertKernel<R = Uint8Array> {
   readonly name: ExpertKernelName;
   /** Bytes one prepared expert occupies where this kernel computes: the device tier's unit. */
   readonly residentBytes: number;
-  prepare(record: Uint8Array): R | Promise<R>;
+  /** `layer`: whose record it is (a model whose layers differ in encoding reads each its own way). */
+  prepare(record: Uint8Array, layer: number): R | Promise<R>;
   free(resident: R): void;
-  forward(resident: R, x: Float32Array, tokens: number, out: Float32Array): void | Promise<void>;
+  forward(resident: R, x: Float32Array, tokens: number, out: Float32Array, layer: number): void | Promise<void>;
   /** Device memory held by prepared experts (kernels whose form is not the record). */
   residency?(): ResidencyStats;
   dispose(): Promise<void>;
@@ -40,6 +42,8 @@ export interface ExpertKernel<R = Uint8Array> {
 
 export interface ExpertKernelOptions {
   encoding: ExpertEncoding;
+  /** Per layer, where the matrices' encodings differ (store/recordEncodings.ts). Default: `encoding` throughout. */
+  layerEncodings?: readonly RecordEncodings[];
   hiddenSize: number;
   expertFfn: number;
   threads: number;
@@ -53,9 +57,8 @@ export interface ExpertKernelOptions {
   log?: (line: string) => void;
 }
 
-function splitRecord(o: ExpertKernelOptions, record: Uint8Array) {
-  const { encoding: enc, hiddenSize: H, expertFfn: F } = o;
-  const l = expertRecordLayout(enc, H, F, o.expertBias);
+function splitRecord(o: ExpertKernelOptions, record: Uint8Array, layer: number) {
+  const l = layerRecordLayout(o, layer);
   const part = ([at, bytes]: [number, number]) => record.subarray(at, at + bytes);
   return { gate: part(l.gate), up: part(l.up), down: part(l.down) };
 }
@@ -65,19 +68,20 @@ abstract class HostExpertKernel implements ExpertKernel<Uint8Array> {
   abstract readonly name: ExpertKernelName;
   readonly residentBytes: number;
   constructor(protected readonly o: ExpertKernelOptions) {
-    this.residentBytes = recordBytes(o.encoding, o.hiddenSize, o.expertFfn, o.expertBias);
+    this.residentBytes = paddedRecordBytes(o);
   }
   prepare(record: Uint8Array): Uint8Array {
     return record;
   }
   free(): void {}
-  abstract forward(record: Uint8Array, x: Float32Array, tokens: number, out: Float32Array): void;
+  abstract forward(record: Uint8Array, x: Float32Array, tokens: number, out: Float32Array, layer: number): void;
   async dispose(): Promise<void> {}
 }
 
 class NativeExpertKernel extends HostExpertKernel {
   readonly name = "native" as const;
-  private readonly code: number;
+  /** The native encoding code of each layer's records (nativeRecordCode). */
+  private readonly codes: number[];
   /** Absent for the plain expert (silu, no biases): the call is what it always was. */
   private readonly spec: Float64Array | undefined;
   constructor(
@@ -85,24 +89,27 @@ class NativeExpertKernel extends HostExpertKernel {
     private readonly addon: NonNullable<ReturnType<typeof loadNativeAddon>["addon"]>
   ) {
     super(o);
-    this.code = encodingCode(o.encoding);
+    this.codes = o.layerEncodings ? o.layerEncodings.map((_, l) => nativeRecordCode(o, l)) : [nativeRecordCode(o, 0)];
     this.spec = isPlainExpert(o) ? undefined : nativeExpertSpec(o.activation, o.expertBias);
   }
-  forward(record: Uint8Array, x: Float32Array, tokens: number, out: Float32Array): void {
-    this.addon.expertForward(this.code, record, this.o.hiddenSize, this.o.expertFfn, x, tokens, out, this.o.threads, this.spec);
+  forward(record: Uint8Array, x: Float32Array, tokens: number, out: Float32Array, layer: number): void {
+    const code = this.o.layerEncodings ? this.codes[layer] : this.codes[0];
+    if (code === undefined) throw new InvalidOptionError(`the experts' encodings name ${this.codes.length} layers; there is no layer ${layer}`);
+    this.addon.expertForward(code, record, this.o.hiddenSize, this.o.expertFfn, x, tokens, out, this.o.threads, this.spec);
   }
 }
 
 class JsExpertKernel extends HostExpertKernel {
   readonly name = "js" as const;
-  forward(record: Uint8Array, x: Float32Array, tokens: number, out: Float32Array): void {
-    const { hiddenSize: H, expertFfn: F, encoding: enc } = this.o;
-    const m = splitRecord(this.o, record);
-    const gate = decodeMatrix(enc, m.gate, F, H);
-    const up = decodeMatrix(enc, m.up, F, H);
-    const down = decodeMatrix(enc, m.down, H, F);
+  forward(record: Uint8Array, x: Float32Array, tokens: number, out: Float32Array, layer: number): void {
+    const { hiddenSize: H, expertFfn: F } = this.o;
+    const enc = encodingsOf(this.o, layer);
+    const m = splitRecord(this.o, record, layer);
+    const gate = decodeMatrix(enc.gate, m.gate, F, H);
+    const up = decodeMatrix(enc.up, m.up, F, H);
+    const down = decodeMatrix(enc.down, m.down, H, F);
     const act = this.o.activation ?? SILU;
-    const b: ExpertBiases | undefined = this.o.expertBias ? readExpertBiases(record, enc, H, F) : undefined;
+    const b: ExpertBiases | undefined = this.o.expertBias ? readExpertBiases(record, recordEncodingOf(this.o, layer), H, F) : undefined;
     const h = new Float32Array(F);
     for (let t = 0; t < tokens; t++) {
       const xt = x.subarray(t * H, (t + 1) * H);
@@ -137,7 +144,7 @@ export async function createExpertKernel(name: ExpertKernelName | "auto", o: Exp
   const device = o.device ?? "cpu";
   if (o.activation) checkActivation(o.activation);
   const onnx = () =>
-    DeviceExpertKernel.create({ encoding: o.encoding, hiddenSize: o.hiddenSize, expertFfn: o.expertFfn, device, threads: o.threads, activation: o.activation, expertBias: o.expertBias });
+    DeviceExpertKernel.create({ encoding: o.encoding, layerEncodings: o.layerEncodings, hiddenSize: o.hiddenSize, expertFfn: o.expertFfn, device, threads: o.threads, activation: o.activation, expertBias: o.expertBias });
   switch (name) {
     case "auto":
       if (device !== "cpu") return onnx();

@@ -22,6 +22,8 @@ export interface EngineInfo {
   dense: DenseLayersName;
   denseBytesPerToken: number;
   expertKernel: string;
+  /** The experts' encoding as stored, e.g. "q4_k" or "q4_k; ffn_down q6_k in layers 0, 3, 6-7" (store/recordEncodings.ts). */
+  experts: string;
   threads: number;
   /** How the KV cache holds keys and values (LoadModelOptions.kvCache; fp32 where f16 does not apply). */
   kvCache: KvCachePrecision;

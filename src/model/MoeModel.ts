@@ -26,13 +26,14 @@ import { ModelRunner, type RoutingObserver } from "../evaluator/ModelRunner.js";
 import { nonFiniteLogitsError, Sampler } from "../evaluator/sampler.js";
 import { ExpertStore } from "../store/ExpertStore.js";
 import { releaseRecord } from "../store/RecordFile.js";
+import { describeExpertEncodings } from "../store/recordEncodings.js";
 import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
 import { ChatSession, type ChatSessionOptions } from "./ChatSession.js";
 import { KvSequence } from "./KvSequence.js";
 import type { GenerateOptions, GenerationStats, PerplexityResult } from "./GenerateOptions.js";
 import type { EngineInfo, LanguageModel, ScheduleStats } from "./LanguageModel.js";
 import type { LoadModelOptions } from "./LoadModelOptions.js";
-import { readManifest, type ModelManifest } from "./manifest.js";
+import { expertShape, readManifest, type ModelManifest } from "./manifest.js";
 import { describePlan, planMemory, readGpuFreeBytes, readMemoryLimits, type MemoryPlan } from "./memoryPlan.js";
 
 export type { LoadModelOptions } from "./LoadModelOptions.js";
@@ -97,7 +98,7 @@ export class MoeModel implements LanguageModel {
     }
     const tokenizer = TextTokenizer.load(path.join(dir, manifest.tokenizer.json), manifest.tokenizer.config && path.join(dir, manifest.tokenizer.config));
     const f = modelFeatures(d);
-    const layout = { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: manifest.precision.experts, expertBias: f.expertBias, activation: f.expertActivation };
+    const layout = { ...expertShape(manifest), activation: f.expertActivation };
     const record = expertRecordBytes(layout);
     const threads = options.threads ?? os.availableParallelism();
     const rssBefore = process.memoryUsage().rss;
@@ -418,7 +419,7 @@ export class MoeModel implements LanguageModel {
   /** Which implementations run this model, and the dense bytes one decode token reads. */
   engineInfo(): EngineInfo {
     const runner = this.live();
-    return { dense: runner.dense.name, denseBytesPerToken: runner.dense.bytesPerToken, expertKernel: runner.kernel.name, threads: runner.threads, kvCache: runner.kvPrecision };
+    return { dense: runner.dense.name, denseBytesPerToken: runner.dense.bytesPerToken, expertKernel: runner.kernel.name, experts: describeExpertEncodings(expertShape(this.manifest)), threads: runner.threads, kvCache: runner.kvPrecision };
   }
 
   /** Expert cache statistics since load: hits, misses, bytes per tier, stalls, per layer, and the memory plan. */

@@ -8,7 +8,8 @@ import * as path from "node:path";
 import { isMoeLayer, modelFeatures, type ModelDims } from "../architectures/ModelDims.js";
 import { MoeRunError } from "../errors.js";
 import { readGraph } from "../onnx/graphFile.js";
-import { ALL_EXPERT_ENCODINGS, recordBytes, type ExpertEncoding } from "../store/expertEncoding.js";
+import { ALL_EXPERT_ENCODINGS, type ExpertEncoding, type RecordEncodings } from "../store/expertEncoding.js";
+import { checkRecordEncodings, paddedRecordBytes, type ExpertRecordShape } from "../store/recordEncodings.js";
 
 export const MANIFEST_FILE = "manifest.json";
 export const FORMAT_VERSION = 1;
@@ -21,7 +22,11 @@ export interface ModelManifest {
   createdBy: string;
   source: { dir: string; dtypes: string[]; modelType: string };
   dims: ModelDims;
-  precision: { dense: "F32"; experts: ExpertEncoding };
+  /**
+   * experts: every expert matrix's encoding, unless expertLayers (a GGUF file that mixed expert
+   * types, one entry per layer) gives each layer's gate, up and down (store/recordEncodings.ts).
+   */
+  precision: { dense: "F32"; experts: ExpertEncoding; expertLayers?: RecordEncodings[] };
   graphs: { embed: string; layers: string[]; head: string; expert: string };
   experts: { store: string; recordBytes: number; checksums: string[][] };
   /** Routers [L, E, H] and post-attention norms [L, H], fp32, for cross-layer gate predictors. */
@@ -29,6 +34,12 @@ export interface ModelManifest {
   tokenizer: { json: string; config: string | null };
   /** Every file but the LMDB store (covered by per-expert checksums): size and sha256. */
   files: Record<string, { bytes: number; sha256: string }>;
+}
+
+/** The byte form of the model's expert records (the store's layout). */
+export function expertShape(m: ModelManifest): ExpertRecordShape {
+  const d = m.dims;
+  return { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: m.precision.experts, layerEncodings: m.precision.expertLayers, expertBias: modelFeatures(d).expertBias };
 }
 
 export function sha256File(p: string): string {
@@ -199,7 +210,18 @@ function checkManifestShape(modelDir: string, m: ModelManifest): void {
   if (!Array.isArray(sums) || sums.length !== d.numLayers || !sums.every((row, l) => Array.isArray(row) && row.length === (isMoeLayer(d, l) ? d.numExperts : 0))) {
     throw invalid(modelDir, `its expert checksums are not ${d.numLayers} layers x ${d.numExperts} experts (dims.numLayers x dims.numExperts, none in dense layers)`);
   }
-  const record = recordBytes(m.precision.experts, d.hiddenSize, d.expertFfn, modelFeatures(d).expertBias);
+  const layers = m.precision.expertLayers;
+  if (layers !== undefined) {
+    if (!Array.isArray(layers) || layers.length !== d.numLayers) throw invalid(modelDir, `precision.expertLayers must list dims.numLayers (${d.numLayers}) layers' encodings`);
+    layers.forEach((e, l) => {
+      try {
+        checkRecordEncodings(e, d.hiddenSize, d.expertFfn, `precision.expertLayers[${l}]`);
+      } catch (err) {
+        throw invalid(modelDir, (err as Error).message);
+      }
+    });
+  }
+  const record = paddedRecordBytes(expertShape(m));
   if (m.experts.recordBytes !== record) {
     throw invalid(modelDir, `experts.recordBytes is ${m.experts.recordBytes} but ${m.precision.experts} experts of dims.hiddenSize ${d.hiddenSize} x dims.expertFfn ${d.expertFfn} take ${record}`);
   }

@@ -10,9 +10,11 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { modelFeatures, moeLayers } from "../architectures/ModelDims.js";
 import { createExpertKernel, type ExpertKernelName } from "../kernels/expertKernels.js";
+import { expertShape } from "../model/manifest.js";
 import type { MoeModel } from "../model/MoeModel.js";
 import { ExpertStore } from "../store/ExpertStore.js";
 import { releaseRecord } from "../store/RecordFile.js";
+import { describeExpertEncodings } from "../store/recordEncodings.js";
 
 export interface ModelFigures {
   key: string;
@@ -54,7 +56,7 @@ export function machineFingerprint(): string {
 
 export function modelKey(model: MoeModel, threads: number): string {
   const d = model.dims;
-  return `${d.modelType} L${d.numLayers} E${d.numExperts} K${d.topK} H${d.hiddenSize} F${d.expertFfn} V${d.vocabSize} ${model.manifest.precision.experts} t${threads} ${model.expertKernel}`;
+  return `${d.modelType} L${d.numLayers} E${d.numExperts} K${d.topK} H${d.hiddenSize} F${d.expertFfn} V${d.vocabSize} ${describeExpertEncodings(expertShape(model.manifest))} t${threads} ${model.expertKernel}`;
 }
 
 function readCache(file: string): MachineFigures | undefined {
@@ -111,7 +113,7 @@ export function measureStore(model: MoeModel, maxBytes = 128 * 2 ** 20): Pick<Mo
   const ids: [number, number][] = [];
   for (const l of moeLayers(d)) for (let e = 0; e < d.numExperts; e++) ids.push([l, e]);
   const sample = shuffled(ids).slice(0, Math.max(1, Math.floor(maxBytes / record)));
-  const store = ExpertStore.openReadOnly(path.join(model.dir, m.experts.store), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: m.precision.experts, expertBias: modelFeatures(d).expertBias });
+  const store = ExpertStore.openReadOnly(path.join(model.dir, m.experts.store), expertShape(m));
   try {
     const records: Uint8Array[] = [];
     let t0 = performance.now();
@@ -137,13 +139,14 @@ export function measureStore(model: MoeModel, maxBytes = 128 * 2 ** 20): Pick<Mo
 export async function measureExpertCompute(model: MoeModel, threads: number): Promise<number> {
   const m = model.manifest;
   const d = model.dims;
-  const store = ExpertStore.openReadOnly(path.join(model.dir, m.experts.store), { hiddenSize: d.hiddenSize, expertFfn: d.expertFfn, encoding: m.precision.experts, expertBias: modelFeatures(d).expertBias });
-  const records: Uint8Array[] = [];
+  const store = ExpertStore.openReadOnly(path.join(model.dir, m.experts.store), expertShape(m));
+  const records: { layer: number; record: Uint8Array }[] = [];
   try {
     const n = Math.max(1, Math.min(d.numLayers * d.numExperts, Math.floor((64 * 2 ** 20) / m.experts.recordBytes)));
     for (let i = 0; i < n; i++) {
-      const r = store.getRecord(Math.floor(i / d.numExperts) % d.numLayers, i % d.numExperts);
-      records.push(Uint8Array.from(r));
+      const layer = Math.floor(i / d.numExperts) % d.numLayers;
+      const r = store.getRecord(layer, i % d.numExperts);
+      records.push({ layer, record: Uint8Array.from(r) });
       releaseRecord(r);
     }
   } finally {
@@ -151,6 +154,7 @@ export async function measureExpertCompute(model: MoeModel, threads: number): Pr
   }
   const kernel = await createExpertKernel(model.expertKernel as ExpertKernelName, {
     encoding: m.precision.experts,
+    layerEncodings: m.precision.expertLayers,
     hiddenSize: d.hiddenSize,
     expertFfn: d.expertFfn,
     activation: modelFeatures(d).expertActivation,
@@ -158,18 +162,21 @@ export async function measureExpertCompute(model: MoeModel, threads: number): Pr
     threads,
     device: model.device,
   });
-  const residents: unknown[] = [];
+  const residents: { layer: number; resident: unknown }[] = [];
   try {
-    for (const r of records) residents.push(await kernel.prepare(r));
+    for (const { layer, record } of records) residents.push({ layer, resident: await kernel.prepare(record, layer) });
     const x = Float32Array.from({ length: d.hiddenSize }, (_, i) => Math.sin(i) * 0.1);
     const out = new Float32Array(d.hiddenSize);
-    for (const r of residents.slice(0, 8)) await kernel.forward(r, x, 1, out); // warm-up
+    for (const r of residents.slice(0, 8)) await kernel.forward(r.resident, x, 1, out, r.layer); // warm-up
     let calls = 0;
     const t0 = performance.now();
-    while (calls < 32 || performance.now() - t0 < 200) await kernel.forward(residents[calls++ % residents.length]!, x, 1, out);
+    while (calls < 32 || performance.now() - t0 < 200) {
+      const r = residents[calls++ % residents.length]!;
+      await kernel.forward(r.resident, x, 1, out, r.layer);
+    }
     return (performance.now() - t0) / 1000 / calls;
   } finally {
-    for (const r of residents) kernel.free(r);
+    for (const r of residents) kernel.free(r.resident);
     await kernel.dispose();
   }
 }

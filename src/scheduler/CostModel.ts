@@ -72,7 +72,7 @@ export class CostModel {
     const ids = Array.from({ length: n }, (_, i) => ({ layer: layers[i % layers.length]!, expert: Math.floor(i / layers.length) % key.numExperts }));
     const loads: number[] = [];
     // Records read here are released when done (their memory is freed at once, not at the next GC).
-    const prepare = (layer: number, expert: number) => prepareOwned(kernel, store.getRecord(layer, expert));
+    const prepare = (layer: number, expert: number) => prepareOwned(kernel, store.getRecord(layer, expert), layer);
     const drop = (resident: unknown) => freeResident(kernel, resident);
     drop(await prepare(ids[0]!.layer, ids[0]!.expert)); // warm-up
     for (let i = 0; i < 2 * n; i++) {
@@ -87,11 +87,11 @@ export class CostModel {
       const y = new Float32Array(tokens * H);
       const dev: number[] = [];
       const cpu: number[] = [];
-      await kernel.forward(residents[0], x, tokens, y); // warm-up
+      await kernel.forward(residents[0], x, tokens, y, ids[0]!.layer); // warm-up
       await pool.compute(ids[0]!.layer, ids[0]!.expert, x, tokens);
       for (let i = 0; i < 2 * n; i++) {
         const { layer, expert } = ids[i % n]!;
-        dev.push(await time(() => kernel.forward(residents[i % n], x, tokens, y)));
+        dev.push(await time(() => kernel.forward(residents[i % n], x, tokens, y, layer)));
         cpu.push(await time(() => pool.compute(layer, expert, x, tokens)));
       }
       return { dev: median(dev), cpu: median(cpu) };

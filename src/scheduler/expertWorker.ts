@@ -9,7 +9,7 @@ import { RecordFile, releaseRecord } from "../store/RecordFile.js";
 
 export interface ExpertTask {
   store: string;
-  encoding: number; // native encoding code
+  encoding: number; // native code of the layer's record (store/recordEncodings.ts nativeRecordCode)
   hiddenSize: number; // H
   expertFfn: number; // F
   recordBytes: number;

@@ -15,17 +15,13 @@ import type { Database, RootDatabase } from "lmdb";
 import { lmdbModule } from "../util/lazyLmdb.js";
 import { expertKey } from "../cache/types.js";
 import { MoeRunError, invariant } from "../errors.js";
-import { encodeExpertRecord, recordBytes, type ExpertBiases, type ExpertEncoding } from "./expertEncoding.js";
+import { encodeExpertRecord, type ExpertBiases } from "./expertEncoding.js";
+import { encodingsOf, padRecord, paddedRecordBytes, type ExpertRecordShape } from "./recordEncodings.js";
 import { locateRecords } from "./lmdbLocations.js";
 import { RecordFile } from "./RecordFile.js";
 
-export interface ExpertLayout {
-  hiddenSize: number; // H
-  expertFfn: number; // F
-  encoding: ExpertEncoding;
-  /** Records end with fp32 biases gate [F], up [F], down [H] (gpt-oss). */
-  expertBias?: boolean;
-}
+/** The records' byte form: H, F, the encoding (per layer where a GGUF file mixed types), biases. */
+export type ExpertLayout = ExpertRecordShape;
 
 /** One expert's fp32 weights, as read from a checkpoint. */
 export interface ExpertWeights {
@@ -35,8 +31,9 @@ export interface ExpertWeights {
   biases?: ExpertBiases;
 }
 
+/** Bytes of every record (a mixed model's: its largest layer's, store/recordEncodings.ts). */
 export function expertRecordBytes(l: ExpertLayout): number {
-  return recordBytes(l.encoding, l.hiddenSize, l.expertFfn, l.expertBias ?? false);
+  return paddedRecordBytes(l);
 }
 
 /** A short content checksum for one expert record, kept in the manifest. */
@@ -109,12 +106,13 @@ export class ExpertStore {
     return this.reader().direct;
   }
 
-  /** Encodes one expert's matrices into a store record. */
-  static pack(layout: ExpertLayout, w: ExpertWeights): Uint8Array {
-    const { hiddenSize: H, expertFfn: F, encoding } = layout;
+  /** Encodes one expert's matrices into a store record (of `layer`, which a mixed layout needs). */
+  static pack(layout: ExpertLayout, w: ExpertWeights, layer?: number): Uint8Array {
+    invariant(!layout.layerEncodings || layer !== undefined, "packing a record of a model whose layers differ in encoding needs the layer");
+    const { hiddenSize: H, expertFfn: F } = layout;
     invariant(w.gate.length === F * H && w.up.length === F * H && w.down.length === F * H, "expert matrices must be F*H each");
     invariant((w.biases !== undefined) === (layout.expertBias ?? false), "expert biases must be given exactly when the layout has them");
-    const out = encodeExpertRecord(encoding, H, F, w, w.biases);
+    const out = padRecord(encodeExpertRecord(encodingsOf(layout, layer ?? 0), H, F, w, w.biases), expertRecordBytes(layout));
     invariant(out.byteLength === expertRecordBytes(layout), "encoded expert record has the layout's size");
     return out;
   }

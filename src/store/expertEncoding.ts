@@ -171,6 +171,25 @@ export function matrixBytes(enc: ExpertEncoding, rows: number, cols: number): nu
   }
 }
 
+/**
+ * The encodings of one record's three matrices, where they differ (a GGUF file that mixes expert
+ * tensor types: store/recordEncodings.ts). Functions that take an ExpertEncoding for a record
+ * take this too.
+ */
+export interface RecordEncodings {
+  gate: ExpertEncoding;
+  up: ExpertEncoding;
+  down: ExpertEncoding;
+}
+
+/** One encoding for all three matrices, or each its own. */
+export type RecordEncoding = ExpertEncoding | RecordEncodings;
+
+/** The three matrices' encodings of `enc`. */
+export function partEncodings(enc: RecordEncoding): RecordEncodings {
+  return typeof enc === "string" ? { gate: enc, up: enc, down: enc } : enc;
+}
+
 /** Where each part of an expert record lies: [byte offset, bytes]. Biases only with expertBias. */
 export interface ExpertRecordLayout {
   gate: [number, number];
@@ -183,10 +202,12 @@ export interface ExpertRecordLayout {
   bytes: number;
 }
 
-export function expertRecordLayout(enc: ExpertEncoding, hiddenSize: number, expertFfn: number, expertBias = false): ExpertRecordLayout {
-  const gm = matrixBytes(enc, expertFfn, hiddenSize);
-  const dm = matrixBytes(enc, hiddenSize, expertFfn);
-  const l: ExpertRecordLayout = { gate: [0, gm], up: [gm, gm], down: [2 * gm, dm], bytes: 2 * gm + dm };
+export function expertRecordLayout(enc: RecordEncoding, hiddenSize: number, expertFfn: number, expertBias = false): ExpertRecordLayout {
+  const p = partEncodings(enc);
+  const gm = matrixBytes(p.gate, expertFfn, hiddenSize);
+  const um = matrixBytes(p.up, expertFfn, hiddenSize);
+  const dm = matrixBytes(p.down, hiddenSize, expertFfn);
+  const l: ExpertRecordLayout = { gate: [0, gm], up: [gm, um], down: [gm + um, dm], bytes: gm + um + dm };
   if (expertBias) {
     l.gateBias = [l.bytes, 4 * expertFfn];
     l.upBias = [l.bytes + 4 * expertFfn, 4 * expertFfn];
@@ -197,7 +218,7 @@ export function expertRecordLayout(enc: ExpertEncoding, hiddenSize: number, expe
 }
 
 /** Bytes of one expert record: gate and up [F,H], down [H,F], and with expertBias their fp32 biases. */
-export function recordBytes(enc: ExpertEncoding, hiddenSize: number, expertFfn: number, expertBias = false): number {
+export function recordBytes(enc: RecordEncoding, hiddenSize: number, expertFfn: number, expertBias = false): number {
   return expertRecordLayout(enc, hiddenSize, expertFfn, expertBias).bytes;
 }
 
@@ -213,7 +234,7 @@ export interface ExpertBiases {
  * (the record then has expertBias's layout).
  */
 export function encodeExpertRecord(
-  enc: ExpertEncoding,
+  enc: RecordEncoding,
   hiddenSize: number,
   expertFfn: number,
   w: { gate: Float32Array; up: Float32Array; down: Float32Array },
@@ -222,10 +243,11 @@ export function encodeExpertRecord(
   const H = hiddenSize;
   const F = expertFfn;
   const l = expertRecordLayout(enc, H, F, biases !== undefined);
+  const p = partEncodings(enc);
   const out = new Uint8Array(l.bytes);
-  out.set(encodeMatrix(enc, w.gate, F, H), l.gate[0]);
-  out.set(encodeMatrix(enc, w.up, F, H), l.up[0]);
-  out.set(encodeMatrix(enc, w.down, H, F), l.down[0]);
+  out.set(encodeMatrix(p.gate, w.gate, F, H), l.gate[0]);
+  out.set(encodeMatrix(p.up, w.up, F, H), l.up[0]);
+  out.set(encodeMatrix(p.down, w.down, H, F), l.down[0]);
   if (biases) writeBiases(out, l, H, F, biases);
   return out;
 }
@@ -244,10 +266,16 @@ function writeBiases(out: Uint8Array, l: ExpertRecordLayout, H: number, F: numbe
   put(l.downBias![0], b.down);
 }
 
-/** The fp32 biases of a record with expertBias's layout (copies). */
-export function readExpertBiases(record: Uint8Array, enc: ExpertEncoding, hiddenSize: number, expertFfn: number): ExpertBiases {
+/**
+ * The fp32 biases of a record with expertBias's layout (copies). A mixed model's record may be
+ * longer (padding after the biases, store/recordEncodings.ts), never shorter.
+ */
+export function readExpertBiases(record: Uint8Array, enc: RecordEncoding, hiddenSize: number, expertFfn: number): ExpertBiases {
   const l = expertRecordLayout(enc, hiddenSize, expertFfn, true);
-  if (record.byteLength !== l.bytes) throw new InvalidOptionError(`expert record has ${record.byteLength} bytes, expected ${l.bytes} (${enc} with biases)`);
+  const exact = typeof enc === "string";
+  if (exact ? record.byteLength !== l.bytes : record.byteLength < l.bytes) {
+    throw new InvalidOptionError(`expert record has ${record.byteLength} bytes, expected ${l.bytes} (${JSON.stringify(enc)} with biases)`);
+  }
   const get = ([at, bytes]: [number, number]) => new Float32Array(record.slice(at, at + bytes).buffer);
   return { gate: get(l.gateBias!), up: get(l.upBias!), down: get(l.downBias!) };
 }

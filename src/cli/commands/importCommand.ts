@@ -6,6 +6,8 @@ import { HubError } from "../../hub/HubError.js";
 import { looksLikeRepoId } from "../../hub/repoId.js";
 import { importModel } from "../../importer/importModel.js";
 import { ALL_EXPERT_ENCODINGS, parseEncoding, type ExpertEncoding } from "../../store/expertEncoding.js";
+import { describeExpertEncodings } from "../../store/recordEncodings.js";
+import { expertShape } from "../../model/manifest.js";
 import { pullWithInterrupt } from "./pullCommand.js";
 
 export function registerImport(program: Command): void {
@@ -33,7 +35,7 @@ export function registerImport(program: Command): void {
       const result = await importModel(source, modelDir, { force: opts.force, progress: opts.progress, experts: opts.experts });
       const d = result.manifest.dims;
       process.stderr.write(
-        `imported ${d.modelType}: ${d.numLayers} layers, ${d.numExperts} experts x ${d.expertFfn} (top-${d.topK}, ${result.manifest.precision.experts}), ` +
+        `imported ${d.modelType}: ${d.numLayers} layers, ${d.numExperts} experts x ${d.expertFfn} (top-${d.topK}, ${describeExpertEncodings(expertShape(result.manifest))}), ` +
           `hidden ${d.hiddenSize}, vocab ${d.vocabSize} -> ${result.modelDir} in ${result.seconds.toFixed(1)} s\n`
       );
     });

@@ -1,0 +1,249 @@
+/**
+ * Models whose expert matrices differ in encoding (store/recordEncodings.ts): a GGUF file that
+ * mixes expert types, as llama.cpp's Q4_K_M does (Q6_K ffn_down in some layers, Q4_K elsewhere),
+ * keeps every tensor's blocks. Checked here: the record layout and its padding, every kernel
+ * (native at each instruction-set level, onnx, js) on a record of three encodings, the manifest's
+ * checks, and a Q4_K_M-style GGUF imported end to end: blocks kept, numbers against the f32
+ * import, and the output unchanged by the memory budget and the scheduler.
+ */
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { exportGguf } from "../src/formats/ggufExport.js";
+import { importModel } from "../src/importer/importModel.js";
+import { loadModel } from "../src/index.js";
+import { createExpertKernel, type ExpertKernelName } from "../src/kernels/expertKernels.js";
+import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
+import { readManifest } from "../src/model/manifest.js";
+import { decodeMatrix, encodeExpertRecord, expertRecordLayout, recordBytes, type RecordEncodings } from "../src/store/expertEncoding.js";
+import { describeExpertEncodings, mixedRecordCode, nativeRecordCode, padRecord, paddedRecordBytes } from "../src/store/recordEncodings.js";
+import { writeSyntheticCheckpoint } from "../src/synthetic/syntheticCheckpoint.js";
+import { MODELS, ROOT, greedyRun, maxRelErr, rand, tmpDir } from "./helpers.js";
+
+const H = 256;
+const F = 512;
+const MIX: RecordEncodings = { gate: "q4_k", up: "q5_0", down: "q6_k" };
+
+/** y [T, rows] = x [T, cols] . W^T in fp64. */
+function floatRef(w: Float32Array, rows: number, cols: number, x: Float32Array, T: number): Float32Array {
+  const y = new Float32Array(T * rows);
+  for (let t = 0; t < T; t++)
+    for (let r = 0; r < rows; r++) {
+      let acc = 0;
+      for (let c = 0; c < cols; c++) acc += w[r * cols + c]! * x[t * cols + c]!;
+      y[t * rows + r] = acc;
+    }
+  return y;
+}
+
+describe("a record whose three matrices have encodings of their own", () => {
+  const weights = { gate: rand(F * H, 1, 0.2), up: rand(F * H, 2, 0.2), down: rand(H * F, 3, 0.15) };
+  const record = encodeExpertRecord(MIX, H, F, weights);
+  // Another layer's records are larger: this one is padded to their size.
+  const padded = padRecord(record, record.byteLength + 4096);
+  const l = expertRecordLayout(MIX, H, F);
+  const part = ([o, n]: [number, number]) => record.subarray(o, o + n);
+  const [G, U, D] = [decodeMatrix("q4_k", part(l.gate), F, H), decodeMatrix("q5_0", part(l.up), F, H), decodeMatrix("q6_k", part(l.down), H, F)];
+  const expertRef = (x: Float32Array, T: number) => {
+    const g = floatRef(G, F, H, x, T);
+    const u = floatRef(U, F, H, x, T);
+    const h = Float32Array.from(g, (v, i) => (v / (1 + Math.exp(-v))) * u[i]!);
+    return floatRef(D, H, F, h, T);
+  };
+
+  it("lays out gate, up and down each in its own encoding, one after the other", () => {
+    expect(l.gate).toEqual([0, (F * H * 144) / 256]);
+    expect(l.up).toEqual([l.gate[1], (F * H * 22) / 32]);
+    expect(l.down).toEqual([l.gate[1] + l.up[1], (H * F * 210) / 256]);
+    expect(record.byteLength).toBe(recordBytes(MIX, H, F));
+    const shape = { hiddenSize: H, expertFfn: F, encoding: "q4_k" as const, layerEncodings: [{ gate: "q4_k", up: "q4_k", down: "q4_k" } as const, MIX] };
+    expect(paddedRecordBytes(shape)).toBe(Math.max(recordBytes("q4_k", H, F), record.byteLength));
+    expect(describeExpertEncodings(shape)).toBe("q4_k; ffn_up q5_0 in layer 1, ffn_down q6_k in layer 1");
+  });
+
+  async function run(name: ExpertKernelName, rec: Uint8Array, x: Float32Array, tokens: number): Promise<Float32Array> {
+    // Layer 1 is the mixed one. A mixed model's records may be longer than a layer's parts (the
+    // largest layer's size): the kernels read the parts and ignore the rest.
+    const kernel = await createExpertKernel(name, { encoding: "q4_k", layerEncodings: [{ gate: "q4_k", up: "q4_k", down: "q4_k" }, MIX], hiddenSize: H, expertFfn: F, threads: 2 });
+    try {
+      const resident = await kernel.prepare(rec, 1);
+      const out = new Float32Array(tokens * H);
+      await kernel.forward(resident, x, tokens, out, 1);
+      kernel.free(resident);
+      return out;
+    } finally {
+      await kernel.dispose();
+    }
+  }
+
+  it("js and onnx compute the decoded matrices; native within its 8-bit activations; padding changes nothing", async () => {
+    for (const tokens of [1, 3, 17]) {
+      const x = rand(tokens * H, 10 + tokens, 1);
+      const ref = expertRef(x, tokens);
+      const js = await run("js", padded, x, tokens);
+      expect(maxRelErr(js, ref), `js T=${tokens}`).toBeLessThan(1e-5);
+      expect(maxRelErr(await run("onnx", padded, x, tokens), ref), `onnx T=${tokens}`).toBeLessThan(1e-5);
+      const native = await run("native", padded, x, tokens);
+      expect(maxRelErr(native, ref), `native T=${tokens}`).toBeLessThan(2e-2);
+      expect(Buffer.from((await run("native", record, x, tokens)).buffer).equals(Buffer.from(native.buffer)), `native unpadded T=${tokens}`).toBe(true);
+    }
+  });
+
+  it("the native kernel's mixed-record path is its one-encoding path where the three agree, and refuses what does not fit", () => {
+    const addon = loadNativeAddon().addon!;
+    const w = { gate: rand(F * H, 4, 0.2), up: rand(F * H, 5, 0.2), down: rand(H * F, 6, 0.15) };
+    const q6 = encodeExpertRecord("q6_k", H, F, w);
+    const x = rand(5 * H, 7, 1);
+    const plain = new Float32Array(5 * H);
+    const mixed = new Float32Array(5 * H);
+    addon.expertForward(6, q6, H, F, x, 5, plain, 2);
+    addon.expertForward(mixedRecordCode({ gate: "q6_k", up: "q6_k", down: "q6_k" }), q6, H, F, x, 5, mixed, 2);
+    expect(Buffer.from(mixed.buffer).equals(Buffer.from(plain.buffer))).toBe(true);
+    // A model with one encoding passes its plain code (exact record sizes); a mixed model the mixed form, even where a layer's three agree.
+    expect(nativeRecordCode({ hiddenSize: H, expertFfn: F, encoding: "q6_k" }, 0)).toBe(6);
+    expect(nativeRecordCode({ hiddenSize: H, expertFfn: F, encoding: "q6_k", layerEncodings: [{ gate: "q6_k", up: "q6_k", down: "q6_k" }] }, 0)).toBe(2 ** 24 + 6 + 6 * 256 + 6 * 65536);
+    const code = mixedRecordCode(MIX);
+    const out = new Float32Array(H);
+    expect(() => addon.expertForward(code, record.subarray(0, record.byteLength - 1), H, F, x, 1, out, 1)).toThrow(/buffer sizes/);
+    // q4_k gate rows of 96 values are not whole super-blocks.
+    expect(() => addon.expertForward(code, record, 96, F, x, 1, out, 1)).toThrow(/whole blocks/);
+    expect(() => addon.expertForward(2 ** 24 + 13, record, H, F, x, 1, out, 1)).toThrow(/0\.\.12/);
+  });
+
+  it("at every kernel instruction-set level this CPU runs: matches fp64, bits independent of padding and of the other tokens", () => {
+    const isas = loadNativeAddon().addon!.kernelIsas();
+    const ex = rand(17 * H, 20, 1);
+    const code = mixedRecordCode(MIX);
+    const cases = [
+      { kind: "expert", enc: code, H, F, T: 17, threads: 2, w: padded, x: ex },
+      { kind: "expert", enc: code, H, F, T: 1, threads: 1, w: record, x: ex.slice(0, H) },
+    ];
+    const dir = tmpDir("moe-run-mixed-isa-");
+    try {
+      const parts: Buffer[] = [];
+      let at = 0;
+      const put = (u8: Uint8Array) => {
+        parts.push(Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength));
+        at += u8.byteLength;
+        return [at - u8.byteLength, u8.byteLength];
+      };
+      const meta = cases.map((c) => ({ ...c, w: put(c.w), x: put(new Uint8Array(c.x.buffer, c.x.byteOffset, c.x.byteLength)) }));
+      fs.writeFileSync(path.join(dir, "in.bin"), Buffer.concat(parts));
+      fs.writeFileSync(path.join(dir, "cases.json"), JSON.stringify(meta));
+      const ref = expertRef(ex, 17);
+      for (const isa of isas) {
+        const r = spawnSync(process.execPath, [path.join(ROOT, "test", "kernel-isa-child.mjs"), dir], { env: { ...process.env, MOE_RUN_KERNEL_ISA: isa }, encoding: "utf8", timeout: 120_000 });
+        expect(r.status, `${isa}: ${r.stderr}`).toBe(0);
+        const res = JSON.parse(r.stdout) as { isa: string; outputs: [number, number][] };
+        expect(res.isa).toBe(isa);
+        const buf = fs.readFileSync(path.join(dir, "out.bin"));
+        const [all, one] = res.outputs.map(([o, n]) => new Float32Array(buf.buffer.slice(buf.byteOffset + o, buf.byteOffset + o + 4 * n)));
+        expect(maxRelErr(all!, ref), `${isa} expert`).toBeLessThan(2e-2);
+        expect(Buffer.from(one!.buffer).equals(Buffer.from(all!.slice(0, H).buffer)), `${isa} token alone, unpadded, 1 thread`).toBe(true);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 300_000);
+});
+
+describe("a Q4_K_M-style GGUF (Q6_K ffn_down in one layer, Q4_K elsewhere)", () => {
+  const quiet = { progress: false, log: () => {} };
+  let dir: string;
+  let gguf: string;
+  let blocks: string;
+  let floats: string;
+  let hf: string;
+  beforeAll(async () => {
+    dir = tmpDir("moe-run-mixed-gguf-");
+    hf = path.join(dir, "synth256");
+    writeSyntheticCheckpoint(hf, { tokenizerFrom: path.join(MODELS, "tiny-mixtral"), vocabSize: 512, hiddenSize: 256, numLayers: 2, numHeads: 4, numKvHeads: 2, numExperts: 4, topK: 2, expertFfn: 256, dtype: "F32", seed: 5 });
+    gguf = path.join(dir, "synth256-Q4_K_M.gguf");
+    const written = exportGguf(hf, gguf, { type: "Q4_K", typeFor: (name) => (name === "blk.1.ffn_down_exps.weight" ? "Q6_K" : undefined) });
+    expect(written.types.get("blk.1.ffn_down_exps.weight")).toBe("Q6_K");
+    expect(written.types.get("blk.0.ffn_down_exps.weight")).toBe("Q4_K");
+    blocks = path.join(dir, "blocks");
+    floats = path.join(dir, "f32");
+    await importModel(gguf, blocks, quiet);
+    await importModel(gguf, floats, { ...quiet, experts: "f32" });
+  }, 300_000);
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it("imports every expert tensor's blocks as they are, records sized by the larger layer", () => {
+    const m = readManifest(blocks);
+    expect(m.precision.experts).toBe("q4_k");
+    expect(m.precision.expertLayers).toEqual([
+      { gate: "q4_k", up: "q4_k", down: "q4_k" },
+      { gate: "q4_k", up: "q4_k", down: "q6_k" },
+    ]);
+    expect(m.experts.recordBytes).toBe(recordBytes({ gate: "q4_k", up: "q4_k", down: "q6_k" }, 256, 256));
+    // About 5.7 bits a weight against f32's 32.
+    expect(m.experts.recordBytes / readManifest(floats).experts.recordBytes).toBeLessThan(0.2);
+  });
+
+  it("top-1 agreement >= 95% with the f32 import of the same file under teacher forcing; `--stats` names the mix", async () => {
+    const ids = [1, ...(await greedyRun(floats, "The license", 127)).ids];
+    const [a, b] = [await loadModel(blocks, { threads: 1, log: () => {} }), await loadModel(floats, { threads: 1, log: () => {} })];
+    try {
+      expect(a.engineInfo().experts).toBe("q4_k; ffn_down q6_k in layer 1");
+      const la = (await a.logits(ids)).data;
+      const lb = (await b.logits(ids)).data;
+      const V = a.dims.vocabSize;
+      const argmax = (l: Float32Array, i: number) => {
+        let best = 0;
+        for (let j = 1; j < V; j++) if (l[i * V + j]! > l[i * V + best]!) best = j;
+        return best;
+      };
+      let agree = 0;
+      for (let i = 0; i < ids.length; i++) if (argmax(la, i) === argmax(lb, i)) agree++;
+      expect(agree / ids.length, `${agree} of ${ids.length}`).toBeGreaterThanOrEqual(0.95);
+    } finally {
+      await a.dispose();
+      await b.dispose();
+    }
+  }, 300_000);
+
+  it("greedy output is the same with every expert resident, out of core (padded records through both tiers), and on the CPU pool", async () => {
+    const base = await greedyRun(blocks, "The license", 24, { threads: 1 });
+    const record = readManifest(blocks).experts.recordBytes;
+    const runs = {
+      outOfCore: await greedyRun(blocks, "The license", 24, { threads: 1, deviceMem: 3 * record, hostMem: 0 }),
+      cpuPool: await greedyRun(blocks, "The license", 24, { threads: 1, deviceMem: 3 * record, schedule: "cpu", cpuThreads: 1 }),
+    };
+    for (const [name, r] of Object.entries(runs)) expect(r.ids, name).toEqual(base.ids);
+    // The budgets did bite: 3 of 8 experts fit, so records were read again and again.
+    expect(runs.outOfCore.stats.tiers.host.reads).toBeGreaterThan(8);
+    expect(runs.outOfCore.stats.cache.misses).toBeGreaterThan(8);
+  }, 300_000);
+
+  it("experts in a type without a record form (BF16) import as f32, and the import says why and what re-quantizes", async () => {
+    const bf = path.join(dir, "bf16-down.gguf");
+    exportGguf(hf, bf, { type: "Q4_K", typeFor: (name) => (name === "blk.1.ffn_down_exps.weight" ? "BF16" : undefined) });
+    const notes: string[] = [];
+    const r = await importModel(bf, path.join(dir, "bf16-down"), { progress: false, log: (l) => notes.push(l) });
+    expect(r.manifest.precision.experts).toBe("f32");
+    expect(r.manifest.precision.expertLayers).toBeUndefined();
+    expect(notes.join("\n")).toMatch(/experts' types \(BF16, Q4_K\) are not all block types .* imported as f32 .* --experts <encoding> re-quantizes/);
+  }, 120_000);
+
+  it("a manifest whose layer encodings are edited is refused", () => {
+    const copy = path.join(dir, "edited");
+    fs.cpSync(blocks, copy, { recursive: true });
+    const file = path.join(copy, "manifest.json");
+    const m = JSON.parse(fs.readFileSync(file, "utf8"));
+    m.precision.expertLayers[1].down = "q9_k";
+    fs.writeFileSync(file, JSON.stringify(m));
+    expect(() => readManifest(copy)).toThrow(/expertLayers\[1\]: ffn_down encoding must be one of/);
+    m.precision.expertLayers = m.precision.expertLayers.slice(0, 1);
+    fs.writeFileSync(file, JSON.stringify(m));
+    expect(() => readManifest(copy)).toThrow(/must list dims.numLayers \(2\) layers' encodings/);
+    // Record size no longer matching the encodings: the store's records would be misread.
+    m.precision.expertLayers = [
+      { gate: "q4_k", up: "q4_k", down: "q4_k" },
+      { gate: "q4_k", up: "q4_k", down: "q4_k" },
+    ];
+    fs.writeFileSync(file, JSON.stringify(m));
+    expect(() => readManifest(copy)).toThrow(/experts.recordBytes is/);
+  });
+});
