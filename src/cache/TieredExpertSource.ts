@@ -206,6 +206,26 @@ export class TieredExpertSource {
   }
 
   /**
+   * acquire() of an expert that is resident now, without a promise (no wait, no microtask: a small
+   * model's decode step acquires tens of experts); undefined when it is not resident or still
+   * loading, and acquire() then does the rest. The bookkeeping is acquire()'s.
+   */
+  acquireNow(layer: number, expert: number): unknown {
+    const id = { layer, expert };
+    const key = expertKey(layer, expert);
+    const loading = this.inflight.get(key);
+    if ((loading && !loading.done) || !this.cache.has(id)) return undefined;
+    const resident = this.cache.lookup(id, { loadedForThis: this.demanded.delete(key) });
+    if (this.prefetched.has(key)) {
+      this.prefetchStats.stallSavedSeconds += this.prefetched.get(key)!;
+      this.prefetched.delete(key);
+      this.prefetchStats.used++;
+    }
+    this.cache.protect([id]);
+    return resident;
+  }
+
+  /**
    * The layer about to compute needs these experts: start reading every one that is missing now,
    * several at once, so that the reads overlap each other and the compute of resident experts.
    * Each reserves its room first; one that finds no room is loaded by acquire() instead.

@@ -26,6 +26,8 @@ import { groupByExpert, routeTokens, type Routing } from "./routing.js";
 export interface ExpertSource {
   /** (layer, expert) in the expert kernel's compute-ready form, held (not evicted) until release(). */
   acquire(layer: number, expert: number): unknown;
+  /** acquire() without waiting when the expert is resident now; undefined otherwise. */
+  acquireNow?(layer: number, expert: number): unknown;
   release?(layer: number, expert: number): void;
   /** The router's probabilities over all experts of `layer` for one token. */
   observeRouting?(layer: number, probs: Float32Array): void;
@@ -239,8 +241,13 @@ export class ModelRunner {
     const H = this.dims.hiddenSize;
     const experts = this.source();
     const out = new Float32Array(routing.tokens * H);
+    const byExpert = groupByExpert(routing);
+    if (!this.hybrid && experts.acquireNow && [...byExpert.keys()].every((e) => experts.isReady?.(layer, e) ?? true)) {
+      const done = await this.runResidentExperts(layer, byExpert, x, out, experts);
+      if (done) return out;
+    }
     // Resident experts first: loads still in flight get that long to arrive.
-    const groups = [...groupByExpert(routing)];
+    const groups = [...byExpert];
     const ready = (e: number) => (experts.isReady?.(layer, e) ?? true ? 0 : 1);
     groups.sort((a, b) => ready(a[0]) - ready(b[0]) || a[0] - b[0]);
     // Accumulating in a fixed expert order keeps the fp32 sums identical whatever the order of
@@ -290,7 +297,7 @@ export class ModelRunner {
       hybrid.scheduler.record(layer, "device", groups.length - toCpu.size, deviceSeconds);
       if (toCpu.size) hybrid.scheduler.record(layer, "cpu", toCpu.size, cpuSeconds);
     }
-    for (const [e, group] of groupByExpert(routing)) {
+    for (const [e, group] of byExpert) {
       const n = group.rows.length;
       const y = outputs.get(e)!;
       for (let i = 0; i < n; i++) {
@@ -300,6 +307,49 @@ export class ModelRunner {
       }
     }
     return out;
+  }
+
+  /**
+   * Every routed expert resident, nothing on the CPU pool (a model that fits, decoding): each
+   * expert computed as it is acquired, in expert order, its weighted output added at once (the
+   * order runExpertsTimed's sums take, so the bits are the same), without a promise per expert
+   * where the kernel is synchronous. False, with `out` untouched, when an expert turns out not to
+   * be resident: runExpertsTimed then does it all.
+   */
+  private async runResidentExperts(layer: number, groups: Map<number, { rows: number[]; weights: number[] }>, x: Float32Array, out: Float32Array, experts: ExpertSource): Promise<boolean> {
+    const H = this.dims.hiddenSize;
+    const held: [number, unknown][] = [];
+    for (const e of groups.keys()) {
+      const resident = experts.acquireNow!(layer, e);
+      if (resident === undefined) {
+        for (const [h] of held) experts.release?.(layer, h);
+        return false;
+      }
+      held.push([e, resident]);
+    }
+    // Input rows and output [n, H] of one expert, sized for the largest group; this call's own
+    // (another sequence's forward may run while an asynchronous kernel is awaited).
+    const most = Math.max(...[...groups.values()].map((g) => g.rows.length));
+    const rows = most === 1 && x.length === H ? x : new Float32Array(most * H);
+    const y = new Float32Array(most * H);
+    try {
+      for (const [e, resident] of held) {
+        const group = groups.get(e)!;
+        const n = group.rows.length;
+        // [n, H] tokens routed to the expert (a decode step's one token: x itself).
+        if (rows !== x) group.rows.forEach((t, i) => rows.set(x.subarray(t * H, (t + 1) * H), i * H));
+        const pending = this.kernel.forward(resident, rows, n, y, layer);
+        if (pending) await pending;
+        for (let i = 0; i < n; i++) {
+          const wt = group.weights[i]!;
+          const base = group.rows[i]! * H;
+          for (let h = 0; h < H; h++) out[base + h] = out[base + h]! + Math.fround(y[i * H + h]! * wt);
+        }
+      }
+    } finally {
+      for (const [e] of held) experts.release?.(layer, e);
+    }
+    return true;
   }
 
   async dispose(): Promise<void> {
