@@ -13,7 +13,7 @@ import { MoeRunError } from "../src/errors.js";
 import { GgmlType, dequantize, quantize } from "../src/formats/ggmlQuants.js";
 import { GGML_TYPE, gguf, writeGguf, type GgmlTypeName, type GgufValue } from "../src/formats/gguf.js";
 import { GgufCheckpoint } from "../src/formats/GgufCheckpoint.js";
-import { exportGguf, fallbackType, rewriteGgufMetadata } from "../src/formats/ggufExport.js";
+import { exportGguf, fallbackType, q4KMTypeFor, rewriteGgufMetadata } from "../src/formats/ggufExport.js";
 import { GgufFile } from "../src/formats/ggufReader.js";
 import { HfCheckpoint } from "../src/formats/HfCheckpoint.js";
 import { writeSafetensors } from "../src/formats/safetensors.js";
@@ -182,18 +182,9 @@ describe("same numbers as llama.cpp (node-llama-cpp) on the same GGUF", () => {
     mixed = path.join(dir, "moe-tiny-en-Q4_K_M-style.gguf");
     exportGguf(path.join(MODELS, "moe-tiny-en"), f16, { type: "F16" });
     exportGguf(path.join(MODELS, "moe-tiny-en"), q8, { type: "Q8_0" });
-    // Q4_K_M's recipe: Q6_K for the output, attn_v and ffn_down of the first and last eighth of
-    // the layers and every third between, Q4_K elsewhere; moe-tiny-en's rows (192, 96 values) are
-    // not whole k-blocks, so they fall back to Q8_0 and Q5_0 as llama-quantize's do.
-    const moreBits = (l: number, n: number) => l < n / 8 || l >= (7 * n) / 8 || (l - n / 8) % 3 === 2;
-    exportGguf(path.join(MODELS, "moe-tiny-en"), mixed, {
-      type: "Q4_K",
-      typeFor: (name, dims) => {
-        const m = /^blk\.(\d+)\.(attn_v|ffn_down_exps)\./.exec(name);
-        if (name === "output.weight" || (m && moreBits(Number(m[1]), 8))) return fallbackType("Q6_K", dims[0]!);
-        return undefined;
-      },
-    });
+    // Q4_K_M's recipe (q4KMTypeFor); moe-tiny-en's rows (192, 96 values) are not whole k-blocks,
+    // so they fall back to Q8_0 and Q5_0 as llama-quantize's do.
+    exportGguf(path.join(MODELS, "moe-tiny-en"), mixed, { type: "Q4_K", typeFor: q4KMTypeFor(8) });
     llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
     llamaF16 = await llama.loadModel({ modelPath: f16 });
   });

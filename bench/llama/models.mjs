@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url";
 import { importModel } from "../../dist/index.js";
 import { readGgufHeader } from "../../dist/formats/gguf.js";
 import { convertHfToGguf } from "../../dist/formats/hfToGguf.js";
+import { exportGguf, q4KMTypeFor } from "../../dist/formats/ggufExport.js";
 import { writeSyntheticCheckpoint } from "../../dist/synthetic/syntheticCheckpoint.js";
 import { TextTokenizer } from "../../dist/tokenizer/TextTokenizer.js";
 
@@ -100,14 +101,17 @@ export async function prepareModel(m, args, log) {
     }
   }
 
-  const ggufHash = hashFiles(distFiles("formats/gguf.js", "formats/hfToGguf.js"));
+  const hfHash = hashFiles(distFiles("formats/gguf.js", "formats/hfToGguf.js"));
+  const q4kmHash = hashFiles(distFiles("formats/gguf.js", "formats/ggufExport.js", "formats/ggufTensorList.js", "formats/ggmlKQuants.js", "formats/ggmlQuants.js"));
   const gguf = {};
   for (const fmt of args.formats) {
     const file = path.join(dir, `model-${fmt}.gguf`);
     const marker = path.join(dir, `model-${fmt}.gguf.json`);
+    const ggufHash = fmt === "Q4_K_M" ? q4kmHash : hfHash;
     if (!fs.existsSync(file) || readJson(marker)?.converter !== ggufHash) {
       log(`${m.id}: converting to GGUF ${fmt}`);
-      const r = convertHfToGguf(hfDir, file, { type: fmt, name: m.id });
+      // Q4_K_M: llama-quantize's recipe (Q6_K ffn_down/attn_v in some layers, Q4_K elsewhere).
+      const r = fmt === "Q4_K_M" ? exportQ4KM(hfDir, file, m.id) : convertHfToGguf(hfDir, file, { type: fmt, name: m.id });
       fs.writeFileSync(marker, JSON.stringify({ converter: ggufHash, seconds: r.seconds }));
       timings[`gguf${fmt}Seconds`] = r.seconds;
     }
@@ -206,4 +210,12 @@ export function paramCounts(config) {
     params: L * (layer + config.num_local_experts * expert) + embed + H,
     activeParams: L * (layer + config.num_experts_per_tok * expert) + config.vocab_size * H + H,
   };
+}
+
+/** A Q4_K_M GGUF of a Mixtral checkpoint (formats/ggufExport.ts, llama-quantize's recipe). */
+function exportQ4KM(hfDir, file, name) {
+  const t = performance.now();
+  const cfg = readJson(path.join(hfDir, "config.json"));
+  exportGguf(hfDir, file, { type: "Q4_K", typeFor: q4KMTypeFor(cfg.num_hidden_layers), name });
+  return { seconds: (performance.now() - t) / 1000 };
 }

@@ -11,10 +11,11 @@
  *   --threads N            threads for both engines (default: available parallelism)
  *   --prompt-tokens N      prompt length in tokens (default 64; oversize 32)
  *   --decode-tokens N      generated tokens per run (default 64; oversize 16)
- *   --formats F16,Q8_0     GGUF types for node-llama-cpp
+ *   --formats F16,Q8_0     GGUF types for node-llama-cpp (also Q4_K_M: llama-quantize's mix,
+ *                          Q6_K ffn_down/attn_v in some layers; written by formats/ggufExport.ts)
  *   --moe-run-experts f16,int8   moe-run expert precisions (import --experts), each paired with
  *                          the GGUF type of the same width (f32/f16 -> F16, int8/int4 -> Q8_0);
- *                          gguf-Q8_0: moe-run imports the Q8_0 GGUF node-llama-cpp runs
+ *                          gguf-Q8_0 (gguf-Q4_K_M, ...): moe-run imports the GGUF node-llama-cpp runs
  *   --moe-run-options JSON extra loadModel options for moe-run (default {}: moe-run sizes its
  *                          caches itself, from the cgroup limit in oversize runs)
  *   --seed S --dtype BF16|F16   synthetic weights (default seed 1, BF16)

@@ -62,6 +62,21 @@ export function fallbackType(type: GgmlTypeName, cols: number): GgmlTypeName {
   return "F16";
 }
 
+/**
+ * llama-quantize's Q4_K_M recipe, as `typeFor` with `type: "Q4_K"` (llama.cpp llama-quant.cpp,
+ * use_more_bits): Q6_K for output.weight, and for attn_v and ffn_down(_exps) of the first and last
+ * eighth of the layers and every third layer between; Q4_K elsewhere. Rows that are not whole
+ * super-blocks fall back as llama-quantize's do (Q6_K -> Q8_0, Q4_K -> Q5_0).
+ */
+export function q4KMTypeFor(numLayers: number): (name: string, dims: readonly number[]) => GgmlTypeName | undefined {
+  const moreBits = (l: number) => l < numLayers / 8 || l >= (7 * numLayers) / 8 || (l - numLayers / 8) % 3 === 2;
+  return (name, dims) => {
+    const m = /^blk\.(\d+)\.(attn_v|ffn_down_exps|ffn_down)\./.exec(name);
+    if (name === "output.weight" || (m && moreBits(Number(m[1])))) return fallbackType("Q6_K", dims[0]!);
+    return undefined;
+  };
+}
+
 const ARCH: Record<string, string> = { mixtral: "llama", qwen2_moe: "qwen2moe", qwen3_moe: "qwen3moe", olmoe: "olmoe" };
 
 export function exportGguf(hfDir: string, outPath: string, options: GgufExportOptions): GgufExportResult {
