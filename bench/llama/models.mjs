@@ -12,6 +12,8 @@ import { importModel } from "../../dist/index.js";
 import { readGgufHeader } from "../../dist/formats/gguf.js";
 import { convertHfToGguf } from "../../dist/formats/hfToGguf.js";
 import { exportGguf, q4KMTypeFor } from "../../dist/formats/ggufExport.js";
+import { expertShape } from "../../dist/model/manifest.js";
+import { layerRecordLayout } from "../../dist/store/recordEncodings.js";
 import { writeSyntheticCheckpoint } from "../../dist/synthetic/syntheticCheckpoint.js";
 import { TextTokenizer } from "../../dist/tokenizer/TextTokenizer.js";
 
@@ -165,9 +167,12 @@ export function makePrompt(hfDir, n) {
 export function activeBytesGguf(header, config) {
   const E = config.num_local_experts;
   const K = config.num_experts_per_tok;
+  // [values, bytes] per block of each ggml type id (ggml-common.h).
+  const BLOCKS = { 0: [1, 4], 1: [1, 2], 30: [1, 2], 2: [32, 18], 3: [32, 20], 6: [32, 22], 7: [32, 24], 8: [32, 34], 10: [256, 84], 11: [256, 110], 12: [256, 144], 13: [256, 176], 14: [256, 210] };
   const tensorBytes = (t) => {
     const n = t.dims.reduce((a, b) => a * b, 1);
-    return t.type === 0 ? 4 * n : t.type === 1 ? 2 * n : t.type === 8 ? (n / 32) * 34 : NaN;
+    const [k, bytes] = BLOCKS[t.type] ?? [1, NaN];
+    return (n / k) * bytes;
   };
   let active = 0;
   let experts = 0;
@@ -192,7 +197,11 @@ export function activeBytesMoeRun(manifest) {
   const attn = H * d.numHeads * d.headDim * 2 + H * d.numKvHeads * d.headDim * 2;
   const perLayerDense = (attn + 2 * H + d.numExperts * H) * denseBpe;
   const head = (d.vocabSize * H + H) * denseBpe;
-  const record = manifest.experts.recordBytes;
+  // The bytes a record's matrices take (a mixed model's records are padded to the largest layer's;
+  // the kernels do not read the padding): the mean over the layers with experts.
+  const shape = expertShape(manifest);
+  const layers = manifest.precision.expertLayers ? manifest.experts.checksums.flatMap((row, l) => (row.length ? [l] : [])) : [0];
+  const record = layers.reduce((s, l) => s + layerRecordLayout(shape, l).bytes, 0) / layers.length;
   const activeBytes = d.numLayers * (perLayerDense + d.topK * record) + head + H * denseBpe;
   const expertBytesTotal = d.numLayers * d.numExperts * record;
   return { activeBytes, expertBytesTotal, totalBytes: expertBytesTotal + d.numLayers * perLayerDense + head + d.vocabSize * H * denseBpe };

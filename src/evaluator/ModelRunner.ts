@@ -243,8 +243,8 @@ export class ModelRunner {
     const out = new Float32Array(routing.tokens * H);
     const byExpert = groupByExpert(routing);
     if (!this.hybrid && experts.acquireNow && [...byExpert.keys()].every((e) => experts.isReady?.(layer, e) ?? true)) {
-      const done = await this.runResidentExperts(layer, byExpert, x, out, experts);
-      if (done) return out;
+      await this.runResidentExperts(layer, byExpert, x, out, experts);
+      return out;
     }
     // Resident experts first: loads still in flight get that long to arrive.
     const groups = [...byExpert];
@@ -313,19 +313,17 @@ export class ModelRunner {
    * Every routed expert resident, nothing on the CPU pool (a model that fits, decoding): each
    * expert computed as it is acquired, in expert order, its weighted output added at once (the
    * order runExpertsTimed's sums take, so the bits are the same), without a promise per expert
-   * where the kernel is synchronous. False, with `out` untouched, when an expert turns out not to
-   * be resident: runExpertsTimed then does it all.
+   * where the kernel is synchronous. An expert still settling (a load of it in flight) is
+   * acquire()d, which waits for it.
    */
-  private async runResidentExperts(layer: number, groups: Map<number, { rows: number[]; weights: number[] }>, x: Float32Array, out: Float32Array, experts: ExpertSource): Promise<boolean> {
+  private async runResidentExperts(layer: number, groups: Map<number, { rows: number[]; weights: number[] }>, x: Float32Array, out: Float32Array, experts: ExpertSource): Promise<void> {
     const H = this.dims.hiddenSize;
     const held: [number, unknown][] = [];
-    for (const e of groups.keys()) {
-      const resident = experts.acquireNow!(layer, e);
-      if (resident === undefined) {
-        for (const [h] of held) experts.release?.(layer, h);
-        return false;
-      }
-      held.push([e, resident]);
+    try {
+      for (const e of groups.keys()) held.push([e, experts.acquireNow!(layer, e) ?? (await experts.acquire(layer, e))]);
+    } catch (err) {
+      for (const [h] of held) experts.release?.(layer, h);
+      throw err;
     }
     // Input rows and output [n, H] of one expert, sized for the largest group; this call's own
     // (another sequence's forward may run while an asynchronous kernel is awaited).
@@ -349,7 +347,6 @@ export class ModelRunner {
     } finally {
       for (const [e] of held) experts.release?.(layer, e);
     }
-    return true;
   }
 
   async dispose(): Promise<void> {
