@@ -6,7 +6,8 @@
  * below, concatenated; with expert biases (ExpertKernelOptions.expertBias, e.g. gpt-oss) then
  * fp32 gate bias [F], up bias [F], down bias [H] (little-endian, right after the matrices; not
  * necessarily 4-byte aligned for f16 records of odd sizes). Without biases a record is exactly
- * the three matrices.
+ * the three matrices. Each matrix may have an encoding of its own (RecordEncodings: a GGUF file
+ * that mixes expert types); such a model's records are padded to one size (store/recordEncodings.ts).
  *
  * Matrix [rows, cols], row-major, blocks of 32 along a row (cols % 32 == 0 for int8/int4/mxfp4):
  *   f32   : float32[rows*cols]
