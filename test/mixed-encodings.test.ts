@@ -1,10 +1,11 @@
 /**
  * Models whose expert matrices differ in encoding (store/recordEncodings.ts): a GGUF file that
  * mixes expert types, as llama.cpp's Q4_K_M does (Q6_K ffn_down in some layers, Q4_K elsewhere),
- * keeps every tensor's blocks. Checked here: the record layout and its padding, every kernel
- * (native at each instruction-set level, onnx, js) on a record of three encodings, the manifest's
- * checks, and a Q4_K_M-style GGUF imported end to end: blocks kept, numbers against the f32
- * import, and the output unchanged by the memory budget and the scheduler.
+ * keeps every tensor's blocks, each layer's records of their own size. Checked here: the record
+ * layout, every kernel (native at each instruction-set level, onnx, js) on a record of three
+ * encodings, the manifest's checks, and a Q4_K_M-style GGUF imported end to end: blocks kept, the
+ * store as large as the file's experts, numbers against the f32 import, and the output unchanged
+ * by the memory budget and the scheduler.
  */
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -17,7 +18,9 @@ import { createExpertKernel, type ExpertKernelName } from "../src/kernels/expert
 import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
 import { readManifest } from "../src/model/manifest.js";
 import { decodeMatrix, encodeExpertRecord, expertRecordLayout, recordBytes, type RecordEncodings } from "../src/store/expertEncoding.js";
-import { describeExpertEncodings, mixedRecordCode, nativeRecordCode, padRecord, paddedRecordBytes } from "../src/store/recordEncodings.js";
+import { describeExpertEncodings, largestRecordBytes, layerRecordBytes, mixedRecordCode, nativeRecordCode } from "../src/store/recordEncodings.js";
+import { ExpertStore } from "../src/store/ExpertStore.js";
+import { expertShape } from "../src/model/manifest.js";
 import { writeSyntheticCheckpoint } from "../src/synthetic/syntheticCheckpoint.js";
 import { MODELS, ROOT, greedyRun, maxRelErr, rand, tmpDir } from "./helpers.js";
 
@@ -40,8 +43,6 @@ function floatRef(w: Float32Array, rows: number, cols: number, x: Float32Array, 
 describe("a record whose three matrices have encodings of their own", () => {
   const weights = { gate: rand(F * H, 1, 0.2), up: rand(F * H, 2, 0.2), down: rand(H * F, 3, 0.15) };
   const record = encodeExpertRecord(MIX, H, F, weights);
-  // Another layer's records are larger: this one is padded to their size.
-  const padded = padRecord(record, record.byteLength + 4096);
   const l = expertRecordLayout(MIX, H, F);
   const part = ([o, n]: [number, number]) => record.subarray(o, o + n);
   const [G, U, D] = [decodeMatrix("q4_k", part(l.gate), F, H), decodeMatrix("q5_0", part(l.up), F, H), decodeMatrix("q6_k", part(l.down), H, F)];
@@ -58,13 +59,14 @@ describe("a record whose three matrices have encodings of their own", () => {
     expect(l.down).toEqual([l.gate[1] + l.up[1], (H * F * 210) / 256]);
     expect(record.byteLength).toBe(recordBytes(MIX, H, F));
     const shape = { hiddenSize: H, expertFfn: F, encoding: "q4_k" as const, layerEncodings: [{ gate: "q4_k", up: "q4_k", down: "q4_k" } as const, MIX] };
-    expect(paddedRecordBytes(shape)).toBe(Math.max(recordBytes("q4_k", H, F), record.byteLength));
+    expect(layerRecordBytes(shape, 0)).toBe(recordBytes("q4_k", H, F));
+    expect(layerRecordBytes(shape, 1)).toBe(record.byteLength);
+    expect(largestRecordBytes(shape)).toBe(Math.max(recordBytes("q4_k", H, F), record.byteLength));
     expect(describeExpertEncodings(shape)).toBe("q4_k; ffn_up q5_0 in layer 1, ffn_down q6_k in layer 1");
   });
 
   async function run(name: ExpertKernelName, rec: Uint8Array, x: Float32Array, tokens: number): Promise<Float32Array> {
-    // Layer 1 is the mixed one. A mixed model's records may be longer than a layer's parts (the
-    // largest layer's size): the kernels read the parts and ignore the rest.
+    // Layer 1 is the mixed one.
     const kernel = await createExpertKernel(name, { encoding: "q4_k", layerEncodings: [{ gate: "q4_k", up: "q4_k", down: "q4_k" }, MIX], hiddenSize: H, expertFfn: F, threads: 2 });
     try {
       const resident = await kernel.prepare(rec, 1);
@@ -77,16 +79,13 @@ describe("a record whose three matrices have encodings of their own", () => {
     }
   }
 
-  it("js and onnx compute the decoded matrices; native within its 8-bit activations; padding changes nothing", async () => {
+  it("js and onnx compute the decoded matrices; native within its 8-bit activations", async () => {
     for (const tokens of [1, 3, 17]) {
       const x = rand(tokens * H, 10 + tokens, 1);
       const ref = expertRef(x, tokens);
-      const js = await run("js", padded, x, tokens);
-      expect(maxRelErr(js, ref), `js T=${tokens}`).toBeLessThan(1e-5);
-      expect(maxRelErr(await run("onnx", padded, x, tokens), ref), `onnx T=${tokens}`).toBeLessThan(1e-5);
-      const native = await run("native", padded, x, tokens);
-      expect(maxRelErr(native, ref), `native T=${tokens}`).toBeLessThan(2e-2);
-      expect(Buffer.from((await run("native", record, x, tokens)).buffer).equals(Buffer.from(native.buffer)), `native unpadded T=${tokens}`).toBe(true);
+      expect(maxRelErr(await run("js", record, x, tokens), ref), `js T=${tokens}`).toBeLessThan(1e-5);
+      expect(maxRelErr(await run("onnx", record, x, tokens), ref), `onnx T=${tokens}`).toBeLessThan(1e-5);
+      expect(maxRelErr(await run("native", record, x, tokens), ref), `native T=${tokens}`).toBeLessThan(2e-2);
     }
   });
 
@@ -100,23 +99,27 @@ describe("a record whose three matrices have encodings of their own", () => {
     addon.expertForward(6, q6, H, F, x, 5, plain, 2);
     addon.expertForward(mixedRecordCode({ gate: "q6_k", up: "q6_k", down: "q6_k" }), q6, H, F, x, 5, mixed, 2);
     expect(Buffer.from(mixed.buffer).equals(Buffer.from(plain.buffer))).toBe(true);
-    // A model with one encoding passes its plain code (exact record sizes); a mixed model the mixed form, even where a layer's three agree.
+    // A layer whose three agree passes the plain code, whatever the other layers hold.
     expect(nativeRecordCode({ hiddenSize: H, expertFfn: F, encoding: "q6_k" }, 0)).toBe(6);
-    expect(nativeRecordCode({ hiddenSize: H, expertFfn: F, encoding: "q6_k", layerEncodings: [{ gate: "q6_k", up: "q6_k", down: "q6_k" }] }, 0)).toBe(2 ** 24 + 6 + 6 * 256 + 6 * 65536);
+    expect(nativeRecordCode({ hiddenSize: H, expertFfn: F, encoding: "q6_k", layerEncodings: [{ gate: "q6_k", up: "q6_k", down: "q6_k" }, MIX] }, 0)).toBe(6);
+    expect(nativeRecordCode({ hiddenSize: H, expertFfn: F, encoding: "q6_k", layerEncodings: [{ gate: "q6_k", up: "q6_k", down: "q6_k" }, MIX] }, 1)).toBe(mixedRecordCode(MIX));
     const code = mixedRecordCode(MIX);
     const out = new Float32Array(H);
     expect(() => addon.expertForward(code, record.subarray(0, record.byteLength - 1), H, F, x, 1, out, 1)).toThrow(/buffer sizes/);
+    const longer = new Uint8Array(record.byteLength + 1);
+    longer.set(record);
+    expect(() => addon.expertForward(code, longer, H, F, x, 1, out, 1)).toThrow(/buffer sizes/);
     // q4_k gate rows of 96 values are not whole super-blocks.
     expect(() => addon.expertForward(code, record, 96, F, x, 1, out, 1)).toThrow(/whole blocks/);
     expect(() => addon.expertForward(2 ** 24 + 13, record, H, F, x, 1, out, 1)).toThrow(/0\.\.12/);
   });
 
-  it("at every kernel instruction-set level this CPU runs: matches fp64, bits independent of padding and of the other tokens", () => {
+  it("at every kernel instruction-set level this CPU runs: matches fp64, bits independent of threads and of the other tokens", () => {
     const isas = loadNativeAddon().addon!.kernelIsas();
     const ex = rand(17 * H, 20, 1);
     const code = mixedRecordCode(MIX);
     const cases = [
-      { kind: "expert", enc: code, H, F, T: 17, threads: 2, w: padded, x: ex },
+      { kind: "expert", enc: code, H, F, T: 17, threads: 2, w: record, x: ex },
       { kind: "expert", enc: code, H, F, T: 1, threads: 1, w: record, x: ex.slice(0, H) },
     ];
     const dir = tmpDir("moe-run-mixed-isa-");
@@ -140,7 +143,7 @@ describe("a record whose three matrices have encodings of their own", () => {
         const buf = fs.readFileSync(path.join(dir, "out.bin"));
         const [all, one] = res.outputs.map(([o, n]) => new Float32Array(buf.buffer.slice(buf.byteOffset + o, buf.byteOffset + o + 4 * n)));
         expect(maxRelErr(all!, ref), `${isa} expert`).toBeLessThan(2e-2);
-        expect(Buffer.from(one!.buffer).equals(Buffer.from(all!.slice(0, H).buffer)), `${isa} token alone, unpadded, 1 thread`).toBe(true);
+        expect(Buffer.from(one!.buffer).equals(Buffer.from(all!.slice(0, H).buffer)), `${isa} token alone, 1 thread`).toBe(true);
       }
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
@@ -170,16 +173,29 @@ describe("a Q4_K_M-style GGUF (Q6_K ffn_down in one layer, Q4_K elsewhere)", () 
   }, 300_000);
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  it("imports every expert tensor's blocks as they are, records sized by the larger layer", () => {
+  it("imports every expert tensor's blocks as they are: each layer's records their own size, the store as large as the file's experts", () => {
     const m = readManifest(blocks);
     expect(m.precision.experts).toBe("q4_k");
     expect(m.precision.expertLayers).toEqual([
       { gate: "q4_k", up: "q4_k", down: "q4_k" },
       { gate: "q4_k", up: "q4_k", down: "q6_k" },
     ]);
-    expect(m.experts.recordBytes).toBe(recordBytes({ gate: "q4_k", up: "q4_k", down: "q6_k" }, 256, 256));
-    // About 5.7 bits a weight against f32's 32.
-    expect(m.experts.recordBytes / readManifest(floats).experts.recordBytes).toBeLessThan(0.2);
+    // recordBytes: the largest record (budgets size a slot by it).
+    const q4 = recordBytes("q4_k", 256, 256);
+    const mixed = recordBytes({ gate: "q4_k", up: "q4_k", down: "q6_k" }, 256, 256);
+    expect(m.experts.recordBytes).toBe(mixed);
+    const store = ExpertStore.openReadOnly(path.join(blocks, m.experts.store), expertShape(m), { layers: [0, 1], numExperts: 4 });
+    try {
+      for (let j = 0; j < 4; j++) {
+        expect(store.getRecord(0, j).byteLength).toBe(q4);
+        expect(store.getRecord(1, j).byteLength).toBe(mixed);
+      }
+    } finally {
+      store.close();
+    }
+    // The file's expert tensors, byte for byte in size: 4 experts x (3 + 3) matrices of 256 x 256.
+    expect(4 * (q4 + mixed)).toBe(4 * 256 * 256 * ((5 * 144 + 210) / 256));
+    expect(mixed / readManifest(floats).experts.recordBytes).toBeLessThan(0.2);
   });
 
   it("top-1 agreement >= 95% with the f32 import of the same file under teacher forcing; `--stats` names the mix", async () => {
@@ -204,8 +220,10 @@ describe("a Q4_K_M-style GGUF (Q6_K ffn_down in one layer, Q4_K elsewhere)", () 
     }
   }, 300_000);
 
-  it("greedy output is the same with every expert resident, out of core (padded records through both tiers), and on the CPU pool", async () => {
+  it("greedy output is the same with every expert resident, out of core (records of two sizes through both tiers), and on the CPU pool", async () => {
     const base = await greedyRun(blocks, "The license", 24, { threads: 1 });
+    // The device tier counts each layer's own record size: all 8 experts resident = the file's expert bytes.
+    expect(base.stats.tiers.device.residentBytesMax).toBe(4 * (recordBytes("q4_k", 256, 256) + recordBytes({ gate: "q4_k", up: "q4_k", down: "q6_k" }, 256, 256)));
     const record = readManifest(blocks).experts.recordBytes;
     const runs = {
       outOfCore: await greedyRun(blocks, "The license", 24, { threads: 1, deviceMem: 3 * record, hostMem: 0 }),

@@ -78,10 +78,9 @@ bool kernel_enc(napi_env env, napi_value v, size_t H, size_t F, const char* fn, 
 // kMixedRecord | gate | up << 8 | down << 16 (store/recordEncodings.ts nativeRecordCode), each
 // matrix's rows whole blocks of its own encoding (gate and up rows are H long, down rows F).
 constexpr double kMixedRecord = double(1 << 24);
-bool record_encs(napi_env env, napi_value v, size_t H, size_t F, const char* fn, moe::RecordEncs* encs, bool* mixed) {
+bool record_encs(napi_env env, napi_value v, size_t H, size_t F, const char* fn, moe::RecordEncs* encs) {
   const double code = num(env, v);
-  *mixed = code >= kMixedRecord;
-  if (!*mixed) {
+  if (code < kMixedRecord) {
     moe::Enc e;
     if (!kernel_enc(env, v, H, F, fn, &e)) return false;
     *encs = moe::RecordEncs(e);
@@ -139,8 +138,7 @@ napi_value ExpertForward(napi_env env, napi_callback_info info) {
   if (!kernel_isa_ok(env)) return nullptr;
   const size_t H = size_t(num(env, a[2])), F = size_t(num(env, a[3])), T = size_t(num(env, a[5]));
   moe::RecordEncs enc(moe::Enc::F32);
-  bool mixed = false;
-  if (!record_encs(env, a[0], H, F, "expertForward", &enc, &mixed)) return nullptr;
+  if (!record_encs(env, a[0], H, F, "expertForward", &enc)) return nullptr;
   void *rec, *x, *out;
   size_t rec_bytes, x_bytes, out_bytes;
   if (!typed_data(env, a[1], &rec, &rec_bytes) || !typed_data(env, a[4], &x, &x_bytes) || !typed_data(env, a[6], &out, &out_bytes)) {
@@ -170,9 +168,7 @@ napi_value ExpertForward(napi_env env, napi_callback_info info) {
       opts.bias = sp[3] == 1;
     }
   }
-  // A mixed model's records all take the largest layer's bytes: shorter layouts end in padding.
-  const size_t need = moe::expert_record_bytes(enc, H, F, opts.bias);
-  if ((mixed ? rec_bytes < need : rec_bytes != need) || x_bytes < T * H * 4 || out_bytes < T * H * 4) {
+  if (rec_bytes != moe::expert_record_bytes(enc, H, F, opts.bias) || x_bytes < T * H * 4 || out_bytes < T * H * 4) {
     return napi_throw_range_error(env, nullptr, "expertForward: buffer sizes do not match H, F, T, the encoding and the biases"), nullptr;
   }
   moe::expert_forward(enc, static_cast<const uint8_t*>(rec), H, F, static_cast<const float*>(x), T, static_cast<float*>(out), int(num(env, a[7])), opts);

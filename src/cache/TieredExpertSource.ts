@@ -12,7 +12,8 @@ import type { Routing } from "../evaluator/routing.js";
 import type { MemoryPlan } from "../model/memoryPlan.js";
 import { PredictionTracker, type PredictionReport } from "../predict/PredictionTracker.js";
 import { topIds, type ExpertPredictor } from "../predict/types.js";
-import { expertRecordBytes, type ExpertStore } from "../store/ExpertStore.js";
+import type { ExpertStore } from "../store/ExpertStore.js";
+import { layerRecordBytes } from "../store/recordEncodings.js";
 import { copyRecord, releaseRecord } from "../store/RecordFile.js";
 import { freeResident, prepareOwned } from "./residentRecords.js";
 import { ExpertCache } from "./ExpertCache.js";
@@ -39,6 +40,8 @@ export interface PrefetchOptions {
  */
 export interface ResidentForm {
   readonly residentBytes: number;
+  /** Bytes of a prepared expert of `layer` where layers differ (default residentBytes). */
+  residentBytesOf?(layer: number): number;
   prepare(record: Uint8Array, layer: number): unknown;
   free(resident: unknown): void;
   /** Where prepared experts live and how many bytes they hold there (kernels with device memory). */
@@ -140,9 +143,6 @@ export class TieredExpertSource {
   private forwards = 0;
   /** Experts being loaded (or loaded) for the layer that needs them now: their acquire() is a miss. */
   private readonly demanded = new Set<ExpertKey>();
-  /** Bytes read from the store per expert, and bytes an expert occupies in the device tier. */
-  private readonly recordBytes: number;
-  private readonly residentBytes: number;
   /** Experts used once without being kept (no room): freed at release(). */
   private readonly bypassed = new Map<ExpertKey, unknown>();
   /** Experts the CPU pool is computing whose record will be admitted (room reserved). */
@@ -169,10 +169,13 @@ export class TieredExpertSource {
     this.host = new HostTier(store, options.hostBytes, options.policy, options.numLayers);
     this.loader = new ExpertLoader((layer, expert) => this.host.record({ layer, expert }), options.readsInFlight);
     this.stall = new Array<number>(options.numLayers).fill(0);
-    this.recordBytes = expertRecordBytes(store.layout);
-    this.residentBytes = options.form.residentBytes;
     const p = options.prefetch;
     if (p) this.tracker = new PredictionTracker(p.predictor.name, options.numLayers, options.topK, p.threshold ?? 0.05);
+  }
+
+  /** Bytes an expert of `layer` occupies in the device tier (layers that differ in encoding differ). */
+  private residentBytes(layer: number): number {
+    return this.options.form.residentBytesOf?.(layer) ?? this.options.form.residentBytes;
   }
 
   /** The compute-ready form of (layer, expert), protected from eviction until release(). */
@@ -255,7 +258,7 @@ export class TieredExpertSource {
    */
   private async loadDemand(id: ExpertId, key: ExpertKey): Promise<unknown> {
     const form = this.options.form;
-    const bytes = this.residentBytes;
+    const bytes = this.residentBytes(id.layer);
     let reserved = this.cache.reserve(id, bytes);
     if (!reserved) {
       this.releaseHeld(() => true);
@@ -325,8 +328,8 @@ export class TieredExpertSource {
   recordAccess(layer: number, expert: number): boolean {
     const id = { layer, expert };
     if (this.cache.lookup(id)) return false;
-    this.host.countRead(this.recordBytes); // the pool worker reads the record from the store
-    if (!this.wouldPromote(layer, expert) || !this.cache.reserve(id, this.residentBytes)) return false;
+    this.host.countRead(layerRecordBytes(this.store.layout, layer)); // the pool worker reads the record from the store
+    if (!this.wouldPromote(layer, expert) || !this.cache.reserve(id, this.residentBytes(layer))) return false;
     this.promoting.add(expertKey(layer, expert));
     return true;
   }
@@ -335,7 +338,7 @@ export class TieredExpertSource {
   wouldPromote(layer: number, expert: number): boolean {
     const key = expertKey(layer, expert);
     if (this.options.promote === false || this.inflight.has(key) || this.promoting.has(key) || this.cache.has({ layer, expert })) return false;
-    return this.cache.residentBytes + this.cache.reserved + this.residentBytes <= this.cache.capacityBytes;
+    return this.cache.residentBytes + this.cache.reserved + this.residentBytes(layer) <= this.cache.capacityBytes;
   }
 
   /** The record of an expert recordAccess() chose to promote (undefined: the computation failed). */
@@ -344,7 +347,7 @@ export class TieredExpertSource {
     const key = expertKey(layer, expert);
     if (!this.promoting.delete(key)) return;
     if (!record || this.cache.has(id)) {
-      this.cache.cancelReservation(this.residentBytes);
+      this.cache.cancelReservation(this.residentBytes(layer));
       return;
     }
     let resident: NonNullable<unknown>;
@@ -352,13 +355,13 @@ export class TieredExpertSource {
       // The pool's copy lives in a GC-managed buffer: kept, it goes into memory freed on eviction.
       resident = await this.prepareFrom(copyRecord(record), layer);
     } catch (err) {
-      this.cache.cancelReservation(this.residentBytes);
+      this.cache.cancelReservation(this.residentBytes(layer));
       throw err;
     }
     if (this.cache.has(id)) {
-      this.cache.cancelReservation(this.residentBytes);
+      this.cache.cancelReservation(this.residentBytes(layer));
       this.drop(resident);
-    } else if (!this.cache.insert(id, resident, this.residentBytes, { reserved: true }).admitted) this.drop(resident);
+    } else if (!this.cache.insert(id, resident, this.residentBytes(layer), { reserved: true }).admitted) this.drop(resident);
   }
 
   release(layer: number, expert: number): void {
@@ -427,7 +430,7 @@ export class TieredExpertSource {
     const key = expertKey(layer, expert);
     const id = { layer, expert };
     if (this.inflight.has(key)) return false;
-    if (!this.cache.reserve(id, this.residentBytes)) {
+    if (!this.cache.reserve(id, this.residentBytes(layer))) {
       if (!demand) this.prefetchStats.dropped++;
       return false;
     }
@@ -453,23 +456,23 @@ export class TieredExpertSource {
           entry.loadSeconds = (performance.now() - entry.started) / 1000;
           this.inflight.delete(key);
           if (!record) {
-            this.cache.cancelReservation(this.residentBytes);
+            this.cache.cancelReservation(this.residentBytes(layer));
             this.prefetchStats.dropped++;
             return;
           }
           if (!resident || this.cache.has(id)) {
-            this.cache.cancelReservation(this.residentBytes); // a demand load got there first
+            this.cache.cancelReservation(this.residentBytes(layer)); // a demand load got there first
             if (resident) this.drop(resident);
             return;
           }
-          if (this.cache.insert(id, resident, this.residentBytes, { reserved: true }).admitted) {
+          if (this.cache.insert(id, resident, this.residentBytes(layer), { reserved: true }).admitted) {
             if (!demand) this.prefetched.set(key, entry.loadSeconds);
           } else this.drop(resident); // the policy declined it, as admit() handles
         },
         (err: unknown) => {
           entry.done = true;
           this.inflight.delete(key);
-          this.cache.cancelReservation(this.residentBytes);
+          this.cache.cancelReservation(this.residentBytes(layer));
           if (demand) return; // acquire() reads it again and reports the error where it is awaited
           this.options.log?.(`moe-run: prefetch of expert (${layer}, ${expert}) failed: ${err instanceof Error ? err.message : String(err)}`);
         }

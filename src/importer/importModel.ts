@@ -21,7 +21,7 @@ import type { HfCheckpoint } from "../formats/HfCheckpoint.js";
 import { MAX_SMALL_JSON_BYTES, MAX_TOKENIZER_BYTES, readSourceJson } from "../formats/sourceFiles.js";
 import { FORMAT_VERSION, IMPORTING_SUFFIX, sha256File, writeManifest, type ModelManifest } from "../model/manifest.js";
 import { checkEncodable, type ExpertEncoding } from "../store/expertEncoding.js";
-import { checkRecordEncodings, encodingsOf, padRecord, type ExpertRecordShape } from "../store/recordEncodings.js";
+import { checkRecordEncodings, encodingsOf, type ExpertRecordShape } from "../store/recordEncodings.js";
 import { ExpertStore, expertChecksum, expertRecordBytes } from "../store/ExpertStore.js";
 import { Progress } from "../util/progress.js";
 import { VERSION } from "../version.js";
@@ -373,8 +373,7 @@ async function writeModel(
       const layerSums: string[] = [];
       for (let j = 0; moe && j < d.numExperts; j++) {
         const experts = spec.names.experts;
-        const raw = experts.rawRecord?.(ckpt, n, j, d, encodingsOf(layout, l));
-        const record = raw ? padRecord(raw, expertRecordBytes(layout)) : ExpertStore.pack(layout, experts.read(ckpt, n, j, d), l);
+        const record = experts.rawRecord?.(ckpt, n, j, d, encodingsOf(layout, l)) ?? ExpertStore.pack(layout, experts.read(ckpt, n, j, d), l);
         layerSums.push(expertChecksum(record));
         store.put(l, j, record);
       }

@@ -169,9 +169,7 @@ export function recordTensors(
   const form = residentForm(layout);
   const out: Record<string, HostTensor<TensorData>> = {};
   const expected = expertRecordLayout(encodings, H, F, expertBias).bytes;
-  // A mixed model's records all have its largest layer's size (padded, store/recordEncodings.ts).
-  const fits = typeof encodings === "string" ? record.byteLength === expected : record.byteLength >= expected;
-  invariant(fits, `expert record has ${record.byteLength} bytes, expected ${expected} (${JSON.stringify(encodings)}${expertBias ? " with biases" : ""})`);
+  invariant(record.byteLength === expected, `expert record has ${record.byteLength} bytes, expected ${expected} (${JSON.stringify(encodings)}${expertBias ? " with biases" : ""})`);
   if (expertBias) {
     const b = readExpertBiases(record, encodings, H, F);
     out[BIAS_INPUTS.gate] = { data: b.gate, dims: [F] };
@@ -317,6 +315,11 @@ export class DeviceExpertKernel implements ExpertKernel<ResidentExpert> {
 
   get device(): ExecutionDevice {
     return this.o.device;
+  }
+
+  /** Every layer's experts are held in one layout (residentLayoutFor), so of one size. */
+  residentBytesOf(): number {
+    return this.residentBytes;
   }
 
   async prepare(record: Uint8Array, layer: number): Promise<ResidentExpert> {

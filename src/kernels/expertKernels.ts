@@ -15,7 +15,7 @@ import type { ExecutionDevice } from "../backends/onnx.js";
 import type { ResidencyStats } from "../cache/TieredExpertSource.js";
 import { InvalidOptionError } from "../errors.js";
 import { decodeMatrix, readExpertBiases, type ExpertBiases, type ExpertEncoding, type RecordEncodings } from "../store/expertEncoding.js";
-import { encodingsOf, layerRecordLayout, nativeRecordCode, paddedRecordBytes, recordEncodingOf } from "../store/recordEncodings.js";
+import { encodingsOf, largestRecordBytes, layerRecordBytes, layerRecordLayout, nativeRecordCode, recordEncodingOf } from "../store/recordEncodings.js";
 import { DeviceExpertKernel } from "./DeviceExpertKernel.js";
 import { SILU, activate, checkActivation, isPlainExpert, nativeExpertSpec, type ExpertActivation } from "./expertActivation.js";
 import { loadNativeAddon } from "./nativeAddon.js";
@@ -29,8 +29,10 @@ export type ExpertKernelName = "native" | "onnx" | "js";
  */
 export interface ExpertKernel<R = Uint8Array> {
   readonly name: ExpertKernelName;
-  /** Bytes one prepared expert occupies where this kernel computes: the device tier's unit. */
+  /** Bytes one prepared expert occupies where this kernel computes (the largest, where layers differ). */
   readonly residentBytes: number;
+  /** Bytes a prepared expert of `layer` occupies: what the device tier counts for it. */
+  residentBytesOf(layer: number): number;
   /** `layer`: whose record it is (a model whose layers differ in encoding reads each its own way). */
   prepare(record: Uint8Array, layer: number): R | Promise<R>;
   free(resident: R): void;
@@ -68,7 +70,10 @@ abstract class HostExpertKernel implements ExpertKernel<Uint8Array> {
   abstract readonly name: ExpertKernelName;
   readonly residentBytes: number;
   constructor(protected readonly o: ExpertKernelOptions) {
-    this.residentBytes = paddedRecordBytes(o);
+    this.residentBytes = largestRecordBytes(o);
+  }
+  residentBytesOf(layer: number): number {
+    return layerRecordBytes(this.o, layer);
   }
   prepare(record: Uint8Array): Uint8Array {
     return record;

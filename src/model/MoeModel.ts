@@ -26,7 +26,7 @@ import { ModelRunner, type RoutingObserver } from "../evaluator/ModelRunner.js";
 import { nonFiniteLogitsError, Sampler } from "../evaluator/sampler.js";
 import { ExpertStore } from "../store/ExpertStore.js";
 import { releaseRecord } from "../store/RecordFile.js";
-import { describeExpertEncodings } from "../store/recordEncodings.js";
+import { describeExpertEncodings, layerRecordBytes } from "../store/recordEncodings.js";
 import { TextTokenizer, type ChatMessage } from "../tokenizer/TextTokenizer.js";
 import { ChatSession, type ChatSessionOptions } from "./ChatSession.js";
 import { KvSequence } from "./KvSequence.js";
@@ -111,8 +111,9 @@ export class MoeModel implements LanguageModel {
     try {
       const resident = runner.kernel.residentBytes;
       const expertLayers = moeLayers(d);
-      const totalResidentBytes = resident * d.numExperts * expertLayers.length;
-      const totalRecordBytes = record * d.numExperts * expertLayers.length;
+      // Per layer: the layers of a GGUF that mixes expert types differ (store/recordEncodings.ts).
+      const totalResidentBytes = expertLayers.reduce((s, l) => s + runner.kernel.residentBytesOf(l), 0) * d.numExperts;
+      const totalRecordBytes = expertLayers.reduce((s, l) => s + layerRecordBytes(layout, l), 0) * d.numExperts;
       // Kernel scratch of one decode step: gate and up activations [F] and the output [H], fp32.
       const kernelBytes = (2 * d.expertFfn + d.hiddenSize) * 4;
       const readsInFlight = 4;
@@ -166,7 +167,7 @@ export class MoeModel implements LanguageModel {
       let hybrid: ModelRunner["hybrid"];
       if (schedule !== "device") {
         if (!loadNativeAddon().addon) throw new InvalidOptionError(`--schedule ${schedule} needs the CPU expert pool, which needs the native kernels: ${loadNativeAddon().reason}`);
-        pool = new CpuExpertPool(store, { ...layout, recordBytes: record }, options.cpuThreads);
+        pool = new CpuExpertPool(store, layout, options.cpuThreads);
         const cost = schedule === "auto" ? await CostModel.calibrate({ ...layout, numLayers: d.numLayers, numExperts: d.numExperts, layers: expertLayers }, store, runner.kernel, runner.device, pool, { recalibrate: options.recalibrate }) : undefined;
         hybrid = { scheduler: new HybridScheduler(schedule, cost, d.numLayers, runner.device === "cpu", pool.threads), pool };
         memoryPlan = plan();

@@ -9,7 +9,7 @@ import { isMoeLayer, modelFeatures, type ModelDims } from "../architectures/Mode
 import { MoeRunError } from "../errors.js";
 import { readGraph } from "../onnx/graphFile.js";
 import { ALL_EXPERT_ENCODINGS, type ExpertEncoding, type RecordEncodings } from "../store/expertEncoding.js";
-import { checkRecordEncodings, paddedRecordBytes, type ExpertRecordShape } from "../store/recordEncodings.js";
+import { checkRecordEncodings, largestRecordBytes, type ExpertRecordShape } from "../store/recordEncodings.js";
 
 export const MANIFEST_FILE = "manifest.json";
 export const FORMAT_VERSION = 1;
@@ -28,6 +28,7 @@ export interface ModelManifest {
    */
   precision: { dense: "F32"; experts: ExpertEncoding; expertLayers?: RecordEncodings[] };
   graphs: { embed: string; layers: string[]; head: string; expert: string };
+  /** recordBytes: of every record, or where layers differ in encoding, the largest (each layer's own: store/recordEncodings.ts). */
   experts: { store: string; recordBytes: number; checksums: string[][] };
   /** Routers [L, E, H] and post-attention norms [L, H], fp32, for cross-layer gate predictors. */
   predictor: { file: string };
@@ -221,7 +222,7 @@ function checkManifestShape(modelDir: string, m: ModelManifest): void {
       }
     });
   }
-  const record = paddedRecordBytes(expertShape(m));
+  const record = largestRecordBytes(expertShape(m));
   if (m.experts.recordBytes !== record) {
     throw invalid(modelDir, `experts.recordBytes is ${m.experts.recordBytes} but ${m.precision.experts} experts of dims.hiddenSize ${d.hiddenSize} x dims.expertFfn ${d.expertFfn} take ${record}`);
   }

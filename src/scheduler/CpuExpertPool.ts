@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Piscina } from "piscina";
 import { isPlainExpert, nativeExpertSpec, type ExpertActivation } from "../kernels/expertActivation.js";
-import { nativeRecordCode, type ExpertRecordShape } from "../store/recordEncodings.js";
+import { layerRecordBytes, nativeRecordCode, type ExpertRecordShape } from "../store/recordEncodings.js";
 import type { ExpertStore } from "../store/ExpertStore.js";
 import type { ExpertResult, ExpertTask } from "./expertWorker.js";
 
@@ -19,8 +19,8 @@ export class CpuExpertPool {
 
   constructor(
     private readonly store: ExpertStore,
-    /** recordBytes: what the store's records hold (with expertBias, the biases included). */
-    private readonly layout: ExpertRecordShape & { recordBytes: number; activation?: ExpertActivation },
+    /** The store's records (each layer's size: store/recordEncodings.ts) and what an expert computes. */
+    private readonly layout: ExpertRecordShape & { activation?: ExpertActivation },
     threads = Math.max(1, os.availableParallelism() - 1)
   ) {
     const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -36,7 +36,8 @@ export class CpuExpertPool {
 
   /** compute(), and with `withRecord` the expert's record as the worker read it (for promotion). */
   async computeAndRead(layer: number, expert: number, x: Float32Array, tokens: number, withRecord: boolean): Promise<{ y: Float32Array; record?: Uint8Array }> {
-    const { hiddenSize, expertFfn, recordBytes } = this.layout;
+    const { hiddenSize, expertFfn } = this.layout;
+    const recordBytes = layerRecordBytes(this.layout, layer);
     const encoding = nativeRecordCode(this.layout, layer);
     const task: ExpertTask = { store: this.store.path, offset: this.store.span(layer, expert).offset, encoding, hiddenSize, expertFfn, recordBytes, layer, expert, x: x.slice(), tokens, returnRecord: withRecord, spec: this.spec };
     const result = (await this.pool.run(task, { transferList: [task.x.buffer as ArrayBuffer] })) as ExpertResult;

@@ -16,7 +16,7 @@ import { lmdbModule } from "../util/lazyLmdb.js";
 import { expertKey } from "../cache/types.js";
 import { MoeRunError, invariant } from "../errors.js";
 import { encodeExpertRecord, type ExpertBiases } from "./expertEncoding.js";
-import { encodingsOf, padRecord, paddedRecordBytes, type ExpertRecordShape } from "./recordEncodings.js";
+import { encodingsOf, largestRecordBytes, layerRecordBytes, type ExpertRecordShape } from "./recordEncodings.js";
 import { locateRecords } from "./lmdbLocations.js";
 import { RecordFile } from "./RecordFile.js";
 
@@ -31,9 +31,9 @@ export interface ExpertWeights {
   biases?: ExpertBiases;
 }
 
-/** Bytes of every record (a mixed model's: its largest layer's, store/recordEncodings.ts). */
+/** Bytes of the largest record (of every record unless layers differ in encoding: store/recordEncodings.ts). */
 export function expertRecordBytes(l: ExpertLayout): number {
-  return paddedRecordBytes(l);
+  return largestRecordBytes(l);
 }
 
 /** A short content checksum for one expert record, kept in the manifest. */
@@ -72,12 +72,12 @@ export class ExpertStore {
    */
   static openReadOnly(path: string, layout: ExpertLayout, experts?: { layers: readonly number[]; numExperts: number }): ExpertStore {
     const store = new ExpertStore(path, layout, undefined);
-    const expected = expertRecordBytes(layout);
     const located = locateRecords(path);
     for (const r of located.records) {
       if (r.layer > 0xffff || r.expert > 0xffff) {
         throw new MoeRunError("STORE_CORRUPT", `expert store ${path} holds a record keyed (${r.layer}, ${r.expert}), beyond any model's layers and experts; re-import the model`);
       }
+      const expected = layerRecordBytes(layout, r.layer);
       if (r.length !== expected) {
         throw new MoeRunError("STORE_CORRUPT", `expert (${r.layer}, ${r.expert}) in ${path} has ${r.length} bytes, expected ${expected}; re-import the model`);
       }
@@ -112,8 +112,8 @@ export class ExpertStore {
     const { hiddenSize: H, expertFfn: F } = layout;
     invariant(w.gate.length === F * H && w.up.length === F * H && w.down.length === F * H, "expert matrices must be F*H each");
     invariant((w.biases !== undefined) === (layout.expertBias ?? false), "expert biases must be given exactly when the layout has them");
-    const out = padRecord(encodeExpertRecord(encodingsOf(layout, layer ?? 0), H, F, w, w.biases), expertRecordBytes(layout));
-    invariant(out.byteLength === expertRecordBytes(layout), "encoded expert record has the layout's size");
+    const out = encodeExpertRecord(encodingsOf(layout, layer ?? 0), H, F, w, w.biases);
+    invariant(out.byteLength === layerRecordBytes(layout, layer ?? 0), "encoded expert record has the layout's size");
     return out;
   }
 
@@ -122,7 +122,7 @@ export class ExpertStore {
    * commit (disk full) throws here rather than surfacing later as an unhandled rejection.
    */
   put(layer: number, expert: number, record: Uint8Array): void {
-    invariant(record.byteLength === expertRecordBytes(this.layout), `record for (${layer}, ${expert}) has the wrong size`);
+    invariant(record.byteLength === layerRecordBytes(this.layout, layer), `record for (${layer}, ${expert}) has the wrong size`);
     const db = this.handle();
     db.transactionSync(() => db.putSync([layer, expert], Buffer.from(record.buffer, record.byteOffset, record.byteLength)));
   }

@@ -7,7 +7,7 @@
  * fp32 gate bias [F], up bias [F], down bias [H] (little-endian, right after the matrices; not
  * necessarily 4-byte aligned for f16 records of odd sizes). Without biases a record is exactly
  * the three matrices. Each matrix may have an encoding of its own (RecordEncodings: a GGUF file
- * that mixes expert types); such a model's records are padded to one size (store/recordEncodings.ts).
+ * that mixes expert types; store/recordEncodings.ts), and then each layer's records have their own size.
  *
  * Matrix [rows, cols], row-major, blocks of 32 along a row (cols % 32 == 0 for int8/int4/mxfp4):
  *   f32   : float32[rows*cols]
@@ -267,14 +267,10 @@ function writeBiases(out: Uint8Array, l: ExpertRecordLayout, H: number, F: numbe
   put(l.downBias![0], b.down);
 }
 
-/**
- * The fp32 biases of a record with expertBias's layout (copies). A mixed model's record may be
- * longer (padding after the biases, store/recordEncodings.ts), never shorter.
- */
+/** The fp32 biases of a record with expertBias's layout (copies). */
 export function readExpertBiases(record: Uint8Array, enc: RecordEncoding, hiddenSize: number, expertFfn: number): ExpertBiases {
   const l = expertRecordLayout(enc, hiddenSize, expertFfn, true);
-  const exact = typeof enc === "string";
-  if (exact ? record.byteLength !== l.bytes : record.byteLength < l.bytes) {
+  if (record.byteLength !== l.bytes) {
     throw new InvalidOptionError(`expert record has ${record.byteLength} bytes, expected ${l.bytes} (${JSON.stringify(enc)} with biases)`);
   }
   const get = ([at, bytes]: [number, number]) => new Float32Array(record.slice(at, at + bytes).buffer);

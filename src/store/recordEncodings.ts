@@ -5,9 +5,9 @@
  * third between), and every k-quant falls back to Q5_0/Q8_0 etc. where a row is not whole
  * super-blocks; those blocks are imported as they are, so the numbers stay llama.cpp's.
  *
- * Every record of a model has the same size (the store, the caches and the pools count records of
- * one size): the largest layer's. A layer whose matrices take fewer bytes has zeros after its
- * record's last part (its biases, else down). For Q4_K_M that is about 7% of the experts' bytes.
+ * Each layer's records take that layer's bytes, so the experts take what the file's do. The
+ * manifest's experts.recordBytes is the largest record (what budgets and plans size a slot by);
+ * the store checks each record against its own layer, and the caches count each expert's bytes.
  */
 import { InvalidOptionError } from "../errors.js";
 import {
@@ -49,33 +49,32 @@ export function encodingsOf(shape: ExpertRecordShape, layer: number): RecordEnco
   return e;
 }
 
-/**
- * Layer `layer`'s encoding as the record functions take it: the model's one encoding (records of
- * exactly its size), or the layer's three (records padded to paddedRecordBytes).
- */
+/** Layer `layer`'s encoding as the record functions take it: the model's one encoding, or the layer's three. */
 export function recordEncodingOf(shape: ExpertRecordShape, layer: number): RecordEncoding {
   return shape.layerEncodings ? encodingsOf(shape, layer) : shape.encoding;
 }
 
-/** Where each part of a layer's record lies (without the padding to paddedRecordBytes). */
+/** Where each part of a layer's record lies. */
 export function layerRecordLayout(shape: ExpertRecordShape, layer: number): ExpertRecordLayout {
   return expertRecordLayout(encodingsOf(shape, layer), shape.hiddenSize, shape.expertFfn, shape.expertBias ?? false);
 }
 
-/** Bytes of every record of the model: the largest layer's record. */
-export function paddedRecordBytes(shape: ExpertRecordShape): number {
+/** Bytes of one record of layer `layer`. */
+export function layerRecordBytes(shape: ExpertRecordShape, layer: number): number {
+  return shape.layerEncodings ? layerRecordLayout(shape, layer).bytes : largestRecordBytes(shape);
+}
+
+/** Bytes of the model's largest record (of every record, where all layers share one encoding). */
+export function largestRecordBytes(shape: ExpertRecordShape): number {
   const one = (enc: RecordEncodings | ExpertEncoding) => expertRecordLayout(enc, shape.hiddenSize, shape.expertFfn, shape.expertBias ?? false).bytes;
   if (!shape.layerEncodings) return one(shape.encoding);
   return Math.max(...shape.layerEncodings.map(one));
 }
 
-/**
- * The native kernels' code for layer `layer`'s records: the encoding's (0..12, records of exactly
- * its size), or for a model with layerEncodings the mixed form (mixedRecordCode), whose records
- * may be longer than their parts (padding) even where a layer's three agree.
- */
+/** The native kernels' code for layer `layer`'s records: an encoding's (0..12) where the three agree, else mixedRecordCode. */
 export function nativeRecordCode(shape: ExpertRecordShape, layer: number): number {
-  return shape.layerEncodings ? mixedRecordCode(encodingsOf(shape, layer)) : encodingCode(shape.encoding);
+  const e = encodingsOf(shape, layer);
+  return e.gate === e.up && e.up === e.down ? encodingCode(e.gate) : mixedRecordCode(e);
 }
 
 /** 2^24 + gate + up * 256 + down * 65536 (native-bindings/src/moe_native.cc record_encs). */
@@ -123,13 +122,4 @@ export function checkRecordEncodings(e: RecordEncodings, hiddenSize: number, exp
     const k = isKQuant(enc) ? QK_K : enc === "int8" || enc === "int4" || enc === "mxfp4" || isGgmlBlocks(enc) ? BLOCK : 1;
     if (cols % k !== 0) throw new InvalidOptionError(`${what}: ffn_${part} rows of ${cols} values are not whole ${k}-value blocks of ${enc}`);
   }
-}
-
-/** The record padded with zeros to `bytes` (the model's record size); the record itself if it has that size. */
-export function padRecord(record: Uint8Array, bytes: number): Uint8Array {
-  if (record.byteLength === bytes) return record;
-  if (record.byteLength > bytes) throw new InvalidOptionError(`an expert record of ${record.byteLength} bytes does not fit the model's ${bytes}-byte records`);
-  const out = new Uint8Array(bytes);
-  out.set(record);
-  return out;
 }
