@@ -15,6 +15,7 @@ import type { ExpertKernel } from "../kernels/expertKernels.js";
 import type { ExpertStore } from "../store/ExpertStore.js";
 import { freeResident, prepareOwned } from "../cache/residentRecords.js";
 import type { CpuExpertPool } from "./CpuExpertPool.js";
+import { describeExpertEncodings, type ExpertRecordShape } from "../store/recordEncodings.js";
 
 export interface CostFigures {
   deviceFixed: number;
@@ -40,7 +41,7 @@ export class CostModel {
 
   /** Cached figures for this machine and shape, or a fresh measurement (a few runs of each side). */
   static async calibrate(
-    key: { encoding: string; hiddenSize: number; expertFfn: number; numLayers: number; numExperts: number; layers?: readonly number[] },
+    key: ExpertRecordShape & { numLayers: number; numExperts: number; layers?: readonly number[] },
     store: ExpertStore,
     kernel: ExpertKernel<unknown>,
     device: ExecutionDevice,
@@ -49,7 +50,7 @@ export class CostModel {
   ): Promise<CostModel> {
     const file = options.cacheFile ?? path.join(os.homedir(), ".cache", "moe-run", "calibration.json");
     // v3: figures measured over experts that do not fit in the CPU caches.
-    const id = `v4|${os.cpus()[0]?.model ?? "cpu"}|${os.availableParallelism()}|${pool.threads}|${kernel.name}@${device}|${key.encoding}|${key.hiddenSize}x${key.expertFfn}`;
+    const id = `v4|${os.cpus()[0]?.model ?? "cpu"}|${os.availableParallelism()}|${pool.threads}|${kernel.name}@${device}|${describeExpertEncodings(key)}|${key.hiddenSize}x${key.expertFfn}`;
     let cache: Record<string, CostFigures> = {};
     try {
       cache = JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, CostFigures>;
