@@ -22,7 +22,7 @@ import { describeExpertEncodings, largestRecordBytes, layerRecordBytes, mixedRec
 import { ExpertStore } from "../src/store/ExpertStore.js";
 import { expertShape } from "../src/model/manifest.js";
 import { writeSyntheticCheckpoint } from "../src/synthetic/syntheticCheckpoint.js";
-import { MODELS, ROOT, greedyRun, maxRelErr, rand, tmpDir } from "./helpers.js";
+import { MODELS, ROOT, greedyRun, maxRelErr, rand, runCli, tmpDir } from "./helpers.js";
 
 const H = 256;
 const F = 512;
@@ -203,6 +203,9 @@ describe("a Q4_K_M-style GGUF (Q6_K ffn_down in one layer, Q4_K elsewhere)", () 
     const [a, b] = [await loadModel(blocks, { threads: 1, log: () => {} }), await loadModel(floats, { threads: 1, log: () => {} })];
     try {
       expect(a.engineInfo().experts).toBe("q4_k; ffn_down q6_k in layer 1");
+      const cli = runCli(["run", blocks, "--prompt", "The license", "--max-tokens", "4", "--threads", "1", "--stats"]);
+      expect(cli.status, cli.stderr).toBe(0);
+      expect(cli.stderr).toContain("expert kernel native (experts q4_k; ffn_down q6_k in layer 1)");
       const la = (await a.logits(ids)).data;
       const lb = (await b.logits(ids)).data;
       const V = a.dims.vocabSize;

@@ -156,7 +156,7 @@ export function reportStats(model: MoeModel, o: ModelCliOptions, extra: Record<s
     `  host tier:   budget ${formatBytes(host.budgetBytes)}, resident max ${formatBytes(host.residentBytesMax)}, ${host.hits} hits; read from the store ${host.reads} records, ${formatBytes(host.bytesRead)}${host.directReads ? " (direct I/O)" : " (buffered, pages dropped)"}`,
     `  stalls: ${(1000 * r.stalls.secondsPerForward).toFixed(2)} ms per forward pass (${r.stalls.forwards} passes, ${r.stalls.waits} waits)`,
     ...(r.memoryPlan ? [`  ${describePlan(r.memoryPlan)}`] : []),
-    `  engine: dense ${engine.dense} (${formatBytes(engine.denseBytesPerToken)} of dense weights per token), expert kernel ${engine.expertKernel} on ${engine.experts} experts, ${engine.threads} thread(s), ${engine.kvCache} KV cache`,
+    `  engine: dense ${engine.dense} (${formatBytes(engine.denseBytesPerToken)} of dense weights per token), expert kernel ${engine.expertKernel} (experts ${engine.experts}), ${engine.threads} thread(s), ${engine.kvCache} KV cache`,
     ...stepLines(extra.generation as { decodeBreakdown?: StepTimesSnapshot; prefillBreakdown?: StepTimesSnapshot } | undefined),
     ...(pr ? [`  predictor ${pr.name}: next-layer recall@k ${(100 * pr.recall).toFixed(1)}%, precision ${(100 * pr.precision).toFixed(1)}%`] : []),
     ...(pf ? [`  prefetch: ${pf.issued} issued, ${pf.used} used (${pf.late} late), ${pf.wasted} wasted, ${pf.dropped} dropped, ${(1000 * pf.stallSavedSeconds).toFixed(1)} ms of loads overlapped`] : []),
