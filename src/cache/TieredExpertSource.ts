@@ -196,12 +196,7 @@ export class TieredExpertSource {
       waited = true;
       resident = await this.loadDemand(id, key);
     }
-    const loadSeconds = this.prefetched.get(key);
-    if (loadSeconds !== undefined) {
-      this.prefetched.delete(key);
-      this.prefetchStats.used++;
-      this.prefetchStats.stallSavedSeconds += Math.max(0, loadSeconds - (performance.now() - t0) / 1000);
-    }
+    this.usePrefetched(key, (performance.now() - t0) / 1000);
     if (waited) this.stallWaits++;
     this.stall[layer] = this.stall[layer]! + (performance.now() - t0) / 1000;
     if (this.cache.has(id)) this.cache.protect([id]);
@@ -219,13 +214,18 @@ export class TieredExpertSource {
     const loading = this.inflight.get(key);
     if ((loading && !loading.done) || !this.cache.has(id)) return undefined;
     const resident = this.cache.lookup(id, { loadedForThis: this.demanded.delete(key) });
-    if (this.prefetched.has(key)) {
-      this.prefetchStats.stallSavedSeconds += this.prefetched.get(key)!;
-      this.prefetched.delete(key);
-      this.prefetchStats.used++;
-    }
+    this.usePrefetched(key, 0);
     this.cache.protect([id]);
     return resident;
+  }
+
+  /** A prefetched expert is used, after `waitedSeconds` of waiting: its load time less that was saved. */
+  private usePrefetched(key: ExpertKey, waitedSeconds: number): void {
+    const loadSeconds = this.prefetched.get(key);
+    if (loadSeconds === undefined) return;
+    this.prefetched.delete(key);
+    this.prefetchStats.used++;
+    this.prefetchStats.stallSavedSeconds += Math.max(0, loadSeconds - waitedSeconds);
   }
 
   /**

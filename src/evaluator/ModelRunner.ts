@@ -9,7 +9,7 @@ import { resolveDevice, type DeviceName, type ExecutionDevice, type HostTensor }
 import { isMoeLayer, kvShape, modelFeatures, type ModelDims, type ModelFeatures } from "../architectures/ModelDims.js";
 import { readFloatInitializer, readGraph } from "../onnx/graphFile.js";
 import { InvalidOptionError, invariant } from "../errors.js";
-import type { ModelManifest } from "../model/manifest.js";
+import { expertShape, type ModelManifest } from "../model/manifest.js";
 import { createExpertKernel, type ExpertKernel, type ExpertKernelName } from "../kernels/expertKernels.js";
 import { loadNativeAddon } from "../kernels/nativeAddon.js";
 import type { CpuExpertPool } from "../scheduler/CpuExpertPool.js";
@@ -108,12 +108,8 @@ export class ModelRunner {
     const dense = await createDenseLayers(options.dense ?? "auto", modelDir, manifest, { threads, device, log });
     try {
       const kernel = await createExpertKernel(options.expertKernel ?? "auto", {
-        encoding: manifest.precision.experts,
-        layerEncodings: manifest.precision.expertLayers,
-        hiddenSize: manifest.dims.hiddenSize,
-        expertFfn: manifest.dims.expertFfn,
+        ...expertShape(manifest),
         activation: modelFeatures(manifest.dims).expertActivation,
-        expertBias: modelFeatures(manifest.dims).expertBias,
         threads,
         device,
         log: options.log,
@@ -253,11 +249,7 @@ export class ModelRunner {
     // Accumulating in a fixed expert order keeps the fp32 sums identical whatever the order of
     // computation, so offloading stays lossless.
     const outputs = new Map<number, Float32Array>();
-    const gather = (rowsOf: number[]) => {
-      const rows = new Float32Array(rowsOf.length * H); // [n, H] tokens routed to one expert
-      rowsOf.forEach((t, i) => rows.set(x.subarray(t * H, (t + 1) * H), i * H));
-      return rows;
-    };
+    const gather = (rowsOf: number[]) => gatherRows(x, rowsOf, H, new Float32Array(rowsOf.length * H));
     // The CPU pool's share starts first and runs while the device side computes.
     const hybrid = this.hybrid;
     const toCpu = hybrid ? hybrid.scheduler.plan(groups.map(([e, g]) => ({ expert: e, tokens: g.rows.length, resident: ready(e) === 0, promote: experts.wouldPromote?.(layer, e) ?? false }))) : new Set<number>();
@@ -297,15 +289,7 @@ export class ModelRunner {
       hybrid.scheduler.record(layer, "device", groups.length - toCpu.size, deviceSeconds);
       if (toCpu.size) hybrid.scheduler.record(layer, "cpu", toCpu.size, cpuSeconds);
     }
-    for (const [e, group] of byExpert) {
-      const n = group.rows.length;
-      const y = outputs.get(e)!;
-      for (let i = 0; i < n; i++) {
-        const wt = group.weights[i]!;
-        const base = group.rows[i]! * H;
-        for (let h = 0; h < H; h++) out[base + h] = out[base + h]! + Math.fround(y[i * H + h]! * wt);
-      }
-    }
+    for (const [e, group] of byExpert) addWeighted(out, outputs.get(e)!, group, H);
     return out;
   }
 
@@ -335,14 +319,10 @@ export class ModelRunner {
         const group = groups.get(e)!;
         const n = group.rows.length;
         // [n, H] tokens routed to the expert (a decode step's one token: x itself).
-        if (rows !== x) group.rows.forEach((t, i) => rows.set(x.subarray(t * H, (t + 1) * H), i * H));
+        if (rows !== x) gatherRows(x, group.rows, H, rows);
         const pending = this.kernel.forward(resident, rows, n, y, layer);
         if (pending) await pending;
-        for (let i = 0; i < n; i++) {
-          const wt = group.weights[i]!;
-          const base = group.rows[i]! * H;
-          for (let h = 0; h < H; h++) out[base + h] = out[base + h]! + Math.fround(y[i * H + h]! * wt);
-        }
+        addWeighted(out, y, group, H);
       }
     } finally {
       for (const [e] of held) experts.release?.(layer, e);
@@ -352,6 +332,21 @@ export class ModelRunner {
   async dispose(): Promise<void> {
     await this.dense.dispose();
     await this.kernel.dispose();
+  }
+}
+
+/** rows [n, H] = the tokens `rowsOf` of x [T, H], in that order (into `into`, returned). */
+function gatherRows(x: Float32Array, rowsOf: readonly number[], H: number, into: Float32Array): Float32Array {
+  rowsOf.forEach((t, i) => into.set(x.subarray(t * H, (t + 1) * H), i * H));
+  return into;
+}
+
+/** out[t] += fp32(y[i] * weight) for each token t = group.rows[i]: one expert's weighted output, in fp32. */
+function addWeighted(out: Float32Array, y: Float32Array, group: { rows: readonly number[]; weights: readonly number[] }, H: number): void {
+  for (let i = 0; i < group.rows.length; i++) {
+    const wt = group.weights[i]!;
+    const base = group.rows[i]! * H;
+    for (let h = 0; h < H; h++) out[base + h] = out[base + h]! + Math.fround(y[i * H + h]! * wt);
   }
 }
 

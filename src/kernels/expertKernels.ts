@@ -98,8 +98,8 @@ class NativeExpertKernel extends HostExpertKernel {
     this.spec = isPlainExpert(o) ? undefined : nativeExpertSpec(o.activation, o.expertBias);
   }
   forward(record: Uint8Array, x: Float32Array, tokens: number, out: Float32Array, layer: number): void {
-    const code = this.o.layerEncodings ? this.codes[layer] : this.codes[0];
-    if (code === undefined) throw new InvalidOptionError(`the experts' encodings name ${this.codes.length} layers; there is no layer ${layer}`);
+    // A layer the encodings do not name: nativeRecordCode throws (encodingsOf's error).
+    const code = this.codes[this.o.layerEncodings ? layer : 0] ?? nativeRecordCode(this.o, layer);
     this.addon.expertForward(code, record, this.o.hiddenSize, this.o.expertFfn, x, tokens, out, this.o.threads, this.spec);
   }
 }

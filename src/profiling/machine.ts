@@ -153,12 +153,8 @@ export async function measureExpertCompute(model: MoeModel, threads: number): Pr
     store.close();
   }
   const kernel = await createExpertKernel(model.expertKernel as ExpertKernelName, {
-    encoding: m.precision.experts,
-    layerEncodings: m.precision.expertLayers,
-    hiddenSize: d.hiddenSize,
-    expertFfn: d.expertFfn,
+    ...expertShape(m),
     activation: modelFeatures(d).expertActivation,
-    expertBias: modelFeatures(d).expertBias,
     threads,
     device: model.device,
   });
