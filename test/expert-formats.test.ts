@@ -12,7 +12,7 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
-import { createExpertKernel, type ExpertKernelName } from "../src/kernels/expertKernels.js";
+import type { ExpertKernelName } from "../src/kernels/expertKernels.js";
 import { GgmlType, dequantize, quantize } from "../src/formats/ggmlQuants.js";
 import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
 import {
@@ -45,7 +45,7 @@ import { exportGguf } from "../src/formats/ggufExport.js";
 import { importModel } from "../src/importer/importModel.js";
 import { loadModel } from "../src/index.js";
 import { writeSyntheticCheckpoint } from "../src/synthetic/syntheticCheckpoint.js";
-import { MODELS, ROOT, greedyRun, maxRelErr, rand, tmpDir } from "./helpers.js";
+import { MODELS, ROOT, expertOutput, greedyRun, matmulRef, maxRelErr, rand, tmpDir } from "./helpers.js";
 
 
 
@@ -292,18 +292,6 @@ function quantActRef(W: Float32Array, rows: number, cols: number, x: Float32Arra
   return y;
 }
 
-/** y[T, rows] = x . W^T in fp64. */
-function floatRef(W: Float32Array, rows: number, cols: number, x: Float32Array, T: number): Float64Array {
-  const y = new Float64Array(T * rows);
-  for (let t = 0; t < T; t++)
-    for (let r = 0; r < rows; r++) {
-      let s = 0;
-      for (let c = 0; c < cols; c++) s += W[r * cols + c]! * x[t * cols + c]!;
-      y[t * rows + r] = s;
-    }
-  return y;
-}
-
 /** max |a - ref| / max |ref|. */
 function relErr(a: Float32Array, ref: Float64Array): number {
   let err = 0;
@@ -387,18 +375,7 @@ describe.each([...GGML_K_ENCODINGS, ...GGML_BLOCK_ENCODINGS])("%s experts: GGUF 
   const weights = { gate: kWeights(F, H, 41, 0.2), up: kWeights(F, H, 42, 0.2), down: kWeights(H, F, 43, 0.15) };
   const record = encodeExpertRecord(enc, H, F, weights);
 
-  async function run(name: ExpertKernelName, x: Float32Array, tokens: number, threads = 2): Promise<Float32Array> {
-    const kernel = await createExpertKernel(name, { encoding: enc, hiddenSize: H, expertFfn: F, threads });
-    try {
-      const resident = await kernel.prepare(record, 0);
-      const out = new Float32Array(tokens * H);
-      await kernel.forward(resident, x, tokens, out, 0);
-      kernel.free(resident);
-      return out;
-    } finally {
-      await kernel.dispose();
-    }
-  }
+  const run = (name: ExpertKernelName, x: Float32Array, tokens: number, threads = 2) => expertOutput(name, { encoding: enc, hiddenSize: H, expertFfn: F, threads }, record, x, tokens);
 
   it("native (1 and 2 threads), onnx and js agree on an expert (1, 3 and 17 tokens)", async () => {
     expect(record.byteLength).toBe(recordBytes(enc, H, F));
@@ -447,10 +424,10 @@ describe.each([...GGML_K_ENCODINGS, ...GGML_BLOCK_ENCODINGS])("%s experts: GGUF 
       const part = ([o, n]: [number, number]) => record.subarray(o, o + n);
       const [G, U, D] = [decodeMatrix(enc, part(l.gate), F, H), decodeMatrix(enc, part(l.up), F, H), decodeMatrix(enc, part(l.down), H, F)];
       const expertRef = (x: Float32Array, T: number) => {
-        const g = floatRef(G, F, H, x, T);
-        const u = floatRef(U, F, H, x, T);
+        const g = matmulRef(G, F, H, x, T);
+        const u = matmulRef(U, F, H, x, T);
         const h = Float32Array.from(g, (v, i) => (v / (1 + Math.exp(-v))) * u[i]!);
-        return floatRef(D, H, F, h, T);
+        return matmulRef(D, H, F, h, T);
       };
       for (const isa of isas) {
         const r = spawnSync(process.execPath, [path.join(ROOT, "test", "kernel-isa-child.mjs"), dir], { env: { ...process.env, MOE_RUN_KERNEL_ISA: isa }, encoding: "utf8", timeout: 120_000 });
@@ -462,7 +439,7 @@ describe.each([...GGML_K_ENCODINGS, ...GGML_BLOCK_ENCODINGS])("%s experts: GGUF 
         for (let i = 0; i < 4; i++) {
           const c = cases[i]!;
           expect(relErr(out[i]!, quantActRef(MW, mr, mc, c.x, c.T)), `${isa} matmul T=${c.T} (emulation)`).toBeLessThan(1e-5);
-          expect(relErr(out[i]!, floatRef(MW, mr, mc, c.x, c.T)), `${isa} matmul T=${c.T} (fp64)`).toBeLessThan(2e-2);
+          expect(relErr(out[i]!, matmulRef(MW, mr, mc, c.x, c.T)), `${isa} matmul T=${c.T} (fp64)`).toBeLessThan(2e-2);
         }
         for (const [a, b] of [[4, 5], [6, 7]] as const) expect(Buffer.from(out[a]!.buffer).equals(Buffer.from(out[b]!.buffer)), `${isa} threads`).toBe(true);
         expect(relErr(out[8]!, expertRef(ex, 17)), `${isa} expert`).toBeLessThan(2e-2);

@@ -5,6 +5,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll } from "vitest";
 import { importModel, type ImportOptions } from "../src/importer/importModel.js";
+import { createExpertKernel, type ExpertKernelName, type ExpertKernelOptions } from "../src/kernels/expertKernels.js";
 import { loadModel } from "../src/model/loadModel.js";
 import type { LoadModelOptions } from "../src/model/MoeModel.js";
 
@@ -133,5 +134,31 @@ export async function greedyRun(modelDir: string, prompt: string, tokens: number
     return { ids, stats: await model.cacheStats() };
   } finally {
     await model.dispose();
+  }
+}
+
+/** y[T, rows] = x[T, cols] . W^T in fp64 (a reference for the kernels, on decoded weights). */
+export function matmulRef(W: ArrayLike<number>, rows: number, cols: number, x: ArrayLike<number>, T: number): Float64Array {
+  const y = new Float64Array(T * rows);
+  for (let t = 0; t < T; t++)
+    for (let r = 0; r < rows; r++) {
+      let s = 0;
+      for (let c = 0; c < cols; c++) s += W[r * cols + c]! * x[t * cols + c]!;
+      y[t * rows + r] = s;
+    }
+  return y;
+}
+
+/** One expert's output [tokens, H] from `record` (of `layer`) with the kernel `name`, which is made and disposed here. */
+export async function expertOutput(name: ExpertKernelName, options: ExpertKernelOptions, record: Uint8Array, x: Float32Array, tokens: number, layer = 0): Promise<Float32Array> {
+  const kernel = await createExpertKernel(name, options);
+  try {
+    const resident = await kernel.prepare(record, layer);
+    const out = new Float32Array(tokens * options.hiddenSize);
+    await kernel.forward(resident, x, tokens, out, layer);
+    kernel.free(resident);
+    return out;
+  } finally {
+    await kernel.dispose();
   }
 }

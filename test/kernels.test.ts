@@ -27,7 +27,7 @@ import {
   type ExpertEncoding,
 } from "../src/store/expertEncoding.js";
 import { ExpertStore } from "../src/store/ExpertStore.js";
-import { ROOT, maxRelErr, rand, tmpDir } from "./helpers.js";
+import { ROOT, matmulRef, maxRelErr, rand, tmpDir } from "./helpers.js";
 
 /**
  * The encodings these suites run at their sizes (H = 96, not whole 256-value super-blocks): the
@@ -185,18 +185,6 @@ function runIsaCases(isa: string, cases: IsaCase[]): { isa: string; outputs: Flo
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
-}
-
-/** y[T,rows] = x[T,cols] . W^T in fp64 on the decoded weights. */
-function matmulRef(W: Float32Array, rows: number, cols: number, x: ArrayLike<number>, T: number): Float64Array {
-  const y = new Float64Array(T * rows);
-  for (let t = 0; t < T; t++)
-    for (let r = 0; r < rows; r++) {
-      let s = 0;
-      for (let c = 0; c < cols; c++) s += W[r * cols + c]! * x[t * cols + c]!;
-      y[t * rows + r] = s;
-    }
-  return y;
 }
 
 /** The expert in fp64 on the decoded weights; with `bias` the record carries biases. */

@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { exportGguf } from "../src/formats/ggufExport.js";
 import { importModel } from "../src/importer/importModel.js";
 import { loadModel } from "../src/index.js";
-import { createExpertKernel, type ExpertKernelName } from "../src/kernels/expertKernels.js";
+import type { ExpertKernelName } from "../src/kernels/expertKernels.js";
 import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
 import { readManifest } from "../src/model/manifest.js";
 import { decodeMatrix, encodeExpertRecord, expertRecordLayout, recordBytes, type RecordEncodings } from "../src/store/expertEncoding.js";
@@ -22,23 +22,11 @@ import { describeExpertEncodings, largestRecordBytes, layerRecordBytes, mixedRec
 import { ExpertStore } from "../src/store/ExpertStore.js";
 import { expertShape } from "../src/model/manifest.js";
 import { writeSyntheticCheckpoint } from "../src/synthetic/syntheticCheckpoint.js";
-import { MODELS, ROOT, greedyRun, maxRelErr, rand, runCli, tmpDir } from "./helpers.js";
+import { MODELS, ROOT, expertOutput, greedyRun, matmulRef, maxRelErr, rand, runCli, tmpDir } from "./helpers.js";
 
 const H = 256;
 const F = 512;
 const MIX: RecordEncodings = { gate: "q4_k", up: "q5_0", down: "q6_k" };
-
-/** y [T, rows] = x [T, cols] . W^T in fp64. */
-function floatRef(w: Float32Array, rows: number, cols: number, x: Float32Array, T: number): Float32Array {
-  const y = new Float32Array(T * rows);
-  for (let t = 0; t < T; t++)
-    for (let r = 0; r < rows; r++) {
-      let acc = 0;
-      for (let c = 0; c < cols; c++) acc += w[r * cols + c]! * x[t * cols + c]!;
-      y[t * rows + r] = acc;
-    }
-  return y;
-}
 
 describe("a record whose three matrices have encodings of their own", () => {
   const weights = { gate: rand(F * H, 1, 0.2), up: rand(F * H, 2, 0.2), down: rand(H * F, 3, 0.15) };
@@ -47,10 +35,10 @@ describe("a record whose three matrices have encodings of their own", () => {
   const part = ([o, n]: [number, number]) => record.subarray(o, o + n);
   const [G, U, D] = [decodeMatrix("q4_k", part(l.gate), F, H), decodeMatrix("q5_0", part(l.up), F, H), decodeMatrix("q6_k", part(l.down), H, F)];
   const expertRef = (x: Float32Array, T: number) => {
-    const g = floatRef(G, F, H, x, T);
-    const u = floatRef(U, F, H, x, T);
+    const g = Float32Array.from(matmulRef(G, F, H, x, T));
+    const u = Float32Array.from(matmulRef(U, F, H, x, T));
     const h = Float32Array.from(g, (v, i) => (v / (1 + Math.exp(-v))) * u[i]!);
-    return floatRef(D, H, F, h, T);
+    return Float32Array.from(matmulRef(D, H, F, h, T));
   };
 
   it("lays out gate, up and down each in its own encoding, one after the other", () => {
@@ -65,19 +53,9 @@ describe("a record whose three matrices have encodings of their own", () => {
     expect(describeExpertEncodings(shape)).toBe("q4_k; ffn_up q5_0 in layer 1, ffn_down q6_k in layer 1");
   });
 
-  async function run(name: ExpertKernelName, rec: Uint8Array, x: Float32Array, tokens: number): Promise<Float32Array> {
-    // Layer 1 is the mixed one.
-    const kernel = await createExpertKernel(name, { encoding: "q4_k", layerEncodings: [{ gate: "q4_k", up: "q4_k", down: "q4_k" }, MIX], hiddenSize: H, expertFfn: F, threads: 2 });
-    try {
-      const resident = await kernel.prepare(rec, 1);
-      const out = new Float32Array(tokens * H);
-      await kernel.forward(resident, x, tokens, out, 1);
-      kernel.free(resident);
-      return out;
-    } finally {
-      await kernel.dispose();
-    }
-  }
+  // Layer 1 is the mixed one.
+  const run = (name: ExpertKernelName, rec: Uint8Array, x: Float32Array, tokens: number) =>
+    expertOutput(name, { encoding: "q4_k", layerEncodings: [{ gate: "q4_k", up: "q4_k", down: "q4_k" }, MIX], hiddenSize: H, expertFfn: F, threads: 2 }, rec, x, tokens, 1);
 
   it("js and onnx compute the decoded matrices; native within its 8-bit activations", async () => {
     for (const tokens of [1, 3, 17]) {
