@@ -18,9 +18,43 @@ namespace moe {
 // Straight from the kernel (mmap), not malloc: glibc raises its mmap threshold after the first
 // large free, so later records would come from malloc's heaps and stay in the RSS after free;
 // munmap gives a record's pages back at once. Page-aligned, as O_DIRECT wants.
+//
+// Blocks of 2 MiB or more start on a 2 MiB boundary and ask for transparent huge pages over their
+// whole 2 MiB spans (the tail stays in 4 KiB pages, so the RSS is the block's size, not rounded
+// up): the kernels stream each expert once per token, and with 4 KiB pages the hardware
+// prefetcher stops at every page boundary and each page costs a TLB miss. Measured here (1 GiB
+// sum, 6 interleaved runs each): 13.5 GB/s median from 4 KiB pages, 15.1 from huge pages; decode
+// of the 600m int8 model ~8% faster. MOE_RUN_HUGE_PAGES=0 turns it off (for A/B runs).
+namespace {
+constexpr uint64_t kHugePage = uint64_t(2) << 20;
+
+bool huge_pages_wanted() {
+  static const bool wanted = [] {
+    const char* v = std::getenv("MOE_RUN_HUGE_PAGES");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return wanted;
+}
+}  // namespace
+
 uint8_t* alloc_block(uint64_t capacity) {
-  void* mem = mmap(nullptr, std::max<uint64_t>(capacity, kDirectAlign), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  return mem == MAP_FAILED ? nullptr : static_cast<uint8_t*>(mem);
+  const uint64_t len = std::max<uint64_t>(capacity, kDirectAlign);
+  if (len < kHugePage || !huge_pages_wanted()) {
+    void* mem = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return mem == MAP_FAILED ? nullptr : static_cast<uint8_t*>(mem);
+  }
+  // Map one huge page more, then unmap what lies before the first 2 MiB boundary and after the block.
+  void* mem = mmap(nullptr, len + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return nullptr;
+  const uintptr_t raw = reinterpret_cast<uintptr_t>(mem);
+  const uintptr_t start = (raw + kHugePage - 1) & ~uintptr_t(kHugePage - 1);
+  const uint64_t mapped_end = raw + len + kHugePage;
+  const uint64_t end = (start + len + kDirectAlign - 1) & ~uint64_t(kDirectAlign - 1);
+  if (start > raw) munmap(mem, start - raw);
+  if (mapped_end > end) munmap(reinterpret_cast<void*>(end), mapped_end - end);
+  // Advice only: where the kernel has no huge pages to give, the block keeps 4 KiB pages.
+  madvise(reinterpret_cast<void*>(start), len & ~(kHugePage - 1), MADV_HUGEPAGE);
+  return reinterpret_cast<uint8_t*>(start);
 }
 
 void free_block(uint8_t* base, uint64_t capacity) { munmap(base, std::max<uint64_t>(capacity, kDirectAlign)); }
