@@ -8,9 +8,9 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadModel, type LanguageModel } from "../src/index.js";
+import { importModel, loadModel, type LanguageModel } from "../src/index.js";
 import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
-import { ROOT, importFixture, greedyRun } from "./helpers.js";
+import { ROOT, copyFixture, importFixture, greedyRun } from "./helpers.js";
 
 const addon = loadNativeAddon().addon;
 const FIXTURES = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe", "moe-tiny-en", "tiny-granitemoe", "tiny-phimoe", "tiny-gpt-oss", "tiny-glm4-moe", "tiny-deepseek-v2", "tiny-qwen3-moe-dense"];
@@ -269,6 +269,32 @@ process.stdout.write(JSON.stringify(Array.from(l)));`;
       const dir = await importFixture("tiny-mixtral");
       await expect(loadModel(dir, { kvCache: "f8" as never, log: () => {} })).rejects.toThrow(/kvCache must be "f32" or "f16", got "f8"/);
     });
+
+    it("plans the default context with the precision the cache is kept in (fp32 in the onnx graphs)", async () => {
+      // tiny-mixtral allowed 131072 positions: its KV cache (2 layers x 2 heads x (16 + 16), past and
+      // present) takes 512 bytes a position in halves, 1024 in fp32; with 256 MiB available the
+      // default gives it an eighth, 32 MiB.
+      const src = copyFixture("tiny-mixtral");
+      const config = JSON.parse(fs.readFileSync(path.join(src, "config.json"), "utf8"));
+      fs.writeFileSync(path.join(src, "config.json"), JSON.stringify({ ...config, max_position_embeddings: 131072 }));
+      const dir = path.join(path.dirname(src), "tiny-mixtral-long");
+      await importModel(src, dir, { progress: false, log: () => {} });
+      const MiB = 2 ** 20;
+      const memoryLimits = { limitBytes: 256 * MiB, source: "cgroup-v1" as const, availableBytes: 256 * MiB, memTotalBytes: 256 * MiB, memAvailableBytes: 256 * MiB };
+      const logs: string[] = [];
+      const half = await loadModel(dir, { threads: 1, dense: "native", memoryLimits, log: (l) => logs.push(l) });
+      const full = await loadModel(dir, { threads: 1, dense: "onnx", memoryLimits, log: (l) => logs.push(l) });
+      try {
+        expect(half.engineInfo().kvCache).toBe("f16");
+        expect(full.engineInfo().kvCache).toBe("f32");
+        expect(half.contextSize).toBe(65536);
+        expect(full.contextSize).toBe(32768);
+        expect(logs.filter((l) => /context size \d+ \(the model allows 131072/.test(l))).toHaveLength(2);
+      } finally {
+        await half.dispose();
+        await full.dispose();
+      }
+    }, 120_000);
   });
 
   it("holds the dense weights of an int8 model at int8 (about a quarter of the fp32 graphs)", async () => {

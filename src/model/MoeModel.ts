@@ -6,7 +6,7 @@
  */
 import * as os from "node:os";
 import * as path from "node:path";
-import { modelFeatures, moeLayers, type ModelDims } from "../architectures/ModelDims.js";
+import { kvShape, modelFeatures, moeLayers, type ModelDims } from "../architectures/ModelDims.js";
 import { TieredExpertSource, type ExpertCacheReport } from "../cache/TieredExpertSource.js";
 import { ContextOverflowError, InvalidOptionError, MoeRunError } from "../errors.js";
 import { measurePrefetchPayoff } from "../cache/prefetchPayoff.js";
@@ -83,17 +83,7 @@ export class MoeModel implements LanguageModel {
     checkPins(options.pin, d.numLayers, d.numExperts, modelFeatures(d).denseLayers);
     const log = options.log ?? ((line: string) => process.stderr.write(line + "\n"));
     const limits = options.memoryLimits ?? readMemoryLimits();
-    // KV cache [Hkv, S, hd] fp32 (or halves) for K and V per layer; a step holds past and present at once.
-    const kvBytesPerPosition = 2 * 2 * d.numLayers * d.numKvHeads * d.headDim * (options.kvCache === "f32" ? 4 : 2);
-    let contextSize = options.contextSize ?? d.maxPositions;
-    if (options.contextSize === undefined && kvBytesPerPosition * contextSize > limits.availableBytes / 8) {
-      // The model's full context would take over an eighth of the memory there is, memory the
-      // experts need more: default to less.
-      const fit = Math.floor(limits.availableBytes / 8 / kvBytesPerPosition);
-      contextSize = Math.max(Math.min(256, d.maxPositions), 2 ** Math.floor(Math.log2(Math.max(2, fit))));
-      log(`moe-run: context size ${contextSize} (the model allows ${d.maxPositions}, whose KV cache would take ${formatBytes(kvBytesPerPosition * d.maxPositions)} of ${formatBytes(limits.availableBytes)} available); --context-size to change`);
-    }
-    if (!Number.isInteger(contextSize) || contextSize < 2 || contextSize > d.maxPositions) {
+    if (options.contextSize !== undefined && (!Number.isInteger(options.contextSize) || options.contextSize < 2 || options.contextSize > d.maxPositions)) {
       throw new InvalidOptionError(`context size must be a whole number from 2 to ${d.maxPositions} (the model's limit), got ${options.contextSize}`);
     }
     const tokenizer = TextTokenizer.load(path.join(dir, manifest.tokenizer.json), manifest.tokenizer.config && path.join(dir, manifest.tokenizer.config));
@@ -104,6 +94,19 @@ export class MoeModel implements LanguageModel {
     const rssBefore = process.memoryUsage().rss;
     // The expert kernel decides the device tier's form of an expert (record, or GPU tensors), hence its size.
     const runner = await ModelRunner.create(dir, manifest, { threads, expertKernel: options.expertKernel, device: options.device, dense: options.dense, kvCache: options.kvCache, log });
+    // KV cache per position: K [Hkv, S, keyDim] and V [Hkv, S, valueDim] per layer (MLA: the latent
+    // alone), in the precision the dense layers keep it in (the onnx graphs: fp32 whatever was
+    // asked); a step holds past and present at once.
+    const kv = kvShape(d);
+    const kvBytesPerPosition = 2 * d.numLayers * kv.heads * (kv.keyDim + kv.valueDim) * (runner.kvPrecision === "f32" ? 4 : 2);
+    let contextSize = options.contextSize ?? d.maxPositions;
+    if (options.contextSize === undefined && kvBytesPerPosition * contextSize > limits.availableBytes / 8) {
+      // The model's full context would take over an eighth of the memory there is, memory the
+      // experts need more: default to less.
+      const fit = Math.floor(limits.availableBytes / 8 / kvBytesPerPosition);
+      contextSize = Math.max(Math.min(256, d.maxPositions), 2 ** Math.floor(Math.log2(Math.max(2, fit))));
+      log(`moe-run: context size ${contextSize} (the model allows ${d.maxPositions}, whose KV cache would take ${formatBytes(kvBytesPerPosition * d.maxPositions)} of ${formatBytes(limits.availableBytes)} available); --context-size to change`);
+    }
     let store: ExpertStore | undefined;
     let predictor: ExpertPredictor | undefined;
     let pool: CpuExpertPool | undefined;
