@@ -120,6 +120,28 @@ describe("out-of-core decode from the store on disk", () => {
     }
   });
 
+  it.skipIf(!loadNativeAddon().addon)("blocks of 2 MiB and more (huge-page aligned, tail in small pages) hold every byte and give all of it back at release", () => {
+    const addon = loadNativeAddon().addon!;
+    // Sizes around the 2 MiB boundary and an expert-like odd size (a 9.3 MiB record).
+    const sizes = [2 * MiB - 4096, 2 * MiB, 2 * MiB + 4096, 4 * MiB, 9_751_552 + 3, 16 * MiB + 12345];
+    const blocks: Uint8Array[] = [];
+    for (let round = 0; round < 4; round++) for (const n of sizes) blocks.push(addon.allocRange(n).subarray(0, n));
+    const total = blocks.reduce((s, b) => s + b.byteLength, 0);
+    const rssFull = () => process.memoryUsage().rss;
+    // Each block written end to end with its own pattern, then read back: no two overlap.
+    blocks.forEach((b, i) => b.fill((i * 37 + 11) & 255));
+    const rssTouched = rssFull();
+    blocks.forEach((b, i) => {
+      expect(b[0], `block ${i} start`).toBe((i * 37 + 11) & 255);
+      expect(b[b.byteLength - 1], `block ${i} end`).toBe((i * 37 + 11) & 255);
+      for (let at = 0; at < b.byteLength; at += 4096) if (b[at] !== ((i * 37 + 11) & 255)) expect.fail(`block ${i}: byte ${at} was overwritten`);
+    });
+    for (const b of blocks) addon.releaseRange(b);
+    for (const b of blocks) expect(b.byteLength).toBe(0);
+    // munmap gives the pages back at once: at least 90% of what was written leaves the RSS.
+    expect(rssTouched - rssFull()).toBeGreaterThan(0.9 * total);
+  });
+
   it("too little memory is refused with the minimum named", async () => {
     await expect(loadModel(dir, { threads: 1, log: () => {}, memoryLimits: limitsOf(20 * MiB) })).rejects.toThrow(/not enough memory to run this model: .*below the minimum [\d.]+ (KiB|MiB) \(\d+ bytes\)/);
   });
