@@ -5,6 +5,9 @@
  * run (each in its own process: MOE_RUN_KERNEL_ISA is read once per process), at 1 and 2 threads
  * (in turn, so drift hits both alike), 1 token (decode) and 16 tokens (prefill).
  * GB/s = record bytes / time (the weights are read once per call).
+ * --copies N: each call takes the next of N copies of the record, held the way moe-run holds
+ * experts (native blocks, huge pages): with N large enough (64 x a 9 MiB int8 expert) the weights
+ * come from memory, not from the cache, as in decoding; 1 (the default) measures a cache-hot expert.
  * With --onnx also onnxruntime with the weights as graph inputs / as initializers (the choice the
  * native kernels were written against).
  * Prints a table (medians; with the cores other processes kept busy meanwhile, from /proc/stat)
@@ -13,7 +16,7 @@
  * q2_k .. q6_k (GGUF k-quant super-blocks) need --hidden and --ffn multiples of 256 (else skipped);
  * q4_1 / q5_0 / q5_1 (GGUF 32-value blocks) multiples of 32.
  *
- *   node bench/kernels.mjs [--hidden 1024] [--ffn 2816] [--reps 40] [--tokens 1,16] [--isa avx2] [--encodings int4,q4_k] [--onnx]
+ *   node bench/kernels.mjs [--hidden 1024] [--ffn 2816] [--reps 40] [--tokens 1,16] [--isa avx2] [--encodings int4,q4_k] [--copies 64] [--onnx]
  */
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -29,6 +32,7 @@ const { values: args } = parseArgs({
     hidden: { type: "string", default: "1024" },
     ffn: { type: "string", default: "2816" },
     reps: { type: "string", default: "40" },
+    copies: { type: "string", default: "1" },
     tokens: { type: "string", default: "1,16" },
     encodings: { type: "string", default: "f32,f16,int8,int4,mxfp4,q4_1,q5_0,q5_1,q2_k,q3_k,q4_k,q6_k" },
     isa: { type: "string" },
@@ -40,6 +44,8 @@ const { values: args } = parseArgs({
 const H = Number(args.hidden);
 const F = Number(args.ffn);
 const reps = Number(args.reps);
+const copies = Number(args.copies);
+if (!Number.isInteger(copies) || copies < 1) throw new Error(`--copies must be a whole number >= 1, got ${args.copies}`);
 const tokenCounts = args.tokens.split(",").map(Number);
 const ENCODINGS = args.encodings.split(",").filter((e) => !/_k$/.test(e) || (H % 256 === 0 && F % 256 === 0));
 const THREADS = [1, 2];
@@ -111,12 +117,21 @@ async function nativeRows() {
   const rows = [];
   for (const enc of ENCODINGS) {
     const rec = await pack(enc);
+    // The copies in native blocks (allocRange: huge pages from 2 MiB), called in turn.
+    const ring = Array.from({ length: copies }, () => {
+      const r = addon.allocRange(rec.byteLength).subarray(0, rec.byteLength);
+      r.set(rec);
+      return r;
+    });
+    let next = 0;
+    const take = () => ring[next++ % copies];
     for (const T of tokenCounts) {
       const out = new Float32Array(T * H);
-      const fns = THREADS.map((th) => () => addon.expertForward(encodingCode(enc), rec, H, F, inputs[T], T, out, th));
+      const fns = THREADS.map((th) => () => addon.expertForward(encodingCode(enc), take(), H, F, inputs[T], T, out, th));
       const { result: ms, other } = await otherLoad(() => timeRounds(fns));
-      rows.push({ isa: addon.kernelIsa(), encoding: enc, tokens: T, recordBytes: rec.byteLength, ms1: ms.hot[0], ms2: ms.hot[1], ms2Cold: ms.cold[1], otherLoad: other });
+      rows.push({ isa: addon.kernelIsa(), encoding: enc, tokens: T, recordBytes: rec.byteLength, copies, ms1: ms.hot[0], ms2: ms.hot[1], ms2Cold: ms.cold[1], otherLoad: other });
     }
+    for (const r of ring) addon.releaseRange(r);
   }
   return rows;
 }
@@ -170,7 +185,7 @@ const addon = createRequire(import.meta.url)(addonFile);
 const isas = args.isa ? args.isa.split(",") : addon.kernelIsas();
 const rows = [];
 for (const isa of isas) {
-  const argv = [fileURLToPath(import.meta.url), "--child", "--hidden", String(H), "--ffn", String(F), "--reps", String(reps), "--tokens", args.tokens, "--encodings", args.encodings];
+  const argv = [fileURLToPath(import.meta.url), "--child", "--hidden", String(H), "--ffn", String(F), "--reps", String(reps), "--tokens", args.tokens, "--encodings", args.encodings, "--copies", String(copies)];
   const r = spawnSync(process.execPath, argv, { env: { ...process.env, MOE_RUN_KERNEL_ISA: isa }, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
   if (r.status !== 0) throw new Error(`kernel level ${isa}: the child process failed (status ${r.status})`);
   rows.push(...JSON.parse(r.stdout.trim().split("\n").pop()));
@@ -178,7 +193,8 @@ for (const isa of isas) {
 if (args.onnx) rows.push(...(await onnxRows()));
 
 const gbs = (r, ms) => (r.recordBytes / ms / 1e6).toFixed(1);
-console.log(`expert ${H}x${F} (SwiGLU), ${os.cpus()[0]?.model ?? "?"} x${os.availableParallelism()}, medians of ~${reps} back-to-back calls (blocks of ${BLOCK - 1} after a cold one, 1 and 2 threads in turn)`);
+const from = copies === 1 ? "one record (cache-hot)" : `${copies} copies of the record in turn (from memory once they outgrow the cache)`;
+console.log(`expert ${H}x${F} (SwiGLU), ${os.cpus()[0]?.model ?? "?"} x${os.availableParallelism()}, medians of ~${reps} back-to-back calls (blocks of ${BLOCK - 1} after a cold one, 1 and 2 threads in turn), ${from}`);
 console.log("| kernels | weights | record MB | tokens | 1 thread ms | 2 threads ms | 2/1 speedup | GB/s 1 thread | GB/s 2 threads | 2 threads, cold ms | other load (cores) |");
 console.log("|---|---|---|---|---|---|---|---|---|---|---|");
 for (const r of rows) {
@@ -188,5 +204,5 @@ for (const r of rows) {
 console.log("cold: the first 2-thread call after 1-thread ones (its worker asleep). other load: cores busy with other processes meanwhile (a busy machine makes 2 threads look worse)");
 fs.mkdirSync(path.dirname(args.out), { recursive: true });
 const machine = { cpus: os.availableParallelism(), cpu: os.cpus()[0]?.model, kernelIsas: addon.kernelIsas() };
-fs.writeFileSync(args.out, JSON.stringify({ bench: "kernels", date: new Date().toISOString(), machine, hidden: H, ffn: F, reps, rows }, null, 2) + "\n");
+fs.writeFileSync(args.out, JSON.stringify({ bench: "kernels", date: new Date().toISOString(), machine, hidden: H, ffn: F, reps, copies, rows }, null, 2) + "\n");
 process.stderr.write(`wrote ${path.relative(process.cwd(), args.out)}\n`);
