@@ -285,7 +285,10 @@ function cpuTargets(r, find, peerOf, versus, none) {
     const p1 = peerOf(one);
     const p2 = peerOf(two);
     const psp = p1?.decodeTokPerS && p2?.decodeTokPerS ? p2.decodeTokPerS / p1.decodeTokPerS : undefined;
-    out.push(`  - moe-run ${fmtName}: ${num(two.decodeTokPerS)} tok/s with 2 threads vs ${num(one.decodeTokPerS)} with 1 = ${ratio(sp)} (llama.cpp ${ratio(psp)}; runs of ${one.date?.slice(0, 16)} and ${two.date?.slice(0, 16)}) → ${verdict(sp === undefined ? undefined : sp >= 1.6)}.`);
+    // The memory's own scaling in the same two runs: the ceiling of a decode that is bandwidth-bound.
+    const bw1 = one.memoryBandwidthBytesPerS, bw2 = two.memoryBandwidthBytesPerS;
+    const mem = bw1 && bw2 ? `; memory read bandwidth ${(bw2 / 1e9).toFixed(1)} vs ${(bw1 / 1e9).toFixed(1)} GB/s = ${ratio(bw2 / bw1)}` : "";
+    out.push(`  - moe-run ${fmtName}: ${num(two.decodeTokPerS)} tok/s with 2 threads vs ${num(one.decodeTokPerS)} with 1 = ${ratio(sp)} (llama.cpp ${ratio(psp)}${mem}; runs of ${one.date?.slice(0, 16)} and ${two.date?.slice(0, 16)}) → ${verdict(sp === undefined ? undefined : sp >= 1.6)}.`);
   }
   if (!anyThreads) out.push("  - needs 600m runs at --threads 1 and --threads 2.");
   out.push("- **CPU (bundled moe-tiny-en): decode ≥ 0.8× llama.cpp.**");
