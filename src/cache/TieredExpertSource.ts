@@ -36,12 +36,11 @@ export interface PrefetchOptions {
 
 /**
  * How a store record becomes the device tier's compute-ready form, and how that form is freed:
- * the expert kernel (ExpertKernel satisfies this). The cache counts `residentBytes` per expert.
+ * the expert kernel (ExpertKernel satisfies this). The cache counts `residentBytesOf(layer)` per expert.
  */
 export interface ResidentForm {
-  readonly residentBytes: number;
-  /** Bytes of a prepared expert of `layer` where layers differ (default residentBytes). */
-  residentBytesOf?(layer: number): number;
+  /** Bytes a prepared expert of `layer` occupies (layers that differ in encoding differ). */
+  residentBytesOf(layer: number): number;
   prepare(record: Uint8Array, layer: number): unknown;
   free(resident: unknown): void;
   /** Where prepared experts live and how many bytes they hold there (kernels with device memory). */
@@ -175,7 +174,7 @@ export class TieredExpertSource {
 
   /** Bytes an expert of `layer` occupies in the device tier (layers that differ in encoding differ). */
   private residentBytes(layer: number): number {
-    return this.options.form.residentBytesOf?.(layer) ?? this.options.form.residentBytes;
+    return this.options.form.residentBytesOf(layer);
   }
 
   /** The compute-ready form of (layer, expert), protected from eviction until release(). */
