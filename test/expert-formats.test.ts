@@ -455,7 +455,8 @@ describe.each([...GGML_K_ENCODINGS, ...GGML_BLOCK_ENCODINGS])("%s experts: GGUF 
  * End to end: a 256-wide synthetic model's GGUF of one expert type imports with its experts kept
  * as blocks (the default for a file whose experts are all one such type), against the f32 import
  * of the same file (the same weights, decoded). The native kernels quantize activations to 8 bits
- * (as llama.cpp does) and dense weights are int8 (denseEncoding), so greedy text drifts at
+ * (as llama.cpp does), for the dense matrices too (kept as the file's blocks:
+ * importer/DenseBlocksWriter.ts), where the f32 import computes in fp32, so greedy text drifts at
  * near-ties of this random model; under teacher forcing the top-1 tokens agree >= 95%. Q2_K: >= 93%:
  * with its 2-bit weights this model meets near-ties more often; measured 121 of 128 (the same
  * file's experts re-encoded as int8, an older kernel with the same activation rounding: 123 of

@@ -21,7 +21,7 @@ import { importModel } from "../src/importer/importModel.js";
 import { loadModel, type LanguageModel } from "../src/index.js";
 import { writeSyntheticCheckpoint } from "../src/synthetic/syntheticCheckpoint.js";
 import { encodeFromFloat32 } from "../src/util/dtype.js";
-import { MODELS, greedyRun, runCli, tmpDir } from "./helpers.js";
+import { MODELS, greedyRun, runCli, sameBits, tmpDir } from "./helpers.js";
 
 const quiet = { progress: false, log: () => {} };
 const PROMPTS = ["And the LORD spake unto Moses, saying,", "Once upon a time there was", "It is a truth universally acknowledged"];
@@ -57,10 +57,6 @@ function viewCopy(hfDir: string, ggufPath: string, out: string): string {
 }
 
 /** Bit-for-bit equality of two float arrays (fast; expect().toEqual is slow on large typed arrays). */
-function sameBits(a: Float32Array, b: Float32Array): boolean {
-  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
-}
-
 async function greedy(dir: string, prompt: string, n: number): Promise<number[]> {
   return (await greedyRun(dir, prompt, n)).ids;
 }

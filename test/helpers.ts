@@ -162,3 +162,8 @@ export async function expertOutput(name: ExpertKernelName, options: ExpertKernel
     await kernel.dispose();
   }
 }
+
+/** Two fp32 arrays hold the same bits (NaN payloads and signed zeros included). */
+export function sameBits(a: Float32Array, b: Float32Array): boolean {
+  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+}

@@ -16,13 +16,14 @@ import { importModel } from "../src/importer/importModel.js";
 import { loadModel } from "../src/index.js";
 import type { ExpertKernelName } from "../src/kernels/expertKernels.js";
 import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
-import { readManifest } from "../src/model/manifest.js";
+import { readManifest, type DenseBlock, type ModelManifest } from "../src/model/manifest.js";
+import { readFloatInitializer, readGraph } from "../src/onnx/graphFile.js";
 import { decodeMatrix, encodeExpertRecord, expertRecordLayout, recordBytes, type RecordEncodings } from "../src/store/expertEncoding.js";
 import { describeExpertEncodings, largestRecordBytes, layerRecordBytes, mixedRecordCode, nativeRecordCode } from "../src/store/recordEncodings.js";
 import { ExpertStore } from "../src/store/ExpertStore.js";
 import { expertShape } from "../src/model/manifest.js";
 import { writeSyntheticCheckpoint } from "../src/synthetic/syntheticCheckpoint.js";
-import { MODELS, ROOT, expertOutput, greedyRun, matmulRef, maxRelErr, rand, runCli, tmpDir } from "./helpers.js";
+import { MODELS, ROOT, expertOutput, greedyRun, matmulRef, maxRelErr, rand, runCli, sameBits, tmpDir } from "./helpers.js";
 
 const H = 256;
 const F = 512;
@@ -141,8 +142,10 @@ describe("a Q4_K_M-style GGUF (Q6_K ffn_down in one layer, Q4_K elsewhere)", () 
     hf = path.join(dir, "synth256");
     writeSyntheticCheckpoint(hf, { tokenizerFrom: path.join(MODELS, "tiny-mixtral"), vocabSize: 512, hiddenSize: 256, numLayers: 2, numHeads: 4, numKvHeads: 2, numExperts: 4, topK: 2, expertFfn: 256, dtype: "F32", seed: 5 });
     gguf = path.join(dir, "synth256-Q4_K_M.gguf");
-    const written = exportGguf(hf, gguf, { type: "Q4_K", typeFor: (name) => (name === "blk.1.ffn_down_exps.weight" ? "Q6_K" : undefined) });
+    // As llama.cpp's Q4_K_M: Q6_K for attn_v too.
+    const written = exportGguf(hf, gguf, { type: "Q4_K", typeFor: (name) => (name === "blk.1.ffn_down_exps.weight" || name.endsWith("attn_v.weight") ? "Q6_K" : undefined) });
     expect(written.types.get("blk.1.ffn_down_exps.weight")).toBe("Q6_K");
+    expect(written.types.get("blk.0.attn_v.weight")).toBe("Q6_K");
     expect(written.types.get("blk.0.ffn_down_exps.weight")).toBe("Q4_K");
     blocks = path.join(dir, "blocks");
     floats = path.join(dir, "f32");
@@ -175,6 +178,34 @@ describe("a Q4_K_M-style GGUF (Q6_K ffn_down in one layer, Q4_K elsewhere)", () 
     expect(4 * (q4 + mixed)).toBe(4 * 256 * 256 * ((5 * 144 + 210) / 256));
     expect(mixed / readManifest(floats).experts.recordBytes).toBeLessThan(0.2);
   });
+
+  it("keeps the file's dense matrices as they are (q/k rows back in Hugging Face order), and the native dense layers read them", async () => {
+    const m = readManifest(blocks);
+    const kept = m.denseBlocks!;
+    const encodings = (layer: Record<string, { encoding: string }>) => Object.fromEntries(Object.entries(layer).map(([k, b]) => [k, b.encoding]));
+    for (const layer of kept.layers) expect(encodings(layer)).toEqual({ q_proj: "q4_k", k_proj: "q4_k", v_proj: "q6_k", o_proj: "q4_k" });
+    expect(kept.lmHead?.encoding).toBe("q4_k");
+    // The kept blocks hold exactly the values the graphs hold in fp32 (decoded and un-permuted from the same tensors).
+    const file = fs.readFileSync(path.join(blocks, kept.file));
+    const values = (b: DenseBlock) => decodeMatrix(b.encoding, file.subarray(b.offset, b.offset + b.bytes), b.rows, b.cols);
+    const graphValues = (rel: string, name: string) => readFloatInitializer(blocks, rel, readGraph(blocks, rel), name);
+    kept.layers.forEach((layer, l) => {
+      for (const [section, b] of Object.entries(layer)) expect(sameBits(values(b), graphValues(m.graphs.layers[l]!, section)), `layer ${l} ${section}`).toBe(true);
+    });
+    expect(sameBits(values(kept.lmHead!), graphValues(m.graphs.head, "lm_head"))).toBe(true);
+    // Experts re-encoded on request (--experts): the dense weights follow them, nothing kept.
+    expect(readManifest(floats).denseBlocks).toBeUndefined();
+    // A decode step reads the kept bytes: each layer's matrices, its fp32 norms and router, the head.
+    const { hiddenSize: Hd, numExperts: E } = m.dims;
+    const layerBytes = kept.layers.reduce((sum, layer) => sum + Object.values(layer).reduce((a, b) => a + b.bytes, 0) + 4 * (2 * Hd + E * Hd), 0);
+    const model = await loadModel(blocks, { threads: 1, log: () => {} });
+    try {
+      expect(model.engineInfo().dense).toBe("native");
+      expect(model.engineInfo().denseBytesPerToken).toBe(layerBytes + kept.lmHead!.bytes + 4 * Hd);
+    } finally {
+      await model.dispose();
+    }
+  }, 120_000);
 
   it("top-1 agreement >= 95% with the f32 import of the same file under teacher forcing; `--stats` names the mix", async () => {
     const ids = [1, ...(await greedyRun(floats, "The license", 127)).ids];
@@ -244,5 +275,29 @@ describe("a Q4_K_M-style GGUF (Q6_K ffn_down in one layer, Q4_K elsewhere)", () 
     ];
     fs.writeFileSync(file, JSON.stringify(m));
     expect(() => readManifest(copy)).toThrow(/experts.recordBytes is/);
+  });
+
+  it("a manifest whose kept dense blocks are edited, or a truncated blocks file, is refused with what to do", () => {
+    const copy = path.join(dir, "edited-dense");
+    fs.cpSync(blocks, copy, { recursive: true });
+    const file = path.join(copy, "manifest.json");
+    const original = fs.readFileSync(file, "utf8");
+    const edit = (change: (m: ModelManifest) => void) => {
+      const m = JSON.parse(original) as ModelManifest;
+      change(m);
+      fs.writeFileSync(file, JSON.stringify(m));
+    };
+    edit((m) => (m.denseBlocks!.layers[0]!.q_proj!.bytes += 1));
+    expect(() => readManifest(copy)).toThrow(/denseBlocks.layers\[0\].q_proj has \d+ bytes, but \[256, 256\] in q4_k take \d+; re-import the model/);
+    edit((m) => (m.denseBlocks!.layers[1]!.q_proj!.offset = m.files[m.denseBlocks!.file]!.bytes));
+    expect(() => readManifest(copy)).toThrow(/denseBlocks.layers\[1\].q_proj lies outside dense-blocks.bin/);
+    edit((m) => (m.denseBlocks!.layers[0]!.router = m.denseBlocks!.layers[0]!.q_proj!));
+    expect(() => readManifest(copy)).toThrow(/names an unknown section "router"/);
+    edit((m) => Object.assign(m.denseBlocks!.layers[0]!.k_proj!, { rows: 256, bytes: m.denseBlocks!.layers[0]!.q_proj!.bytes }));
+    expect(() => readManifest(copy)).toThrow(/dense-blocks.bin in .* disagrees with manifest.json: layer 0's k_proj is \[256, 256\] but the dims imply \[128, 256\]/);
+    // The file cut short: its size no longer the manifest's.
+    fs.writeFileSync(file, original);
+    fs.truncateSync(path.join(copy, "dense-blocks.bin"), 1000);
+    expect(() => readManifest(copy)).toThrow(/dense-blocks.bin in .* has 1000 bytes, expected \d+; re-import the model/);
   });
 });

@@ -74,8 +74,14 @@ napi_value DenseLayer(napi_env env, napi_callback_info info) {
       if (shapes[i].required) return fail(env, "denseLayer: section " + std::to_string(i) + " is missing");
       continue;
     }
-    if (enc < 0 || enc > 3) return fail(env, "denseLayer: bad encoding in section " + std::to_string(i));
+    if (enc < 0 || enc >= moe::kEncCount) return fail(env, "denseLayer: bad encoding in section " + std::to_string(i));
     const auto e = static_cast<moe::Enc>(enc);
+    // Matrices go through matmul_rows in any encoding (rows of whole blocks); the rest are read as fp32.
+    const bool matrix = i == moe::kQ || i == moe::kK || i == moe::kV || i == moe::kO || i == moe::kRouter || i == moe::kSharedGate || i == moe::kSharedUp ||
+                        i == moe::kSharedDown || i == moe::kMlaQA || i == moe::kMlaQB || i == moe::kMlaKvA || i == moe::kMlaUkT || i == moe::kMlaUv;
+    if (matrix ? shapes[i].cols % moe::enc_row_multiple(e) != 0 : e != moe::Enc::F32) {
+      return fail(env, "denseLayer: section " + std::to_string(i) + (matrix ? " has rows that are not whole blocks of its encoding" : " must be F32"));
+    }
     // Per-head slices of the MLA up-projections are taken by row offset: whole-row encodings only.
     if ((i == moe::kMlaUkT || i == moe::kMlaUv) && e != moe::Enc::F32 && e != moe::Enc::F16) return fail(env, "denseLayer: MLA up-projections must be F32 or F16");
     if (size_t(bytes) != moe::matrix_bytes(e, shapes[i].rows, shapes[i].cols) || off + bytes > double(blob_b)) {

@@ -46,10 +46,10 @@ export interface StoredExperts {
 const GGML_AS_IS: Record<string, ExpertEncoding> = { F32: "f32", F16: "f16", Q8_0: "int8", Q4_0: "int4", MXFP4: "mxfp4", Q4_1: "q4_1", Q5_0: "q5_0", Q5_1: "q5_1", Q2_K: "q2_k", Q3_K: "q3_k", Q4_K: "q4_k", Q5_K: "q5_k", Q6_K: "q6_k" };
 
 /** A GGUF checkpoint view (formats/GgufCheckpoint.ts) hands out its tensors' stored blocks. */
-interface RawBlocks {
+export interface RawBlocks {
   readRaw(name: string, shape: readonly number[]): { type: { id: number; name: string }; bytes: Uint8Array };
 }
-const rawBlocks = (ckpt: HfCheckpoint): RawBlocks | undefined => ("readRaw" in ckpt ? (ckpt as unknown as RawBlocks) : undefined);
+export const rawBlocks = (ckpt: HfCheckpoint): RawBlocks | undefined => ("readRaw" in ckpt ? (ckpt as unknown as RawBlocks) : undefined);
 
 export function separateExperts(name: (j: number, part: ExpertPart) => string): CheckpointExperts {
   return {

@@ -1,12 +1,16 @@
 /**
  * The dense layers on the native kernels, computing from weights at the experts' width: a token
  * reads as many dense bytes as llama.cpp's GGUF of the same precision. Weights are read from the
- * importer's graph files (fp32) once at load and encoded in memory; no onnxruntime session.
+ * importer's graph files (fp32) once at load and encoded in memory, except the matrices a GGUF
+ * import kept as the file stored them (manifest.denseBlocks: Q4_K, Q6_K, ... read as they are);
+ * no onnxruntime session.
  */
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { layerWindow, modelFeatures, type ModelDims } from "../architectures/ModelDims.js";
-import { invariant } from "../errors.js";
+import { invariant, MoeRunError } from "../errors.js";
 import type { NativeAddon } from "../kernels/nativeAddon.js";
-import type { ModelManifest } from "../model/manifest.js";
+import type { DenseBlock, ModelManifest } from "../model/manifest.js";
 import { readFloatInitializer, readGraph } from "../onnx/graphFile.js";
 import { encodingCode, matrixBytes, BLOCK, type ExpertEncoding } from "../store/expertEncoding.js";
 import type { DenseLayers, LayerOutputs, RopeTables } from "./DenseLayers.js";
@@ -53,7 +57,6 @@ const WHOLE_ROWS = new Set<string>(["mla_uk", "mla_uv"]);
 
 const QK_NORM = { none: 0, head: 1, full: 2 } as const;
 const F32 = encodingCode("f32");
-const F16 = encodingCode("f16");
 /** Sections start at multiples of this (cache lines; SIMD loads stay aligned). */
 const ALIGN = 64;
 
@@ -107,7 +110,10 @@ export class NativeDenseLayers implements DenseLayers {
     this.bytesPerToken = layerBlobs.reduce((s, b) => s + b.bytesPerToken, 0) + lmHead.data.byteLength + finalNorm.weight.byteLength;
   }
 
-  /** Reads and encodes the dense weights; `experts` is the model's expert encoding. */
+  /**
+   * Reads and encodes the dense weights at the experts' width (`experts`: the model's expert
+   * encoding), or takes the matrices a GGUF file stored as they are (manifest.denseBlocks).
+   */
   static create(modelDir: string, manifest: ModelManifest, addon: NativeAddon, threads: number): NativeDenseLayers {
     const d = manifest.dims;
     const experts = manifest.precision.experts;
@@ -117,21 +123,37 @@ export class NativeDenseLayers implements DenseLayers {
       held.push(a);
       return a;
     };
+    const kept = manifest.denseBlocks;
+    const keptFd = kept ? fs.openSync(path.join(modelDir, kept.file), "r") : undefined;
+    // A kept matrix's bytes, read into `dst` (its size checked against the manifest at load).
+    const readKept = (b: DenseBlock, dst: Uint8Array) => {
+      const n = fs.readSync(keptFd!, dst, 0, b.bytes, b.offset);
+      if (n !== b.bytes) throw new MoeRunError("MODEL_DIR_INCOMPLETE", `${path.join(modelDir, kept!.file)} ends inside a matrix; re-import the model`);
+    };
     try {
-      const encode = (src: Float32Array, rows: number, cols: number, enc: number): Held => {
-        const data = alloc(matrixBytesOf(enc, rows, cols)).subarray(0, matrixBytesOf(enc, rows, cols));
-        addon.encodeMatrix(enc, src, rows, cols, data);
-        return { enc, rows, cols, data };
+      const encode = (src: Float32Array, rows: number, cols: number, enc: ExpertEncoding): Held => {
+        const bytes = matrixBytes(enc, rows, cols);
+        const data = alloc(bytes).subarray(0, bytes);
+        addon.encodeMatrix(encodingCode(enc), src, rows, cols, data);
+        return { enc: encodingCode(enc), rows, cols, data };
       };
-      const layerBlobs = manifest.graphs.layers.map((rel) => {
+      const layerBlobs = manifest.graphs.layers.map((rel, l) => {
         const graph = readGraph(modelDir, rel);
-        const parts: { offset: number; bytes: number; enc: number; src?: Float32Array; rows: number; cols: number }[] = [];
+        const parts: { offset: number; bytes: number; enc: number; src?: Float32Array; block?: DenseBlock; rows: number; cols: number }[] = [];
         let size = 0;
         let bytesPerToken = 0;
         for (const s of SECTIONS) {
           const init = graph.inits.get(s.name);
           if (!init) {
             parts.push({ offset: -1, bytes: 0, enc: F32, rows: 0, cols: 0 });
+            continue;
+          }
+          const block = kept?.layers[l]?.[s.name];
+          if (block) {
+            size = Math.ceil(size / ALIGN) * ALIGN;
+            parts.push({ offset: size, bytes: block.bytes, enc: encodingCode(block.encoding), block, rows: block.rows, cols: block.cols });
+            size += block.bytes;
+            bytesPerToken += block.bytes;
             continue;
           }
           // Matrices are [rows, cols]; vectors (e.g. sinks [Hkv, G, 1, 1]) are one row of all their values.
@@ -145,11 +167,11 @@ export class NativeDenseLayers implements DenseLayers {
           } else if (s.name === "mla_uv") {
             [rows, cols] = [init.dims[0]! * init.dims[1]!, init.dims[2]!];
           }
-          const whole = experts === "f32" ? F32 : F16;
-          const enc = WHOLE_ROWS.has(s.name) ? whole : s.matrix ? encodingCode(denseEncoding(experts, cols)) : F32;
-          const bytes = matrixBytesOf(enc, rows, cols);
+          const whole = experts === "f32" ? "f32" : "f16";
+          const enc = WHOLE_ROWS.has(s.name) ? whole : s.matrix ? denseEncoding(experts, cols) : "f32";
+          const bytes = matrixBytes(enc, rows, cols);
           size = Math.ceil(size / ALIGN) * ALIGN;
-          parts.push({ offset: size, bytes, enc, src, rows, cols });
+          parts.push({ offset: size, bytes, enc: encodingCode(enc), src, rows, cols });
           size += bytes;
           bytesPerToken += bytes;
         }
@@ -157,8 +179,10 @@ export class NativeDenseLayers implements DenseLayers {
         const sections = new Float64Array(SECTIONS.length * 3);
         parts.forEach((p, i) => {
           sections.set([p.offset, p.bytes, p.enc], i * 3);
-          if (p.offset < 0 || !p.src) return;
+          if (p.offset < 0) return;
           const dst = blob.subarray(p.offset, p.offset + p.bytes);
+          if (p.block) return readKept(p.block, dst);
+          if (!p.src) return;
           if (p.enc === F32) dst.set(new Uint8Array(p.src.buffer, p.src.byteOffset, p.src.byteLength));
           else addon.encodeMatrix(p.enc, p.src, p.rows, p.cols, dst);
         });
@@ -169,14 +193,24 @@ export class NativeDenseLayers implements DenseLayers {
       const headGraph = readGraph(modelDir, manifest.graphs.head);
       const H = d.hiddenSize;
       // The embedding is looked up one row per token, so its width costs memory, not speed.
-      const embedding = encode(readFloatInitializer(modelDir, manifest.graphs.embed, embedGraph, "embed_tokens"), d.vocabSize, H, experts === "f32" ? F32 : F16);
+      const embedding = encode(readFloatInitializer(modelDir, manifest.graphs.embed, embedGraph, "embed_tokens"), d.vocabSize, H, experts === "f32" ? "f32" : "f16");
       const headInit = (name: string) => (headGraph.inits.has(name) ? readFloatInitializer(modelDir, manifest.graphs.head, headGraph, name) : undefined);
       const finalNorm = { weight: headInit("norm")!, bias: headInit("norm_bias") };
-      const lmHead = encode(headInit("lm_head")!, d.vocabSize, H, encodingCode(denseEncoding(experts, H)));
+      const keptHead = kept?.lmHead;
+      let lmHead: Held;
+      if (keptHead) {
+        const data = alloc(keptHead.bytes).subarray(0, keptHead.bytes);
+        readKept(keptHead, data);
+        lmHead = { enc: encodingCode(keptHead.encoding), rows: keptHead.rows, cols: keptHead.cols, data };
+      } else {
+        lmHead = encode(headInit("lm_head")!, d.vocabSize, H, denseEncoding(experts, H));
+      }
       return new NativeDenseLayers(addon, d, threads, layerBlobs, embedding, finalNorm, lmHead, headInit("lm_head_bias"));
     } catch (err) {
       for (const a of held) addon.releaseRange(a);
       throw err;
+    } finally {
+      if (keptFd !== undefined) fs.closeSync(keptFd);
     }
   }
 
@@ -235,9 +269,4 @@ function transposeHeads(src: Float32Array, nh: number, a: number, b: number): Fl
   const out = new Float32Array(src.length);
   for (let h = 0; h < nh; h++) for (let i = 0; i < a; i++) for (let j = 0; j < b; j++) out[h * a * b + j * a + i] = src[h * a * b + i * b + j]!;
   return out;
-}
-
-function matrixBytesOf(enc: number, rows: number, cols: number): number {
-  const name = (["f32", "f16", "int8", "int4"] as const)[enc]!;
-  return matrixBytes(name, rows, cols);
 }

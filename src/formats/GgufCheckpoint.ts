@@ -181,16 +181,18 @@ export class GgufCheckpoint {
 
   /**
    * A tensor's stored ggml blocks, as they are in the file (for an expert of a stacked tensor, its
-   * rows), with their type: for consumers that keep GGUF blocks instead of decoding them. Refused for
-   * tensors the view transforms (permuted q/k, absent biases).
+   * rows), with their type: for consumers that keep GGUF blocks instead of decoding them. Permuted
+   * q/k matrices come back with their rows in Hugging Face order (blocks run along a row, so moving
+   * whole rows is exact). Refused for tensors the view computes (absent biases, derived tensors).
    */
   readRaw(name: string, expectedShape: readonly number[]): { type: GgufTensor["type"]; bytes: Uint8Array } {
     this.checkShape(name, expectedShape);
     const s = this.source(name);
-    if (s.zeros || s.unpermuteHeads !== undefined || s.derived) throw new UnsupportedConfigError(`"${name}" is not stored as-is in ${this.file.path}`);
+    if (s.zeros || s.derived || (s.unpermuteHeads !== undefined && s.shape.length !== 2)) throw new UnsupportedConfigError(`"${name}" is not stored as-is in ${this.file.path}`);
     const t = this.file.tensor(s.tensor);
-    if (!s.rows) return { type: t.type, bytes: this.file.readBytes(s.tensor) };
     const rowBytes = ((t.dims[0] ?? 1) / t.type.blockSize) * t.type.typeSize;
+    if (s.unpermuteHeads !== undefined) return { type: t.type, bytes: unpermuteRopeRows(this.file.readBytes(s.tensor), s.unpermuteHeads, rowBytes) };
+    if (!s.rows) return { type: t.type, bytes: this.file.readBytes(s.tensor) };
     return { type: t.type, bytes: this.file.readBytes(s.tensor, s.rows[0] * rowBytes, s.rows[1] * rowBytes) };
   }
 
@@ -269,14 +271,14 @@ void mirrors;
 
 /**
  * Inverse of llama.cpp's q/k permutation: GGUF row h*hd + 2j + s holds Hugging Face row
- * h*hd + s*hd/2 + j (s = 0, 1; j < hd/2).
+ * h*hd + s*hd/2 + j (s = 0, 1; j < hd/2). Rows are `cols` elements: values, or a row's bytes.
  */
-export function unpermuteRopeRows(w: Float32Array, heads: number, cols: number): Float32Array {
+export function unpermuteRopeRows<A extends Float32Array | Uint8Array>(w: A, heads: number, cols: number): A {
   const rows = w.length / cols;
   const hd = rows / heads;
   if (!Number.isInteger(hd) || hd % 2 !== 0) throw new UnsupportedConfigError(`q/k rows (${rows}) are not ${heads} heads of an even head size`);
   const half = hd / 2;
-  const out = new Float32Array(w.length);
+  const out = (w instanceof Float32Array ? new Float32Array(w.length) : new Uint8Array(w.length)) as A;
   for (let h = 0; h < heads; h++) {
     for (let j = 0; j < half; j++) {
       for (let s = 0; s < 2; s++) {

@@ -19,12 +19,13 @@ import { MoeRunError, TokenizerMissingError, UnsupportedConfigError } from "../e
 import { ggufTokenizerFiles, openImportCheckpoint } from "../formats/GgufCheckpoint.js";
 import type { HfCheckpoint } from "../formats/HfCheckpoint.js";
 import { MAX_SMALL_JSON_BYTES, MAX_TOKENIZER_BYTES, readSourceJson } from "../formats/sourceFiles.js";
-import { FORMAT_VERSION, IMPORTING_SUFFIX, sha256File, writeManifest, type ModelManifest } from "../model/manifest.js";
+import { FORMAT_VERSION, IMPORTING_SUFFIX, sha256File, writeManifest, type DenseBlocks, type ModelManifest } from "../model/manifest.js";
 import { checkEncodable, type ExpertEncoding } from "../store/expertEncoding.js";
 import { checkRecordEncodings, encodingsOf, type ExpertRecordShape } from "../store/recordEncodings.js";
 import { ExpertStore, expertChecksum, expertRecordBytes } from "../store/ExpertStore.js";
 import { Progress } from "../util/progress.js";
 import { VERSION } from "../version.js";
+import { DenseBlocksWriter, type DenseMatrix } from "./DenseBlocksWriter.js";
 import { ImportLock } from "./importLock.js";
 import {
   REPLACED_INFIX,
@@ -145,7 +146,9 @@ async function importLocked(
     clearStaging(staging, shown, log);
     try {
       fs.mkdirSync(path.join(staging, "graphs"), { recursive: true });
-      const manifest = await writeModel(ckpt, spec, dims, folds, records, shapes, staging, tokenizer, options.progress ?? true);
+      // Experts kept as the file stores them: its dense matrices too (DenseBlocksWriter), so the
+      // native layers compute what llama.cpp computes. Experts re-encoded: dense at their width.
+      const manifest = await writeModel(ckpt, spec, dims, folds, records, shapes, staging, tokenizer, options.progress ?? true, stored !== undefined);
       writeManifest(staging, manifest);
       fsyncDir(staging);
       if (!lock.stillHeld()) {
@@ -295,7 +298,8 @@ async function writeModel(
   shapes: Map<string, number[]>,
   dir: string,
   tokenizer: TokenizerFiles,
-  showProgress: boolean
+  showProgress: boolean,
+  keepDenseBlocks: boolean
 ): Promise<ModelManifest> {
   const read = (name: string) => ckpt.readFloat32(name, shapes.get(name)!);
   const written: string[] = [];
@@ -322,6 +326,9 @@ async function writeModel(
   progress.tick(1, "embedding, head");
 
   const store = ExpertStore.create(path.join(dir, STORE_NAME), layout);
+  // A GGUF file's dense matrices, also kept as stored for the native dense layers.
+  const denseBlocks = keepDenseBlocks ? DenseBlocksWriter.open(ckpt, dir) : undefined;
+  let denseBlocksEntry: DenseBlocks | undefined;
   const checksums: string[][] = [];
   const layers: string[] = [];
   // predictor.bin: every layer's router [E, H] then every post-attention norm [H] (fp32), so
@@ -369,6 +376,7 @@ async function writeModel(
       }
       postNorms.set(w.postAttnNorm, l * d.hiddenSize);
       layers.push(save(buildLayerGraph(d, l, w), `graphs/layer_${String(l).padStart(3, "0")}.onnx`));
+      denseBlocks?.addLayer(l, mla ? [] : denseMatrices(spec, d, l, moe, folds));
 
       const layerSums: string[] = [];
       for (let j = 0; moe && j < d.numExperts; j++) {
@@ -382,7 +390,14 @@ async function writeModel(
       // Let the event loop run between layers (timers, signals, other work of a library user).
       await new Promise<void>((resolve) => setImmediate(resolve));
     }
+    if (denseBlocks && folds.logits === 1) {
+      const lmHeadName = shapes.has(COMMON_NAMES.lmHead) ? COMMON_NAMES.lmHead : COMMON_NAMES.embed;
+      denseBlocks.setLmHead(lmHeadName, [d.vocabSize, d.hiddenSize]);
+    }
+    denseBlocksEntry = denseBlocks?.finish();
+    if (denseBlocksEntry) written.push(denseBlocksEntry.file);
   } finally {
+    denseBlocks?.close();
     store.close();
   }
 
@@ -417,7 +432,31 @@ async function writeModel(
     predictor: { file: predictorFile },
     tokenizer: { json: "tokenizer.json", config: tokenizer.config ? "tokenizer_config.json" : null },
     files,
+    ...(denseBlocksEntry ? { denseBlocks: denseBlocksEntry } : {}),
   };
+}
+
+/**
+ * The matrices of layer `l` the native dense layers may take as a GGUF file stores them: q, k, v,
+ * o (unless the family folds a scale into o) and the shared expert or dense MLP.
+ */
+function denseMatrices(spec: ArchitectureSpec, d: ModelDims, l: number, moe: boolean, folds: WeightFolds): DenseMatrix[] {
+  const n = (rest: string) => COMMON_NAMES.layer(l, rest);
+  const { hiddenSize: H, numHeads: Hq, numKvHeads: Hkv, headDim: hd } = d;
+  const out: DenseMatrix[] = [
+    { section: "q_proj", tensor: n(`${COMMON_NAMES.q}.weight`), shape: [Hq * hd, H] },
+    { section: "k_proj", tensor: n(`${COMMON_NAMES.k}.weight`), shape: [Hkv * hd, H] },
+    { section: "v_proj", tensor: n(`${COMMON_NAMES.v}.weight`), shape: [Hkv * hd, H] },
+  ];
+  if (folds.attnOut === 1) out.push({ section: "o_proj", tensor: n(`${COMMON_NAMES.o}.weight`), shape: [H, Hq * hd] });
+  const mlp = moe ? (d.sharedExpertFfn > 0 ? spec.names.shared?.expert : undefined) : spec.names.denseMlp;
+  const F = moe ? d.sharedExpertFfn : modelFeatures(d).denseFfn;
+  if (mlp && F > 0) {
+    out.push({ section: "shared_gate", tensor: n(mlp("gate")), shape: [F, H] });
+    out.push({ section: "shared_up", tensor: n(mlp("up")), shape: [F, H] });
+    out.push({ section: "shared_down", tensor: n(mlp("down")), shape: [H, F] });
+  }
+  return out;
 }
 
 function fsyncDir(dir: string): void {

@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { isMoeLayer, modelFeatures, type ModelDims } from "../architectures/ModelDims.js";
 import { MoeRunError } from "../errors.js";
 import { readGraph } from "../onnx/graphFile.js";
-import { ALL_EXPERT_ENCODINGS, type ExpertEncoding, type RecordEncodings } from "../store/expertEncoding.js";
+import { ALL_EXPERT_ENCODINGS, checkEncodable, matrixBytes, type ExpertEncoding, type RecordEncodings } from "../store/expertEncoding.js";
 import { checkRecordEncodings, largestRecordBytes, type ExpertRecordShape } from "../store/recordEncodings.js";
 
 export const MANIFEST_FILE = "manifest.json";
@@ -35,7 +35,28 @@ export interface ModelManifest {
   tokenizer: { json: string; config: string | null };
   /** Every file but the LMDB store (covered by per-expert checksums): size and sha256. */
   files: Record<string, { bytes: number; sha256: string }>;
+  /** Dense matrices kept as a GGUF file stored them (importer/DenseBlocksWriter.ts); absent otherwise. */
+  denseBlocks?: DenseBlocks;
 }
+
+/** One dense matrix [rows, cols] in `encoding`, at `offset` (bytes) of the dense blocks file. */
+export interface DenseBlock {
+  encoding: ExpertEncoding;
+  rows: number;
+  cols: number;
+  offset: number;
+  bytes: number;
+}
+
+/** Where the native dense layers read kept matrices: per layer, by section name (NativeDenseLayers). */
+export interface DenseBlocks {
+  file: string;
+  layers: Record<string, DenseBlock>[];
+  lmHead?: DenseBlock;
+}
+
+/** The sections a dense block may stand for. */
+export const DENSE_BLOCK_SECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "shared_gate", "shared_up", "shared_down"] as const;
 
 /** The byte form of the model's expert records (the store's layout). */
 export function expertShape(m: ModelManifest): ExpertRecordShape {
@@ -189,6 +210,7 @@ function checkManifestShape(modelDir: string, m: ModelManifest): void {
     ["predictor.file", m.predictor.file],
     ["tokenizer.json", m.tokenizer.json],
     ...(m.tokenizer.config === null ? [] : [["tokenizer.config", m.tokenizer.config] as [string, unknown]]),
+    ...(m.denseBlocks === undefined ? [] : [["denseBlocks.file", (m.denseBlocks as DenseBlocks | null)?.file] as [string, unknown]]),
   ];
   for (const [field, rel] of paths) {
     if (!isInsideModelDir(rel)) throw invalid(modelDir, `${field} ${JSON.stringify(rel)} is not a path inside the model directory`);
@@ -226,6 +248,34 @@ function checkManifestShape(modelDir: string, m: ModelManifest): void {
   if (m.experts.recordBytes !== record) {
     throw invalid(modelDir, `experts.recordBytes is ${m.experts.recordBytes} but ${m.precision.experts} experts of dims.hiddenSize ${d.hiddenSize} x dims.expertFfn ${d.expertFfn} take ${record}`);
   }
+  if (m.denseBlocks !== undefined) checkDenseBlocks(modelDir, m.denseBlocks, d.numLayers, m.files[m.denseBlocks.file]!.bytes);
+}
+
+/** Each kept dense matrix: a known section and encoding, its size that of [rows, cols], inside the file. */
+function checkDenseBlocks(modelDir: string, b: DenseBlocks, numLayers: number, fileBytes: number): void {
+  if (!Array.isArray(b.layers) || b.layers.length !== numLayers) throw invalid(modelDir, `denseBlocks.layers must list dims.numLayers (${numLayers}) layers`);
+  const check = (e: DenseBlock, where: string) => {
+    if (!e || typeof e !== "object" || !(ALL_EXPERT_ENCODINGS as readonly string[]).includes(e.encoding) || !isWhole(e.rows, 1) || !isWhole(e.cols, 1) || !isWhole(e.offset, 0)) {
+      throw invalid(modelDir, `${where} must give an encoding, rows, cols and offset`);
+    }
+    let want: number;
+    try {
+      checkEncodable(e.encoding, e.cols, e.cols);
+      want = matrixBytes(e.encoding, e.rows, e.cols);
+    } catch {
+      throw invalid(modelDir, `${where}: rows of ${e.cols} values cannot be ${e.encoding}`);
+    }
+    if (e.bytes !== want) throw invalid(modelDir, `${where} has ${e.bytes} bytes, but [${e.rows}, ${e.cols}] in ${e.encoding} take ${want}`);
+    if (e.offset + e.bytes > fileBytes) throw invalid(modelDir, `${where} lies outside ${b.file}`);
+  };
+  b.layers.forEach((layer, l) => {
+    if (!layer || typeof layer !== "object" || Array.isArray(layer)) throw invalid(modelDir, `denseBlocks.layers[${l}] is not an object`);
+    for (const [section, e] of Object.entries(layer)) {
+      if (!(DENSE_BLOCK_SECTIONS as readonly string[]).includes(section)) throw invalid(modelDir, `denseBlocks.layers[${l}] names an unknown section ${JSON.stringify(section)}`);
+      check(e, `denseBlocks.layers[${l}].${section}`);
+    }
+  });
+  if (b.lmHead !== undefined) check(b.lmHead, "denseBlocks.lmHead");
 }
 
 /**
@@ -269,6 +319,7 @@ function checkFilesAgreeWithDims(modelDir: string, m: ModelManifest): void {
   const biases: Record<string, number[]> = d.qkvBias ? { q_bias: [Hq * hd], k_bias: [Hkv * hd], v_bias: [Hkv * hd] } : {};
   const qkNorm: Record<string, number[]> = d.qkNorm === "head" ? { q_norm: [hd], k_norm: [hd] } : d.qkNorm === "full" ? { q_norm: [Hq * hd], k_norm: [Hkv * hd] } : {};
   const f = modelFeatures(d);
+  const blocks = m.denseBlocks;
   const mlp = (F: number): Record<string, number[]> => (F > 0 ? { shared_gate: [F, H], shared_up: [F, H], shared_down: [H, F], shared_expert_gate: [1, H] } : {});
   for (const [l, rel] of m.graphs.layers.entries()) {
     // A dense layer holds its MLP in the shared-expert slots and has no router.
@@ -286,6 +337,12 @@ function checkFilesAgreeWithDims(modelDir: string, m: ModelManifest): void {
           ...(m.qLoraRank ? { mla_q_a: [m.qLoraRank, H], mla_q_a_norm: [m.qLoraRank] } : {}),
         }
       : { q_proj: [Hq * hd, H], k_proj: [Hkv * hd, H], v_proj: [Hkv * hd, H], o_proj: [H, Hq * hd] };
+    for (const [section, e] of Object.entries(blocks?.layers[l] ?? {})) {
+      const want = attention[section] ?? shared[section];
+      if (!want || want[0] !== e.rows || want[1] !== e.cols) {
+        throw disagree(blocks!.file, `layer ${l}'s ${section} is [${e.rows}, ${e.cols}] but the dims imply ${want ? `[${want.join(", ")}]` : "no such matrix"}`);
+      }
+    }
     check(
       rel,
       { input_norm: [H], ...attention, post_attention_norm: [H], ...(moe ? { router: [E, H] } : {}), ...qkNorm },
@@ -302,6 +359,8 @@ function checkFilesAgreeWithDims(modelDir: string, m: ModelManifest): void {
       }
     );
   }
+  const lmHead = m.denseBlocks?.lmHead;
+  if (lmHead && (lmHead.rows !== V || lmHead.cols !== H)) throw disagree(m.denseBlocks!.file, `its LM head is [${lmHead.rows}, ${lmHead.cols}] but the dims imply [${V}, ${H}]`);
   const expert = readGraph(modelDir, m.graphs.expert);
   const shapes = expert.inputs.map((s) => s.join(","));
   if (!shapes.includes(`${d.expertFfn},${H}`) || !shapes.includes(`${H},${d.expertFfn}`)) {
