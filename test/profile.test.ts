@@ -148,7 +148,7 @@ describe("moe-run profile", () => {
 });
 
 describe("moe-run plan", () => {
-  it("predicts positive decode tokens/s at each budget, within the physical bound, and caches the machine", () => {
+  it("predicts positive decode tokens/s at each budget, within the physical bound, and caches the machine", async () => {
     const machine = path.join(work, "machine.json");
     const out = path.join(work, "plan.json");
     const args = ["plan", dir, "--device-mem", "25%,50%,unlimited", "--host-mem", "64MiB", "--prompts", path.join(work, "prompts.txt"), "-n", "8", "--threads", "1", "--machine-file", machine, "--json", out];
@@ -172,6 +172,14 @@ describe("moe-run plan", () => {
       expect(row.bounds.missedBytesPerToken).toBeCloseTo(row.missesPerToken * record, 6);
       // No prediction may beat the physical bound.
       expect(row.tokensPerSecond).toBeLessThanOrEqual(row.bounds.maxTokensPerSecond);
+    }
+    // The bound counts the dense bytes the runtime reads (native layers: at the experts' width), not the graphs' fp32.
+    const model = await loadModelOnThisThread(dir, { threads: 1, log: () => {} });
+    try {
+      expect(plan.denseBytesPerToken).toBe(model.engineInfo().denseBytesPerToken);
+      expect(plan.rows[0].bounds.activeBytesPerToken).toBe(plan.numLayers * plan.topK * record + plan.denseBytesPerToken);
+    } finally {
+      await model.dispose();
     }
     expect(plan.rows[0].capacity).toBe(7); // (25% of 32 experts' bytes - kernel scratch) / record
     expect(plan.rows[2].capacity).toBe(32);

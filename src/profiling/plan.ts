@@ -67,7 +67,7 @@ export interface Plan {
   rows: PlanRow[];
 }
 
-/** Bytes of dense weights a decode step reads: layer graphs and head with their data, one embedding row. */
+/** Bytes of dense weights the onnx dense layers read per decode step: layer graphs and head with their data, one embedding row. */
 export function denseBytesPerToken(manifest: ModelManifest): number {
   const graphs = [...manifest.graphs.layers, manifest.graphs.head];
   let bytes = manifest.dims.hiddenSize * 4;
@@ -84,6 +84,12 @@ export interface PlanInput {
   budgets: readonly DeviceBudget[];
   /** Host budget in bytes (the store's pages in RAM). */
   hostBytes: number;
+  /**
+   * Dense bytes a decode step reads as the loaded runtime holds them (engineInfo().denseBytesPerToken:
+   * the native layers' weights at the experts' width or a GGUF's own blocks). Default: the graph
+   * files' fp32 weights (what the onnx dense layers read).
+   */
+  denseBytesPerToken?: number;
   policy: PolicyName;
   /**
    * Prompt tokens of each trace seq, when known (a trace profiled just now): miss rates then
@@ -139,7 +145,7 @@ export function planDecode(input: PlanInput): Plan {
   const accessesPerToken = d.numLayers * d.topK;
   const dense = d.numLayers * figures.denseSecondsPerLayer;
   const experts = accessesPerToken * figures.expertSeconds;
-  const denseBytes = denseBytesPerToken(manifest);
+  const denseBytes = input.denseBytesPerToken ?? denseBytesPerToken(manifest);
   const activeBytes = accessesPerToken * record + denseBytes;
   const memorySeconds = activeBytes / (input.machine.memoryReadGBps * 1e9);
   const accesses = countAccesses(trace);

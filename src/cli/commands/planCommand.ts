@@ -93,7 +93,7 @@ export function registerPlan(program: Command): void {
         const hostBytes = opts.hostMem === undefined ? os.totalmem() : resolveByteSize(opts.hostMem, totalExpertBytes);
         if (opts.hostMem === undefined) notes.push(`host budget: the machine's memory (${formatBytes(hostBytes)}); pass --host-mem to plan for less`);
         if (opts.policy === "belady") notes.push("belady needs the future: an offline bound, not a policy the runtime can run");
-        const plan = planDecode({ manifest: model.manifest, machine: figures.machine, figures: figures.model, trace: trace!, traceSource, budgets, hostBytes, policy: opts.policy, promptTokens });
+        const plan = planDecode({ manifest: model.manifest, machine: figures.machine, figures: figures.model, trace: trace!, traceSource, budgets, hostBytes, policy: opts.policy, promptTokens, denseBytesPerToken: model.engineInfo().denseBytesPerToken });
         plan.notes.push(...notes, `machine figures ${figures.cached ? "from" : "measured now, cached in"} ${figures.file}${figures.cached ? " (--remeasure to refresh)" : ""}`);
         out(formatPlan(plan) + "\n");
         if (opts.json !== undefined) fs.writeFileSync(opts.json, JSON.stringify(plan, (_k, v) => (v === Infinity ? null : v), 2) + "\n");
