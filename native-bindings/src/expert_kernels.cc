@@ -193,16 +193,18 @@ void matmul_rows_batch(const MatmulJob* jobs, size_t n, int threads) {
   std::vector<QuantRows> xq(n, QuantRows{nullptr, nullptr, nullptr});
   uint8_t* at = scratch.data();
   // Float jobs whose x is not on a cache line read a copy that is (the same values: same results).
-  std::vector<MatmulJob> local(jobs, jobs + n);
+  const auto copies_x = [](const MatmulJob& j) { return !quantized(j.enc) && !line_aligned(j.x) && j.T * j.cols * 4 <= kAlignCopyBytes; };
   size_t floats = 0;
   for (size_t i = 0; i < n; i++)
-    if (!quantized(jobs[i].enc) && !line_aligned(jobs[i].x) && jobs[i].T * jobs[i].cols * 4 <= kAlignCopyBytes) floats += jobs[i].T * jobs[i].cols + 16;
+    if (copies_x(jobs[i])) floats += jobs[i].T * jobs[i].cols + 16;
+  std::vector<MatmulJob> local;  // the jobs with their x replaced, only when some job copies
   if (floats) {
+    local.assign(jobs, jobs + n);
     if (aligned_x.size() < floats) aligned_x.resize(floats);
     float* fat = aligned_x.data();
     for (size_t i = 0; i < n; i++) {
       const MatmulJob& j = jobs[i];
-      if (quantized(j.enc) || line_aligned(j.x) || j.T * j.cols * 4 > kAlignCopyBytes) continue;
+      if (!copies_x(j)) continue;
       size_t same = i;
       for (size_t p = 0; p < i; p++)
         if (!quantized(jobs[p].enc) && jobs[p].x == j.x && jobs[p].T == j.T && jobs[p].cols == j.cols && local[p].x != jobs[p].x) same = p;

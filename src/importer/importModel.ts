@@ -313,7 +313,9 @@ async function writeModel(
   const scaled = (w: Float32Array | undefined, factor: number) => (w && factor !== 1 ? w.map((v) => v * factor) : w);
   const embedW = read(COMMON_NAMES.embed);
   const embed = save(buildEmbeddingGraph(d, scaled(embedW, folds.embedding)!), "graphs/embed.onnx");
-  const lmHead = shapes.has(COMMON_NAMES.lmHead) ? read(COMMON_NAMES.lmHead) : embedW;
+  // The LM head's own tensor, or the embedding where the model ties them.
+  const lmHeadName = shapes.has(COMMON_NAMES.lmHead) ? COMMON_NAMES.lmHead : COMMON_NAMES.embed;
+  const lmHead = lmHeadName === COMMON_NAMES.lmHead ? read(lmHeadName) : embedW;
   const headWeights = {
     norm: read(COMMON_NAMES.finalNorm),
     normBias: opt(spec.names.normBias?.final),
@@ -390,10 +392,7 @@ async function writeModel(
       // Let the event loop run between layers (timers, signals, other work of a library user).
       await new Promise<void>((resolve) => setImmediate(resolve));
     }
-    if (denseBlocks && folds.logits === 1) {
-      const lmHeadName = shapes.has(COMMON_NAMES.lmHead) ? COMMON_NAMES.lmHead : COMMON_NAMES.embed;
-      denseBlocks.setLmHead(lmHeadName, [d.vocabSize, d.hiddenSize]);
-    }
+    if (denseBlocks && folds.logits === 1) denseBlocks.setLmHead(lmHeadName, [d.vocabSize, d.hiddenSize]);
     denseBlocksEntry = denseBlocks?.finish();
     if (denseBlocksEntry) written.push(denseBlocksEntry.file);
   } finally {
