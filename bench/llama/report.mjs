@@ -33,7 +33,7 @@ export function writeReports({ out, md, date, machine, moeRun, nodeLlamaCppVersi
     previous = JSON.parse(fs.readFileSync(out, "utf8"));
   } catch {}
   // A new run replaces earlier results of the same scenario at the same thread count.
-  const key = (x) => `${x.scenario}@${x.threads ?? args.threads}`;
+  const key = (x) => `${x.scenario}@${x.threads ?? args.threads[0]}`;
   const ran = new Set(newRuns.map(key).concat(scenarioInfo.map(key)));
   // Oversize runs at ratios replace the older single-limit "oversize" results.
   const legacy = (x) => x.scenario === "oversize" && [...ran].some((k) => k.startsWith("oversize-"));
@@ -77,8 +77,10 @@ export function markdown(r) {
   L.push(`- Peer: node-llama-cpp ${r.peer.version} (llama.cpp binaries release ${r.peer.llamaCppRelease ?? "?"}, ${r.peer.binaries}), mmap on, greedy, no repeat penalty.`);
   const mem = r.roofline?.memory;
   if (mem) {
-    const both = mem.nThreads.threads > 1 ? `${(mem.nThreads.bytesPerSecond / GB).toFixed(1)} GB/s with ${mem.nThreads.threads} threads, ${(mem.oneThread.bytesPerSecond / GB).toFixed(1)} GB/s with 1` : `${(mem.oneThread.bytesPerSecond / GB).toFixed(1)} GB/s with 1 thread`;
-    L.push(`- Memory read bandwidth (latest run): ${both} (${mem.nThreads.method}); each row's bound uses the bandwidth measured in its own run (\`memoryBandwidthBytesPerS\` in latest.json).`);
+    // Runs before thread lists measured n threads and 1 only.
+    const byThreads = Object.values(mem.byThreads ?? { a: mem.nThreads, b: mem.oneThread }).filter((m, i, xs) => xs.findIndex((y) => y.threads === m.threads) === i);
+    const all = byThreads.sort((x, y) => y.threads - x.threads).map((m) => `${(m.bytesPerSecond / GB).toFixed(1)} GB/s with ${m.threads} thread${m.threads > 1 ? "s" : ""}`).join(", ");
+    L.push(`- Memory read bandwidth at the start of the latest run: ${all} (${mem.nThreads.method}). Each row's bound uses the bandwidth measured next to each of its reps (512 MiB in huge pages, best of 3, at the rep's thread count; \`samples[].memoryBandwidthBytesPerS\` in latest.json, the row's median in \`memoryBandwidthBytesPerS\`, the start-of-run figure in \`memoryBandwidthStartOfRunBytesPerS\`); rows older than that and oversize rows use the start of their run's.`);
   }
   if (r.roofline?.disk) L.push(`- Disk read bandwidth: ${(r.roofline.disk.bytesPerSecond / GB).toFixed(2)} GB/s (${r.roofline.disk.method}, ${(r.roofline.disk.bytes / GB).toFixed(2)} GB${r.roofline.disk.date ? `, ${r.roofline.disk.date.slice(0, 16).replace("T", " ")} UTC` : ""}).`);
   else {
@@ -89,7 +91,7 @@ export function markdown(r) {
   L.push("");
   L.push("## Results");
   L.push("");
-  L.push("Medians over the reps (engines alternate; each run is a fresh process). Decode tok/s counts the tokens after the first; prefill is the whole prompt in one batch. *vs llama.cpp* compares moe-run with node-llama-cpp at the same weight width (moe-run f16 ↔ GGUF F16, int8 ↔ Q8_0). *Bound* is the decode speed if every byte a token must read came at the measured bandwidth (see below); *ids* is how many greedy ids agree with the paired llama.cpp run before they part.");
+  L.push("Medians over the reps (engines alternate; each run is a fresh process). Decode tok/s counts the tokens after the first; prefill is the whole prompt in one batch. *vs llama.cpp* compares moe-run with node-llama-cpp at the same weight width (moe-run f16 ↔ GGUF F16, int8 ↔ Q8_0). *Bound* is the decode speed if every byte a token must read came at the memory bandwidth measured next to each rep (median over the reps; *of bound* is the median of the per-rep fractions; see below); *ids* is how many greedy ids agree with the paired llama.cpp run before they part.");
   L.push("");
   L.push("| scenario | threads | model | engine | weights | file | prefill tok/s | decode tok/s (min–max) | decode vs llama.cpp (per-rep median) | peak RSS | read from disk | finished | decode bound tok/s | of bound | ids |");
   L.push("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -172,8 +174,9 @@ export function markdown(r) {
   L.push("- One seed generates each synthetic Mixtral-shaped checkpoint (`writeSyntheticCheckpoint`); it is imported by moe-run (`importModel`, `--experts` f16 and int8) and converted to GGUF F16 and Q8_0 by `src/formats/hfToGguf.ts` (q/k rows permuted to llama.cpp's RoPE layout, experts stacked, norms and router F32). From BF16 weights, F16 in both engines is the same rounding, so moe-run f16 and GGUF F16 hold identical numbers; Q8_0 (fp16 scale per 32) and moe-run int8 (fp32 scale per 32) differ slightly.");
   L.push("- Both engines get the same prompt token ids (tokenized once by moe-run's tokenizer; the child checks moe-run re-tokenizes the prompt text to the same ids) and the same thread count. Greedy decoding, generation continues past end-of-sequence.");
   L.push("- Peak RSS is the child's VmHWM (includes the file pages it maps: llama.cpp maps the GGUF; moe-run reads expert records into memory of its own, with direct reads where it can, and results older than that mapped the LMDB store). *Read from disk* is `read_bytes` of `/proc/<pid>/io` for the whole child (load and warm-up included): bytes it caused to be read from storage; near zero when the page cache already holds the files.");
-  L.push("- Decode bound = memory read bandwidth / bytes a decode step must read (all dense weights and the LM head, top-k of the experts per layer, one embedding row; the KV cache is ignored). In oversize runs expert misses come from disk at its sequential direct-I/O bandwidth (`dd bs=4M iflag=direct`): t = non-expert bytes / memory bandwidth + active expert bytes × (h / memory bandwidth + (1 − h) / disk bandwidth). For moe-run rows h is the expert hit rate its decode measured (cache hits and misses between the first and the last token), so the bound says how close it runs to its own misses at disk speed; for llama.cpp rows h ≤ (limit − non-expert bytes) / all expert bytes (uniform routing, the runtime's own memory ignored), an upper bound. Older results used that estimate for moe-run too.");
+  L.push("- Decode bound = memory read bandwidth / bytes a decode step must read (all dense weights and the LM head, top-k of the experts per layer, one embedding row; the KV cache is ignored). The bandwidth drifts within minutes on this shared machine (by up to a third at 2 threads), so it is measured next to each rep: right before every run outside oversize, a C/OpenMP sum of 512 MiB of doubles in transparent huge pages at that run's thread count, best of 3 passes (about half a second). Each rep gets its own bound and fraction (its decode tok/s over its bound); a row shows the median of the per-rep bounds and the median of the per-rep fractions. The start-of-run figure (1 GiB, best of 6, the better of 4 KiB and huge pages, the better of the row's thread count and 1) and the fraction against it are in latest.json (`memoryBandwidthStartOfRunBytesPerS`, `fractionOfBoundStartOfRun`); rows older than the per-rep measurement used only that. In oversize runs the start-of-run figure is the memory bandwidth, and expert misses come from disk at its sequential direct-I/O bandwidth (`dd bs=4M iflag=direct`): t = non-expert bytes / memory bandwidth + active expert bytes × (h / memory bandwidth + (1 − h) / disk bandwidth). For moe-run rows h is the expert hit rate its decode measured (cache hits and misses between the first and the last token), so the bound says how close it runs to its own misses at disk speed; for llama.cpp rows h ≤ (limit − non-expert bytes) / all expert bytes (uniform routing, the runtime's own memory ignored), an upper bound. Older results used that estimate for moe-run too.");
   L.push("- Oversize: the same synthetic model at each ratio R of `--oversize-ratios`; each moe-run/llama.cpp pair runs under a cgroup limit of its GGUF's size / R (F16 for moe-run f16, Q8_0 for moe-run int8), both engines with default options (moe-run sizes its caches from the cgroup limit). Read path: every expert record of the moe-run store read with `ExpertStore.readRecord`, 4 in flight, store evicted first; best of 2 passes, as is the dd figure.");
+  L.push("- Threads: `--threads 1,2` runs both counts in one invocation, interleaved: in each rep, each engine runs at 1 and at 2 threads one after the other (engine order and thread order alternate between reps). The two-vs-one-thread target then pairs rep i at 1 thread with rep i at 2 threads and takes the median of the per-rep decode ratios, beside the memory's own per-rep ratio (the bandwidths measured next to those reps) and llama.cpp's (`threadScalingPerRep`, `memoryScalingPerRep` on the 2-thread rows). Rows from separate invocations are compared by their medians and marked *different runs*.");
   L.push("- A run killed by the OOM killer or past its time limit counts as not finished; its tok/s (if any) are partial, from the tokens it produced.");
   L.push("");
   return L.join("\n");
@@ -281,6 +284,10 @@ function cpuTargets(r, find, peerOf, versus, none) {
     const two = xs.find((x) => x.threads === 2);
     if (!one || !two) continue;
     anyThreads = true;
+    if (one.date === two.date && two.threadScalingPerRep) {
+      out.push(`  - moe-run ${fmtName}: ${perRepScaling(one, two, peerOf(two))} → ${verdict(two.threadScaling === undefined ? undefined : two.threadScaling >= 1.6)}.`);
+      continue;
+    }
     const sp = one.decodeTokPerS && two.decodeTokPerS ? two.decodeTokPerS / one.decodeTokPerS : undefined;
     const p1 = peerOf(one);
     const p2 = peerOf(two);
@@ -288,9 +295,9 @@ function cpuTargets(r, find, peerOf, versus, none) {
     // The memory's own scaling in the same two runs: the ceiling of a decode that is bandwidth-bound.
     const bw1 = one.memoryBandwidthBytesPerS, bw2 = two.memoryBandwidthBytesPerS;
     const mem = bw1 && bw2 ? `; memory read bandwidth ${(bw2 / 1e9).toFixed(1)} vs ${(bw1 / 1e9).toFixed(1)} GB/s = ${ratio(bw2 / bw1)}` : "";
-    out.push(`  - moe-run ${fmtName}: ${num(two.decodeTokPerS)} tok/s with 2 threads vs ${num(one.decodeTokPerS)} with 1 = ${ratio(sp)} (llama.cpp ${ratio(psp)}${mem}; runs of ${one.date?.slice(0, 16)} and ${two.date?.slice(0, 16)}) → ${verdict(sp === undefined ? undefined : sp >= 1.6)}.`);
+    out.push(`  - moe-run ${fmtName}: ${num(two.decodeTokPerS)} tok/s with 2 threads vs ${num(one.decodeTokPerS)} with 1 = ${ratio(sp)} (llama.cpp ${ratio(psp)}${mem}; runs of ${one.date?.slice(0, 16)} and ${two.date?.slice(0, 16)}) (different runs) → ${verdict(sp === undefined ? undefined : sp >= 1.6)}.`);
   }
-  if (!anyThreads) out.push("  - needs 600m runs at --threads 1 and --threads 2.");
+  if (!anyThreads) out.push("  - needs 600m runs at 1 and 2 threads (`--threads 1,2`).");
   out.push("- **CPU (bundled moe-tiny-en): decode ≥ 0.8× llama.cpp.**");
   const tiny = r.runs.filter((x) => x.scenario === "bundled" && x.engine === "moe-run" && /moe-tiny-en/.test(x.model));
   if (!tiny.length) out.push(none);
@@ -300,6 +307,18 @@ function cpuTargets(r, find, peerOf, versus, none) {
   if (!withSplit.length) out.push(none);
   for (const x of withSplit) out.push(`  - ${x.threads} thread(s), moe-run ${x.format}: ${pct(x.outsideKernelsShare)} of ${num(1000 / x.decodeTokPerS, 2)} ms per token → ${verdict(x.outsideKernelsShare < 0.1)}.`);
   return out;
+}
+
+/**
+ * 2 threads vs 1 rep by rep, from one run (rep i at 1 and at 2 threads ran one after the other):
+ * moe-run's ratios and median, then the memory's and llama.cpp's the same way.
+ */
+function perRepScaling(one, two, peer) {
+  const list = (xs) => xs.map(ratio).join(", ");
+  const reps = (xs, m) => (xs.length > 1 ? `per rep ${list(xs)}, median ${ratio(m)}` : ratio(m));
+  const mem = two.memoryScalingPerRep ? `; memory read bandwidth measured next to those reps: ${reps(two.memoryScalingPerRep, two.memoryScaling)}` : "";
+  const llama = peer?.threadScalingPerRep ? `; llama.cpp ${peer.format}: ${reps(peer.threadScalingPerRep, peer.threadScaling)}` : "";
+  return `2 threads vs 1, rep by rep in one run (${two.date?.slice(0, 16)}): ${reps(two.threadScalingPerRep, two.threadScaling)} (medians ${num(two.decodeTokPerS)} vs ${num(one.decodeTokPerS)} tok/s)${mem}${llama}`;
 }
 
 /** The KV cache precisions moe-run's rows ran with (engineInfo.kvCache; rows older than the option ran fp32). */

@@ -6,9 +6,13 @@
  *
  *   --scenarios bundled,600m,oversize   which to run (default: bundled,600m); oversize runs once
  *                          per --oversize-ratios entry, oversize-3x runs just that ratio
- *   --reps N               measured runs per engine, engines alternating (default 3)
+ *   --reps N               measured runs per engine and thread count, engines alternating (default 3)
  *   --oversize-reps N      the same for the oversize scenario (default 1)
- *   --threads N            threads for both engines (default: available parallelism)
+ *   --threads N[,M..]      threads for both engines (default: available parallelism); a list such as
+ *                          1,2 runs every engine at each count in one invocation, interleaved: in each
+ *                          rep, each engine's runs at the listed counts come one after the other
+ *                          (engine order and thread order alternate between reps), one row per
+ *                          (engine, weights, threads)
  *   --prompt-tokens N      prompt length in tokens (default 64; oversize 32)
  *   --decode-tokens N      generated tokens per run (default 64; oversize 16)
  *   --formats F16,Q8_0     GGUF types for node-llama-cpp (also Q4_K_M: llama-quantize's mix,
@@ -34,9 +38,17 @@
  * Each engine+model+rep runs in a child process (bench/llama/child.mjs) so peak RSS (VmHWM) and
  * bytes read from storage (/proc/<pid>/io read_bytes) are its own. Oversize runs go into a fresh
  * cgroup v1 memory group (page cache counted) after the model files are evicted from the page cache.
- * The roofline is measured once, on the first model with a file over 256 MB: memory bandwidth, the
- * disk's sequential direct-I/O bandwidth (dd iflag=direct) and moe-run's own read path (every
- * expert record through ExpertStore.readRecord, 4 in flight).
+ * Memory read bandwidth drifts minute to minute on a shared machine, so it is measured right before
+ * every child run outside oversize (membw: 512 MiB in huge pages, best of 3, at the child's thread
+ * count; about half a second): a row's decode bound is the median of its per-rep bounds, its
+ * fraction of the bound the median of its per-rep fractions. The start-of-run figure (1 GiB, best
+ * of 6, the better of 4 KiB and huge pages, at each listed thread count and 1) stays in latest.json
+ * beside them (memoryBandwidthStartOfRunBytesPerS, fractionOfBoundStartOfRun); oversize bounds use
+ * it. With --threads 1,2 the report's two-vs-one-thread figure pairs rep i at 1 thread with rep i
+ * at 2 threads (threadScalingPerRep, memoryScalingPerRep on the 2-thread rows).
+ * Disk and read path are measured once, on the first model with a file over 256 MB: the disk's
+ * sequential direct-I/O bandwidth (dd iflag=direct) and moe-run's own read path (every expert
+ * record through ExpertStore.readRecord, 4 in flight).
  * Writes bench/results/latest.json (merged with earlier results of scenarios not run now) and
  * bench/RESULTS.md.
  */
@@ -47,6 +59,7 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { ROOT, activeBytesGguf, activeBytesMoeRun, makePrompt, paramCounts, prepareModel, scenarioModels } from "./models.mjs";
 import { markdown, writeReports } from "./report.mjs";
+import { scenarioRows } from "./rows.mjs";
 import { createMemoryCgroup, evictFromPageCache, machineInfo, measureDiskBandwidth, measureMemoryBandwidth, measureReadPath, procReadBytes, procStatus } from "./system.mjs";
 
 const { values: a } = parseArgs({
@@ -82,7 +95,7 @@ if (a["report-only"]) {
 }
 const args = {
   scenarios: a.scenarios.split(",").filter(Boolean),
-  threads: Number(a.threads),
+  threads: [...new Set(a.threads.split(",").filter(Boolean).map(Number))],
   formats: a.formats.split(",").filter(Boolean),
   moeRunExperts: a["moe-run-experts"].split(",").filter(Boolean),
   moeRunOptions: JSON.parse(a["moe-run-options"]),
@@ -93,6 +106,7 @@ const args = {
   oversizeLimitMb: a["oversize-limit-mb"] ? Number(a["oversize-limit-mb"]) : undefined,
   work: a.work,
 };
+if (!args.threads.length || !args.threads.every((t) => Number.isInteger(t) && t > 0)) throw new Error(`--threads must be positive integers, got ${a.threads}`);
 if (!args.oversizeRatios.every((r) => Number.isFinite(r) && r > 0)) throw new Error(`--oversize-ratios must be positive numbers, got ${a["oversize-ratios"]}`);
 // What runs: "oversize" once per ratio (labelled oversize-2x, ...), or once at the fixed limit.
 const plan = [];
@@ -111,11 +125,7 @@ const PAIR = { f32: "F16", f16: "F16", int8: "Q8_0", int4: "Q8_0" };
 /** The GGUF type a moe-run precision is compared with ("gguf-Q8_0": moe-run imported that very file). */
 const pairOf = (enc) => (enc.startsWith("gguf-") ? enc.slice(5) : PAIR[enc]);
 const log = (line) => process.stderr.write(`[bench:llama] ${line}\n`);
-const median = (xs) => {
-  const s = xs.filter((x) => Number.isFinite(x)).sort((p, q) => p - q);
-  if (!s.length) return undefined;
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
+const gb = (bps) => `${(bps / 1e9).toFixed(1)} GB/s`;
 
 // Long, CPU-heavy work on a shared 2-core machine: be nice (children inherit it).
 try {
@@ -137,16 +147,18 @@ const llamaCppRelease = (() => {
 if (os.loadavg()[0] > 0.5) {
   log(`load average ${os.loadavg().map((x) => x.toFixed(1)).join(" ")}: other processes use the CPU, so timings will be noisy (and multi-threaded llama.cpp suffers most; compare with --threads 1)`);
 }
-log(`memory read bandwidth (threads ${args.threads}${args.threads > 1 ? " and 1" : ""})...`);
-const memN = measureMemoryBandwidth(args.work, args.threads, log);
-const mem1 = args.threads > 1 ? measureMemoryBandwidth(args.work, 1, log) : memN;
-const memBw = Math.max(memN.bytesPerSecond, mem1.bytesPerSecond);
-log(
-  args.threads > 1
-    ? `memory read bandwidth: ${(memN.bytesPerSecond / 1e9).toFixed(1)} GB/s (${args.threads} threads), ${(mem1.bytesPerSecond / 1e9).toFixed(1)} GB/s (1 thread); bounds use ${(memBw / 1e9).toFixed(1)} GB/s`
-    : `memory read bandwidth: ${(memBw / 1e9).toFixed(1)} GB/s (1 thread)`
-);
-const roofline = { memory: { nThreads: memN, oneThread: mem1, bytesPerSecond: memBw }, disk: undefined, readPath: undefined };
+// Start of run, at each listed thread count and 1: oversize bounds use it, other rows keep it beside
+// their per-rep figures. A row at t threads uses the better of t and 1 thread (as before lists).
+const memThreads = [...new Set([...args.threads, 1])].sort((x, y) => y - x);
+log(`memory read bandwidth at the start (threads ${memThreads.join(", ")})...`);
+const startMem = new Map(memThreads.map((t) => [t, measureMemoryBandwidth(args.work, t, log)]));
+const startBandwidth = (t) => Math.max(startMem.get(t).bytesPerSecond, startMem.get(1).bytesPerSecond);
+log(`memory read bandwidth at the start: ${memThreads.map((t) => `${gb(startMem.get(t).bytesPerSecond)} (${t} thread${t > 1 ? "s" : ""})`).join(", ")}`);
+const roofline = {
+  memory: { nThreads: startMem.get(memThreads[0]), oneThread: startMem.get(1), byThreads: Object.fromEntries(startMem), bytesPerSecond: startBandwidth(memThreads[0]) },
+  disk: undefined,
+  readPath: undefined,
+};
 
 /** Runs one child; never throws for a failed/killed child (that is a result). */
 function runChild(job, { cgroup, timeoutS }) {
@@ -252,7 +264,7 @@ for (const { scenario, kind, ratio, promptTokens: fixedPrompt } of plan) {
   for (const m of scenarioModels(kind, args)) {
     if (m.skipped) {
       log(`${scenario}/${m.id}: skipped: ${m.skipped}`);
-      scenarioInfo.push({ scenario, model: m.id, skipped: m.skipped, date, threads: args.threads });
+      for (const threads of args.threads) scenarioInfo.push({ scenario, model: m.id, skipped: m.skipped, date, threads });
       continue;
     }
     const t0 = performance.now();
@@ -328,7 +340,7 @@ for (const { scenario, kind, ratio, promptTokens: fixedPrompt } of plan) {
       else probe.remove();
       if (cgroupError) log(`oversize: ${cgroupError}; the oversize runs are recorded as not run`);
     }
-    scenarioInfo.push({
+    const info = {
       scenario,
       model: p.id,
       date,
@@ -340,161 +352,72 @@ for (const { scenario, kind, ratio, promptTokens: fixedPrompt } of plan) {
       decodeTokens,
       reps,
       warmup,
-      threads: args.threads,
       oversizeRatio: ratio,
       memoryLimitBytes: args.oversizeLimitMb && oversize ? limits.get(engines[0]).bytes : undefined,
       memoryLimits: oversize ? Object.fromEntries(engines.map((e) => [`${e.engine}:${e.format}`, limits.get(e).bytes])) : undefined,
       cgroupError,
       files: Object.fromEntries(engines.map((e) => [`${e.engine}:${e.format}`, e.fileBytes])),
       prepareTimings: p.timings,
-    });
+    };
+    for (const threads of args.threads) scenarioInfo.push({ ...info, threads });
 
-    const samples = new Map(engines.map((e) => [e, []]));
+    // One row per (engine, thread count); within a rep an engine's thread counts run back to back,
+    // so rep i at 1 and at 2 threads saw about the same machine (rows.mjs pairs them).
+    const units = engines.flatMap((engine) => args.threads.map((threads) => ({ engine, threads })));
+    const samples = new Map(units.map((u) => [u, []]));
+    const unit = (e, t) => units.find((u) => u.engine === e && u.threads === t);
     for (let rep = 0; rep < reps; rep++) {
       const order = rep % 2 === 0 ? engines : [...engines].reverse();
+      const threadOrder = rep % 2 === 0 ? args.threads : [...args.threads].reverse();
       for (const e of order) {
-        const limitBytes = limits.get(e)?.bytes;
-        const job = {
-          engine: e.engine,
-          model: e.model,
-          promptText: prompt.text,
-          promptIds: prompt.ids,
-          decodeTokens,
-          threads: args.threads,
-          warmup,
-          loadOptions: e.engine === "moe-run" ? args.moeRunOptions : undefined,
-        };
-        let cgroup;
-        let s;
-        if (oversize) {
-          if (cgroupError) {
-            s = { finished: false, reason: `not run: ${cgroupError}` };
-            samples.get(e).push(s);
-            continue;
+        for (const threads of threadOrder) {
+          const out = samples.get(unit(e, threads));
+          const limitBytes = limits.get(e)?.bytes;
+          const job = {
+            engine: e.engine,
+            model: e.model,
+            promptText: prompt.text,
+            promptIds: prompt.ids,
+            decodeTokens,
+            threads,
+            warmup,
+            loadOptions: e.engine === "moe-run" ? args.moeRunOptions : undefined,
+          };
+          let cgroup;
+          let mem;
+          if (oversize) {
+            if (cgroupError) {
+              out.push({ finished: false, reason: `not run: ${cgroupError}` });
+              continue;
+            }
+            // Start cold: every model file of this scenario out of the page cache, a fresh group.
+            evictFromPageCache(engines.map((x) => x.model));
+            cgroup = createMemoryCgroup(`moe-run-bench-${process.pid}-${scenario}-${rep}-${e.engine}-${e.format}-${threads}t`, limitBytes);
+            if (cgroup.error) {
+              out.push({ finished: false, reason: `not run: ${cgroup.error}` });
+              continue;
+            }
+          } else {
+            // This run's own bandwidth, at its thread count, just before it.
+            mem = measureMemoryBandwidth(args.work, threads, log, { quick: true });
           }
-          // Start cold: every model file of this scenario out of the page cache, a fresh group.
-          evictFromPageCache(engines.map((x) => x.model));
-          cgroup = createMemoryCgroup(`moe-run-bench-${process.pid}-${scenario}-${rep}-${e.engine}-${e.format}`, limitBytes);
-          if (cgroup.error) {
-            s = { finished: false, reason: `not run: ${cgroup.error}` };
-            samples.get(e).push(s);
-            continue;
-          }
+          const where = oversize ? ` (memory limit ${(limitBytes / 2 ** 20).toFixed(0)} MiB, model ${(e.fileBytes / limitBytes).toFixed(1)}x it)` : ` (memory ${gb(mem.bytesPerSecond)}, measured in ${mem.seconds.toFixed(2)} s)`;
+          log(`${scenario}/${p.id}: rep ${rep + 1}/${reps} ${e.engine} ${e.format}, ${threads} thread${threads > 1 ? "s" : ""}${where}...`);
+          const s = await runChild(job, { cgroup, timeoutS });
+          cgroup?.remove();
+          if (mem) s.memoryBandwidthBytesPerS = mem.bytesPerSecond;
+          log(
+            `  ${s.finished ? "done" : `NOT FINISHED (${s.reason})`}: prefill ${fmt(s.prefillTokPerS)} tok/s, decode ${fmt(s.decodeTokPerS)} tok/s, ` +
+              `peak RSS ${mb(s.peakRssBytes)}, read ${mb(s.readBytes)}${s.cgroup ? `, cgroup max ${mb(s.cgroup.maxUsageBytes)}` : ""}` +
+              `${s.decodeHitRate !== undefined ? `, decode hit rate ${(s.decodeHitRate * 100).toFixed(0)}%` : ""}`
+          );
+          out.push(s);
         }
-        log(`${scenario}/${p.id}: rep ${rep + 1}/${reps} ${e.engine} ${e.format}${oversize ? ` (memory limit ${(limitBytes / 2 ** 20).toFixed(0)} MiB, model ${(e.fileBytes / limitBytes).toFixed(1)}x it)` : ""}...`);
-        s = await runChild(job, { cgroup, timeoutS });
-        cgroup?.remove();
-        log(
-          `  ${s.finished ? "done" : `NOT FINISHED (${s.reason})`}: prefill ${fmt(s.prefillTokPerS)} tok/s, decode ${fmt(s.decodeTokPerS)} tok/s, ` +
-            `peak RSS ${mb(s.peakRssBytes)}, read ${mb(s.readBytes)}${s.cgroup ? `, cgroup max ${mb(s.cgroup.maxUsageBytes)}` : ""}` +
-            `${s.decodeHitRate !== undefined ? `, decode hit rate ${(s.decodeHitRate * 100).toFixed(0)}%` : ""}`
-        );
-        samples.get(e).push(s);
       }
     }
 
-    // Aggregate per engine, then compare.
-    const rows = engines.map((e) => {
-      const ss = samples.get(e);
-      const done = ss.filter((x) => x.finished);
-      const use = done.length ? done : ss;
-      const activeExpertBytes = (e.expertBytesTotal * p.config.num_experts_per_tok) / p.config.num_local_experts;
-      const limitBytes = limits.get(e)?.bytes;
-      const decodeHitRate = median(use.map((x) => x.decodeHitRate));
-      let boundTokPerS = memBw / e.activeBytes;
-      let boundNote = "all active bytes from memory at the measured read bandwidth";
-      let boundHitRate;
-      if (oversize && roofline.disk && limitBytes) {
-        // moe-run: the hit rate its decode measured; llama.cpp (no such counter): what the limit allows at best.
-        const measured = e.engine === "moe-run" && decodeHitRate !== undefined;
-        const h = measured ? decodeHitRate : Math.max(0, Math.min(1, (limitBytes - (e.totalBytes - e.expertBytesTotal)) / e.expertBytesTotal));
-        const t = (e.activeBytes - activeExpertBytes) / memBw + activeExpertBytes * (h / memBw + (1 - h) / roofline.disk.bytesPerSecond);
-        boundTokPerS = 1 / t;
-        boundHitRate = h;
-        boundNote = measured
-          ? `measured decode expert hit rate ${(h * 100).toFixed(0)}%: hits at the memory bandwidth, misses at the disk's sequential direct-I/O bandwidth`
-          : `expert hit rate at most ${(h * 100).toFixed(0)}% (limit minus non-expert bytes over all expert bytes, uniform routing); misses at the measured disk bandwidth`;
-      }
-      // moe-run reports the dense bytes it reads per token (native dense layers hold them at the
-      // experts' width); the bound follows what it actually reads.
-      const engineInfo = use.find((x) => x.engineInfo)?.engineInfo;
-      if (engineInfo?.denseBytesPerToken !== undefined && !oversize) {
-        const record = e.expertBytesTotal / (p.config.num_hidden_layers * p.config.num_local_experts);
-        e.activeBytes = engineInfo.denseBytesPerToken + p.config.num_hidden_layers * p.config.num_experts_per_tok * record;
-        boundTokPerS = memBw / e.activeBytes;
-      }
-      const decodeMsPerToken = breakdownMs(use.map((x) => x.decodeBreakdown));
-      const prefillMsPerForward = breakdownMs(use.map((x) => x.prefillBreakdown));
-      const decode = median(use.map((x) => x.decodeTokPerS));
-      // Decode time outside the kernels (dense layers, experts, LM head): routing, JS, sampling,
-      // KV handling, event-loop turns; from the wall time per token, not the sum of the parts.
-      const kernelMs = decodeMsPerToken ? decodeMsPerToken.dense + decodeMsPerToken.experts + decodeMsPerToken.head : undefined;
-      const outsideKernelsShare = kernelMs !== undefined && decode ? Math.max(0, 1 - kernelMs / (1000 / decode)) : undefined;
-      return {
-        date,
-        moeRunCommit: git ? `${git.commit}${git.dirty ? "+dirty" : ""}` : undefined,
-        scenario,
-        model: p.id,
-        engine: e.engine,
-        format: e.format,
-        precision: e.precision,
-        threads: args.threads,
-        promptTokens: prompt.ids.length,
-        decodeTokens,
-        reps: ss.length,
-        finished: ss.length > 0 && ss.every((x) => x.finished),
-        notFinishedReasons: [...new Set(ss.filter((x) => !x.finished).map((x) => x.reason))],
-        prefillTokPerS: median(use.map((x) => x.prefillTokPerS)),
-        decodeTokPerS: decode,
-        peakRssBytes: Math.max(0, ...ss.map((x) => x.peakRssBytes ?? 0)) || undefined,
-        readBytes: median(ss.map((x) => x.readBytes)),
-        readBytesPerToken: undefined,
-        cgroupMaxUsageBytes: oversize ? Math.max(0, ...ss.map((x) => x.cgroup?.maxUsageBytes ?? 0)) || undefined : undefined,
-        oomKills: oversize ? ss.reduce((n, x) => n + (x.cgroup?.oomKills ?? 0), 0) : undefined,
-        memoryLimitBytes: limitBytes,
-        memoryLimitBasis: limits.get(e)?.basis,
-        oversizeRatio: ratio,
-        modelToLimit: limitBytes ? e.fileBytes / limitBytes : undefined,
-        decodeHitRate,
-        engineInfo,
-        denseBytesPerToken: engineInfo?.denseBytesPerToken,
-        decodeMsPerToken,
-        prefillMsPerForward,
-        outsideKernelsShare,
-        decodeCache: use.find((x) => x.decodeCache)?.decodeCache,
-        cacheStats: use.find((x) => x.cacheStats)?.cacheStats,
-        fileBytes: e.fileBytes,
-        activeBytesPerToken: e.activeBytes,
-        boundTokPerS,
-        boundNote,
-        boundHitRate,
-        fractionOfBound: decode !== undefined ? decode / boundTokPerS : undefined,
-        memoryBandwidthBytesPerS: memBw,
-        diskBandwidthBytesPerS: roofline.disk?.bytesPerSecond,
-        pairedWith: e.pair ? `node-llama-cpp:${e.pair}` : undefined,
-        // The cache summary is on the row (from one run); samples keep their hit rates only.
-        samples: ss.map(({ ids, stderrTail, cacheStats, decodeCache, decodeBreakdown, prefillBreakdown, engineInfo, ...rest }) => ({ ...rest, ...(stderrTail ? { stderrTail } : {}) })),
-        ids: ss.find((x) => x.ids)?.ids,
-      };
-    });
-    for (const r of rows) {
-      if (r.readBytes !== undefined) r.readBytesPerToken = r.readBytes / (r.promptTokens + r.decodeTokens);
-      if (r.engine !== "moe-run") continue;
-      const peer = rows.find((x) => x.engine === "node-llama-cpp" && x.format === pairOf(r.format));
-      if (!peer) continue;
-      r.decodeRatio = r.decodeTokPerS && peer.decodeTokPerS ? r.decodeTokPerS / peer.decodeTokPerS : undefined;
-      // Runs of one rep are adjacent in time (engines alternate), so their ratio sees similar load.
-      const perRep = r.samples.map((x, i) => (x.decodeTokPerS && peer.samples[i]?.decodeTokPerS ? x.decodeTokPerS / peer.samples[i].decodeTokPerS : undefined));
-      r.decodeRatioPerRep = perRep;
-      r.decodeRatioMedianOfReps = median(perRep);
-      r.prefillRatio = r.prefillTokPerS && peer.prefillTokPerS ? r.prefillTokPerS / peer.prefillTokPerS : undefined;
-      if (r.ids && peer.ids) {
-        const n = Math.min(r.ids.length, peer.ids.length);
-        let i = 0;
-        while (i < n && r.ids[i] === peer.ids[i]) i++;
-        r.greedyIdsVsPeer = { compared: n, agreeingPrefix: i };
-      }
-    }
+    // Aggregate per engine and thread count, then compare.
+    const rows = scenarioRows({ units, samples, p, prompt, decodeTokens, oversize, limits, ratio, scenario, date, git, roofline, startBandwidth, pairOf });
     newRuns.push(...rows);
   }
 }
@@ -523,15 +446,6 @@ function finishedPhase(result, last) {
   if (last.phase === "loaded") return "warm-up";
   if (last.phase === "measuring") return "prefill";
   return `decode (after ${last.n} tokens)`;
-}
-
-/** Median ms per forward of each part of a StepTimes breakdown over samples (moe-run only). */
-function breakdownMs(list) {
-  const bs = list.filter((b) => b && b.forwards > 0);
-  if (!bs.length) return undefined;
-  const out = {};
-  for (const k of Object.keys(bs[0].seconds)) out[k] = median(bs.map((b) => (1000 * b.seconds[k]) / b.forwards));
-  return out;
 }
 
 function fmt(x) {
