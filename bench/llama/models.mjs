@@ -57,9 +57,10 @@ export function scenarioModels(scenario, args) {
   }
 }
 
+/** A hash of the files' contents and their paths inside the checkout (another checkout of the same code: the same hash). */
 function hashFiles(files) {
   const h = createHash("sha256");
-  for (const f of files.sort()) if (fs.existsSync(f)) h.update(f).update(fs.readFileSync(f));
+  for (const f of files.sort()) if (fs.existsSync(f)) h.update(path.relative(ROOT, f)).update(fs.readFileSync(f));
   return h.digest("hex").slice(0, 16);
 }
 
