@@ -6,7 +6,10 @@
  *   node bench/llama/child.mjs '<json job>'
  *
  * job: { engine: "moe-run" | "node-llama-cpp", model: dir or .gguf, promptText, promptIds,
- *        decodeTokens, threads, warmup, loadOptions? }
+ *        decodeTokens, threads, warmup, loadOptions?, shortPrompt?: { text, ids }, shortFirst? }
+ * With shortPrompt (the long-context scenarios) the same process also decodes decodeTokens after
+ * that short prompt, just before or after the measured run (shortFirst), and reports its decode
+ * tok/s as decodeTokPerSShort: long against short context seconds apart, on the same machine state.
  * stdout: "@@EVENT {json}" lines as it goes (phase, tokens so far) and "@@RESULT {json}" at the end.
  */
 import { procReadBytes, procStatus } from "./system.mjs";
@@ -24,13 +27,15 @@ async function runMoeRun() {
   emit("EVENT", { phase: "loaded", loadSeconds });
   const ids = model.tokenize(job.promptText);
   if (ids.join() !== job.promptIds.join()) throw new Error(`moe-run tokenizes the prompt differently: ${ids.join()} vs ${job.promptIds.join()}`);
-  const gen = async (maxTokens, onToken) => {
+  const gen = async (maxTokens, onToken, text = job.promptText) => {
     let stats;
-    const it = model.generate(job.promptText, { maxTokens, stopAtEos: false, onToken, onStats: (s) => (stats = s) });
+    const it = model.generate(text, { maxTokens, stopAtEos: false, onToken, onStats: (s) => (stats = s) });
     for await (const _ of it);
     return stats;
   };
   if (job.warmup) await gen(4, () => {});
+  const short = async () => (job.shortPrompt ? (await gen(job.decodeTokens, () => {}, job.shortPrompt.text)).decodeTokensPerSecond : undefined);
+  let decodeTokPerSShort = job.shortFirst ? await short() : undefined;
   emit("EVENT", { phase: "measuring" });
   const out = [];
   const tStart = now();
@@ -42,6 +47,7 @@ async function runMoeRun() {
     emit("EVENT", { phase: "token", n: out.length, t: now() - tStart });
   });
   const atEnd = cacheStats(model);
+  if (!job.shortFirst) decodeTokPerSShort = await short();
   const extra = {
     manifestPrecision: model.manifest?.precision,
     ...cacheSummary(atFirst, atEnd),
@@ -59,6 +65,7 @@ async function runMoeRun() {
     decodeSeconds: stats.decodeSeconds,
     prefillTokPerS: stats.prefillTokensPerSecond,
     decodeTokPerS: stats.decodeTokensPerSecond,
+    decodeTokPerSShort,
     ...extra,
   };
 }
@@ -113,13 +120,13 @@ async function runLlama() {
   const sequence = context.getSequence();
   const loadSeconds = now() - t0;
   emit("EVENT", { phase: "loaded", loadSeconds });
-  const gen = async (maxTokens, onToken) => {
+  const gen = async (maxTokens, onToken, promptIds = job.promptIds) => {
     await sequence.clearHistory();
     const times = [];
     const ids = [];
     const start = now();
     // Greedy (temperature 0), no repeat penalty; keep going past end-of-sequence like moe-run's stopAtEos: false.
-    for await (const t of sequence.evaluate(job.promptIds, { temperature: 0, yieldEogToken: true })) {
+    for await (const t of sequence.evaluate(promptIds, { temperature: 0, yieldEogToken: true })) {
       ids.push(t);
       times.push(now() - start);
       onToken(t, times.at(-1));
@@ -128,9 +135,13 @@ async function runLlama() {
     return { ids, times };
   };
   if (job.warmup) await gen(4, () => {});
+  const decodeRate = (r) => (r.ids.length > 1 ? (r.ids.length - 1) / (r.times.at(-1) - r.times[0]) : undefined);
+  const short = async () => (job.shortPrompt ? decodeRate(await gen(job.decodeTokens, () => {}, job.shortPrompt.ids)) : undefined);
+  let decodeTokPerSShort = job.shortFirst ? await short() : undefined;
   emit("EVENT", { phase: "measuring" });
   let n = 0;
   const { ids, times } = await gen(job.decodeTokens, (_id, t) => emit("EVENT", { phase: "token", n: ++n, t }));
+  if (!job.shortFirst) decodeTokPerSShort = await short();
   // Same definitions as moe-run's stats: prefill = prompt evaluation (until the first token);
   // decode = the tokens after the first, each one forward of one token.
   const prefillSeconds = times[0];
@@ -143,6 +154,7 @@ async function runLlama() {
     decodeSeconds,
     prefillTokPerS: job.promptIds.length / prefillSeconds,
     decodeTokPerS: ids.length > 1 ? (ids.length - 1) / decodeSeconds : 0,
+    decodeTokPerSShort,
     llamaThreads: context.currentThreads,
   };
   await context.dispose();

@@ -176,6 +176,7 @@ export function markdown(r) {
   L.push("- Peak RSS is the child's VmHWM (includes the file pages it maps: llama.cpp maps the GGUF; moe-run reads expert records into memory of its own, with direct reads where it can, and results older than that mapped the LMDB store). *Read from disk* is `read_bytes` of `/proc/<pid>/io` for the whole child (load and warm-up included): bytes it caused to be read from storage; near zero when the page cache already holds the files.");
   L.push("- Decode bound = memory read bandwidth / bytes a decode step must read (all dense weights and the LM head, top-k of the experts per layer, one embedding row; the KV cache is ignored). The bandwidth drifts within minutes on this shared machine (by up to a third at 2 threads), so it is measured next to each rep: right before every run outside oversize, a C/OpenMP sum of 512 MiB of doubles in transparent huge pages at that run's thread count, best of 3 passes (about half a second). Each rep gets its own bound and fraction (its decode tok/s over its bound); a row shows the median of the per-rep bounds and the median of the per-rep fractions. The start-of-run figure (1 GiB, best of 6, the better of 4 KiB and huge pages, the better of the row's thread count and 1) and the fraction against it are in latest.json (`memoryBandwidthStartOfRunBytesPerS`, `fractionOfBoundStartOfRun`); rows older than the per-rep measurement used only that. In oversize runs the start-of-run figure is the memory bandwidth, and expert misses come from disk at its sequential direct-I/O bandwidth (`dd bs=4M iflag=direct`): t = non-expert bytes / memory bandwidth + active expert bytes × (h / memory bandwidth + (1 − h) / disk bandwidth). For moe-run rows h is the expert hit rate its decode measured (cache hits and misses between the first and the last token), so the bound says how close it runs to its own misses at disk speed; for llama.cpp rows h ≤ (limit − non-expert bytes) / all expert bytes (uniform routing, the runtime's own memory ignored), an upper bound. Older results used that estimate for moe-run too.");
   L.push("- Oversize: the same synthetic model at each ratio R of `--oversize-ratios`; each moe-run/llama.cpp pair runs under a cgroup limit of its GGUF's size / R (F16 for moe-run f16, Q8_0 for moe-run int8), both engines with default options (moe-run sizes its caches from the cgroup limit). Read path: every expert record of the moe-run store read with `ExpertStore.readRecord`, 4 in flight, store evicted first; best of 2 passes, as is the dd figure.");
+  L.push("- Long context (600m-p2048): each child also decodes the same number of tokens after the default 64-token prompt, in the same process, just before (odd reps) or after (even reps) the measured run; the target is the median of the per-rep ratios long / short (`longContextRatioPerRep`), llama.cpp's measured the same way beside it. Older rows compared the p2048 row with the 600m row, usually of another run.");
   L.push("- Threads: `--threads 1,2` runs both counts in one invocation, interleaved: in each rep, each engine runs at 1 and at 2 threads one after the other (engine order and thread order alternate between reps). The two-vs-one-thread target then pairs rep i at 1 thread with rep i at 2 threads and takes the median of the per-rep decode ratios, beside the memory's own per-rep ratio (the bandwidths measured next to those reps) and llama.cpp's (`threadScalingPerRep`, `memoryScalingPerRep` on the 2-thread rows). Rows from separate invocations are compared by their medians and marked *different runs*.");
   L.push("- A run killed by the OOM killer or past its time limit counts as not finished; its tok/s (if any) are partial, from the tokens it produced.");
   L.push("");
@@ -271,8 +272,16 @@ function cpuTargets(r, find, peerOf, versus, none) {
   const long = moe("600m-p2048");
   if (!long.length) out.push(none);
   for (const x of long) {
-    const short = find("600m", "moe-run", x.format, x.threads)[0];
     const peer = peerOf(x);
+    if (x.longContextRatio !== undefined) {
+      // Both contexts in one process, seconds apart (child.mjs shortPrompt): per rep, then the median.
+      const reps = (xs) => (xs ?? []).map((v) => ratio(v)).join(", ");
+      out.push(
+        `  - ${x.threads} thread(s), moe-run ${x.format}: decode after ${x.promptTokens} tokens vs after 64, in the same process, per rep ${reps(x.longContextRatioPerRep)}, median ${ratio(x.longContextRatio)} (medians ${num(x.decodeTokPerS)} vs ${num(x.decodeTokPerSShort)} tok/s; llama.cpp ${peer?.format ?? "?"}: ${ratio(peer?.longContextRatio)}) → ${verdictOf(x, x.longContextRatio >= 0.85)}.`
+      );
+      continue;
+    }
+    const short = find("600m", "moe-run", x.format, x.threads)[0];
     const peerShort = peer && find("600m", "node-llama-cpp", peer.format, x.threads)[0];
     const rr = short?.decodeTokPerS ? x.decodeTokPerS / short.decodeTokPerS : undefined;
     const pr = peerShort?.decodeTokPerS && peer?.decodeTokPerS ? peer.decodeTokPerS / peerShort.decodeTokPerS : undefined;

@@ -125,6 +125,12 @@ export function scenarioRows({ units, samples, p, prompt, decodeTokens, oversize
   });
   for (const r of rows) {
     if (r.readBytes !== undefined) r.readBytesPerToken = r.readBytes / (r.promptTokens + r.decodeTokens);
+    // Long context against a 64-token prompt in the same process (child.mjs shortPrompt), per rep.
+    if (r.samples.some((x) => x.decodeTokPerSShort)) {
+      r.decodeTokPerSShort = median(r.samples.map((x) => x.decodeTokPerSShort));
+      r.longContextRatioPerRep = r.samples.map((x) => (x.decodeTokPerS && x.decodeTokPerSShort ? x.decodeTokPerS / x.decodeTokPerSShort : undefined));
+      r.longContextRatio = median(r.longContextRatioPerRep);
+    }
     // Each thread count against 1 thread, rep by rep: rep i of both ran one after the other.
     const single = r.threads > 1 && rows.find((x) => x.engine === r.engine && x.format === r.format && x.threads === 1);
     if (single) {

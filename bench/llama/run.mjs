@@ -233,6 +233,7 @@ function runChild(job, { cgroup, timeoutS }) {
         generatedTokens: result?.ids?.length ?? tokens.length,
         prefillTokPerS: result?.prefillTokPerS ?? (tokens.length ? job.promptIds.length / tokens[0] : undefined),
         decodeTokPerS: result?.ok ? result.decodeTokPerS : partialDecode,
+        decodeTokPerSShort: result?.decodeTokPerSShort,
         peakRssBytes: Math.max(result?.vmHwm ?? 0, sampled.vmHwm) || undefined,
         maxRssBytes: result?.maxRssBytes,
         rssAnonEndBytes: result?.rssAnon,
@@ -272,6 +273,9 @@ for (const { scenario, kind, ratio, promptTokens: fixedPrompt } of plan) {
     log(`${scenario}/${m.id}: ready in ${((performance.now() - t0) / 1000).toFixed(0)} s (${p.dir})`);
     const maxPos = p.config.max_position_embeddings ?? 4096;
     const prompt = makePrompt(p.hfDir, Math.min(promptTokens, maxPos - decodeTokens - 1));
+    // Long-context scenarios also decode after the default 64-token prompt in the same child
+    // (child.mjs shortPrompt): the long-vs-short ratio from one process, seconds apart.
+    const shortPrompt = fixedPrompt && fixedPrompt > 64 ? makePrompt(p.hfDir, 64) : undefined;
     const counts = paramCounts(p.config);
 
     if (!roofline.disk) {
@@ -382,6 +386,8 @@ for (const { scenario, kind, ratio, promptTokens: fixedPrompt } of plan) {
             threads,
             warmup,
             loadOptions: e.engine === "moe-run" ? args.moeRunOptions : undefined,
+            // The short-context decode before the measured run in odd reps, after it in even ones.
+            ...(shortPrompt ? { shortPrompt: { text: shortPrompt.text, ids: shortPrompt.ids }, shortFirst: rep % 2 === 1 } : {}),
           };
           let cgroup;
           let mem;
