@@ -180,6 +180,16 @@ thread_local std::vector<float> aligned_x;
 constexpr size_t kAlignCopyBytes = size_t(256) << 10;
 inline bool line_aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 64 == 0; }
 
+// The last job before jobs[i] that reads the same input [T, cols] and passes `also` (its prepared
+// input, a copy or a quantization, serves jobs[i] too); i where there is none.
+template <class Also>
+size_t earlier_same_input(const MatmulJob* jobs, size_t i, Also also) {
+  size_t same = i;
+  for (size_t p = 0; p < i; p++)
+    if (jobs[p].x == jobs[i].x && jobs[p].T == jobs[i].T && jobs[p].cols == jobs[i].cols && also(jobs[p])) same = p;
+  return same;
+}
+
 }  // namespace
 
 void matmul_rows_batch(const MatmulJob* jobs, size_t n, int threads) {
@@ -205,9 +215,8 @@ void matmul_rows_batch(const MatmulJob* jobs, size_t n, int threads) {
     for (size_t i = 0; i < n; i++) {
       const MatmulJob& j = jobs[i];
       if (!copies_x(j)) continue;
-      size_t same = i;
-      for (size_t p = 0; p < i; p++)
-        if (!quantized(jobs[p].enc) && jobs[p].x == j.x && jobs[p].T == j.T && jobs[p].cols == j.cols && local[p].x != jobs[p].x) same = p;
+      // An earlier float job on the same input was copied already (it satisfies copies_x too).
+      const size_t same = earlier_same_input(jobs, i, [&](const MatmulJob& p) { return !quantized(p.enc); });
       if (same != i) {
         local[i].x = local[same].x;
         continue;
@@ -224,9 +233,7 @@ void matmul_rows_batch(const MatmulJob* jobs, size_t n, int threads) {
     const MatmulJob& j = jobs[i];
     b.total += row_cost(j) * j.rows;
     if (!quantized(j.enc)) continue;
-    size_t same = i;
-    for (size_t p = 0; p < i; p++)
-      if (quantized(jobs[p].enc) && jobs[p].x == j.x && jobs[p].T == j.T && jobs[p].cols == j.cols && split_order(jobs[p].enc) == split_order(j.enc)) same = p;
+    const size_t same = earlier_same_input(jobs, i, [&](const MatmulJob& p) { return quantized(p.enc) && split_order(p.enc) == split_order(j.enc); });
     if (same != i) {
       xq[i] = xq[same];
       continue;
