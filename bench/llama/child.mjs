@@ -153,7 +153,7 @@ async function runLlama() {
     prefillSeconds,
     decodeSeconds,
     prefillTokPerS: job.promptIds.length / prefillSeconds,
-    decodeTokPerS: ids.length > 1 ? (ids.length - 1) / decodeSeconds : 0,
+    decodeTokPerS: decodeRate({ ids, times }) ?? 0,
     decodeTokPerSShort,
     llamaThreads: context.currentThreads,
   };

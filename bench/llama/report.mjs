@@ -275,9 +275,8 @@ function cpuTargets(r, find, peerOf, versus, none) {
     const peer = peerOf(x);
     if (x.longContextRatio !== undefined) {
       // Both contexts in one process, seconds apart (child.mjs shortPrompt): per rep, then the median.
-      const reps = (xs) => (xs ?? []).map((v) => ratio(v)).join(", ");
       out.push(
-        `  - ${x.threads} thread(s), moe-run ${x.format}: decode after ${x.promptTokens} tokens vs after 64, in the same process, per rep ${reps(x.longContextRatioPerRep)}, median ${ratio(x.longContextRatio)} (medians ${num(x.decodeTokPerS)} vs ${num(x.decodeTokPerSShort)} tok/s; llama.cpp ${peer?.format ?? "?"}: ${ratio(peer?.longContextRatio)}) → ${verdictOf(x, x.longContextRatio >= 0.85)}.`
+        `  - ${x.threads} thread(s), moe-run ${x.format}: decode after ${x.promptTokens} tokens vs after 64, in the same process, ${perRep(x.longContextRatioPerRep, x.longContextRatio)} (medians ${num(x.decodeTokPerS)} vs ${num(x.decodeTokPerSShort)} tok/s; llama.cpp ${peer?.format ?? "?"}: ${ratio(peer?.longContextRatio)}) → ${verdictOf(x, x.longContextRatio >= 0.85)}.`
       );
       continue;
     }
@@ -321,16 +320,19 @@ function cpuTargets(r, find, peerOf, versus, none) {
   return out;
 }
 
+/** Per-rep ratios and their median ("per rep 1.21x, 1.38x, median 1.29x"; one rep: its ratio). */
+function perRep(xs, m) {
+  return xs.length > 1 ? `per rep ${xs.map(ratio).join(", ")}, median ${ratio(m)}` : ratio(m);
+}
+
 /**
  * 2 threads vs 1 rep by rep, from one run (rep i at 1 and at 2 threads ran one after the other):
  * moe-run's ratios and median, then the memory's and llama.cpp's the same way.
  */
 function perRepScaling(one, two, peer) {
-  const list = (xs) => xs.map(ratio).join(", ");
-  const reps = (xs, m) => (xs.length > 1 ? `per rep ${list(xs)}, median ${ratio(m)}` : ratio(m));
-  const mem = two.memoryScalingPerRep ? `; memory read bandwidth measured next to those reps: ${reps(two.memoryScalingPerRep, two.memoryScaling)}` : "";
-  const llama = peer?.threadScalingPerRep ? `; llama.cpp ${peer.format}: ${reps(peer.threadScalingPerRep, peer.threadScaling)}` : "";
-  return `2 threads vs 1, rep by rep in one run (${two.date?.slice(0, 16)}): ${reps(two.threadScalingPerRep, two.threadScaling)} (medians ${num(two.decodeTokPerS)} vs ${num(one.decodeTokPerS)} tok/s)${mem}${llama}`;
+  const mem = two.memoryScalingPerRep ? `; memory read bandwidth measured next to those reps: ${perRep(two.memoryScalingPerRep, two.memoryScaling)}` : "";
+  const llama = peer?.threadScalingPerRep ? `; llama.cpp ${peer.format}: ${perRep(peer.threadScalingPerRep, peer.threadScaling)}` : "";
+  return `2 threads vs 1, rep by rep in one run (${two.date?.slice(0, 16)}): ${perRep(two.threadScalingPerRep, two.threadScaling)} (medians ${num(two.decodeTokPerS)} vs ${num(one.decodeTokPerS)} tok/s)${mem}${llama}`;
 }
 
 /** The KV cache precisions moe-run's rows ran with (engineInfo.kvCache; rows older than the option ran fp32). */
