@@ -9,6 +9,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { importModel, loadModel, type LanguageModel } from "../src/index.js";
+import { KvCache } from "../src/evaluator/KvCache.js";
 import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
 import { ROOT, copyFixture, importFixture, greedyRun } from "./helpers.js";
 
@@ -264,6 +265,38 @@ process.stdout.write(JSON.stringify(Array.from(l)));`;
         await model.dispose();
       }
     }, 120_000);
+
+    it("keeps every layer's keys and values in one native block, and growing it keeps what was cached", () => {
+      // 3 layers, 2 KV heads, keys 4 wide, values 3 wide (the widths may differ: MLA-style shapes).
+      const kv = new KvCache(3, 2, 4, 3, "f16");
+      const blocks: Uint8Array[] = [];
+      const allocate = (bytes: number) => {
+        const b = addon!.allocRange(bytes).subarray(0, bytes);
+        blocks.push(b);
+        return b;
+      };
+      kv.reserve(10, allocate);
+      expect(kv.capacity).toBe(64); // at least 64 positions at first
+      expect(blocks).toHaveLength(1);
+      expect(blocks[0]!.byteLength).toBe(3 * 2 * 64 * (4 + 3) * 2);
+      const views = [...kv.nativeKeys, ...kv.nativeValues];
+      for (const v of views) expect(v.buffer).toBe(blocks[0]!.buffer);
+      // The views tile the block without overlapping: writing each one's index shows up once.
+      views.forEach((v, i) => v.fill(i + 1));
+      const seen = new Map<number, number>();
+      for (const x of new Uint16Array(blocks[0]!.buffer, blocks[0]!.byteOffset, blocks[0]!.byteLength / 2)) seen.set(x, (seen.get(x) ?? 0) + 1);
+      views.forEach((v, i) => expect(seen.get(i + 1)).toBe(v.length));
+      // 20 positions cached, then grown past 64: the cached rows of every head move to the new stride.
+      kv.length = 20;
+      const key = (l: number, g: number, p: number, i: number) => (l * 1000 + g * 100 + p * 4 + i) % 65536;
+      for (let l = 0; l < 3; l++) for (let g = 0; g < 2; g++) for (let p = 0; p < 20; p++) for (let i = 0; i < 4; i++) kv.nativeKeys[l]![(g * 64 + p) * 4 + i] = key(l, g, p, i);
+      kv.reserve(100, allocate);
+      expect(kv.capacity).toBe(128);
+      expect(blocks).toHaveLength(2);
+      expect(kv.nativeKeys[2]!.buffer).toBe(blocks[1]!.buffer);
+      for (let l = 0; l < 3; l++) for (let g = 0; g < 2; g++) for (let p = 0; p < 20; p++) for (let i = 0; i < 4; i++) expect(kv.nativeKeys[l]![(g * 128 + p) * 4 + i]).toBe(key(l, g, p, i));
+      expect(kv.copiedBytes).toBe(3 * 2 * 20 * (4 + 3) * 2);
+    });
 
     it("refuses a KV cache precision it does not have", async () => {
       const dir = await importFixture("tiny-mixtral");

@@ -97,17 +97,29 @@ export class KvCache {
   /**
    * Makes the native buffers hold at least `positions` positions, keeping their contents:
    * capacity at least doubles, so appending N tokens one by one copies O(N) positions in all.
+   * `allocate` (the native layers give one) returns zeroed memory for all layers' keys and values
+   * in one block, in huge pages where the system gives them: the hardware prefetcher stops at
+   * every 4 KiB page, and a plain read of the 600m model's 2,048-position cache (16.8 MB) ran at
+   * 8.5 GB/s in 4 KiB pages against 12.7 in huge ones. Without it each buffer is an ordinary
+   * typed array.
    */
-  reserve(positions: number): void {
+  reserve(positions: number, allocate?: (bytes: number) => Uint8Array): void {
     if (positions <= this.capacity) return;
     const Hkv = this.numKvHeads;
     const next = Math.max(positions, 2 * this.capacity, 64, this.plannedLength);
     const half = this.precision === "f16";
+    const el = half ? 2 : 4;
+    // Per layer, keys then values: [Hkv, next, headDim] and [Hkv, next, valueDim] elements.
+    const layerBytes = Hkv * next * (this.headDim + this.valueDim) * el;
+    const block = allocate?.(this.numLayers * layerBytes);
+    let offset = 0;
     const grow = (old: Float32Array | Uint16Array | undefined, hd: number): Float32Array | Uint16Array => {
-      const fresh = half ? new Uint16Array(Hkv * next * hd) : new Float32Array(Hkv * next * hd); // [Hkv, next, hd]
+      const n = Hkv * next * hd;
+      const fresh = block ? (half ? new Uint16Array(block.buffer, block.byteOffset + offset, n) : new Float32Array(block.buffer, block.byteOffset + offset, n)) : half ? new Uint16Array(n) : new Float32Array(n); // [Hkv, next, hd]
+      offset += n * el;
       if (old && this.length > 0) {
         for (let g = 0; g < Hkv; g++) fresh.set(old.subarray(g * this.capacity * hd, (g * this.capacity + this.length) * hd), g * next * hd);
-        this.copiedBytes += Hkv * this.length * hd * fresh.BYTES_PER_ELEMENT;
+        this.copiedBytes += Hkv * this.length * hd * el;
       }
       return fresh;
     };

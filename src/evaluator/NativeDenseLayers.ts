@@ -215,7 +215,7 @@ export class NativeDenseLayers implements DenseLayers {
   }
 
   reserve(kv: KvCache, T: number): void {
-    kv.reserve(kv.length + T);
+    kv.reserve(kv.length + T, (bytes) => this.addon.allocRange(Math.max(bytes, 1)));
   }
 
   async embed(ids: readonly number[]): Promise<Float32Array> {
