@@ -267,7 +267,7 @@ process.stdout.write(JSON.stringify(Array.from(l)));`;
     }, 120_000);
 
     it("keeps every layer's keys and values in one native block, and growing it keeps what was cached", () => {
-      // 3 layers, 2 KV heads, keys 4 wide, values 3 wide (the widths may differ: MLA-style shapes).
+      // 3 layers, 2 KV heads, keys 4 wide, values 3 wide (KvCache allows the two widths to differ).
       const kv = new KvCache(3, 2, 4, 3, "f16");
       const blocks: Uint8Array[] = [];
       const allocate = (bytes: number) => {

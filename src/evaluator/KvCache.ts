@@ -107,15 +107,15 @@ export class KvCache {
     if (positions <= this.capacity) return;
     const Hkv = this.numKvHeads;
     const next = Math.max(positions, 2 * this.capacity, 64, this.plannedLength);
-    const half = this.precision === "f16";
-    const el = half ? 2 : 4;
+    const Rows = this.precision === "f16" ? Uint16Array : Float32Array;
+    const el = Rows.BYTES_PER_ELEMENT;
     // Per layer, keys then values: [Hkv, next, headDim] and [Hkv, next, valueDim] elements.
     const layerBytes = Hkv * next * (this.headDim + this.valueDim) * el;
     const block = allocate?.(this.numLayers * layerBytes);
     let offset = 0;
     const grow = (old: Float32Array | Uint16Array | undefined, hd: number): Float32Array | Uint16Array => {
       const n = Hkv * next * hd;
-      const fresh = block ? (half ? new Uint16Array(block.buffer, block.byteOffset + offset, n) : new Float32Array(block.buffer, block.byteOffset + offset, n)) : half ? new Uint16Array(n) : new Float32Array(n); // [Hkv, next, hd]
+      const fresh = block ? new Rows(block.buffer as ArrayBuffer, block.byteOffset + offset, n) : new Rows(n); // [Hkv, next, hd]
       offset += n * el;
       if (old && this.length > 0) {
         for (let g = 0; g < Hkv; g++) fresh.set(old.subarray(g * this.capacity * hd, (g * this.capacity + this.length) * hd), g * next * hd);
