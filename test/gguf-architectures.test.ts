@@ -165,6 +165,10 @@ describe("gpt-oss (llama.cpp arch gpt-oss, MXFP4 experts)", () => {
     // computes in fp32 and the greedy tokens are identical, above); on this random tiny model that
     // rounding is enough to flip greedy choices (and to move single probabilities by up to 0.2 at
     // sharply peaked steps; measured: top-1 60/64, max 0.20), so the check is on the distributions.
+    // How far it flips depends on llama.cpp's CPU code path: on a Zen 5 machine (AVX-512) top-1
+    // agreed 57/64, and at each of the 7 other steps moe-run's choice was llama.cpp's runner-up
+    // within 0.01-0.04 of its top (a near tie). Broken MXFP4 decoding (nibble order, scales) lands
+    // near chance on both counts.
     llama ??= await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
     const model = await llama.loadModel({ modelPath: file });
     const ctx = await model.createContext({ contextSize: 256, threads: 1 });
@@ -174,6 +178,7 @@ describe("gpt-oss (llama.cpp arch gpt-oss, MXFP4 experts)", () => {
     try {
       const V = moe.dims.vocabSize;
       let agree = 0;
+      let top2 = 0; // moe-run's choice is one of llama.cpp's two likeliest
       let n = 0;
       let worst = 0;
       for (const prompt of PROMPTS) {
@@ -191,12 +196,15 @@ describe("gpt-oss (llama.cpp arch gpt-oss, MXFP4 experts)", () => {
           for (let j = 0; j < V; j++) sum += Math.exp(row[j]! - max);
           const probs = res[i]!.next.probabilities!;
           for (let j = 0; j < V; j++) worst = Math.max(worst, Math.abs(Math.exp(row[j]! - max) / sum - (probs.get(j) ?? 0)));
-          if (probs.keys().next().value === arg) agree++;
+          const [first, second] = [...probs.keys()];
+          if (first === arg) agree++;
+          if (first === arg || second === arg) top2++;
           n++;
         }
       }
-      console.log(`gpt-oss MXFP4 vs node-llama-cpp: top-1 agreement ${agree}/${n}, max |p - p_llama| ${worst.toExponential(2)}`);
-      expect(agree / n).toBeGreaterThanOrEqual(0.9);
+      console.log(`gpt-oss MXFP4 vs node-llama-cpp: top-1 agreement ${agree}/${n}, in llama.cpp's top 2 ${top2}/${n}, max |p - p_llama| ${worst.toExponential(2)}`);
+      expect(agree / n).toBeGreaterThanOrEqual(0.85);
+      expect(top2 / n).toBeGreaterThanOrEqual(0.95);
       expect(worst).toBeLessThan(0.3);
     } finally {
       await moe.dispose();
