@@ -126,6 +126,18 @@ size_t expert_record_bytes(const RecordEncs& enc, size_t H, size_t F, bool bias)
 // out[T, H] for one expert record (default options: down( silu(gate x) * (up x) )).
 void expert_forward(const RecordEncs& enc, const uint8_t* record, size_t H, size_t F, const float* x, size_t T, float* out, int threads, const ExpertOptions& o = ExpertOptions());
 
+// One expert of a batch: its record, its tokens x [T, H] and its output out [T, H].
+struct ExpertCall {
+  const uint8_t* record;
+  const float* x;
+  size_t T;
+  float* out;
+};
+// Several experts of one layer (same encodings and options) at once: each out is bit for bit what
+// expert_forward gives that expert alone; the pool is handed the work twice per call, not three
+// times per expert.
+void experts_forward(const RecordEncs& enc, const ExpertCall* calls, size_t n, size_t H, size_t F, int threads, const ExpertOptions& o = ExpertOptions());
+
 // Encodes a float matrix [rows, cols] into `dst` (matrix_bytes(enc, rows, cols) bytes). Not for
 // the GGUF block encodings (Q4K.., Q41..: encoded by llama.cpp's reference quantizer in TypeScript;
 // the binding refuses them).

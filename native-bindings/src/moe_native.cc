@@ -128,6 +128,32 @@ napi_value KernelIsas(napi_env env, napi_callback_info) {
   return arr;
 }
 
+// The optional spec argument of expertForward / expertsForward: Float64Array [activation (0 silu,
+// 1 clampedSwiglu), alpha, limit, bias (0/1)]; undefined or null: the defaults. False: thrown.
+bool expert_options(napi_env env, napi_value v, const char* fn, moe::ExpertOptions* opts) {
+  napi_valuetype type;
+  napi_typeof(env, v, &type);
+  if (type == napi_undefined || type == napi_null) return true;
+  bool is_typed = false;
+  napi_is_typedarray(env, v, &is_typed);
+  void* spec = nullptr;
+  napi_typedarray_type ta = napi_uint8_array;
+  size_t len = 0, off = 0;
+  napi_value ab;
+  if (!is_typed || napi_get_typedarray_info(env, v, &ta, &len, &spec, &ab, &off) != napi_ok || ta != napi_float64_array || len != 4) {
+    return napi_throw_type_error(env, nullptr, (std::string(fn) + ": spec must be a Float64Array [activation, alpha, limit, bias]").c_str()), false;
+  }
+  const double* sp = static_cast<const double*>(spec);
+  if (!(sp[0] == 0 || sp[0] == 1) || !(sp[3] == 0 || sp[3] == 1)) {
+    return napi_throw_range_error(env, nullptr, (std::string(fn) + ": activation must be 0 (silu) or 1 (clampedSwiglu), bias 0 or 1").c_str()), false;
+  }
+  opts->act = static_cast<moe::Activation>(int(sp[0]));
+  opts->alpha = float(sp[1]);
+  opts->limit = float(sp[2]);
+  opts->bias = sp[3] == 1;
+  return true;
+}
+
 // expertForward(enc (a code or a mixed record's, record_encs), record: Uint8Array, H, F, x: Float32Array [T,H], T, out: Float32Array [T,H], threads,
 //               spec?: Float64Array [activation (0 silu, 1 clampedSwiglu), alpha, limit, bias (0/1)])
 napi_value ExpertForward(napi_env env, napi_callback_info info) {
@@ -145,33 +171,58 @@ napi_value ExpertForward(napi_env env, napi_callback_info info) {
     return napi_throw_type_error(env, nullptr, "expertForward: record, x and out must be typed arrays"), nullptr;
   }
   moe::ExpertOptions opts;
-  if (argc >= 9) {
-    napi_valuetype type;
-    napi_typeof(env, a[8], &type);
-    if (type != napi_undefined && type != napi_null) {
-      bool is_typed = false;
-      napi_is_typedarray(env, a[8], &is_typed);
-      void* spec = nullptr;
-      napi_typedarray_type ta = napi_uint8_array;
-      size_t len = 0, off = 0;
-      napi_value ab;
-      if (!is_typed || napi_get_typedarray_info(env, a[8], &ta, &len, &spec, &ab, &off) != napi_ok || ta != napi_float64_array || len != 4) {
-        return napi_throw_type_error(env, nullptr, "expertForward: spec must be a Float64Array [activation, alpha, limit, bias]"), nullptr;
-      }
-      const double* sp = static_cast<const double*>(spec);
-      if (!(sp[0] == 0 || sp[0] == 1) || !(sp[3] == 0 || sp[3] == 1)) {
-        return napi_throw_range_error(env, nullptr, "expertForward: activation must be 0 (silu) or 1 (clampedSwiglu), bias 0 or 1"), nullptr;
-      }
-      opts.act = static_cast<moe::Activation>(int(sp[0]));
-      opts.alpha = float(sp[1]);
-      opts.limit = float(sp[2]);
-      opts.bias = sp[3] == 1;
-    }
-  }
+  if (argc >= 9 && !expert_options(env, a[8], "expertForward", &opts)) return nullptr;
   if (rec_bytes != moe::expert_record_bytes(enc, H, F, opts.bias) || x_bytes < T * H * 4 || out_bytes < T * H * 4) {
     return napi_throw_range_error(env, nullptr, "expertForward: buffer sizes do not match H, F, T, the encoding and the biases"), nullptr;
   }
   moe::expert_forward(enc, static_cast<const uint8_t*>(rec), H, F, static_cast<const float*>(x), T, static_cast<float*>(out), int(num(env, a[7])), opts);
+  return nullptr;
+}
+
+// expertsForward(enc, records: Uint8Array[], H, F, xs: Float32Array[] ([T_k, H] each), Ts: number[], outs: Float32Array[], threads, spec?):
+// expertForward for several experts of one layer at once (experts_forward), each out the same bits.
+napi_value ExpertsForward(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value a[9];
+  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
+  if (argc < 8) return napi_throw_error(env, nullptr, "expertsForward: 8 arguments expected"), nullptr;
+  if (!kernel_isa_ok(env)) return nullptr;
+  const size_t H = size_t(num(env, a[2])), F = size_t(num(env, a[3]));
+  moe::RecordEncs enc(moe::Enc::F32);
+  if (!record_encs(env, a[0], H, F, "expertsForward", &enc)) return nullptr;
+  moe::ExpertOptions opts;
+  if (argc >= 9 && !expert_options(env, a[8], "expertsForward", &opts)) return nullptr;
+  bool arrays[4] = {false, false, false, false};
+  const int at[4] = {1, 4, 5, 6};
+  for (int i = 0; i < 4; i++) napi_is_array(env, a[at[i]], &arrays[i]);
+  uint32_t n = 0, nx = 0, nt = 0, no = 0;
+  if (arrays[0]) napi_get_array_length(env, a[1], &n);
+  if (arrays[1]) napi_get_array_length(env, a[4], &nx);
+  if (arrays[2]) napi_get_array_length(env, a[5], &nt);
+  if (arrays[3]) napi_get_array_length(env, a[6], &no);
+  if (!arrays[0] || !arrays[1] || !arrays[2] || !arrays[3] || nx != n || nt != n || no != n) {
+    return napi_throw_type_error(env, nullptr, "expertsForward: records, xs, Ts and outs must be arrays of one length"), nullptr;
+  }
+  const size_t rec_want = moe::expert_record_bytes(enc, H, F, opts.bias);
+  std::vector<moe::ExpertCall> calls(n);
+  for (uint32_t k = 0; k < n; k++) {
+    napi_value rv, xv, tv, ov;
+    napi_get_element(env, a[1], k, &rv);
+    napi_get_element(env, a[4], k, &xv);
+    napi_get_element(env, a[5], k, &tv);
+    napi_get_element(env, a[6], k, &ov);
+    void *rec, *x, *out;
+    size_t rec_bytes, x_bytes, out_bytes;
+    if (!typed_data(env, rv, &rec, &rec_bytes) || !typed_data(env, xv, &x, &x_bytes) || !typed_data(env, ov, &out, &out_bytes)) {
+      return napi_throw_type_error(env, nullptr, "expertsForward: each record, x and out must be a typed array"), nullptr;
+    }
+    const size_t T = size_t(num(env, tv));
+    if (rec_bytes != rec_want || x_bytes < T * H * 4 || out_bytes < T * H * 4) {
+      return napi_throw_range_error(env, nullptr, "expertsForward: buffer sizes do not match H, F, T, the encoding and the biases"), nullptr;
+    }
+    calls[k] = {static_cast<const uint8_t*>(rec), static_cast<const float*>(x), T, static_cast<float*>(out)};
+  }
+  moe::experts_forward(enc, calls.data(), calls.size(), H, F, int(num(env, a[7])), opts);
   return nullptr;
 }
 
@@ -445,6 +496,7 @@ napi_value AllocRange(napi_env env, napi_callback_info info) {
 napi_value Init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"expertForward", nullptr, ExpertForward, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"expertsForward", nullptr, ExpertsForward, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"kernelIsa", nullptr, KernelIsa, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"kernelIsas", nullptr, KernelIsas, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"encodeMatrix", nullptr, EncodeMatrix, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -297,8 +297,8 @@ export class ModelRunner {
    * Every routed expert resident, nothing on the CPU pool (a model that fits, decoding): each
    * expert computed as it is acquired, in expert order, its weighted output added at once (the
    * order runExpertsTimed's sums take, so the bits are the same), without a promise per expert
-   * where the kernel is synchronous. An expert still settling (a load of it in flight) is
-   * acquire()d, which waits for it.
+   * where the kernel is synchronous; a kernel with forwardMany gets them all in one call. An
+   * expert still settling (a load of it in flight) is acquire()d, which waits for it.
    */
   private async runResidentExperts(layer: number, groups: Map<number, { rows: number[]; weights: number[] }>, x: Float32Array, out: Float32Array, experts: ExpertSource): Promise<void> {
     const H = this.dims.hiddenSize;
@@ -308,6 +308,21 @@ export class ModelRunner {
     } catch (err) {
       for (const [h] of held) experts.release?.(layer, h);
       throw err;
+    }
+    if (this.kernel.forwardMany) {
+      // All of them in one call (threads take whole experts: see experts_forward), then the same
+      // weighted sums in the same order.
+      const gs = held.map(([e]) => groups.get(e)!);
+      try {
+        // [n, H] tokens routed to each expert (a decode step's one token: x itself) and its output.
+        const xs = gs.map((g) => (g.rows.length === 1 && x.length === H ? x : gatherRows(x, g.rows, H, new Float32Array(g.rows.length * H))));
+        const ys = gs.map((g) => new Float32Array(g.rows.length * H));
+        this.kernel.forwardMany(held.map(([, r]) => r), xs, gs.map((g) => g.rows.length), ys, layer);
+        gs.forEach((g, k) => addWeighted(out, ys[k]!, g, H));
+      } finally {
+        for (const [e] of held) experts.release?.(layer, e);
+      }
+      return;
     }
     // Input rows and output [n, H] of one expert, sized for the largest group; this call's own
     // (another sequence's forward may run while an asynchronous kernel is awaited).

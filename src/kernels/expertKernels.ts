@@ -37,6 +37,12 @@ export interface ExpertKernel<R = Uint8Array> {
   prepare(record: Uint8Array, layer: number): R | Promise<R>;
   free(resident: R): void;
   forward(resident: R, x: Float32Array, tokens: number, out: Float32Array, layer: number): void | Promise<void>;
+  /**
+   * Several experts of `layer` at once, synchronously: outs[k] gets exactly what forward(residents[k],
+   * xs[k], tokens[k], outs[k], layer) would give. Kernels that can share the work between threads
+   * better across experts than within one have it; the others do not.
+   */
+  forwardMany?(residents: readonly R[], xs: readonly Float32Array[], tokens: readonly number[], outs: readonly Float32Array[], layer: number): void;
   /** Device memory held by prepared experts (kernels whose form is not the record). */
   residency?(): ResidencyStats;
   dispose(): Promise<void>;
@@ -101,6 +107,10 @@ class NativeExpertKernel extends HostExpertKernel {
     // A layer the encodings do not name: nativeRecordCode throws (encodingsOf's error).
     const code = this.codes[this.o.layerEncodings ? layer : 0] ?? nativeRecordCode(this.o, layer);
     this.addon.expertForward(code, record, this.o.hiddenSize, this.o.expertFfn, x, tokens, out, this.o.threads, this.spec);
+  }
+  forwardMany(records: readonly Uint8Array[], xs: readonly Float32Array[], tokens: readonly number[], outs: readonly Float32Array[], layer: number): void {
+    const code = this.codes[this.o.layerEncodings ? layer : 0] ?? nativeRecordCode(this.o, layer);
+    this.addon.expertsForward(code, records, this.o.hiddenSize, this.o.expertFfn, xs, tokens, outs, this.o.threads, this.spec);
   }
 }
 

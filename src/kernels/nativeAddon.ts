@@ -14,6 +14,18 @@ export interface NativeAddon {
    * limit, bias 0 | 1], with bias the record ends with fp32 biases gate [F], up [F], down [H].
    */
   expertForward(enc: number, record: Uint8Array, H: number, F: number, x: Float32Array, T: number, out: Float32Array, threads: number, spec?: Float64Array): void;
+  /** expertForward for several experts of one layer at once: outs[k] is bit for bit expertForward's for records[k], xs[k] [Ts[k], H]. */
+  expertsForward(
+    enc: number,
+    records: readonly Uint8Array[],
+    H: number,
+    F: number,
+    xs: readonly Float32Array[],
+    Ts: readonly number[],
+    outs: readonly Float32Array[],
+    threads: number,
+    spec?: Float64Array
+  ): void;
   /**
    * The instruction-set level the kernels run at: "scalar" (plain C++), "avx2" (AVX2+FMA+F16C) or
    * "vnni" (avx2 plus AVX-VNNI / AVX512-VNNI integer dot products). Chosen once per process from
