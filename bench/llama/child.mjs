@@ -17,6 +17,23 @@ import { procReadBytes, procStatus } from "./system.mjs";
 const job = JSON.parse(process.argv[2]);
 const emit = (tag, obj) => process.stdout.write(`@@${tag} ${JSON.stringify(obj)}\n`);
 const now = () => performance.now() / 1000;
+// Token events (n, t: seconds since the measurement began, taken at the token) go out in batches,
+// at most every kTokenFlushS and at the end: a write per token woke the parent on one of the two
+// cores mid-token, which stalls a 2-thread decode (moe-run's 600m int8 decode outside its kernels
+// 5% without the writes, 8-11% with them, same process). A run killed mid-decode loses at most
+// the last kTokenFlushS of events (its partial decode speed comes from those that arrived).
+const kTokenFlushS = 0.25;
+let pendingTokens = "";
+let lastFlush = 0;
+function tokenEvent(n, t) {
+  pendingTokens += `@@EVENT ${JSON.stringify({ phase: "token", n, t })}\n`;
+  if (now() - lastFlush >= kTokenFlushS) flushTokens();
+}
+function flushTokens() {
+  if (pendingTokens) process.stdout.write(pendingTokens);
+  pendingTokens = "";
+  lastFlush = now();
+}
 
 async function runMoeRun() {
   // On this thread, as before loadModel() moved compute to a worker: the numbers stay comparable.
@@ -44,8 +61,9 @@ async function runMoeRun() {
   const stats = await gen(job.decodeTokens, (id) => {
     out.push(id);
     if (out.length === 1) atFirst = cacheStats(model);
-    emit("EVENT", { phase: "token", n: out.length, t: now() - tStart });
+    tokenEvent(out.length, now() - tStart);
   });
+  flushTokens();
   const atEnd = cacheStats(model);
   if (!job.shortFirst) decodeTokPerSShort = await short();
   const extra = {
@@ -140,7 +158,8 @@ async function runLlama() {
   let decodeTokPerSShort = job.shortFirst ? await short() : undefined;
   emit("EVENT", { phase: "measuring" });
   let n = 0;
-  const { ids, times } = await gen(job.decodeTokens, (_id, t) => emit("EVENT", { phase: "token", n: ++n, t }));
+  const { ids, times } = await gen(job.decodeTokens, (_id, t) => tokenEvent(++n, t));
+  flushTokens();
   if (!job.shortFirst) decodeTokPerSShort = await short();
   // Same definitions as moe-run's stats: prefill = prompt evaluation (until the first token);
   // decode = the tokens after the first, each one forward of one token.
