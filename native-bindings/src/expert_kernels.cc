@@ -317,9 +317,9 @@ void experts_forward(const RecordEncs& enc, const ExpertCall* calls, size_t n, s
   // thread streams a record from its first byte to its last with no hand-off on the way (the
   // hardware prefetcher keeps one long stream per core). Two int8 / f16 decode experts from memory
   // at 2 threads, in-process A/B: 1.08-1.15x two expert_forward calls that split each matrix.
-  // The n % threads left over split across all threads below. Bits: an expert's output does not
-  // depend on the thread count.
-  // Small experts stay on the batches below (which keep work under kParallelMacs on this thread).
+  // The n % threads left over split across all threads below, as do small experts (the batches
+  // keep work under kParallelMacs on this thread). Bits: an expert's output does not depend on the
+  // thread count.
   const size_t p = threads < 1 ? 1 : std::min(size_t(threads), kMaxThreads);
   bool same_T = true;
   for (size_t k = 1; k < n; k++) same_T = same_T && calls[k].T == calls[0].T;
