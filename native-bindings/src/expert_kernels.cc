@@ -30,13 +30,14 @@ struct IsaChoice {
 struct CpuLevels {
   const KernelTable* avx2 = nullptr;
   const KernelTable* vnni = nullptr;
+  const KernelTable* avx512 = nullptr;
 };
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // The CPU's features from CPUID, and whether the OS saves the vector registers they use (XCR0).
 // (Not __builtin_cpu_supports: clang's lacks "f16c" and "avxvnni".)
 struct X86Features {
-  bool avx2 = false, avxvnni = false, avx512vnni_vl = false;
+  bool avx2 = false, avxvnni = false, avx512vnni_vl = false, avx512 = false;
 };
 
 X86Features x86_features() {
@@ -49,12 +50,14 @@ X86Features x86_features() {
   __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
   const bool ymm_saved = (xcr0_lo & 0x6) == 0x6, zmm_saved = (xcr0_lo & 0xe6) == 0xe6;
   __cpuid_count(7, 0, a, b, c, d);
-  const bool avx2 = b & (1u << 5), avx512f = b & (1u << 16), avx512vl = b & (1u << 31), avx512vnni = c & (1u << 11);
+  const bool avx2 = b & (1u << 5), avx512f = b & (1u << 16), avx512dq = b & (1u << 17), avx512bw = b & (1u << 30), avx512vl = b & (1u << 31),
+             avx512vnni = c & (1u << 11);
   unsigned a1, b1, c1, d1;
   __cpuid_count(7, 1, a1, b1, c1, d1);
   f.avx2 = ymm_saved && avx2 && fma && f16c;
   f.avxvnni = f.avx2 && (a1 & (1u << 4));
   f.avx512vnni_vl = f.avx2 && zmm_saved && avx512f && avx512vl && avx512vnni;
+  f.avx512 = f.avx512vnni_vl && avx512bw && avx512dq;
   return f;
 }
 #endif
@@ -67,6 +70,7 @@ CpuLevels cpu_levels() {
   // AVX-VNNI first (VEX, no AVX-512 state needed), else AVX512-VNNI with 256-bit forms (VL).
   if (l.avx2 && f.avxvnni) l.vnni = kernels_vnni_vex();
   if (l.avx2 && !l.vnni && f.avx512vnni_vl) l.vnni = kernels_vnni_evex();
+  if (l.avx2 && f.avx512) l.avx512 = kernels_avx512();
 #endif
   return l;
 }
@@ -79,16 +83,18 @@ std::string list(const std::vector<std::string>& names) {
 
 IsaChoice choose_isa() {
   const CpuLevels l = cpu_levels();
-  const KernelTable* best = l.vnni ? l.vnni : l.avx2 ? l.avx2 : kernels_scalar();
+  const KernelTable* best = l.avx512 ? l.avx512 : l.vnni ? l.vnni : l.avx2 ? l.avx2 : kernels_scalar();
   const char* env = std::getenv("MOE_RUN_KERNEL_ISA");
   const std::string want = env ? env : "";
   if (want.empty() || want == "auto") return {best, ""};
-  const KernelTable* t = want == "scalar" ? kernels_scalar() : want == "avx2" ? l.avx2 : want == "vnni" ? l.vnni : nullptr;
+  const KernelTable* t = want == "scalar" ? kernels_scalar() : want == "avx2" ? l.avx2 : want == "vnni" ? l.vnni : want == "avx512" ? l.avx512 : nullptr;
   if (t) return {t, ""};
   const std::string has = list(kernel_isas());
-  if (want != "scalar" && want != "avx2" && want != "vnni")
-    return {best, "MOE_RUN_KERNEL_ISA=" + want + " is not a kernel level (use scalar, avx2, vnni or auto); this CPU runs: " + has};
-  const char* needs = want == "avx2" ? "AVX2, FMA and F16C" : "AVX2, FMA, F16C and AVX-VNNI or AVX512-VNNI with AVX512VL";
+  if (want != "scalar" && want != "avx2" && want != "vnni" && want != "avx512")
+    return {best, "MOE_RUN_KERNEL_ISA=" + want + " is not a kernel level (use scalar, avx2, vnni, avx512 or auto); this CPU runs: " + has};
+  const char* needs = want == "avx2"   ? "AVX2, FMA and F16C"
+                      : want == "vnni" ? "AVX2, FMA, F16C and AVX-VNNI or AVX512-VNNI with AVX512VL"
+                                       : "AVX2, FMA, F16C and AVX512F, BW, DQ, VL and VNNI";
   return {best, "MOE_RUN_KERNEL_ISA=" + want + ": this CPU cannot run the " + want + " kernels (they need " + needs + "); it runs: " + has};
 }
 
@@ -108,6 +114,7 @@ std::vector<std::string> kernel_isas() {
   std::vector<std::string> out{"scalar"};
   if (l.avx2) out.push_back("avx2");
   if (l.vnni) out.push_back("vnni");
+  if (l.avx512) out.push_back("avx512");
   return out;
 }
 

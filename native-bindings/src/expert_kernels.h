@@ -143,7 +143,7 @@ void experts_forward(const RecordEncs& enc, const ExpertCall* calls, size_t n, s
 // the binding refuses them).
 void encode_matrix(Enc enc, const float* src, size_t rows, size_t cols, uint8_t* dst);
 
-// The level the kernels run at ("scalar", "avx2", "vnni").
+// The level the kernels run at ("scalar", "avx2", "vnni", "avx512").
 const char* kernel_isa();
 // The levels this CPU can run, slowest first.
 std::vector<std::string> kernel_isas();

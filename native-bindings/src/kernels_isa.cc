@@ -102,6 +102,34 @@ const KernelTable* kernels_vnni_evex() {
 const KernelTable* kernels_vnni_evex() { return nullptr; }
 #endif
 
+#if MOE_KISA_X86 && MOE_KISA_EVEX_VNNI
+// 512-bit attention (the rest as the vnni level with its AVX512-VNNI integer dots). GCC 12's
+// AVX-512 headers start some intrinsics from an undefined vector, which -Wmaybe-uninitialized
+// reports at every use.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+MOE_TARGET_BEGIN("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")
+namespace isa_avx512 {
+using isa_avx2::hsum8;
+using isa_avx2::hsum8x8;
+using isa_avx2::kKvBlock;
+using isa_avx2::kv_prefetch;
+#include "attention_avx512.inc"
+}  // namespace isa_avx512
+MOE_TARGET_END
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+const KernelTable* kernels_avx512() {
+  static const KernelTable table = {"avx512", isa_avx2::rows_float, isa_vnni_evex::rows_quant, isa_avx2::quantize, isa_avx512::attend};
+  return &table;
+}
+#else
+const KernelTable* kernels_avx512() { return nullptr; }
+#endif
+
 }  // namespace moe
 
 // The E8M0 table the MX4 kernels use: 2^(e - 128), exact from the subnormal end to the top.

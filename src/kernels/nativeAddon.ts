@@ -27,9 +27,10 @@ export interface NativeAddon {
     spec?: Float64Array
   ): void;
   /**
-   * The instruction-set level the kernels run at: "scalar" (plain C++), "avx2" (AVX2+FMA+F16C) or
-   * "vnni" (avx2 plus AVX-VNNI / AVX512-VNNI integer dot products). Chosen once per process from
-   * the CPU; MOE_RUN_KERNEL_ISA=scalar|avx2|vnni forces one. Throws with code
+   * The instruction-set level the kernels run at: "scalar" (plain C++), "avx2" (AVX2+FMA+F16C),
+   * "vnni" (avx2 plus AVX-VNNI / AVX512-VNNI integer dot products) or "avx512" (vnni's with
+   * AVX512-VNNI, plus 512-bit attention). Chosen once per process from the CPU (the last it runs);
+   * MOE_RUN_KERNEL_ISA=scalar|avx2|vnni|avx512 forces one. Throws with code
    * KERNEL_ISA_UNSUPPORTED (as expertForward does) when the forced level is not one this CPU runs.
    */
   kernelIsa(): string;
