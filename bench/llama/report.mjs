@@ -121,7 +121,7 @@ export function markdown(r) {
   const split = r.runs.filter((x) => x.decodeMsPerToken);
   if (split.length) {
     L.push("");
-    L.push("Where moe-run's decode time goes (ms per token, medians; `decodeBreakdown` of GenerationStats, evaluator/StepTimes.ts). *Outside kernels* is the wall time per token minus the dense layers, experts and LM head: routing, JS, sampling, KV handling, event-loop turns.");
+    L.push("Where moe-run's decode time goes (ms per token, medians; `decodeBreakdown` of GenerationStats, evaluator/StepTimes.ts). *Outside kernels* is the wall time per token minus the dense layers, experts and LM head: routing, JS, sampling, KV handling, event-loop turns; each rep's share from its own parts and speed, then the median (`outsideKernelsSharePerRep`; rows before 2026-11-28 19:00 took the medians of the parts against the median speed).");
     L.push("");
     L.push("| scenario | threads | weights | dense layers | dense bytes/token | dense | experts | head | routing+JS | kv | sampling | wall | outside kernels |");
     L.push("|---|---|---|---|---|---|---|---|---|---|---|---|---|");

@@ -68,9 +68,18 @@ export function scenarioRows({ units, samples, p, prompt, decodeTokens, oversize
     const decodeMsPerToken = breakdownMs(use.map((x) => x.decodeBreakdown));
     const prefillMsPerForward = breakdownMs(use.map((x) => x.prefillBreakdown));
     // Decode time outside the kernels (dense layers, experts, LM head): routing, JS, sampling,
-    // KV handling, event-loop turns; from the wall time per token, not the sum of the parts.
-    const kernelMs = decodeMsPerToken ? decodeMsPerToken.dense + decodeMsPerToken.experts + decodeMsPerToken.head : undefined;
-    const outsideKernelsShare = kernelMs !== undefined && decode ? Math.max(0, 1 - kernelMs / (1000 / decode)) : undefined;
+    // KV handling, event-loop turns; from the wall time per token, not the sum of the parts. Each
+    // rep's share from its own breakdown and its own speed, then the median (as the fraction of
+    // the bound): medians of the parts and of the speed taken separately can come from different
+    // reps, which on this machine differ by up to 1.5x in speed.
+    const outsideKernelsSharePerRep = use.map((x) => {
+      const b = x.decodeBreakdown;
+      if (!b || !(b.forwards > 0) || !x.decodeTokPerS) return undefined;
+      const kernelMs = (1000 * (b.seconds.dense + b.seconds.experts + b.seconds.head)) / b.forwards;
+      return Math.max(0, 1 - kernelMs / (1000 / x.decodeTokPerS));
+    });
+    const shares = outsideKernelsSharePerRep.filter((v) => v !== undefined);
+    const outsideKernelsShare = shares.length ? median(shares) : undefined;
     return {
       date,
       moeRunCommit: git ? `${git.commit}${git.dirty ? "+dirty" : ""}` : undefined,
@@ -102,6 +111,7 @@ export function scenarioRows({ units, samples, p, prompt, decodeTokens, oversize
       decodeMsPerToken,
       prefillMsPerForward,
       outsideKernelsShare,
+      outsideKernelsSharePerRep,
       decodeCache: use.find((x) => x.decodeCache)?.decodeCache,
       cacheStats: use.find((x) => x.cacheStats)?.cacheStats,
       fileBytes: e.fileBytes,
