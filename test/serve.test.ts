@@ -317,9 +317,11 @@ describe("moe-run serve: queue, API key, disconnects, shutdown", () => {
   let server: Server;
   const key = "sk-test-123";
   beforeAll(async () => {
-    // The trained model on the JS expert kernel: slow enough that a generation is still running when the test looks.
+    // The trained model on the JS expert kernel and onnxruntime's dense layers: slow enough that a
+    // generation is still running when the test looks (on a Zen 5 core the JS kernel with native
+    // dense layers decodes it at ~280 tok/s, 200 tokens in 0.7 s; with onnx dense layers ~200).
     const dir = await importFixture("moe-tiny-en");
-    server = await startServer(dir, ["--max-queue", "1", "--api-key", key, "--expert-kernel", "js", "--schedule", "device"]);
+    server = await startServer(dir, ["--max-queue", "1", "--api-key", key, "--expert-kernel", "js", "--dense", "onnx", "--schedule", "device"]);
   });
   afterAll(async () => {
     await server?.stop();
@@ -352,7 +354,11 @@ describe("moe-run serve: queue, API key, disconnects, shutdown", () => {
     expect(refused.body.error.code).toBe("rate_limit_exceeded");
     expect(refused.headers.get("retry-after")).toBe("1");
     controller.abort();
-    expect(await it.next()).toMatchObject({ done: true }); // the client ends an aborted stream quietly
+    // The client ends an aborted stream quietly: the chunks it had already read from the socket
+    // (on a fast machine one read can hold several), then done, no error.
+    let buffered = 0;
+    for (let r = await it.next(); !r.done; r = await it.next()) buffered++;
+    expect(buffered).toBeLessThan(long.max_tokens);
     // The waiting request runs once the first is stopped, long before its 200 tokens would have ended.
     const r = await waiting;
     expect(r.usage!.completion_tokens).toBeLessThanOrEqual(3);
