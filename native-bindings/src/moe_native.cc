@@ -154,6 +154,22 @@ bool expert_options(napi_env env, napi_value v, const char* fn, moe::ExpertOptio
   return true;
 }
 
+// One expert's record, tokens x [T, H] and output [T, H] from JS values, checked against H, F,
+// the encodings and the biases; false (thrown) when they do not fit.
+bool expert_call(napi_env env, napi_value rec_v, napi_value x_v, size_t T, napi_value out_v, size_t H, size_t F, const moe::RecordEncs& enc,
+                 bool bias, const char* fn, moe::ExpertCall* call) {
+  void *rec, *x, *out;
+  size_t rec_bytes, x_bytes, out_bytes;
+  if (!typed_data(env, rec_v, &rec, &rec_bytes) || !typed_data(env, x_v, &x, &x_bytes) || !typed_data(env, out_v, &out, &out_bytes)) {
+    return napi_throw_type_error(env, nullptr, (std::string(fn) + ": record, x and out must be typed arrays").c_str()), false;
+  }
+  if (rec_bytes != moe::expert_record_bytes(enc, H, F, bias) || x_bytes < T * H * 4 || out_bytes < T * H * 4) {
+    return napi_throw_range_error(env, nullptr, (std::string(fn) + ": buffer sizes do not match H, F, T, the encoding and the biases").c_str()), false;
+  }
+  *call = {static_cast<const uint8_t*>(rec), static_cast<const float*>(x), T, static_cast<float*>(out)};
+  return true;
+}
+
 // expertForward(enc (a code or a mixed record's, record_encs), record: Uint8Array, H, F, x: Float32Array [T,H], T, out: Float32Array [T,H], threads,
 //               spec?: Float64Array [activation (0 silu, 1 clampedSwiglu), alpha, limit, bias (0/1)])
 napi_value ExpertForward(napi_env env, napi_callback_info info) {
@@ -165,17 +181,11 @@ napi_value ExpertForward(napi_env env, napi_callback_info info) {
   const size_t H = size_t(num(env, a[2])), F = size_t(num(env, a[3])), T = size_t(num(env, a[5]));
   moe::RecordEncs enc(moe::Enc::F32);
   if (!record_encs(env, a[0], H, F, "expertForward", &enc)) return nullptr;
-  void *rec, *x, *out;
-  size_t rec_bytes, x_bytes, out_bytes;
-  if (!typed_data(env, a[1], &rec, &rec_bytes) || !typed_data(env, a[4], &x, &x_bytes) || !typed_data(env, a[6], &out, &out_bytes)) {
-    return napi_throw_type_error(env, nullptr, "expertForward: record, x and out must be typed arrays"), nullptr;
-  }
   moe::ExpertOptions opts;
   if (argc >= 9 && !expert_options(env, a[8], "expertForward", &opts)) return nullptr;
-  if (rec_bytes != moe::expert_record_bytes(enc, H, F, opts.bias) || x_bytes < T * H * 4 || out_bytes < T * H * 4) {
-    return napi_throw_range_error(env, nullptr, "expertForward: buffer sizes do not match H, F, T, the encoding and the biases"), nullptr;
-  }
-  moe::expert_forward(enc, static_cast<const uint8_t*>(rec), H, F, static_cast<const float*>(x), T, static_cast<float*>(out), int(num(env, a[7])), opts);
+  moe::ExpertCall c{};
+  if (!expert_call(env, a[1], a[4], T, a[6], H, F, enc, opts.bias, "expertForward", &c)) return nullptr;
+  moe::expert_forward(enc, c.record, H, F, c.x, T, c.out, int(num(env, a[7])), opts);
   return nullptr;
 }
 
@@ -192,35 +202,25 @@ napi_value ExpertsForward(napi_env env, napi_callback_info info) {
   if (!record_encs(env, a[0], H, F, "expertsForward", &enc)) return nullptr;
   moe::ExpertOptions opts;
   if (argc >= 9 && !expert_options(env, a[8], "expertsForward", &opts)) return nullptr;
-  bool arrays[4] = {false, false, false, false};
-  const int at[4] = {1, 4, 5, 6};
-  for (int i = 0; i < 4; i++) napi_is_array(env, a[at[i]], &arrays[i]);
-  uint32_t n = 0, nx = 0, nt = 0, no = 0;
-  if (arrays[0]) napi_get_array_length(env, a[1], &n);
-  if (arrays[1]) napi_get_array_length(env, a[4], &nx);
-  if (arrays[2]) napi_get_array_length(env, a[5], &nt);
-  if (arrays[3]) napi_get_array_length(env, a[6], &no);
-  if (!arrays[0] || !arrays[1] || !arrays[2] || !arrays[3] || nx != n || nt != n || no != n) {
+  // The length of an array argument; -1 for anything else.
+  const auto length = [env](napi_value v) {
+    bool is = false;
+    uint32_t len = 0;
+    napi_is_array(env, v, &is);
+    return is && napi_get_array_length(env, v, &len) == napi_ok ? int64_t(len) : int64_t(-1);
+  };
+  const int64_t n = length(a[1]);
+  if (n < 0 || length(a[4]) != n || length(a[5]) != n || length(a[6]) != n) {
     return napi_throw_type_error(env, nullptr, "expertsForward: records, xs, Ts and outs must be arrays of one length"), nullptr;
   }
-  const size_t rec_want = moe::expert_record_bytes(enc, H, F, opts.bias);
-  std::vector<moe::ExpertCall> calls(n);
-  for (uint32_t k = 0; k < n; k++) {
+  std::vector<moe::ExpertCall> calls(static_cast<size_t>(n));
+  for (uint32_t k = 0; k < uint32_t(n); k++) {
     napi_value rv, xv, tv, ov;
     napi_get_element(env, a[1], k, &rv);
     napi_get_element(env, a[4], k, &xv);
     napi_get_element(env, a[5], k, &tv);
     napi_get_element(env, a[6], k, &ov);
-    void *rec, *x, *out;
-    size_t rec_bytes, x_bytes, out_bytes;
-    if (!typed_data(env, rv, &rec, &rec_bytes) || !typed_data(env, xv, &x, &x_bytes) || !typed_data(env, ov, &out, &out_bytes)) {
-      return napi_throw_type_error(env, nullptr, "expertsForward: each record, x and out must be a typed array"), nullptr;
-    }
-    const size_t T = size_t(num(env, tv));
-    if (rec_bytes != rec_want || x_bytes < T * H * 4 || out_bytes < T * H * 4) {
-      return napi_throw_range_error(env, nullptr, "expertsForward: buffer sizes do not match H, F, T, the encoding and the biases"), nullptr;
-    }
-    calls[k] = {static_cast<const uint8_t*>(rec), static_cast<const float*>(x), T, static_cast<float*>(out)};
+    if (!expert_call(env, rv, xv, size_t(num(env, tv)), ov, H, F, enc, opts.bias, "expertsForward", &calls[k])) return nullptr;
   }
   moe::experts_forward(enc, calls.data(), calls.size(), H, F, int(num(env, a[7])), opts);
   return nullptr;
