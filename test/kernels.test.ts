@@ -357,6 +357,14 @@ describe("kernel instruction-set levels", () => {
     }
   });
 
+  // The avx512 level's Q8 tiles hold two blocks per 512-bit vector but add the same products in the
+  // same order as the vnni level's 256-bit ones: a lane or scale mix-up shows as a changed bit.
+  it.runIf(isas.includes("vnni") && isas.includes("avx512"))("int8: the avx512 level gives the vnni level's bits (odd block counts, 1-17 tokens, 1-2 threads)", () => {
+    const int8 = cases.filter((e) => e.c.enc === "int8");
+    const [vnni, avx512] = ["vnni", "avx512"].map((isa) => runIsaCases(isa, int8.map((e) => e.c)).outputs);
+    for (const [i, e] of int8.entries()) expect(Buffer.from(avx512![i]!.buffer).equals(Buffer.from(vnni![i]!.buffer)), e.name).toBe(true);
+  }, 300_000);
+
   it("a level this CPU cannot run is a KERNEL_ISA_UNSUPPORTED error naming what it has (no crash)", () => {
     const missing = ["avx2", "vnni", "avx512"].filter((l) => !isas.includes(l));
     for (const level of [...missing, "avx9000"]) {

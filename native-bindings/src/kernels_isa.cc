@@ -38,9 +38,11 @@ namespace moe {
 namespace isa_scalar {
 #define KISA_SIMD 0
 #define KISA_VNNI 0
+#define KISA_512 0
 #include "kernels_isa.inc"
 #include "attention_isa.inc"
 #undef KISA_SIMD
+#undef KISA_512
 #undef KISA_VNNI
 const KernelTable table = {"scalar", rows_float, rows_quant, quantize, attend};
 }  // namespace isa_scalar
@@ -52,9 +54,11 @@ MOE_TARGET_BEGIN("avx2,fma,f16c")
 namespace isa_avx2 {
 #define KISA_SIMD 1
 #define KISA_VNNI 0
+#define KISA_512 0
 #include "kernels_isa.inc"
 #include "attention_isa.inc"
 #undef KISA_SIMD
+#undef KISA_512
 #undef KISA_VNNI
 }  // namespace isa_avx2
 MOE_TARGET_END
@@ -71,8 +75,10 @@ MOE_TARGET_BEGIN("avx2,fma,f16c,avxvnni")
 namespace isa_vnni_vex {
 #define KISA_SIMD 1
 #define KISA_VNNI 1
+#define KISA_512 0
 #include "kernels_isa.inc"
 #undef KISA_SIMD
+#undef KISA_512
 #undef KISA_VNNI
 }  // namespace isa_vnni_vex
 MOE_TARGET_END
@@ -89,8 +95,10 @@ MOE_TARGET_BEGIN("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")
 namespace isa_vnni_evex {
 #define KISA_SIMD 1
 #define KISA_VNNI 2
+#define KISA_512 0
 #include "kernels_isa.inc"
 #undef KISA_SIMD
+#undef KISA_512
 #undef KISA_VNNI
 }  // namespace isa_vnni_evex
 MOE_TARGET_END
@@ -103,16 +111,23 @@ const KernelTable* kernels_vnni_evex() { return nullptr; }
 #endif
 
 #if MOE_KISA_X86 && MOE_KISA_EVEX_VNNI
-// 512-bit attention (the rest as the vnni level with its AVX512-VNNI integer dots). GCC 12's
-// AVX-512 headers start some intrinsics from an undefined vector, which -Wmaybe-uninitialized
-// reports at every use.
+// 512-bit attention and Q8 tiles (the rest as the vnni level with its AVX512-VNNI integer dots).
+// GCC 12's AVX-512 headers start some intrinsics from an undefined vector, which
+// -Wmaybe-uninitialized / -Wuninitialized report at every use.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 MOE_TARGET_BEGIN("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")
 namespace isa_avx512 {
-using isa_avx2::hsum8;
+#define KISA_SIMD 1
+#define KISA_VNNI 2
+#define KISA_512 1
+#include "kernels_isa.inc"
+#undef KISA_SIMD
+#undef KISA_VNNI
+#undef KISA_512
 using isa_avx2::hsum8x8;
 using isa_avx2::kKvBlock;
 using isa_avx2::kv_prefetch;
@@ -123,7 +138,7 @@ MOE_TARGET_END
 #pragma GCC diagnostic pop
 #endif
 const KernelTable* kernels_avx512() {
-  static const KernelTable table = {"avx512", isa_avx2::rows_float, isa_vnni_evex::rows_quant, isa_avx2::quantize, isa_avx512::attend};
+  static const KernelTable table = {"avx512", isa_avx2::rows_float, isa_avx512::rows_quant, isa_avx2::quantize, isa_avx512::attend};
   return &table;
 }
 #else
