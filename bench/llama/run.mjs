@@ -32,6 +32,13 @@
  *                          and counts as not finished
  *   --work DIR             generated models, reused between runs (default $TMPDIR/moe-run-bench-llama)
  *   --no-warmup            measure the first generation (default: one short warm-up first, except oversize)
+ *   --thread-pairs N       with --threads listing 1 and 2: after the reps, each moe-run precision also
+ *                          runs pairs of 1- and 2-thread decodes in one process (bench/llama/
+ *                          threadPairs.mjs), each pair between readings of the memory's own 2-vs-1,
+ *                          until N "quiet" pairs (default 8; 0: none)
+ *   --quiet-memory-scaling X   a pair is quiet when the memory read >= X times as fast at 2 threads
+ *                          as at 1 just before and just after it (default 1.8)
+ *   --thread-pairs-seconds S   at most S seconds of pairs per precision (default 150)
  *   --report-only          rewrite bench/RESULTS.md from bench/results/latest.json, run nothing
  *   --disk-only            measure the disk and moe-run's read path (3 alternating rounds) and stop
  *
@@ -52,14 +59,14 @@
  * Writes bench/results/latest.json (merged with earlier results of scenarios not run now) and
  * bench/RESULTS.md.
  */
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { ROOT, activeBytesGguf, activeBytesMoeRun, makePrompt, paramCounts, prepareModel, scenarioModels } from "./models.mjs";
 import { markdown, writeReports } from "./report.mjs";
-import { scenarioRows } from "./rows.mjs";
+import { median, scenarioRows } from "./rows.mjs";
 import { createMemoryCgroup, evictFromPageCache, machineInfo, measureDiskBandwidth, measureMemoryBandwidth, measureReadPath, procReadBytes, procStatus } from "./system.mjs";
 
 const { values: a } = parseArgs({
@@ -83,6 +90,9 @@ const { values: a } = parseArgs({
     "no-warmup": { type: "boolean", default: false },
     out: { type: "string", default: path.join(ROOT, "bench", "results", "latest.json") },
     md: { type: "string", default: path.join(ROOT, "bench", "RESULTS.md") },
+    "thread-pairs": { type: "string", default: "8" },
+    "quiet-memory-scaling": { type: "string", default: "1.8" },
+    "thread-pairs-seconds": { type: "string", default: "150" },
     "report-only": { type: "boolean", default: false },
     "disk-only": { type: "boolean", default: false },
   },
@@ -105,7 +115,12 @@ const args = {
   oversizeRatios: a["oversize-ratios"].split(",").filter(Boolean).map(Number),
   oversizeLimitMb: a["oversize-limit-mb"] ? Number(a["oversize-limit-mb"]) : undefined,
   work: a.work,
+  threadPairs: Number(a["thread-pairs"]),
+  quietMemoryScaling: Number(a["quiet-memory-scaling"]),
+  threadPairsSeconds: Number(a["thread-pairs-seconds"]),
 };
+if (!(Number.isInteger(args.threadPairs) && args.threadPairs >= 0)) throw new Error(`--thread-pairs must be a whole number >= 0, got ${a["thread-pairs"]}`);
+if (!(args.quietMemoryScaling > 1 && args.threadPairsSeconds > 0)) throw new Error(`--quiet-memory-scaling must be > 1 and --thread-pairs-seconds > 0`);
 if (!args.threads.length || !args.threads.every((t) => Number.isInteger(t) && t > 0)) throw new Error(`--threads must be positive integers, got ${a.threads}`);
 if (!args.oversizeRatios.every((r) => Number.isFinite(r) && r > 0)) throw new Error(`--oversize-ratios must be positive numbers, got ${a["oversize-ratios"]}`);
 // What runs: "oversize" once per ratio (labelled oversize-2x, ...), or once at the fixed limit.
@@ -424,6 +439,12 @@ for (const { scenario, kind, ratio, promptTokens: fixedPrompt } of plan) {
 
     // Aggregate per engine and thread count, then compare.
     const rows = scenarioRows({ units, samples, p, prompt, decodeTokens, oversize, limits, ratio, scenario, date, git, roofline, startBandwidth, pairOf });
+    // Two threads vs one in one process, pair by pair next to the memory's own scaling.
+    if (!oversize && !fixedPrompt && args.threadPairs > 0 && args.threads.includes(1) && args.threads.includes(2))
+      for (const e of engines.filter((x) => x.engine === "moe-run")) {
+        const row = rows.find((r) => r.engine === "moe-run" && r.format === e.format && r.threads === 2);
+        if (row) row.threadPairs = runThreadPairs(e, prompt, decodeTokens, `${scenario}/${p.id}`);
+      }
     newRuns.push(...rows);
   }
 }
@@ -435,6 +456,23 @@ const table = lines.filter((l, i) => l.startsWith("|") || (l === "" && lines[i -
 const tStart = lines.indexOf("## Targets");
 console.log([...table, "", ...lines.slice(tStart, lines.indexOf("## How it is measured"))].join("\n").trim());
 log(`wrote ${path.relative(process.cwd(), a.out)} and ${path.relative(process.cwd(), a.md)}`);
+
+/** bench/llama/threadPairs.mjs for one moe-run precision: its pairs, or { error }. */
+function runThreadPairs(e, prompt, decodeTokens, where) {
+  log(`${where}: moe-run ${e.format}, 1 vs 2 threads in one process, until ${args.threadPairs} pairs with the memory's own 2-vs-1 >= ${args.quietMemoryScaling}x (at most ${args.threadPairsSeconds} s)...`);
+  const job = { model: e.model, promptText: prompt.text, decodeTokens, work: args.work, quietScaling: args.quietMemoryScaling, quietPairs: args.threadPairs, maxPairs: 4 * args.threadPairs + 8, maxSeconds: args.threadPairsSeconds };
+  const r = spawnSync(process.execPath, [path.join(ROOT, "bench", "llama", "threadPairs.mjs"), JSON.stringify(job)], { cwd: ROOT, encoding: "utf8", timeout: (args.threadPairsSeconds + 300) * 1000 });
+  const line = (r.stdout ?? "").split("\n").find((l) => l.startsWith("@@RESULT "));
+  const res = line ? JSON.parse(line.slice(9)) : { ok: false, error: `exit ${r.status ?? r.signal}: ${(r.stderr ?? "").trim().split("\n").slice(-3).join(" | ")}` };
+  if (!res.ok) {
+    log(`  thread pairs failed: ${res.error.split("\n")[0]}`);
+    return { error: res.error.split("\n")[0] };
+  }
+  const quiet = res.pairs.filter((x) => x.quiet);
+  const m = (xs) => median(xs.map((x) => x.ratio));
+  log(`  ${res.pairs.length} pairs in ${res.seconds.toFixed(0)} s, ${quiet.length} quiet: 2 vs 1 thread median ${m(quiet)?.toFixed(2) ?? "-"}x over the quiet ones, ${m(res.pairs)?.toFixed(2) ?? "-"}x over all`);
+  return { quietMemoryScaling: args.quietMemoryScaling, decodeTokens, pairs: res.pairs, quietPairs: quiet.length, quietMedian: m(quiet), allMedian: m(res.pairs), seconds: res.seconds };
+}
 
 function gitInfo() {
   try {
