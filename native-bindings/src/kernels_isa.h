@@ -41,7 +41,7 @@ const KernelTable* kernels_scalar();
 const KernelTable* kernels_avx2();
 const KernelTable* kernels_vnni_vex();   // AVX-VNNI
 const KernelTable* kernels_vnni_evex();  // AVX512-VNNI + AVX512VL
-const KernelTable* kernels_avx512();     // vnni_evex's plus 512-bit attention (AVX512F/BW/DQ/VL)
+const KernelTable* kernels_avx512();     // vnni_evex's plus 512-bit attention and Q8 tiles (AVX512F/BW/DQ/VL)
 
 // 2^(e - 128): half the E8M0 scale 2^(e - 127), for MX4 blocks whose codes are read doubled
 // (kMx4X2); e = 255 (NaN in the OCP format) gives NaN. Subnormal for e < 2 (exact).

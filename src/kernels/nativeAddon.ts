@@ -29,9 +29,10 @@ export interface NativeAddon {
   /**
    * The instruction-set level the kernels run at: "scalar" (plain C++), "avx2" (AVX2+FMA+F16C),
    * "vnni" (avx2 plus AVX-VNNI / AVX512-VNNI integer dot products) or "avx512" (vnni's with
-   * AVX512-VNNI, plus 512-bit attention). Chosen once per process from the CPU (the last it runs);
-   * MOE_RUN_KERNEL_ISA=scalar|avx2|vnni|avx512 forces one. Throws with code
-   * KERNEL_ISA_UNSUPPORTED (as expertForward does) when the forced level is not one this CPU runs.
+   * AVX512-VNNI, plus 512-bit attention and 512-bit int8 tiles that give vnni's bits). Chosen once
+   * per process from the CPU (the last it runs); MOE_RUN_KERNEL_ISA=scalar|avx2|vnni|avx512 forces
+   * one. Throws with code KERNEL_ISA_UNSUPPORTED (as expertForward does) when the forced level is
+   * not one this CPU runs.
    */
   kernelIsa(): string;
   /** The levels this CPU can run, slowest first (always starts with "scalar"). */
