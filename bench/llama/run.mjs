@@ -34,10 +34,10 @@
  *   --no-warmup            measure the first generation (default: one short warm-up first, except oversize)
  *   --thread-pairs N       with --threads listing 1 and 2: after the reps, each moe-run precision also
  *                          runs pairs of 1- and 2-thread decodes in one process (bench/llama/
- *                          threadPairs.mjs), each pair between readings of the memory's own 2-vs-1,
- *                          until N "quiet" pairs (default 8; 0: none)
- *   --quiet-memory-scaling X   a pair is quiet when the memory read >= X times as fast at 2 threads
- *                          as at 1 just before and just after it (default 1.8)
+ *                          threadPairs.mjs), the memory read at 1 and 2 threads before each pair and
+ *                          after each decode, until N "quiet" pairs (default 8; 0: none)
+ *   --quiet-memory-scaling X   a pair is quiet when its slowest 2-thread memory reading is >= X times
+ *                          its fastest 1-thread one (default 1.8)
  *   --thread-pairs-seconds S   at most S seconds of pairs per precision (default 150)
  *   --report-only          rewrite bench/RESULTS.md from bench/results/latest.json, run nothing
  *   --disk-only            measure the disk and moe-run's read path (3 alternating rounds) and stop
