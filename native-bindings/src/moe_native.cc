@@ -170,38 +170,45 @@ bool expert_call(napi_env env, napi_value rec_v, napi_value x_v, size_t T, napi_
   return true;
 }
 
+// The arguments expertForward and expertsForward share: (enc, record(s), H, F, x(s), T(s), out(s),
+// threads, spec?), with the kernel level, the encodings and the spec checked.
+struct ExpertArgs {
+  napi_value a[9];
+  size_t H = 0, F = 0;
+  moe::RecordEncs enc{moe::Enc::F32};
+  moe::ExpertOptions opts;
+};
+bool expert_args(napi_env env, napi_callback_info info, const char* fn, ExpertArgs* e) {
+  size_t argc = 9;
+  if (napi_get_cb_info(env, info, &argc, e->a, nullptr, nullptr) != napi_ok) {
+    return napi_throw_error(env, nullptr, "moe_native: bad arguments (napi_get_cb_info)"), false;
+  }
+  if (argc < 8) return napi_throw_error(env, nullptr, (std::string(fn) + ": 8 arguments expected").c_str()), false;
+  if (!kernel_isa_ok(env)) return false;
+  e->H = size_t(num(env, e->a[2]));
+  e->F = size_t(num(env, e->a[3]));
+  if (!record_encs(env, e->a[0], e->H, e->F, fn, &e->enc)) return false;
+  return argc < 9 || expert_options(env, e->a[8], fn, &e->opts);
+}
+
 // expertForward(enc (a code or a mixed record's, record_encs), record: Uint8Array, H, F, x: Float32Array [T,H], T, out: Float32Array [T,H], threads,
 //               spec?: Float64Array [activation (0 silu, 1 clampedSwiglu), alpha, limit, bias (0/1)])
 napi_value ExpertForward(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
-  napi_value a[9];
-  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
-  if (argc < 8) return napi_throw_error(env, nullptr, "expertForward: 8 arguments expected"), nullptr;
-  if (!kernel_isa_ok(env)) return nullptr;
-  const size_t H = size_t(num(env, a[2])), F = size_t(num(env, a[3])), T = size_t(num(env, a[5]));
-  moe::RecordEncs enc(moe::Enc::F32);
-  if (!record_encs(env, a[0], H, F, "expertForward", &enc)) return nullptr;
-  moe::ExpertOptions opts;
-  if (argc >= 9 && !expert_options(env, a[8], "expertForward", &opts)) return nullptr;
+  ExpertArgs e;
+  if (!expert_args(env, info, "expertForward", &e)) return nullptr;
+  const size_t T = size_t(num(env, e.a[5]));
   moe::ExpertCall c{};
-  if (!expert_call(env, a[1], a[4], T, a[6], H, F, enc, opts.bias, "expertForward", &c)) return nullptr;
-  moe::expert_forward(enc, c.record, H, F, c.x, T, c.out, int(num(env, a[7])), opts);
+  if (!expert_call(env, e.a[1], e.a[4], T, e.a[6], e.H, e.F, e.enc, e.opts.bias, "expertForward", &c)) return nullptr;
+  moe::expert_forward(e.enc, c.record, e.H, e.F, c.x, T, c.out, int(num(env, e.a[7])), e.opts);
   return nullptr;
 }
 
 // expertsForward(enc, records: Uint8Array[], H, F, xs: Float32Array[] ([T_k, H] each), Ts: number[], outs: Float32Array[], threads, spec?):
 // expertForward for several experts of one layer at once (experts_forward), each out the same bits.
 napi_value ExpertsForward(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
-  napi_value a[9];
-  CHECK(napi_get_cb_info(env, info, &argc, a, nullptr, nullptr));
-  if (argc < 8) return napi_throw_error(env, nullptr, "expertsForward: 8 arguments expected"), nullptr;
-  if (!kernel_isa_ok(env)) return nullptr;
-  const size_t H = size_t(num(env, a[2])), F = size_t(num(env, a[3]));
-  moe::RecordEncs enc(moe::Enc::F32);
-  if (!record_encs(env, a[0], H, F, "expertsForward", &enc)) return nullptr;
-  moe::ExpertOptions opts;
-  if (argc >= 9 && !expert_options(env, a[8], "expertsForward", &opts)) return nullptr;
+  ExpertArgs e;
+  if (!expert_args(env, info, "expertsForward", &e)) return nullptr;
+  const napi_value* a = e.a;
   // The length of an array argument; -1 for anything else.
   const auto length = [env](napi_value v) {
     bool is = false;
@@ -220,9 +227,9 @@ napi_value ExpertsForward(napi_env env, napi_callback_info info) {
     napi_get_element(env, a[4], k, &xv);
     napi_get_element(env, a[5], k, &tv);
     napi_get_element(env, a[6], k, &ov);
-    if (!expert_call(env, rv, xv, size_t(num(env, tv)), ov, H, F, enc, opts.bias, "expertsForward", &calls[k])) return nullptr;
+    if (!expert_call(env, rv, xv, size_t(num(env, tv)), ov, e.H, e.F, e.enc, e.opts.bias, "expertsForward", &calls[k])) return nullptr;
   }
-  moe::experts_forward(enc, calls.data(), calls.size(), H, F, int(num(env, a[7])), opts);
+  moe::experts_forward(e.enc, calls.data(), calls.size(), e.H, e.F, int(num(env, a[7])), e.opts);
   return nullptr;
 }
 
