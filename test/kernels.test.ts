@@ -293,6 +293,9 @@ describe("kernel instruction-set levels", () => {
   const cases: { name: string; c: IsaCase }[] = [];
   for (const enc of EXPERT_ENCODINGS) {
     for (const T of ISA_TOKENS) cases.push({ name: `${enc} expert T=${T}`, c: expertCase(enc, expertSize(enc), T, 2, 11) });
+    // Pre-activations past ±87: SiLU's exponential past where it under- and overflows.
+    const wide = expertCase(enc, expertSize(enc), 5, 2, 13);
+    cases.push({ name: `${enc} expert wide T=5`, c: { ...wide, x: wide.x.map((v) => v * 120) } });
     const first = cases.find((e) => e.name === `${enc} expert T=17`)!.c;
     cases.push({ name: `${enc} expert first token alone`, c: { ...first, T: 1, x: first.x.slice(0, first.a) } });
     for (const [rows, cols, scale] of matmulSizes(enc))
@@ -334,6 +337,11 @@ describe("kernel instruction-set levels", () => {
           const ref = expertRef(enc, c.w, c.a, c.b, c.x, T);
           expect(relErr(byName(res.outputs, `${enc} expert T=${T}`), ref), `T=${T}`).toBeLessThan(quantized(enc) ? QUANT_ACT_BOUND : 1e-5);
         }
+        const c = cases.find((e) => e.name === `${enc} expert wide T=5`)!.c;
+        const { g } = preActivations(enc, c.w, c.a, c.b, c.x, 5, false);
+        expect(Math.min(...g), "gate below -87").toBeLessThan(-87);
+        expect(Math.max(...g), "gate above 87").toBeGreaterThan(87);
+        expect(relErr(byName(res.outputs, `${enc} expert wide T=5`), expertRef(enc, c.w, c.a, c.b, c.x, 5)), "wide").toBeLessThan(quantized(enc) ? QUANT_ACT_BOUND : 1e-5);
       });
 
       it(`${enc}: matmul matches the fp64 reference${quantized(enc) ? " and exactly the integer-dot emulation" : ""}`, () => {

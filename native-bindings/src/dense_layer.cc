@@ -233,7 +233,7 @@ void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, 
         {w[kSharedUp].enc, w[kSharedUp].p, s.Fs, H, moe_in, T, u.data()},
     };
     matmul_rows_batch(gu, 2, threads);
-    for (size_t i = 0; i < T * s.Fs; i++) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+    active_kernels()->silu_mul(g.data(), u.data(), T * s.Fs);
     matmul_rows(w[kSharedDown].enc, w[kSharedDown].p, H, s.Fs, g.data(), T, shared_out, threads);
     const float* gp = f32(w[kSharedProj]);  // null: ungated (GLM/DeepSeek shared experts, dense MLPs)
     for (size_t t = 0; gp && t < T; t++) {

@@ -368,6 +368,7 @@ void experts_forward(const RecordEncs& enc, const ExpertCall* calls, size_t n, s
   std::vector<size_t> starts(n + 1, 0);
   for (size_t k = 0; k < n; k++) starts[k + 1] = starts[k] + calls[k].T * F;
   const float alpha = o.alpha, limit = o.limit;
+  const auto silu_mul = isa().table->silu_mul;
   const bool plain = !o.bias && o.act == Activation::Silu, clamped = o.act == Activation::ClampedSwiglu, has_bias = o.bias;
   const auto act = [&](size_t begin, size_t end) {
     size_t k = size_t(std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin()) - 1;
@@ -379,7 +380,8 @@ void experts_forward(const RecordEncs& enc, const ExpertCall* calls, size_t n, s
       const float* bu = bg + F;
       const size_t stop = std::min(end, starts[k + 1]), base = starts[k];
       if (plain) {
-        for (; i < stop; i++) gp[i - base] = gp[i - base] / (1.f + std::exp(-gp[i - base])) * up_p[i - base];
+        silu_mul(gp + (i - base), up_p + (i - base), stop - i);
+        i = stop;
         continue;
       }
       for (size_t f = (i - base) % F; i < stop; i++, f = f + 1 == F ? 0 : f + 1) {

@@ -41,10 +41,11 @@ namespace isa_scalar {
 #define KISA_512 0
 #include "kernels_isa.inc"
 #include "attention_isa.inc"
+#include "activation_isa.inc"
 #undef KISA_SIMD
 #undef KISA_512
 #undef KISA_VNNI
-const KernelTable table = {"scalar", rows_float, rows_quant, quantize, attend};
+const KernelTable table = {"scalar", rows_float, rows_quant, quantize, attend, silu_mul};
 }  // namespace isa_scalar
 
 const KernelTable* kernels_scalar() { return &isa_scalar::table; }
@@ -57,13 +58,14 @@ namespace isa_avx2 {
 #define KISA_512 0
 #include "kernels_isa.inc"
 #include "attention_isa.inc"
+#include "activation_isa.inc"
 #undef KISA_SIMD
 #undef KISA_512
 #undef KISA_VNNI
 }  // namespace isa_avx2
 MOE_TARGET_END
 const KernelTable* kernels_avx2() {
-  static const KernelTable table = {"avx2", isa_avx2::rows_float, isa_avx2::rows_quant, isa_avx2::quantize, isa_avx2::attend};
+  static const KernelTable table = {"avx2", isa_avx2::rows_float, isa_avx2::rows_quant, isa_avx2::quantize, isa_avx2::attend, isa_avx2::silu_mul};
   return &table;
 }
 #else
@@ -83,7 +85,7 @@ namespace isa_vnni_vex {
 }  // namespace isa_vnni_vex
 MOE_TARGET_END
 const KernelTable* kernels_vnni_vex() {
-  static const KernelTable table = {"vnni", isa_avx2::rows_float, isa_vnni_vex::rows_quant, isa_avx2::quantize, isa_avx2::attend};
+  static const KernelTable table = {"vnni", isa_avx2::rows_float, isa_vnni_vex::rows_quant, isa_avx2::quantize, isa_avx2::attend, isa_avx2::silu_mul};
   return &table;
 }
 #else
@@ -103,7 +105,7 @@ namespace isa_vnni_evex {
 }  // namespace isa_vnni_evex
 MOE_TARGET_END
 const KernelTable* kernels_vnni_evex() {
-  static const KernelTable table = {"vnni", isa_avx2::rows_float, isa_vnni_evex::rows_quant, isa_avx2::quantize, isa_avx2::attend};
+  static const KernelTable table = {"vnni", isa_avx2::rows_float, isa_vnni_evex::rows_quant, isa_avx2::quantize, isa_avx2::attend, isa_avx2::silu_mul};
   return &table;
 }
 #else
@@ -138,7 +140,7 @@ MOE_TARGET_END
 #pragma GCC diagnostic pop
 #endif
 const KernelTable* kernels_avx512() {
-  static const KernelTable table = {"avx512", isa_avx2::rows_float, isa_avx512::rows_quant, isa_avx2::quantize, isa_avx512::attend};
+  static const KernelTable table = {"avx512", isa_avx2::rows_float, isa_avx512::rows_quant, isa_avx2::quantize, isa_avx512::attend, isa_avx2::silu_mul};
   return &table;
 }
 #else

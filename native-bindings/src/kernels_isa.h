@@ -31,6 +31,9 @@ struct KernelTable {
   // scores [G, S] is scratch (attention_isa.inc).
   void (*attend)(const float* q, size_t G, const void* K, const void* V, bool kv_f16, size_t S, size_t hd, float scale, const float* sinks,
                  float* scores, float* out);
+  // g[i] = silu(g[i]) * u[i] for i in [0, n) (activation_isa.inc): the same bits for an element
+  // wherever it lies in [0, n).
+  void (*silu_mul)(float* g, const float* u, size_t n);
 };
 
 // The table the kernels run with in this process (MOE_RUN_KERNEL_ISA or the best the CPU has).
