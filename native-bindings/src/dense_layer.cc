@@ -2,6 +2,7 @@
 
 #include "kernels_isa.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -65,6 +66,28 @@ static void rope(float* x, size_t T, size_t heads, size_t hd, size_t rot, const 
         tmp[i + h] = v[i + h] * c[i + h] + v[i] * s[i + h];
       }
       std::memcpy(v, tmp.data(), rot * 4);
+    }
+  }
+}
+
+// Asks for the first cached keys and values of every kv head of this layer before its q/k/v
+// projections run, so attention finds them in cache. The expert stream of the layer before has
+// evicted them; the attention kernel prefetches four blocks ahead of itself, but its first blocks
+// come from memory one dependent miss after another. Up to kKvWarmBytes a layer (the kernel's own
+// prefetch covers the rest of a long context). 600m int8 decode at ~120 positions, 1 thread:
+// attention 19.9 -> 15.7 and 18.5 -> 15.0 us a layer.
+constexpr size_t kKvWarmBytes = size_t(128) << 10;
+
+static void warm_kv(const DenseSpec& s, const void* kv_k, const void* kv_v, size_t capacity, size_t past) {
+  const size_t el = s.kv_f16 ? 2 : 4, row = s.hd * el;
+  const size_t first = s.window && past > s.window ? past - s.window : 0;
+  const size_t n = std::min(past - first, kKvWarmBytes / (2 * row * s.Hkv));  // positions per head
+  for (size_t g = 0; g < s.Hkv; g++) {
+    const char* k = static_cast<const char*>(kv_k) + (g * capacity + first) * row;
+    const char* v = static_cast<const char*>(kv_v) + (g * capacity + first) * row;
+    for (size_t off = 0; off < n * row; off += 64) {
+      __builtin_prefetch(k + off, 0, 3);
+      __builtin_prefetch(v + off, 0, 3);
     }
   }
 }
@@ -181,6 +204,7 @@ void layer_forward(const DenseSpec& s, const WeightRef* w, const float* hidden, 
     mla_attention(s, w, x.data(), T, past, cos, sin, static_cast<float*>(kv_k), capacity, mctx.data(), threads);
     matmul_rows(w[kO].enc, w[kO].p, H, s.Hq * s.v_dim, mctx.data(), T, attn_out, threads);
   } else {
+  if (past > 0) warm_kv(s, kv_k, kv_v, capacity, past);
   const MatmulJob qkv[3] = {
       {w[kQ].enc, w[kQ].p, nq, H, x.data(), T, q.data()},
       {w[kK].enc, w[kK].p, nkv, H, x.data(), T, k.data()},
