@@ -1,8 +1,8 @@
 /**
  * Several experts of a layer in one native call (expertsForward / ExpertKernel.forwardMany): each
  * output must be bit for bit what expertForward gives that expert alone, whichever way the call
- * shares the work (whole experts per thread when their token counts match, rows of every matrix
- * otherwise), with biases and the clamped activation too; bad arguments are clear errors.
+ * shares the work (whole experts per thread when their token counts match, their down projections' row
+ * chunks taken by whichever thread is free; rows of every matrix otherwise), with biases and the clamped activation too; bad arguments are clear errors.
  */
 import { describe, expect, it } from "vitest";
 import { gptOssActivation, nativeExpertSpec } from "../src/kernels/expertActivation.js";
@@ -26,14 +26,15 @@ const same = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer, a.byteO
 describe.skipIf(!addon)("several experts in one call", () => {
   // Token counts per expert: equal (decode's 1, a prefill's 5: whole experts per thread, the
   // leftover split) and unequal (every matrix split by rows).
-  const shapes = [[1], [1, 1], [1, 1, 1], [5, 5], [5, 5, 5], [1, 4, 2], [3, 1]];
+  // Four decode experts at 2 threads: two whole experts per thread, each down projection shared.
+  const shapes = [[1], [1, 1], [1, 1, 1], [1, 1, 1, 1], [5, 5], [5, 5, 5], [1, 4, 2], [3, 1]];
 
   for (const enc of ["f16", "int8", "int4", "q4_k"] as ExpertEncoding[])
     for (const bias of [false, true])
       it(`${enc}${bias ? " with biases and the clamped activation" : ""}: every output is the expert's alone, at 1, 2 and 3 threads`, () => {
         const spec = bias ? nativeExpertSpec(gptOssActivation(), true) : undefined;
         const code = encodingCode(enc);
-        const records = [0, 1, 2].map((k) => record(enc, 10 + 7 * k, bias));
+        const records = [0, 1, 2, 3].map((k) => record(enc, 10 + 7 * k, bias));
         for (const Ts of shapes) {
           const xs = Ts.map((T, k) => rand(T * H, 50 + k, 1));
           const alone = Ts.map((T, k) => {

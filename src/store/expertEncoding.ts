@@ -37,7 +37,7 @@
  *           q4_1/q5_1: x = d*q + m; q5_0: x = d*(q - 16). cols % 32 == 0.
  *           All of these encode and decode with src/formats/ggmlQuants.ts / ggmlKQuants.ts
  *           (llama.cpp's reference codec).
- * The same layouts are implemented in native-bindings/src/expert_kernels.cc.
+ * The same layouts are implemented in native-bindings/src/expert_kernels.cc (kernels) and encode_matrix.cc (encoders).
  */
 import { InvalidOptionError } from "../errors.js";
 import { loadNativeAddon } from "../kernels/nativeAddon.js";

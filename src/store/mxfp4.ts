@@ -21,7 +21,7 @@
  * 2^(floor(log2(amax)) - 2) (the OCP spec's choice, as ggml's quantizer: the largest magnitude
  * lands in [4, 8) and 6 is the largest code), each value then rounds to the nearest E2M1 value,
  * ties to the even code (0, 1, 2, 4 over 0.5, 1.5, 3, 6), saturating at 6; a value that rounds to
- * zero gets code 0 (no negative zeros). Implemented identically in expert_kernels.cc.
+ * zero gets code 0 (no negative zeros). Implemented identically in native-bindings/src/encode_matrix.cc.
  */
 import { InvalidOptionError } from "../errors.js";
 
