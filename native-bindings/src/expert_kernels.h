@@ -134,8 +134,9 @@ struct ExpertCall {
   float* out;
 };
 // Several experts of one layer (same encodings and options) at once: each out is bit for bit what
-// expert_forward gives that expert alone; the pool is handed the work twice per call, not three
-// times per expert.
+// expert_forward gives that expert alone. With as many tokens each and at least one per thread,
+// whole experts go to each thread (their down projections' row chunks shared with threads that
+// finish first); otherwise every matrix is split by rows, the pool handed the work twice per call.
 void experts_forward(const RecordEncs& enc, const ExpertCall* calls, size_t n, size_t H, size_t F, int threads, const ExpertOptions& o = ExpertOptions());
 
 // Encodes a float matrix [rows, cols] into `dst` (matrix_bytes(enc, rows, cols) bytes). Not for
