@@ -441,7 +441,7 @@ void experts_forward(const RecordEncs& enc, const ExpertCall* calls, size_t n, s
   for (size_t k = 1; k < n; k++) same_T = same_T && calls[k].T == calls[0].T;
   if (p > 1 && n >= p && same_T && 3 * H * F * calls[0].T * n >= kParallelMacs) {
     const size_t whole = n / p * p;
-    if (o.bias) {
+    if (o.bias) {  // the down bias is added after the whole projection: no sharing of its rows
       parallel_for(int(p), whole, [&](size_t begin, size_t end) {
         for (size_t k = begin; k < end; k++) experts_forward(enc, calls + k, 1, H, F, 1, o);
       });
