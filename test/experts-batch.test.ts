@@ -1,8 +1,9 @@
 /**
  * Several experts of a layer in one native call (expertsForward / ExpertKernel.forwardMany): each
  * output must be bit for bit what expertForward gives that expert alone, whichever way the call
- * shares the work (whole experts per thread when their token counts match, their down projections' row
- * chunks taken by whichever thread is free; rows of every matrix otherwise), with biases and the clamped activation too; bad arguments are clear errors.
+ * shares the work (whole experts per thread when their token counts match, their down
+ * projections' row chunks taken by whichever thread is free; rows of every matrix otherwise), with
+ * biases and the clamped activation too; bad arguments are clear errors.
  */
 import { describe, expect, it } from "vitest";
 import { gptOssActivation, nativeExpertSpec } from "../src/kernels/expertActivation.js";
