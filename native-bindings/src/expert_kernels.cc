@@ -153,6 +153,28 @@ struct Batch {
 
 inline uint64_t row_cost(const MatmulJob& j) { return uint64_t(j.cols) * j.T; }
 
+// Rows [r0, r1) of one job, from its quantized input (Q8/Q4/MX4 and the GGUF blocks) or its floats.
+inline void run_rows(const KernelTable* k, const MatmulJob& j, const QuantRows& xq, size_t r0, size_t r1) {
+  if (quantized(j.enc)) k->rows_quant(j.enc, j.w, j.rows, j.cols, xq, j.T, j.y, r0, r1);
+  else k->rows_float(j.enc, j.w, j.rows, j.cols, j.x, j.T, j.y, r0, r1);
+}
+
+// Bytes quantize_input takes for a quantized job's input, its 16-byte alignment included.
+inline size_t quant_input_bytes(const MatmulJob& j) { return j.T * j.cols + 2 * 4 * (j.T * j.cols / kBlock) + 16; }
+
+// Quantizes job's input x [T, cols] at the next 16-byte boundary from `at` (fp32 block scales d,
+// block sums s, then the int8 values q) and moves `at` past it.
+QuantRows quantize_input(const KernelTable* k, const MatmulJob& j, uint8_t*& at) {
+  const size_t nbt = j.T * j.cols / kBlock;
+  at += (16 - reinterpret_cast<uintptr_t>(at) % 16) % 16;
+  float* d = reinterpret_cast<float*>(at);
+  int32_t* s = reinterpret_cast<int32_t*>(d + nbt);
+  int8_t* q = reinterpret_cast<int8_t*>(s + nbt);
+  at = reinterpret_cast<uint8_t*>(q + j.T * j.cols);
+  k->quantize(split_order(j.enc), j.x, j.T, j.cols, q, d, s);
+  return QuantRows{q, d, s};
+}
+
 // Chunk `part` of `parts` takes the rows whose start lies in its share of the total cost (row
 // boundaries rounded to multiples of 4, the kernels' row tiles).
 void run_part(const void* ctx, size_t part, size_t parts) {
@@ -168,10 +190,7 @@ void run_part(const void* ctx, size_t part, size_t parts) {
         return size_t(std::min<uint64_t>(j.rows, (r + 3) / 4 * 4));
       };
       const size_t r0 = first(lo), r1 = first(hi);
-      if (r0 < r1) {
-        if (quantized(j.enc)) b.k->rows_quant(j.enc, j.w, j.rows, j.cols, b.xq[i], j.T, j.y, r0, r1);
-        else b.k->rows_float(j.enc, j.w, j.rows, j.cols, j.x, j.T, j.y, r0, r1);
-      }
+      if (r0 < r1) run_rows(b.k, j, b.xq[i], r0, r1);
     }
     start = end;
   }
@@ -205,7 +224,7 @@ void matmul_rows_batch(const MatmulJob* jobs, size_t n, int threads) {
   // Quantize each distinct activation input once (gate and up share theirs).
   size_t bytes = 0;
   for (size_t i = 0; i < n; i++)
-    if (quantized(jobs[i].enc)) bytes += jobs[i].T * jobs[i].cols + 2 * 4 * (jobs[i].T * jobs[i].cols / kBlock) + 16;
+    if (quantized(jobs[i].enc)) bytes += quant_input_bytes(jobs[i]);
   if (scratch.size() < bytes) scratch.resize(bytes);
   std::vector<QuantRows> xq(n, QuantRows{nullptr, nullptr, nullptr});
   uint8_t* at = scratch.data();
@@ -245,14 +264,7 @@ void matmul_rows_batch(const MatmulJob* jobs, size_t n, int threads) {
       xq[i] = xq[same];
       continue;
     }
-    const size_t nbt = j.T * j.cols / kBlock;
-    at += (16 - reinterpret_cast<uintptr_t>(at) % 16) % 16;
-    float* d = reinterpret_cast<float*>(at);
-    int32_t* s = reinterpret_cast<int32_t*>(d + nbt);
-    int8_t* q = reinterpret_cast<int8_t*>(s + nbt);
-    at = reinterpret_cast<uint8_t*>(q + j.T * j.cols);
-    k->quantize(split_order(j.enc), j.x, j.T, j.cols, q, d, s);
-    xq[i] = QuantRows{q, d, s};
+    xq[i] = quantize_input(k, j, at);
   }
   const size_t use = b.total < kParallelMacs || threads < 1 ? 1 : std::min(size_t(threads), kMaxThreads);
   if (use == 1) {
@@ -337,7 +349,8 @@ inline float clamped_swiglu(float g, float u, float alpha, float limit) {
 
 // One matrix multiply whose row chunks several threads take (experts_owned): its owner from the
 // front, a thread with nothing of its own left from the back. The owner prepares the input
-// (quantized, or copied to a cache line) into `input` once; every chunk is the same kernel call
+// (quantized, or copied to a cache line) into `input` once, a copy of the chunks' own: the owner's
+// activations are gone when a late chunk runs. Every chunk is the same kernel call
 // on kShareRows rows (whole row tiles), whoever runs it, so the bits never depend on who did.
 constexpr size_t kShareRows = 32;
 struct SharedMatmul {
@@ -352,14 +365,9 @@ void share(SharedMatmul& s, const KernelTable* k, const MatmulJob& job) {
   s.job = job;
   const size_t n = job.T * job.cols;
   if (quantized(job.enc)) {
-    const size_t nbt = n / kBlock;
-    s.input.resize(2 * 4 * nbt + n + 16);
-    uint8_t* at = s.input.data() + (16 - reinterpret_cast<uintptr_t>(s.input.data()) % 16) % 16;
-    float* d = reinterpret_cast<float*>(at);
-    int32_t* sums = reinterpret_cast<int32_t*>(d + nbt);
-    int8_t* q = reinterpret_cast<int8_t*>(sums + nbt);
-    k->quantize(split_order(job.enc), job.x, job.T, job.cols, q, d, sums);
-    s.xq = QuantRows{q, d, sums};
+    s.input.resize(quant_input_bytes(job));
+    uint8_t* at = s.input.data();
+    s.xq = quantize_input(k, job, at);
   } else {
     s.input.resize(4 * n + 64);
     float* f = reinterpret_cast<float*>(s.input.data() + (64 - reinterpret_cast<uintptr_t>(s.input.data()) % 64) % 64);
@@ -378,10 +386,8 @@ bool run_shared_chunk(SharedMatmul& s, const KernelTable* k, bool last) {
     if (first >= end) return false;
     const uint64_t rest = last ? (v - 1) : (v + (uint64_t(1) << 32));
     if (!s.range.compare_exchange_weak(v, rest)) continue;
-    const MatmulJob& j = s.job;
-    const size_t c = last ? end - 1 : first, r0 = c * kShareRows, r1 = std::min(j.rows, r0 + kShareRows);
-    if (quantized(j.enc)) k->rows_quant(j.enc, j.w, j.rows, j.cols, s.xq, j.T, j.y, r0, r1);
-    else k->rows_float(j.enc, j.w, j.rows, j.cols, j.x, j.T, j.y, r0, r1);
+    const size_t c = last ? end - 1 : first, r0 = c * kShareRows;
+    run_rows(k, s.job, s.xq, r0, std::min(s.job.rows, r0 + kShareRows));
     return true;
   }
 }
