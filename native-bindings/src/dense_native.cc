@@ -18,39 +18,33 @@ napi_value fail(napi_env env, const std::string& msg) {
   return nullptr;
 }
 
-// denseLayer(spec: Float64Array [H,Hq,Hkv,hd,E,Fs,eps,qkNorm,norm,attnScale,rot,window,
-//                                 qRank,kvRank,nope,ropeDim,vDim (MLA when kvRank > 0),
-//                                 kvF16 (1: kvK/kvV are Uint16Array halves)], blob: Uint8Array,
-//            sections: Float64Array [kSectionCount*3: offset (-1 absent), bytes, enc],
-//            hidden, T, past, cos, sin, kvK, kvV, capacity, attnOut, moeIn, routerLogits, sharedOut|null, threads)
-napi_value DenseLayer(napi_env env, napi_callback_info info) {
-  if (!kernel_isa_ok(env)) return nullptr;
-  size_t argc = 16;
-  napi_value a[16];
-  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 16) return fail(env, "denseLayer: 16 arguments expected");
-  void *spec_p, *blob_p, *sec_p, *hidden, *cos, *sin, *kv_k, *kv_v, *attn_out, *moe_in, *logits, *shared = nullptr;
-  size_t spec_b, blob_b, sec_b, hidden_b, cos_b, sin_b, kvk_b, kvv_b, attn_b, moe_b, logits_b, shared_b = 0;
-  if (!typed_data(env, a[0], &spec_p, &spec_b) || !typed_data(env, a[1], &blob_p, &blob_b) || !typed_data(env, a[2], &sec_p, &sec_b) ||
-      !typed_data(env, a[3], &hidden, &hidden_b) || !typed_data(env, a[6], &cos, &cos_b) || !typed_data(env, a[7], &sin, &sin_b) ||
-      !typed_data(env, a[8], &kv_k, &kvk_b) || !typed_data(env, a[9], &kv_v, &kvv_b) || !typed_data(env, a[11], &attn_out, &attn_b) ||
-      !typed_data(env, a[12], &moe_in, &moe_b) || !typed_data(env, a[13], &logits, &logits_b)) {
-    napi_throw_type_error(env, nullptr, "denseLayer: buffers must be typed arrays");
-    return nullptr;
+}  // namespace
+
+namespace moe::napi {
+
+// A layer's spec (Float64Array [H,Hq,Hkv,hd,E,Fs,eps,qkNorm,norm,attnScale,rot,window,qRank,kvRank,
+// nope,ropeDim,vDim (MLA when kvRank > 0),kvF16]) and its weights: the blob and its section table
+// (Float64Array [kSectionCount*3: offset (-1 absent), bytes, enc]), each section checked against
+// the shape the spec gives it. False: thrown (`fn` names the call).
+bool dense_weights(napi_env env, napi_value spec_v, napi_value blob_v, napi_value sec_v, const char* fn, moe::DenseSpec* out, moe::WeightRef* w) {
+  const std::string f = fn;
+  void *spec_p, *blob_p, *sec_p;
+  size_t spec_b, blob_b, sec_b;
+  if (!typed_data(env, spec_v, &spec_p, &spec_b) || !typed_data(env, blob_v, &blob_p, &blob_b) || !typed_data(env, sec_v, &sec_p, &sec_b)) {
+    napi_throw_type_error(env, nullptr, (f + ": spec, blob and sections must be typed arrays").c_str());
+    return false;
   }
-  typed_data(env, a[14], &shared, &shared_b);  // null when the model has no shared expert
   const double* sp = static_cast<const double*>(spec_p);
-  if (spec_b != 18 * 8 || sec_b != moe::kSectionCount * 3 * 8) return fail(env, "denseLayer: spec or section table has the wrong length");
+  if (spec_b != 18 * 8 || sec_b != moe::kSectionCount * 3 * 8) return fail(env, f + ": spec or section table has the wrong length"), false;
   moe::DenseSpec s{size_t(sp[0]), size_t(sp[1]), size_t(sp[2]),  size_t(sp[3]),  size_t(sp[4]),  size_t(sp[5]),
                    float(sp[6]),  int(sp[7]),     int(sp[8]),      float(sp[9]),   size_t(sp[10]), size_t(sp[11]),
                    size_t(sp[12]), size_t(sp[13]), size_t(sp[14]), size_t(sp[15]), size_t(sp[16]), sp[17] == 1};
   const bool mla = s.kv_rank > 0;
-  if (mla && s.kv_f16) return fail(env, "denseLayer: an MLA latent cache is fp32 only");
-  if (mla && (s.Hkv != 1 || s.hd != s.kv_rank + s.rope_dim || s.rot != s.rope_dim || s.rope_dim % 2)) return fail(env, "denseLayer: inconsistent MLA spec");
-  const size_t T = size_t(num(env, a[4])), past = size_t(num(env, a[5])), cap = size_t(num(env, a[10]));
-  const int threads = int(num(env, a[15]));
-  if (s.Hkv == 0 || s.Hq % s.Hkv || s.hd % 2 || T == 0 || s.rot % 2 || s.rot > s.hd || s.norm < 0 || s.norm > 1 || !(s.attn_scale > 0))
-    return fail(env, "denseLayer: inconsistent spec");
-  const size_t H = s.H, nq = s.Hq * s.hd, nkv = s.Hkv * s.hd, el = s.kv_f16 ? 2 : 4;  // el: bytes per cached value
+  if (mla && s.kv_f16) return fail(env, f + ": an MLA latent cache is fp32 only"), false;
+  if (mla && (s.Hkv != 1 || s.hd != s.kv_rank + s.rope_dim || s.rot != s.rope_dim || s.rope_dim % 2)) return fail(env, f + ": inconsistent MLA spec"), false;
+  if (s.Hkv == 0 || s.Hq % s.Hkv || s.hd % 2 || s.rot % 2 || s.rot > s.hd || s.norm < 0 || s.norm > 1 || !(s.attn_scale > 0))
+    return fail(env, f + ": inconsistent spec"), false;
+  const size_t H = s.H, nq = s.Hq * s.hd, nkv = s.Hkv * s.hd;
   // Each section's expected shape: the blob must hold it whole, in the stated encoding.
   struct Shape { size_t rows, cols; bool required; };
   const bool has_shared = s.Fs > 0;
@@ -65,31 +59,64 @@ napi_value DenseLayer(napi_env env, napi_callback_info info) {
       {s.Hq * qk, s.q_rank ? s.q_rank : H, mla}, {L, H, mla}, {1, L, false}, {1, s.kv_rank, mla},
       {s.Hq * s.kv_rank, s.nope, mla}, {s.Hq * s.v_dim, s.kv_rank, mla},
   };
-  moe::WeightRef w[moe::kSectionCount];
   const double* sec = static_cast<const double*>(sec_p);
   for (int i = 0; i < moe::kSectionCount; i++) {
     const double off = sec[i * 3], bytes = sec[i * 3 + 1];
     const int enc = int(sec[i * 3 + 2]);
+    w[i] = moe::WeightRef{};
     if (off < 0) {
-      if (shapes[i].required) return fail(env, "denseLayer: section " + std::to_string(i) + " is missing");
+      if (shapes[i].required) return fail(env, f + ": section " + std::to_string(i) + " is missing"), false;
       continue;
     }
-    if (enc < 0 || enc >= moe::kEncCount) return fail(env, "denseLayer: bad encoding in section " + std::to_string(i));
+    if (enc < 0 || enc >= moe::kEncCount) return fail(env, f + ": bad encoding in section " + std::to_string(i)), false;
     const auto e = static_cast<moe::Enc>(enc);
     // Matrices go through matmul_rows in any encoding (rows of whole blocks); the rest are read as fp32.
     const bool matrix = i == moe::kQ || i == moe::kK || i == moe::kV || i == moe::kO || i == moe::kRouter || i == moe::kSharedGate || i == moe::kSharedUp ||
                         i == moe::kSharedDown || i == moe::kMlaQA || i == moe::kMlaQB || i == moe::kMlaKvA || i == moe::kMlaUkT || i == moe::kMlaUv;
     if (matrix ? shapes[i].cols % moe::enc_row_multiple(e) != 0 : e != moe::Enc::F32) {
-      return fail(env, "denseLayer: section " + std::to_string(i) + (matrix ? " has rows that are not whole blocks of its encoding" : " must be F32"));
+      return fail(env, f + ": section " + std::to_string(i) + (matrix ? " has rows that are not whole blocks of its encoding" : " must be F32")), false;
     }
     // Per-head slices of the MLA up-projections are taken by row offset: whole-row encodings only.
-    if ((i == moe::kMlaUkT || i == moe::kMlaUv) && e != moe::Enc::F32 && e != moe::Enc::F16) return fail(env, "denseLayer: MLA up-projections must be F32 or F16");
+    if ((i == moe::kMlaUkT || i == moe::kMlaUv) && e != moe::Enc::F32 && e != moe::Enc::F16) return fail(env, f + ": MLA up-projections must be F32 or F16"), false;
     if (size_t(bytes) != moe::matrix_bytes(e, shapes[i].rows, shapes[i].cols) || off + bytes > double(blob_b)) {
-      return fail(env, "denseLayer: section " + std::to_string(i) + " does not match its shape or lies outside the blob");
+      return fail(env, f + ": section " + std::to_string(i) + " does not match its shape or lies outside the blob"), false;
     }
     w[i].p = static_cast<const uint8_t*>(blob_p) + size_t(off);
     w[i].enc = e;
   }
+  *out = s;
+  return true;
+}
+
+}  // namespace moe::napi
+
+namespace {
+
+// denseLayer(spec, blob, sections (dense_weights), hidden, T, past, cos, sin, kvK, kvV, capacity,
+//            attnOut, moeIn, routerLogits, sharedOut|null, threads); kvK/kvV are Uint16Array halves
+//            when the spec's kvF16 is 1.
+napi_value DenseLayer(napi_env env, napi_callback_info info) {
+  if (!kernel_isa_ok(env)) return nullptr;
+  size_t argc = 16;
+  napi_value a[16];
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 16) return fail(env, "denseLayer: 16 arguments expected");
+  moe::DenseSpec s{};
+  moe::WeightRef w[moe::kSectionCount];
+  if (!moe::napi::dense_weights(env, a[0], a[1], a[2], "denseLayer", &s, w)) return nullptr;
+  void *hidden, *cos, *sin, *kv_k, *kv_v, *attn_out, *moe_in, *logits, *shared = nullptr;
+  size_t hidden_b, cos_b, sin_b, kvk_b, kvv_b, attn_b, moe_b, logits_b, shared_b = 0;
+  if (!typed_data(env, a[3], &hidden, &hidden_b) || !typed_data(env, a[6], &cos, &cos_b) || !typed_data(env, a[7], &sin, &sin_b) ||
+      !typed_data(env, a[8], &kv_k, &kvk_b) || !typed_data(env, a[9], &kv_v, &kvv_b) || !typed_data(env, a[11], &attn_out, &attn_b) ||
+      !typed_data(env, a[12], &moe_in, &moe_b) || !typed_data(env, a[13], &logits, &logits_b)) {
+    napi_throw_type_error(env, nullptr, "denseLayer: buffers must be typed arrays");
+    return nullptr;
+  }
+  typed_data(env, a[14], &shared, &shared_b);  // null when the model has no shared expert
+  const size_t T = size_t(num(env, a[4])), past = size_t(num(env, a[5])), cap = size_t(num(env, a[10]));
+  const int threads = int(num(env, a[15]));
+  if (T == 0) return fail(env, "denseLayer: inconsistent spec");
+  const bool mla = s.kv_rank > 0, has_shared = s.Fs > 0;
+  const size_t H = s.H, nkv = s.Hkv * s.hd, el = s.kv_f16 ? 2 : 4;  // el: bytes per cached value
   if (hidden_b < T * H * 4 || attn_b < T * H * 4 || moe_b < T * H * 4 || logits_b < T * s.E * 4 || cos_b < T * s.hd * 4 || sin_b < T * s.hd * 4 ||
       past + T > cap || kvk_b < nkv * cap * el || (!mla && kvv_b < nkv * cap * el) || (has_shared && shared && shared_b < T * H * 4)) {
     return fail(env, "denseLayer: buffer sizes do not match the spec, T and the cache capacity");

@@ -20,45 +20,15 @@
 #include "napi_util.h"
 
 namespace moe {
-void register_dense(napi_env env, napi_value exports);  // dense_native.cc
+void register_dense(napi_env env, napi_value exports);   // dense_native.cc
+void register_decode(napi_env env, napi_value exports);  // decode_step.cc
 }
 
-namespace {
-
-using moe::napi::kernel_isa_ok;
-using moe::napi::num;
-using moe::napi::typed_data;
-
-#define CHECK(call)                                                     \
-  do {                                                                  \
-    if ((call) != napi_ok) {                                            \
-      napi_throw_error(env, nullptr, "moe_native: bad arguments (" #call ")"); \
-      return nullptr;                                                   \
-    }                                                                   \
-  } while (0)
-
-
-void set_number(napi_env env, napi_value obj, const char* name, double value) {
-  napi_value v;
-  napi_create_double(env, value, &v);
-  napi_set_named_property(env, obj, name, v);
-}
-
-std::string str(napi_env env, napi_value v) {
-  size_t len = 0;
-  napi_get_value_string_utf8(env, v, nullptr, 0, &len);
-  std::string s(len, '\0');
-  napi_get_value_string_utf8(env, v, s.data(), len + 1, &len);
-  return s;
-}
-
-// ---- kernels: instruction-set level, expertForward ----
-// False after throwing an Error with code KERNEL_ISA_UNSUPPORTED when MOE_RUN_KERNEL_ISA asks for a
-// level this CPU cannot run (the kernels would otherwise quietly run at the best level it has).
+namespace moe::napi {
 
 // The encoding code 0..12 in `v` (Q8/Q4/MX4/Q41/Q50/Q51 only where H and F are multiples of 32,
 // Q2K..Q6K of 256: every row whole blocks); else throws a RangeError.
-bool kernel_enc(napi_env env, napi_value v, size_t H, size_t F, const char* fn, moe::Enc* enc) {
+static bool kernel_enc(napi_env env, napi_value v, size_t H, size_t F, const char* fn, moe::Enc* enc) {
   const double code = num(env, v);
   if (!(code >= 0 && code < moe::kEncCount && code == double(int(code)))) {
     napi_throw_range_error(env, nullptr,
@@ -107,27 +77,6 @@ bool record_encs(napi_env env, napi_value v, size_t H, size_t F, const char* fn,
   return true;
 }
 
-// kernelIsa() -> "scalar" | "avx2" | "vnni": the level the kernels run at.
-napi_value KernelIsa(napi_env env, napi_callback_info) {
-  if (!kernel_isa_ok(env)) return nullptr;
-  napi_value v;
-  napi_create_string_utf8(env, moe::kernel_isa(), NAPI_AUTO_LENGTH, &v);
-  return v;
-}
-
-// kernelIsas() -> string[]: the levels this CPU can run (MOE_RUN_KERNEL_ISA may force any of them).
-napi_value KernelIsas(napi_env env, napi_callback_info) {
-  const auto names = moe::kernel_isas();
-  napi_value arr;
-  napi_create_array_with_length(env, names.size(), &arr);
-  for (size_t i = 0; i < names.size(); i++) {
-    napi_value v;
-    napi_create_string_utf8(env, names[i].c_str(), NAPI_AUTO_LENGTH, &v);
-    napi_set_element(env, arr, uint32_t(i), v);
-  }
-  return arr;
-}
-
 // The optional spec argument of expertForward / expertsForward: Float64Array [activation (0 silu,
 // 1 clampedSwiglu), alpha, limit, bias (0/1)]; undefined or null: the defaults. False: thrown.
 bool expert_options(napi_env env, napi_value v, const char* fn, moe::ExpertOptions* opts) {
@@ -152,6 +101,64 @@ bool expert_options(napi_env env, napi_value v, const char* fn, moe::ExpertOptio
   opts->limit = float(sp[2]);
   opts->bias = sp[3] == 1;
   return true;
+}
+
+}  // namespace moe::napi
+
+namespace {
+
+using moe::napi::expert_options;
+using moe::napi::kernel_isa_ok;
+using moe::napi::num;
+using moe::napi::record_encs;
+using moe::napi::typed_data;
+
+#define CHECK(call)                                                     \
+  do {                                                                  \
+    if ((call) != napi_ok) {                                            \
+      napi_throw_error(env, nullptr, "moe_native: bad arguments (" #call ")"); \
+      return nullptr;                                                   \
+    }                                                                   \
+  } while (0)
+
+
+void set_number(napi_env env, napi_value obj, const char* name, double value) {
+  napi_value v;
+  napi_create_double(env, value, &v);
+  napi_set_named_property(env, obj, name, v);
+}
+
+std::string str(napi_env env, napi_value v) {
+  size_t len = 0;
+  napi_get_value_string_utf8(env, v, nullptr, 0, &len);
+  std::string s(len, '\0');
+  napi_get_value_string_utf8(env, v, s.data(), len + 1, &len);
+  return s;
+}
+
+// ---- kernels: instruction-set level, expertForward ----
+// False after throwing an Error with code KERNEL_ISA_UNSUPPORTED when MOE_RUN_KERNEL_ISA asks for a
+// level this CPU cannot run (the kernels would otherwise quietly run at the best level it has).
+
+// kernelIsa() -> "scalar" | "avx2" | "vnni": the level the kernels run at.
+napi_value KernelIsa(napi_env env, napi_callback_info) {
+  if (!kernel_isa_ok(env)) return nullptr;
+  napi_value v;
+  napi_create_string_utf8(env, moe::kernel_isa(), NAPI_AUTO_LENGTH, &v);
+  return v;
+}
+
+// kernelIsas() -> string[]: the levels this CPU can run (MOE_RUN_KERNEL_ISA may force any of them).
+napi_value KernelIsas(napi_env env, napi_callback_info) {
+  const auto names = moe::kernel_isas();
+  napi_value arr;
+  napi_create_array_with_length(env, names.size(), &arr);
+  for (size_t i = 0; i < names.size(); i++) {
+    napi_value v;
+    napi_create_string_utf8(env, names[i].c_str(), NAPI_AUTO_LENGTH, &v);
+    napi_set_element(env, arr, uint32_t(i), v);
+  }
+  return arr;
 }
 
 // One expert's record, tokens x [T, H] and output [T, H] from JS values, checked against H, F,
@@ -519,6 +526,7 @@ napi_value Init(napi_env env, napi_value exports) {
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   moe::register_dense(env, exports);
+  moe::register_decode(env, exports);
   return exports;
 }
 

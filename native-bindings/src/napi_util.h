@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <string>
 
+#include "dense_layer.h"
 #include "expert_kernels.h"
 
 namespace moe::napi {
@@ -43,5 +44,15 @@ inline bool kernel_isa_ok(napi_env env) {
   napi_throw_error(env, "KERNEL_ISA_UNSUPPORTED", err.c_str());
   return false;
 }
+
+// moe_native.cc: an expert record's encodings from their code (a plain code 0..12 or a mixed
+// record's; each matrix's rows whole blocks of its encoding), and the optional expert spec
+// (Float64Array [activation, alpha, limit, bias]; undefined or null: the defaults). False: thrown.
+bool record_encs(napi_env env, napi_value v, size_t H, size_t F, const char* fn, moe::RecordEncs* encs);
+bool expert_options(napi_env env, napi_value v, const char* fn, moe::ExpertOptions* opts);
+
+// dense_native.cc: a layer's spec, weight blob and section table, each section checked against the
+// shape the spec gives it (denseLayer's first three arguments). False: thrown.
+bool dense_weights(napi_env env, napi_value spec, napi_value blob, napi_value sections, const char* fn, moe::DenseSpec* s, moe::WeightRef* w);
 
 }  // namespace moe::napi

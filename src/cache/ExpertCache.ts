@@ -64,6 +64,7 @@ export class ExpertCache<V extends NonNullable<unknown>> {
   private readonly onEvict?: (id: ExpertId, value: V, bytes: number) => void;
   private readonly layers?: LayerCounters[];
   private clockValue = 0;
+  private changes = 0;
   private resident = 0;
   /** Bytes reserved for loads in flight; counted against the budget. */
   private reservedBytes = 0;
@@ -93,6 +94,11 @@ export class ExpertCache<V extends NonNullable<unknown>> {
   /** Lookups so far: the logical clock policies see. */
   get clock(): number {
     return this.clockValue;
+  }
+
+  /** Counts insertions and removals: unchanged = the same experts resident, with the same values. */
+  get generation(): number {
+    return this.changes;
   }
 
   get residentBytes(): number {
@@ -170,6 +176,7 @@ export class ExpertCache<V extends NonNullable<unknown>> {
     }
     for (const v of victims) this.remove(v, true);
     this.entries.set(key, { value, bytes });
+    this.changes++;
     this.resident += bytes;
     this.residentMax = Math.max(this.residentMax, this.resident + this.reservedBytes);
     this.bytesIn += bytes;
@@ -341,6 +348,7 @@ export class ExpertCache<V extends NonNullable<unknown>> {
     const entry = this.entries.get(key)!;
     invariant(clearing || (!this.pinned.has(key) && !this.inUse.has(key)), `${formatExpert(key)} is pinned or in use and must not leave the cache`);
     this.entries.delete(key);
+    this.changes++;
     this.resident -= entry.bytes;
     this.policy.onRemove(key);
     if (policyEviction) {

@@ -152,6 +152,10 @@ export class TieredExpertSource {
   private readonly tracker?: PredictionTracker;
   private readonly prefetchStats: PrefetchStats = { issued: 0, used: 0, wasted: 0, dropped: 0, late: 0, stallSavedSeconds: 0 };
   private readonly prefetched = new Map<ExpertKey, number>(); // key -> load seconds, until used or wasted
+  /** residentTable()'s last answer and the cache generation it was read at. */
+  private table: { generation: number; values: unknown[] } | undefined;
+  /** Whether the device budget holds every expert of the model at once (residentTable). */
+  private allFit: boolean | undefined;
 
   constructor(
     private readonly store: ExpertStore,
@@ -372,6 +376,37 @@ export class TieredExpertSource {
       this.drop(once);
     }
     if (this.cache.isProtected(id)) this.cache.unprotect([id]);
+  }
+
+  /**
+   * Every expert of every layer in its resident form, null where not resident yet (index layer *
+   * numExperts + expert), for decode steps computed whole in native code (evaluator/FusedDecode.ts);
+   * undefined unless the budget holds every expert (none is ever evicted: a missing one is one not
+   * used yet) and nothing is loading, prefetched, held for a layer ahead or used once.
+   * noteResidentUse() then does each routed expert's bookkeeping.
+   */
+  residentTable(numExperts: number): readonly unknown[] | undefined {
+    const L = this.options.numLayers;
+    if (this.options.prefetch || this.inflight.size || this.bypassed.size || this.held.size || this.promoting.size) return undefined;
+    if (this.allFit === undefined) {
+      let all = 0;
+      for (let l = 0; l < L; l++) all += numExperts * this.residentBytes(l);
+      this.allFit = all <= this.cache.capacityBytes;
+    }
+    if (!this.allFit) return undefined;
+    if (this.table?.generation !== this.cache.generation || this.table.values.length !== L * numExperts) {
+      const values: unknown[] = [];
+      for (let layer = 0; layer < L; layer++) for (let expert = 0; expert < numExperts; expert++) values.push(this.cache.peek({ layer, expert }) ?? null);
+      this.table = { generation: this.cache.generation, values };
+    }
+    return this.table.values;
+  }
+
+  /** A resident expert computed outside acquire(): acquireNow() + release()'s bookkeeping (a hit). */
+  noteResidentUse(layer: number, expert: number): void {
+    const key = expertKey(layer, expert);
+    this.cache.lookup({ layer, expert }, { loadedForThis: this.demanded.delete(key) });
+    this.usePrefetched(key, 0);
   }
 
   /** Tells score-based policies the router's probabilities over all experts for one token. */

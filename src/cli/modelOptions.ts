@@ -178,7 +178,8 @@ function stepLines(g: { decodeBreakdown?: StepTimesSnapshot; prefillBreakdown?: 
     const parts = Object.entries(b.seconds).map(([k, v]) => `${k} ${((1000 * v) / b.forwards).toFixed(2)}`);
     return [
       `  ${label} per forward (ms): ${parts.join(", ")}; total ${((1000 * total) / b.forwards).toFixed(2)}` +
-        (b.kvCopiedBytes ? `; KV cache grown by copying ${formatBytes(b.kvCopiedBytes)}` : ""),
+        (b.kvCopiedBytes ? `; KV cache grown by copying ${formatBytes(b.kvCopiedBytes)}` : "") +
+        (b.fusedTokens ? `; ${b.fusedTokens} of ${b.tokens} tokens in one native call each (every expert resident)` : ""),
     ];
   };
   return [...line("prefill", g?.prefillBreakdown), ...line("decode", g?.decodeBreakdown)];

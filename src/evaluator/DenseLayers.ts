@@ -23,6 +23,13 @@ export interface LayerOutputs {
   sharedOut?: Float32Array;
 }
 
+/** Each layer's spec, weight blob and section table, as addon.denseLayer takes them. */
+export interface DecodeLayers {
+  specs: readonly Float64Array[];
+  blobs: readonly Uint8Array[];
+  sections: readonly Float64Array[];
+}
+
 /** RoPE tables for the T positions of a forward pass, [T, hd] each. */
 export interface RopeTables {
   cos: Float32Array;
@@ -42,6 +49,11 @@ export interface DenseLayers {
   embed(ids: readonly number[]): Promise<Float32Array>;
   /** Layer `layer` over T tokens at positions kv.length..; appends them to the layer's cache. */
   layer(layer: number, hidden: Float32Array, T: number, kv: KvCache, rope: RopeTables): Promise<LayerOutputs>;
+  /**
+   * The per-layer arguments of the native decode step (FusedDecode), with `kv`'s precision set;
+   * undefined where it cannot run these layers (onnx; a dense, shared-expert or latent-attention layer).
+   */
+  decodeLayers?(kv: KvCache): DecodeLayers | undefined;
   /** Logits [T, V] of the T rows of `hidden` ([T, H]). */
   head(hidden: Float32Array, T: number): Promise<Float32Array>;
   dispose(): Promise<void>;

@@ -19,6 +19,7 @@ import { newKvCache, type KvCache, type KvCachePrecision } from "./KvCache.js";
 import { NativeDenseLayers } from "./NativeDenseLayers.js";
 import { OnnxDenseLayers } from "./OnnxDenseLayers.js";
 import { ropeRegime, ropeTables } from "./rope.js";
+import { FusedDecode } from "./FusedDecode.js";
 import { StepTimes } from "./StepTimes.js";
 import { groupByExpert, routeTokens, type Routing } from "./routing.js";
 
@@ -47,6 +48,14 @@ export interface ExpertSource {
   admit?(layer: number, expert: number, record: Uint8Array | undefined): Promise<void>;
   /** Whether recordAccess() would promote this expert now (the scheduler costs the record copy). */
   wouldPromote?(layer: number, expert: number): boolean;
+  /**
+   * Every expert in its resident form, null where not resident yet (layer * numExperts + expert),
+   * while none can be evicted and nothing is loading; else undefined. With it a decode step may
+   * run in native code (FusedDecode) up to the first layer that needs an expert not resident.
+   */
+  residentTable?(numExperts: number): readonly unknown[] | undefined;
+  /** An expert of residentTable() was used: the hit acquireNow() + release() would count. */
+  noteResidentUse?(layer: number, expert: number): void;
 }
 
 /** Called once per layer per forward with the router's decision; profilers and predictors listen here. */
@@ -66,6 +75,12 @@ export interface ModelRunnerOptions {
   dense?: DenseLayersName | "auto";
   /** KV cache precision of the native dense layers (onnx: always fp32). Default "f16". */
   kvCache?: KvCachePrecision;
+  /**
+   * Decode steps of a model whose experts are all resident run whole in native code
+   * (evaluator/FusedDecode.ts: the same bits, without JavaScript between the layers) where the
+   * model's shape allows. Default true; false keeps the layer loop (for comparisons).
+   */
+  fusedDecode?: boolean;
   log?: (line: string) => void;
 }
 
@@ -92,6 +107,13 @@ export class ModelRunner {
   private expertOutputs: Float32Array[] = [];
   /** Per layer: the grouped router's selection-only correction bias [E] (else undefined). */
   private correctionBiases: (Float32Array | undefined)[] = [];
+  /** The whole-step native decode where this model's shape allows it (else undefined). */
+  private fused: FusedDecode | undefined;
+
+  /** Whether decode steps may run whole in native code (FusedDecode; per step it also needs every expert resident). */
+  get fusedDecode(): boolean {
+    return this.fused !== undefined;
+  }
 
   /** The precision newKvCache() gives native caches. */
   readonly kvPrecision: KvCachePrecision;
@@ -124,6 +146,7 @@ export class ModelRunner {
       });
       const runner = new ModelRunner(manifest.dims, dense, kernel, threads, options.kvCache ?? "f16");
       runner.device = device;
+      if (options.fusedDecode !== false) runner.fused = FusedDecode.create(loadNativeAddon().addon, manifest.dims, dense, kernel, threads);
       if (runner.features.grouped.correctionBias) {
         runner.correctionBiases = manifest.graphs.layers.map((rel) => {
           const graph = readGraph(modelDir, rel);
@@ -189,8 +212,19 @@ export class ModelRunner {
     let hidden = await this.dense.embed(ids); // [T, H]
     lap("embed");
     const experts = this.source();
-    for (let l = 0; l < d.numLayers; l++) {
-      const out = await this.dense.layer(l, hidden, T, kv, { cos, sin });
+    const fused = T === 1 ? this.fused?.run(hidden, kv, { cos, sin }, experts, this.observers.length > 0 || this.hybrid !== undefined) : undefined;
+    if (fused) {
+      const [dense, , expertSeconds] = this.fused!.seconds;
+      times.seconds.dense += dense!;
+      times.seconds.experts += expertSeconds!;
+      // The rest of the call (routing, combining, the call itself and the bookkeeping after it).
+      times.seconds.routing += (performance.now() - mark) / 1000 - dense! - expertSeconds!;
+      if (!fused.next) times.fusedTokens++;
+      mark = performance.now();
+    }
+    for (let l = fused?.layersDone ?? 0; l < d.numLayers; l++) {
+      // A layer the native step stopped at (an expert not resident yet) has its dense part done.
+      const out = fused?.next && l === fused.layersDone ? fused.next : await this.dense.layer(l, hidden, T, kv, { cos, sin });
       lap("dense");
       if (!isMoeLayer(d, l)) {
         // A dense layer: its MLP ran with the dense weights (in the shared-expert slot).

@@ -13,7 +13,7 @@ import type { NativeAddon } from "../kernels/nativeAddon.js";
 import type { DenseBlock, ModelManifest } from "../model/manifest.js";
 import { readFloatInitializer, readGraph } from "../onnx/graphFile.js";
 import { encodingCode, matrixBytes, BLOCK, type ExpertEncoding } from "../store/expertEncoding.js";
-import type { DenseLayers, LayerOutputs, RopeTables } from "./DenseLayers.js";
+import type { DecodeLayers, DenseLayers, LayerOutputs, RopeTables } from "./DenseLayers.js";
 import type { KvCache } from "./KvCache.js";
 
 /** Section order of a layer blob; must match `enum Section` in native-bindings/src/dense_layer.h. */
@@ -87,6 +87,7 @@ export class NativeDenseLayers implements DenseLayers {
    */
   private readonly specs: Float64Array[];
   private disposed = false;
+  private decodeArgs: DecodeLayers | undefined;
 
   private constructor(
     private readonly addon: NativeAddon,
@@ -239,6 +240,15 @@ export class NativeDenseLayers implements DenseLayers {
     spec[17] = kv.precision === "f16" ? 1 : 0;
     this.addon.denseLayer(spec, blob, sections, hidden, T, kv.length, rope.cos, rope.sin, kv.nativeKeys[layer]!, kv.nativeValues[layer]!, kv.capacity, attnOut, moeIn, routerLogits, sharedOut ?? null, this.threads);
     return { attnOut, moeIn, routerLogits, sharedOut };
+  }
+
+  decodeLayers(kv: KvCache): DecodeLayers | undefined {
+    invariant(!this.disposed, "NativeDenseLayers used after dispose()");
+    if (this.layerBlobs.some((b) => b.experts === 0 || b.sharedFfn > 0) || modelFeatures(this.dims).mla) return undefined;
+    const f16 = kv.precision === "f16" ? 1 : 0;
+    for (const s of this.specs) s[17] = f16;
+    this.decodeArgs ??= { specs: this.specs, blobs: this.layerBlobs.map((b) => b.blob), sections: this.layerBlobs.map((b) => b.sections) };
+    return this.decodeArgs;
   }
 
   async head(hidden: Float32Array, T: number): Promise<Float32Array> {

@@ -8,6 +8,8 @@
  *   kv      : growing the KV cache (copies), RoPE tables
  *   head    : final norm + LM head
  *   sampling: choosing the next token (added by the generator)
+ * A decode step run whole in native code (FusedDecode) puts its native-timed dense layers and
+ * experts under dense and experts, and the rest of its call and its bookkeeping under routing.
  */
 export class StepTimes {
   readonly seconds = { embed: 0, dense: 0, routing: 0, experts: 0, kv: 0, head: 0, sampling: 0 };
@@ -15,16 +17,24 @@ export class StepTimes {
   kvCopiedBytes = 0;
   forwards = 0;
   tokens = 0;
+  /** Tokens decoded in one native call (FusedDecode). */
+  fusedTokens = 0;
 
   snapshot(): StepTimesSnapshot {
-    return { seconds: { ...this.seconds }, kvCopiedBytes: this.kvCopiedBytes, forwards: this.forwards, tokens: this.tokens };
+    return { seconds: { ...this.seconds }, kvCopiedBytes: this.kvCopiedBytes, forwards: this.forwards, tokens: this.tokens, fusedTokens: this.fusedTokens };
   }
 
   /** What happened between `before` and now. */
   since(before: StepTimesSnapshot): StepTimesSnapshot {
     const seconds = { ...this.seconds };
     for (const k of Object.keys(seconds) as (keyof typeof seconds)[]) seconds[k] -= before.seconds[k];
-    return { seconds, kvCopiedBytes: this.kvCopiedBytes - before.kvCopiedBytes, forwards: this.forwards - before.forwards, tokens: this.tokens - before.tokens };
+    return {
+      seconds,
+      kvCopiedBytes: this.kvCopiedBytes - before.kvCopiedBytes,
+      forwards: this.forwards - before.forwards,
+      tokens: this.tokens - before.tokens,
+      fusedTokens: this.fusedTokens - before.fusedTokens,
+    };
   }
 }
 
@@ -33,4 +43,5 @@ export interface StepTimesSnapshot {
   kvCopiedBytes: number;
   forwards: number;
   tokens: number;
+  fusedTokens: number;
 }

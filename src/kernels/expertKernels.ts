@@ -43,6 +43,11 @@ export interface ExpertKernel<R = Uint8Array> {
    * better across experts than within one have it; the others do not.
    */
   forwardMany?(residents: readonly R[], xs: readonly Float32Array[], tokens: readonly number[], outs: readonly Float32Array[], layer: number): void;
+  /**
+   * What the native decode step (evaluator/FusedDecode.ts) needs to compute these experts itself:
+   * each layer's record code and the activation spec. Only the native kernel has it.
+   */
+  nativeDecodeCall?(numLayers: number): { codes: Float64Array; spec: Float64Array | undefined };
   /** Device memory held by prepared experts (kernels whose form is not the record). */
   residency?(): ResidencyStats;
   dispose(): Promise<void>;
@@ -111,6 +116,9 @@ class NativeExpertKernel extends HostExpertKernel {
   forwardMany(records: readonly Uint8Array[], xs: readonly Float32Array[], tokens: readonly number[], outs: readonly Float32Array[], layer: number): void {
     const code = this.codes[this.o.layerEncodings ? layer : 0] ?? nativeRecordCode(this.o, layer);
     this.addon.expertsForward(code, records, this.o.hiddenSize, this.o.expertFfn, xs, tokens, outs, this.o.threads, this.spec);
+  }
+  nativeDecodeCall(numLayers: number): { codes: Float64Array; spec: Float64Array | undefined } {
+    return { codes: Float64Array.from({ length: numLayers }, (_, l) => this.codes[this.o.layerEncodings ? l : 0] ?? nativeRecordCode(this.o, l)), spec: this.spec };
   }
 }
 

@@ -7,6 +7,9 @@ import { createRequire } from "node:module";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 
+/** An opaque native decode plan (decodePlan). */
+export type DecodePlanHandle = { readonly __brand: "DecodePlan" };
+
 export interface NativeAddon {
   /**
    * out[T,H] for one encoded expert record: down(silu(gate x) * up x) by default; `spec`
@@ -78,6 +81,51 @@ export interface NativeAddon {
     sharedOut: Float32Array | null,
     threads: number
   ): void;
+  /**
+   * What decodeStep computes with (native-bindings/src/decode_step.cc), checked once: per layer l
+   * denseLayer's spec (its kvF16 set), blob and sections; records[l * E + e] every expert's record
+   * (null where not resident); encs[l] its record code. The plan points into those buffers: keep
+   * them alive while it is used.
+   */
+  decodePlan(
+    specs: readonly Float64Array[],
+    blobs: readonly Uint8Array[],
+    sections: readonly Float64Array[],
+    records: readonly (Uint8Array | null)[],
+    encs: Float64Array,
+    F: number,
+    spec: Float64Array | undefined,
+    topK: number,
+    normTopkProb: 0 | 1
+  ): DecodePlanHandle;
+  /**
+   * One decode token through every layer of `plan`: per layer denseLayer, the softmax router
+   * (routing.ts's bits), the top-k experts (expertsForward) and their weighted sum into `hidden`
+   * ([H]: the embedding in, the last layer's output out). Writes the routing (experts, weights
+   * [L*K], probs [L*E]) and adds the seconds spent in the dense layers, in routing and combining,
+   * and in the experts to seconds[0..2]. Returns the layers done: L, or the first layer that routed
+   * to an expert the plan has no record for, its dense outputs in attnOut, moeIn and routerLogits.
+   */
+  decodeStep(
+    plan: DecodePlanHandle,
+    kvKeys: readonly (Float32Array | Uint16Array)[],
+    kvValues: readonly (Float32Array | Uint16Array)[],
+    capacity: number,
+    past: number,
+    cos: Float32Array,
+    sin: Float32Array,
+    hidden: Float32Array,
+    threads: number,
+    experts: Int32Array,
+    weights: Float32Array,
+    probs: Float32Array,
+    seconds: Float64Array,
+    attnOut: Float32Array,
+    moeIn: Float32Array,
+    routerLogits: Float32Array
+  ): number;
+  /** decodeStep's router for T tokens of E logits (routeTokens' "softmax" rule, to the bit). */
+  routeSoftmax(logits: Float32Array, T: number, E: number, K: number, normTopkProb: 0 | 1, experts: Int32Array, weights: Float32Array, probs: Float32Array): void;
   /** out[T,n] = x / sqrt(mean(x^2) + eps) * w per row. */
   rmsNorm(x: Float32Array, T: number, n: number, w: Float32Array, eps: number, out: Float32Array): void;
   layerNorm(x: Float32Array, T: number, n: number, w: Float32Array, b: Float32Array, eps: number, out: Float32Array): void;

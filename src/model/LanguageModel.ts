@@ -27,6 +27,8 @@ export interface EngineInfo {
   threads: number;
   /** How the KV cache holds keys and values (LoadModelOptions.kvCache; fp32 where f16 does not apply). */
   kvCache: KvCachePrecision;
+  /** Whether decode steps can run whole in native code (LoadModelOptions.fusedDecode and the model's shape allow it); each step still needs every expert resident. */
+  fusedDecode: boolean;
 }
 
 /** Where experts ran, per layer, and the cost figures the scheduler planned with. */

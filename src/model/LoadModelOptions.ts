@@ -95,6 +95,13 @@ export interface LoadModelOptions {
    * reference's). The onnx dense layers and latent (MLA) caches keep fp32.
    */
   kvCache?: KvCachePrecision;
+  /**
+   * Decode steps of a model whose experts are all resident run whole in native code, with no
+   * JavaScript between the layers (the same bits: evaluator/FusedDecode.ts), where the model's
+   * shape allows (native dense layers and kernel, softmax router, every layer routed, no shared
+   * expert). Default true; false keeps the per-layer loop (for comparisons and profiling).
+   */
+  fusedDecode?: boolean;
   /** Where notes (fallbacks, warnings) go. Default: stderr. */
   log?: (line: string) => void;
 }

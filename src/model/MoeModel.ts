@@ -93,7 +93,7 @@ export class MoeModel implements LanguageModel {
     const threads = options.threads ?? os.availableParallelism();
     const rssBefore = process.memoryUsage().rss;
     // The expert kernel decides the device tier's form of an expert (record, or GPU tensors), hence its size.
-    const runner = await ModelRunner.create(dir, manifest, { threads, expertKernel: options.expertKernel, device: options.device, dense: options.dense, kvCache: options.kvCache, log });
+    const runner = await ModelRunner.create(dir, manifest, { threads, expertKernel: options.expertKernel, device: options.device, dense: options.dense, kvCache: options.kvCache, fusedDecode: options.fusedDecode, log });
     // KV cache per position: K [Hkv, S, keyDim] and V [Hkv, S, valueDim] per layer (MLA: the latent
     // alone), in the precision the dense layers keep it in (the onnx graphs: fp32 whatever was
     // asked); a step holds past and present at once.
@@ -423,7 +423,7 @@ export class MoeModel implements LanguageModel {
   /** Which implementations run this model, and the dense bytes one decode token reads. */
   engineInfo(): EngineInfo {
     const runner = this.live();
-    return { dense: runner.dense.name, denseBytesPerToken: runner.dense.bytesPerToken, expertKernel: runner.kernel.name, experts: describeExpertEncodings(expertShape(this.manifest)), threads: runner.threads, kvCache: runner.kvPrecision };
+    return { dense: runner.dense.name, denseBytesPerToken: runner.dense.bytesPerToken, expertKernel: runner.kernel.name, experts: describeExpertEncodings(expertShape(this.manifest)), threads: runner.threads, kvCache: runner.kvPrecision, fusedDecode: runner.fusedDecode };
   }
 
   /** Expert cache statistics since load: hits, misses, bytes per tier, stalls, per layer, and the memory plan. */
