@@ -7,11 +7,11 @@
  */
 import { beforeAll, describe, expect, it } from "vitest";
 import { routeTokens } from "../src/evaluator/routing.js";
-import { loadNativeAddon } from "../src/kernels/nativeAddon.js";
+import { loadNativeAddon, type DecodePlanHandle } from "../src/kernels/nativeAddon.js";
 import { loadModel } from "../src/index.js";
 import { importModel } from "../src/importer/importModel.js";
 import * as path from "node:path";
-import { MODELS, importFixture, tmpDir } from "./helpers.js";
+import { MODELS, importFixture, runCli, tmpDir } from "./helpers.js";
 
 const addon = loadNativeAddon().addon;
 const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
@@ -44,6 +44,15 @@ describe.skipIf(!addon)("native softmax router", () => {
       }
     }
     expect(cases).toBe(60);
+  });
+
+  it("refuses arguments that do not fit, with the call's name", () => {
+    const f = new Float32Array(8);
+    expect(() => addon!.routeSoftmax(f, 1, 8, 9, 1, new Int32Array(9), new Float32Array(9), new Float32Array(8))).toThrow(/routeSoftmax: sizes do not match/);
+    const none = {} as unknown as DecodePlanHandle;
+    const out = [new Int32Array(2), new Float32Array(2), new Float32Array(8), new Float64Array(3), f, f, f] as const;
+    expect(() => addon!.decodeStep(none, [], [], 1, 0, f, f, f, 1, ...out)).toThrow(/decodeStep: the first argument must be a decodePlan/);
+    expect(() => addon!.decodePlan([], [], [], [], new Float64Array(0), 8, undefined, 2, 1)).toThrow(/decodePlan: specs, blobs and sections/);
   });
 });
 
@@ -134,5 +143,17 @@ describe.skipIf(!addon)("fused decode step", () => {
     } finally {
       await model.dispose();
     }
+  });
+
+  it("the CLI prints the same text with --no-fused-decode, and --stats says how many tokens fused", async () => {
+    const dir = await importFixture("tiny-mixtral");
+    const fused = runCli(["run", dir, "--prompt", "The license", "-n", "24", "--stats"]);
+    const loop = runCli(["run", dir, "--prompt", "The license", "-n", "24", "--stats", "--no-fused-decode"]);
+    expect(fused.status, fused.stderr).toBe(0);
+    expect(loop.status, loop.stderr).toBe(0);
+    expect(fused.stdout).toBe(loop.stdout);
+    expect(fused.stdout.length).toBeGreaterThan(0);
+    expect(fused.stderr).toMatch(/decode per forward \(ms\):.*; \d+ of \d+ tokens in one native call each/);
+    expect(loop.stderr).not.toMatch(/in one native call/);
   });
 });

@@ -1,10 +1,11 @@
-// decodeStep: one decode token through every layer of a model whose experts are all resident, in
-// one call: dense layer (dense_layer.cc) -> router (router.cc, routing.ts's bits) -> the top-k
-// experts (experts_forward) -> their weighted sum -> residual, layer after layer. It computes what
-// ModelRunner's layer loop computes, in the same order of operations, so the bits are the same;
-// what it saves is the JavaScript between the kernels: ~30 us a layer of small calls, promises
-// and typed-array allocations, most of it cache misses after each layer's expert stream has
-// swept the caches (600m int8 at 1 thread: ~0.3 ms of a ~5.5 ms token).
+// decodeStep: one decode token through the layers of a model whose experts fit, in one call:
+// dense layer (dense_layer.cc) -> router (router.cc, routing.ts's bits) -> the top-k experts
+// (experts_forward) -> their weighted sum -> residual, layer after layer, until a layer routes to
+// an expert not resident yet (evaluator/FusedDecode.ts goes on from there in the layer loop). It
+// computes what ModelRunner's layer loop computes, in the same order of operations, so the bits
+// are the same; what it saves is the JavaScript between the kernels: ~30 us a layer of small
+// calls, promises and typed-array allocations, most of it cache misses after each layer's expert
+// stream has swept the caches.
 #include <node_api.h>
 
 // Each multiply and add rounds on its own, as in JavaScript: no contraction into fused
@@ -31,7 +32,7 @@ using moe::napi::num;
 using moe::napi::typed_data;
 
 napi_value fail(napi_env env, const std::string& msg) {
-  napi_throw_range_error(env, nullptr, ("decodeStep: " + msg).c_str());
+  napi_throw_range_error(env, nullptr, msg.c_str());
   return nullptr;
 }
 
@@ -142,23 +143,23 @@ napi_value DecodePlanNew(napi_env env, napi_callback_info info) {
 napi_value DecodeStep(napi_env env, napi_callback_info info) {
   size_t argc = 16;
   napi_value a[16];
-  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 16) return fail(env, "16 arguments expected");
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 16) return fail(env, "decodeStep: 16 arguments expected");
   void* plan_p = nullptr;
   napi_valuetype type;
   napi_typeof(env, a[0], &type);
-  if (type != napi_external || napi_get_value_external(env, a[0], &plan_p) != napi_ok || !plan_p) return fail(env, "the first argument must be a decodePlan");
+  if (type != napi_external || napi_get_value_external(env, a[0], &plan_p) != napi_ok || !plan_p) return fail(env, "decodeStep: the first argument must be a decodePlan");
   const DecodePlan& p = *static_cast<const DecodePlan*>(plan_p);
   const size_t L = p.L, H = p.H, E = p.E, K = p.K;
-  if (array_length(env, a[1]) != L || array_length(env, a[2]) != L) return fail(env, "kvK and kvV must hold one cache per layer");
+  if (array_length(env, a[1]) != L || array_length(env, a[2]) != L) return fail(env, "decodeStep: kvK and kvV must hold one cache per layer");
   const size_t cap = size_t(num(env, a[3])), past = size_t(num(env, a[4]));
   const int threads = int(num(env, a[8]));
   std::vector<void*> kv_k(L), kv_v(L);
   for (uint32_t l = 0; l < L; l++) {
     const moe::DenseSpec& s = p.specs[l];
     size_t kb, vb;
-    if (!typed_data(env, element(env, a[1], l), &kv_k[l], &kb) || !typed_data(env, element(env, a[2], l), &kv_v[l], &vb)) return fail(env, "kvK and kvV must hold typed arrays");
+    if (!typed_data(env, element(env, a[1], l), &kv_k[l], &kb) || !typed_data(env, element(env, a[2], l), &kv_v[l], &vb)) return fail(env, "decodeStep: kvK and kvV must hold typed arrays");
     const size_t need = s.Hkv * s.hd * cap * (s.kv_f16 ? 2 : 4);
-    if (past + 1 > cap || kb < need || vb < need) return fail(env, "layer " + std::to_string(l) + "'s KV cache does not hold position " + std::to_string(past));
+    if (past + 1 > cap || kb < need || vb < need) return fail(env, "decodeStep: layer " + std::to_string(l) + "'s KV cache does not hold position " + std::to_string(past));
   }
   void *cos, *sin, *hidden_p, *ids_p, *wts_p, *probs_p, *secs_p, *attn_p, *moe_p, *logits_p;
   size_t cos_b, sin_b, hidden_b, ids_b, wts_b, probs_b, secs_b, attn_b, moe_b, logits_b;
@@ -166,10 +167,10 @@ napi_value DecodeStep(napi_env env, napi_callback_info info) {
       !typed_data(env, a[9], &ids_p, &ids_b) || !typed_data(env, a[10], &wts_p, &wts_b) || !typed_data(env, a[11], &probs_p, &probs_b) ||
       !typed_data(env, a[12], &secs_p, &secs_b) || !typed_data(env, a[13], &attn_p, &attn_b) || !typed_data(env, a[14], &moe_p, &moe_b) ||
       !typed_data(env, a[15], &logits_p, &logits_b)) {
-    return fail(env, "cos, sin, hidden and the outputs must be typed arrays");
+    return fail(env, "decodeStep: cos, sin, hidden and the outputs must be typed arrays");
   }
   if (cos_b < p.hd * 4 || sin_b < p.hd * 4 || hidden_b < H * 4 || ids_b < L * K * 4 || wts_b < L * K * 4 || probs_b < L * E * 4 || secs_b < 3 * 8 || attn_b < H * 4 || moe_b < H * 4 || logits_b < E * 4) {
-    return fail(env, "buffer sizes do not match the plan");
+    return fail(env, "decodeStep: buffer sizes do not match the plan");
   }
   if (!kernel_isa_ok(env)) return nullptr;
 

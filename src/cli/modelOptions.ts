@@ -28,6 +28,8 @@ export interface ModelCliOptions {
   expertKernel: ExpertKernelName | "auto";
   dense: DenseLayersName | "auto";
   kvCache: KvCachePrecision;
+  /** False with --no-fused-decode. */
+  fusedDecode: boolean;
   predictor: PredictorName | "auto";
   schedule?: ScheduleName;
   cpuThreads?: number;
@@ -80,6 +82,7 @@ export function addModelOptions(cmd: Command): Command {
     .option("--expert-kernel <name>", "auto, native, onnx or js", parseKernel, "auto")
     .option("--dense <name>", "dense layers (attention, router, LM head): auto (native on the CPU), native or onnx", parseDense, "auto")
     .option("--kv-cache <precision>", "KV cache of the native dense layers: f16 (half the bytes attention reads per token, as llama.cpp's default) or f32 (exact)", parseKvCache, "f16")
+    .option("--no-fused-decode", "decode layer by layer from JavaScript even when every expert is resident (default: such steps run whole in native code, with the same output)")
     .option("--device <name>", `execution provider: ${DEVICE_NAMES.join(", ")} (unavailable ones fall back to the CPU with a note)`, parseDevice, "cpu")
     .option("--schedule <name>", `where experts run: ${SCHEDULE_NAMES.join(", ")} (default auto: split by a measured cost model)`, parseScheduleName)
     .option("--cpu-threads <n>", "threads of the CPU expert pool (default: cores - 1; at most the cores)", parseThreadsOption("cpu-threads"))
@@ -105,6 +108,7 @@ export function loadOptions(o: ModelCliOptions): LoadModelOptions {
     expertKernel: o.expertKernel,
     dense: o.dense,
     kvCache: o.kvCache,
+    fusedDecode: o.fusedDecode,
     predictor: o.predictor,
     schedule: o.schedule,
     device: o.device,
