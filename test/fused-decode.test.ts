@@ -57,8 +57,8 @@ describe.skipIf(!addon)("native softmax router", () => {
 });
 
 /** Greedy generation with every step's logits, decode breakdown and cache statistics. */
-async function run(dir: string, threads: number, fusedDecode: boolean) {
-  const model = await loadModel(dir, { threads, fusedDecode, log: () => {} });
+async function run(dir: string, threads: number, fusedDecode: boolean, kvCache: "f16" | "f32" = "f16") {
+  const model = await loadModel(dir, { threads, fusedDecode, kvCache, log: () => {} });
   try {
     const ids: number[] = [];
     const logits: number[][] = [];
@@ -86,8 +86,12 @@ async function run(dir: string, threads: number, fusedDecode: boolean) {
 
 // The bundled models whose shape the fused step takes (softmax router, every layer routed, no
 // shared expert); the others keep the loop (checked below).
-const FUSED = ["moe-tiny-en", "tiny-mixtral", "tiny-qwen3-moe", "tiny-olmoe"];
-const LOOP = ["tiny-qwen2-moe", "tiny-phimoe", "tiny-deepseek-v2-lite"];
+// gpt-oss brings the router's bias, attention sinks, sliding windows, expert biases and its
+// clamped SwiGLU along.
+const FUSED = ["moe-tiny-en", "tiny-mixtral", "tiny-qwen3-moe", "tiny-olmoe", "tiny-gpt-oss"];
+// Shared experts, Phi-MoE's sparsemixer, DeepSeek's latent attention and grouped router, GLM's
+// grouped router, Granite's residual scale.
+const LOOP = ["tiny-qwen2-moe", "tiny-phimoe", "tiny-deepseek-v2-lite", "tiny-glm4-moe", "tiny-granitemoe"];
 
 describe.skipIf(!addon)("fused decode step", () => {
   describe.each(FUSED)("%s", (fixture) => {
@@ -124,6 +128,14 @@ describe.skipIf(!addon)("fused decode step", () => {
       expect(fused.fusedTokens, enc).toBe(fused.decodeTokens);
       expect(fused.logits, enc).toEqual(loop.logits);
     }
+  });
+
+  it("holds with an fp32 KV cache", async () => {
+    const dir = await importFixture("tiny-qwen3-moe");
+    const loop = await run(dir, 1, false, "f32");
+    const fused = await run(dir, 1, true, "f32");
+    expect(fused.fusedTokens).toBe(fused.decodeTokens);
+    expect(fused.logits).toEqual(loop.logits);
   });
 
   it.each(LOOP)("keeps the layer loop for %s (its shape needs it)", async (fixture) => {
