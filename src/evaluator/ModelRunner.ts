@@ -76,9 +76,10 @@ export interface ModelRunnerOptions {
   /** KV cache precision of the native dense layers (onnx: always fp32). Default "f16". */
   kvCache?: KvCachePrecision;
   /**
-   * Decode steps of a model whose experts are all resident run whole in native code
-   * (evaluator/FusedDecode.ts: the same bits, without JavaScript between the layers) where the
-   * model's shape allows. Default true; false keeps the layer loop (for comparisons).
+   * Decode steps of a model whose experts all fit in the budget run in native code, layer after
+   * layer while the experts they route to are resident (evaluator/FusedDecode.ts: the same bits,
+   * without JavaScript between the layers), where the model's shape allows. Default true; false
+   * keeps the layer loop (for comparisons).
    */
   fusedDecode?: boolean;
   log?: (line: string) => void;
@@ -110,7 +111,7 @@ export class ModelRunner {
   /** The whole-step native decode where this model's shape allows it (else undefined). */
   private fused: FusedDecode | undefined;
 
-  /** Whether decode steps may run whole in native code (FusedDecode; per step it also needs every expert resident). */
+  /** Whether decode steps may run in native code (FusedDecode; per step it also needs a budget that holds every expert). */
   get fusedDecode(): boolean {
     return this.fused !== undefined;
   }

@@ -27,7 +27,7 @@ export interface EngineInfo {
   threads: number;
   /** How the KV cache holds keys and values (LoadModelOptions.kvCache; fp32 where f16 does not apply). */
   kvCache: KvCachePrecision;
-  /** Whether decode steps can run whole in native code (LoadModelOptions.fusedDecode and the model's shape allow it); each step still needs every expert resident. */
+  /** Whether decode steps can run in native code (LoadModelOptions.fusedDecode and the model's shape allow it); each step also needs a budget that holds every expert. */
   fusedDecode: boolean;
 }
 

@@ -96,10 +96,11 @@ export interface LoadModelOptions {
    */
   kvCache?: KvCachePrecision;
   /**
-   * Decode steps of a model whose experts are all resident run whole in native code, with no
-   * JavaScript between the layers (the same bits: evaluator/FusedDecode.ts), where the model's
-   * shape allows (native dense layers and kernel, softmax router, every layer routed, no shared
-   * expert). Default true; false keeps the per-layer loop (for comparisons and profiling).
+   * Decode steps of a model whose experts all fit in the device budget run in native code, with
+   * no JavaScript between the layers, as far as the experts they route to are resident (the same
+   * bits: evaluator/FusedDecode.ts), where the model's shape allows (native dense layers and
+   * kernel, softmax router, every layer routed, no shared expert). Default true; false keeps the
+   * per-layer loop (for comparisons and profiling).
    */
   fusedDecode?: boolean;
   /** Where notes (fallbacks, warnings) go. Default: stderr. */
