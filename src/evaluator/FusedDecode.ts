@@ -31,6 +31,8 @@ export class FusedDecode {
   private readonly probs: Float32Array;
   /** [K] scratch: one layer's picks in ascending id. */
   private readonly picked: Int32Array;
+  /** [H], [H], [E] scratch: the dense outputs of a layer the step stops at (an expert not resident). */
+  private readonly stopOutputs: { attnOut: Float32Array; moeIn: Float32Array; routerLogits: Float32Array };
   /** Seconds the last step spent in the dense layers, in routing and combining, in the experts. */
   readonly seconds = new Float64Array(3);
   /**
@@ -51,6 +53,7 @@ export class FusedDecode {
     this.weights = new Float32Array(d.numLayers * d.topK);
     this.probs = new Float32Array(d.numLayers * d.numExperts);
     this.picked = new Int32Array(d.topK);
+    this.stopOutputs = { attnOut: new Float32Array(d.hiddenSize), moeIn: new Float32Array(d.hiddenSize), routerLogits: new Float32Array(d.numExperts) };
   }
 
   /** The fused step for this model, or undefined where its shape needs the layer loop. */
@@ -81,9 +84,7 @@ export class FusedDecode {
       this.plan = { handle, table, layers: { ...layers, specs: layers.specs.map((x) => Float64Array.from(x)) } };
     }
     this.seconds.fill(0);
-    const H = d.hiddenSize;
-    // [H], [H], [E]: the dense outputs of a layer the step stops at (fresh: the loop keeps them).
-    const next = { attnOut: new Float32Array(H), moeIn: new Float32Array(H), routerLogits: new Float32Array(d.numExperts) };
+    const next = this.stopOutputs;
     const a = this.addon;
     const p = this.plan.handle;
     const done = a.decodeStep(p, kv.nativeKeys, kv.nativeValues, kv.capacity, kv.length, rope.cos, rope.sin, hidden, this.threads, this.experts, this.weights, this.probs, this.seconds, next.attnOut, next.moeIn, next.routerLogits);
@@ -102,6 +103,8 @@ export class FusedDecode {
       }
       for (let k = 0; k < K; k++) source.noteResidentUse(l, picked[k]!);
     }
-    return done === d.numLayers ? { layersDone: done } : { layersDone: done, next };
+    if (done === d.numLayers) return { layersDone: done };
+    // Copies: the loop keeps them (attnOut becomes the hidden state), the scratch is reused.
+    return { layersDone: done, next: { attnOut: next.attnOut.slice(), moeIn: next.moeIn.slice(), routerLogits: next.routerLogits.slice() } };
   }
 }
