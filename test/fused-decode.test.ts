@@ -50,9 +50,9 @@ describe.skipIf(!addon)("native softmax router", () => {
     const f = new Float32Array(8);
     expect(() => addon!.routeSoftmax(f, 1, 8, 9, 1, new Int32Array(9), new Float32Array(9), new Float32Array(8))).toThrow(/routeSoftmax: sizes do not match/);
     const none = {} as unknown as DecodePlanHandle;
-    const out = [new Int32Array(2), new Float32Array(2), new Float32Array(8), new Float64Array(3), f, f, f] as const;
+    const out = [new Int32Array(2), new Float32Array(2), new Float32Array(8), new Float64Array(3), f, f, f, f] as const;
     expect(() => addon!.decodeStep(none, [], [], 1, 0, f, f, f, 1, ...out)).toThrow(/decodeStep: the first argument must be a decodePlan/);
-    expect(() => addon!.decodePlan([], [], [], [], new Float64Array(0), 8, undefined, 2, 1)).toThrow(/decodePlan: specs, blobs and sections/);
+    expect(() => addon!.decodePlan([], [], [], [], new Float64Array(0), 8, undefined, 2, 1, 1)).toThrow(/decodePlan: specs, blobs and sections/);
   });
 });
 
@@ -84,14 +84,14 @@ async function run(dir: string, threads: number, fusedDecode: boolean, kvCache: 
   }
 }
 
-// The bundled models whose shape the fused step takes (softmax router, every layer routed, no
-// shared expert); the others keep the loop (checked below).
+// The bundled models whose shape the fused step takes (the softmax router, no latent attention);
+// the others keep the loop (checked below).
 // gpt-oss brings the router's bias, attention sinks, sliding windows, expert biases and its
-// clamped SwiGLU along.
-const FUSED = ["moe-tiny-en", "tiny-mixtral", "tiny-qwen3-moe", "tiny-olmoe", "tiny-gpt-oss"];
-// Shared experts, Phi-MoE's sparsemixer, DeepSeek's latent attention and grouped router, GLM's
-// grouped router, Granite's residual scale.
-const LOOP = ["tiny-qwen2-moe", "tiny-phimoe", "tiny-deepseek-v2-lite", "tiny-glm4-moe", "tiny-granitemoe"];
+// clamped SwiGLU along; Qwen2-MoE its gated shared expert; Granite its residual scale; the
+// Qwen3-MoE variant its dense (unrouted) layers.
+const FUSED = ["moe-tiny-en", "tiny-mixtral", "tiny-qwen3-moe", "tiny-olmoe", "tiny-gpt-oss", "tiny-qwen2-moe", "tiny-granitemoe", "tiny-qwen3-moe-dense"];
+// Phi-MoE's sparsemixer, DeepSeek's latent attention and grouped router, GLM's grouped router.
+const LOOP = ["tiny-phimoe", "tiny-deepseek-v2-lite", "tiny-glm4-moe"];
 
 describe.skipIf(!addon)("fused decode step", () => {
   describe.each(FUSED)("%s", (fixture) => {

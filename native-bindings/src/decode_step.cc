@@ -65,20 +65,24 @@ struct DecodePlan {
   std::vector<const uint8_t*> records;                 // [L * E]; null: not resident
   std::vector<moe::RecordEncs> encs;                   // [L]
   moe::ExpertOptions opts;
-  size_t L = 0, H = 0, E = 0, F = 0, K = 0, hd = 0;
+  size_t L = 0, H = 0, E = 0, F = 0, K = 0, hd = 0;  // E: the routed layers' experts
   bool norm_topk = false;
+  // The MLP's output times this before the residual add (Granite), a double as in JavaScript: the
+  // product is taken in doubles and rounded to fp32 (Math.fround(x * rs)).
+  double residual_scale = 1;
 };
 
 // decodePlan(specs: Float64Array[L], blobs: Uint8Array[L], sections: Float64Array[L] (denseLayer's
 //            first three arguments per layer, the specs' kvF16 set), records: (Uint8Array|null)[L*E]
 //            (layer l's expert e at l*E + e; null where it is not resident), encs: Float64Array [L] (record codes), F,
-//            expertSpec?, topK, normTopkProb (0/1)) -> a plan for decodeStep.
-// Every layer must route (E > 0), with no shared expert and no latent attention.
+//            expertSpec?, topK, normTopkProb (0/1), residualScale) -> a plan for decodeStep.
+// Layers route to E experts (with or without a shared expert) or are dense (E = 0: their MLP in
+// the shared slot); no latent attention.
 napi_value DecodePlanNew(napi_env env, napi_callback_info info) {
   if (!kernel_isa_ok(env)) return nullptr;
-  size_t argc = 9;
-  napi_value a[9];
-  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 9) return fail(env, "decodePlan: 9 arguments expected");
+  size_t argc = 10;
+  napi_value a[10];
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 10) return fail(env, "decodePlan: 10 arguments expected");
   const uint32_t L = array_length(env, a[0]);
   if (L == 0 || array_length(env, a[1]) != L || array_length(env, a[2]) != L) return fail(env, "decodePlan: specs, blobs and sections must be arrays of one length (the layers)");
   auto plan = std::make_unique<DecodePlan>();
@@ -89,12 +93,15 @@ napi_value DecodePlanNew(napi_env env, napi_callback_info info) {
   for (uint32_t l = 0; l < L; l++) {
     if (!moe::napi::dense_weights(env, element(env, a[0], l), element(env, a[1], l), element(env, a[2], l), "decodePlan", &p.specs[l], p.weights[l].data())) return nullptr;
     const moe::DenseSpec& s = p.specs[l];
-    if (s.E == 0 || s.Fs > 0 || s.kv_rank > 0) return fail(env, "decodePlan: layer " + std::to_string(l) + " is not a routed layer without a shared expert or latent attention");
-    if (s.H != p.specs[0].H || s.E != p.specs[0].E || s.hd != p.specs[0].hd || s.kv_f16 != p.specs[0].kv_f16) return fail(env, "decodePlan: layers differ in hidden size, experts, head size or cache precision");
+    if (s.kv_rank > 0) return fail(env, "decodePlan: layer " + std::to_string(l) + " has latent attention");
+    if (s.E == 0 && s.Fs == 0) return fail(env, "decodePlan: layer " + std::to_string(l) + " has neither experts nor an MLP");
+    if (s.E > 0 && p.E == 0) p.E = s.E;
+    if (s.H != p.specs[0].H || (s.E != 0 && s.E != p.E) || s.hd != p.specs[0].hd || s.kv_f16 != p.specs[0].kv_f16) return fail(env, "decodePlan: layers differ in hidden size, experts, head size or cache precision");
   }
+  if (p.E == 0) return fail(env, "decodePlan: no layer routes to experts");
   p.H = p.specs[0].H;
-  p.E = p.specs[0].E;
   p.hd = p.specs[0].hd;
+  p.residual_scale = num(env, a[9]);
   p.F = size_t(num(env, a[5]));
   p.K = size_t(num(env, a[7]));
   p.norm_topk = num(env, a[8]) == 1;
@@ -115,6 +122,7 @@ napi_value DecodePlanNew(napi_env env, napi_callback_info info) {
   for (uint32_t i = 0; i < L * p.E; i++) {
     void* r = nullptr;
     size_t rb = 0;
+    if (p.specs[i / p.E].E == 0) continue;  // a dense layer: no experts
     const napi_value v = element(env, a[3], i);
     napi_valuetype t;
     napi_typeof(env, v, &t);
@@ -136,14 +144,14 @@ napi_value DecodePlanNew(napi_env env, napi_callback_info info) {
 //            hidden: Float32Array [H] (the token's embedding in, the last layer's output out), threads,
 //            outExperts: Int32Array [L*K], outWeights: Float32Array [L*K], outProbs: Float32Array [L*E],
 //            outSeconds: Float64Array [3] (dense, routing and combining, experts; added to),
-//            attnOut [H], moeIn [H], routerLogits [E]) -> the layers done
+//            attnOut [H], moeIn [H], routerLogits [E], sharedOut [H]) -> the layers done
 // The KV caches get position `past`. Where a layer routes to an expert the plan has no record for,
 // the step stops after that layer's dense part: it returns the layer's index, with its outputs in
-// attnOut, moeIn and routerLogits (as denseLayer gives them) for the caller to go on from.
+// attnOut, moeIn, routerLogits and sharedOut (as denseLayer gives them) for the caller to go on from.
 napi_value DecodeStep(napi_env env, napi_callback_info info) {
-  size_t argc = 16;
-  napi_value a[16];
-  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 16) return fail(env, "decodeStep: 16 arguments expected");
+  size_t argc = 17;
+  napi_value a[17];
+  if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 17) return fail(env, "decodeStep: 17 arguments expected");
   void* plan_p = nullptr;
   napi_valuetype type;
   napi_typeof(env, a[0], &type);
@@ -161,15 +169,15 @@ napi_value DecodeStep(napi_env env, napi_callback_info info) {
     const size_t need = s.Hkv * s.hd * cap * (s.kv_f16 ? 2 : 4);
     if (past + 1 > cap || kb < need || vb < need) return fail(env, "decodeStep: layer " + std::to_string(l) + "'s KV cache does not hold position " + std::to_string(past));
   }
-  void *cos, *sin, *hidden_p, *ids_p, *wts_p, *probs_p, *secs_p, *attn_p, *moe_p, *logits_p;
-  size_t cos_b, sin_b, hidden_b, ids_b, wts_b, probs_b, secs_b, attn_b, moe_b, logits_b;
+  void *cos, *sin, *hidden_p, *ids_p, *wts_p, *probs_p, *secs_p, *attn_p, *moe_p, *logits_p, *shared_p;
+  size_t cos_b, sin_b, hidden_b, ids_b, wts_b, probs_b, secs_b, attn_b, moe_b, logits_b, shared_b;
   if (!typed_data(env, a[5], &cos, &cos_b) || !typed_data(env, a[6], &sin, &sin_b) || !typed_data(env, a[7], &hidden_p, &hidden_b) ||
       !typed_data(env, a[9], &ids_p, &ids_b) || !typed_data(env, a[10], &wts_p, &wts_b) || !typed_data(env, a[11], &probs_p, &probs_b) ||
       !typed_data(env, a[12], &secs_p, &secs_b) || !typed_data(env, a[13], &attn_p, &attn_b) || !typed_data(env, a[14], &moe_p, &moe_b) ||
-      !typed_data(env, a[15], &logits_p, &logits_b)) {
+      !typed_data(env, a[15], &logits_p, &logits_b) || !typed_data(env, a[16], &shared_p, &shared_b)) {
     return fail(env, "decodeStep: cos, sin, hidden and the outputs must be typed arrays");
   }
-  if (cos_b < p.hd * 4 || sin_b < p.hd * 4 || hidden_b < H * 4 || ids_b < L * K * 4 || wts_b < L * K * 4 || probs_b < L * E * 4 || secs_b < 3 * 8 || attn_b < H * 4 || moe_b < H * 4 || logits_b < E * 4) {
+  if (cos_b < p.hd * 4 || sin_b < p.hd * 4 || hidden_b < H * 4 || ids_b < L * K * 4 || wts_b < L * K * 4 || probs_b < L * E * 4 || secs_b < 3 * 8 || attn_b < H * 4 || moe_b < H * 4 || logits_b < E * 4 || shared_b < H * 4) {
     return fail(env, "decodeStep: buffer sizes do not match the plan");
   }
   if (!kernel_isa_ok(env)) return nullptr;
@@ -179,17 +187,27 @@ napi_value DecodeStep(napi_env env, napi_callback_info info) {
   float* wts = static_cast<float*>(wts_p);
   float* probs = static_cast<float*>(probs_p);
   double* secs = static_cast<double*>(secs_p);
-  thread_local std::vector<float> scratch;  // attn_out [H], moe_in [H], moe_out [H], logits [E], ys [K][H]
-  scratch.resize(3 * H + E + K * H);
-  float *attn_out = scratch.data(), *moe_in = attn_out + H, *moe_out = moe_in + H, *logits = moe_out + H, *ys = logits + E;
+  thread_local std::vector<float> scratch;  // attn_out [H], moe_in [H], moe_out [H], shared [H], logits [E], ys [K][H]
+  scratch.resize(4 * H + E + K * H);
+  float *attn_out = scratch.data(), *moe_in = attn_out + H, *moe_out = moe_in + H, *shared = moe_out + H, *logits = shared + H, *ys = logits + E;
+  const double rs = p.residual_scale;
   std::vector<moe::ExpertCall> calls(K);
   std::vector<size_t> by_id(K);  // the picks in ascending expert id: groupByExpert's order, the sums'
   for (size_t l = 0; l < L; l++) {
     auto t0 = std::chrono::steady_clock::now();
-    moe::layer_forward(p.specs[l], p.weights[l].data(), hidden, 1, past, static_cast<const float*>(cos), static_cast<const float*>(sin), kv_k[l], kv_v[l], cap,
-                       attn_out, moe_in, logits, nullptr, threads);
+    const moe::DenseSpec& s = p.specs[l];
+    moe::layer_forward(s, p.weights[l].data(), hidden, 1, past, static_cast<const float*>(cos), static_cast<const float*>(sin), kv_k[l], kv_v[l], cap,
+                       attn_out, moe_in, logits, s.Fs ? shared : nullptr, threads);
     secs[0] += seconds_since(t0);
     t0 = std::chrono::steady_clock::now();
+    if (s.E == 0) {  // a dense layer (ModelRunner): hidden = attn_out + mlp (times the residual scale)
+      for (size_t h = 0; h < H; h++) {
+        const float mlp = rs == 1 ? shared[h] : float(double(shared[h]) * rs);
+        hidden[h] = attn_out[h] + mlp;
+      }
+      secs[1] += seconds_since(t0);
+      continue;
+    }
     int32_t* id = ids + l * K;
     float* wt = wts + l * K;
     moe::route_softmax(logits, E, K, p.norm_topk, id, wt, probs + l * E);
@@ -199,6 +217,7 @@ napi_value DecodeStep(napi_env env, napi_callback_info info) {
       std::copy(attn_out, attn_out + H, static_cast<float*>(attn_p));
       std::copy(moe_in, moe_in + H, static_cast<float*>(moe_p));
       std::copy(logits, logits + E, static_cast<float*>(logits_p));
+      if (s.Fs) std::copy(shared, shared + H, static_cast<float*>(shared_p));
       secs[1] += seconds_since(t0);
       napi_value done;
       napi_create_uint32(env, uint32_t(l), &done);
@@ -212,7 +231,8 @@ napi_value DecodeStep(napi_env env, napi_callback_info info) {
     moe::experts_forward(p.encs[l], calls.data(), K, H, p.F, threads, p.opts);
     secs[2] += seconds_since(t0);
     t0 = std::chrono::steady_clock::now();
-    // ModelRunner: out = 0; per expert (ascending id) out += fround(y * w); hidden = attn_out + out.
+    // ModelRunner: out = 0; per expert (ascending id) out += fround(y * w); out += shared; out *= the
+    // residual scale; hidden = attn_out + out.
     std::fill(moe_out, moe_out + H, 0.f);
     for (size_t j = 0; j < K; j++) {
       const float w = wt[by_id[j]];
@@ -222,6 +242,10 @@ napi_value DecodeStep(napi_env env, napi_callback_info info) {
         moe_out[h] = moe_out[h] + prod;
       }
     }
+    if (s.Fs)
+      for (size_t h = 0; h < H; h++) moe_out[h] = moe_out[h] + shared[h];
+    if (rs != 1)
+      for (size_t h = 0; h < H; h++) moe_out[h] = float(double(moe_out[h]) * rs);
     for (size_t h = 0; h < H; h++) hidden[h] = attn_out[h] + moe_out[h];
     secs[1] += seconds_since(t0);
   }

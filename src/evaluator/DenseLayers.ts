@@ -28,6 +28,8 @@ export interface DecodeLayers {
   specs: readonly Float64Array[];
   blobs: readonly Uint8Array[];
   sections: readonly Float64Array[];
+  /** Per layer: whether it has a shared expert (a dense layer: its MLP), i.e. a sharedOut. */
+  shared: readonly boolean[];
 }
 
 /** RoPE tables for the T positions of a forward pass, [T, hd] each. */
@@ -51,7 +53,7 @@ export interface DenseLayers {
   layer(layer: number, hidden: Float32Array, T: number, kv: KvCache, rope: RopeTables): Promise<LayerOutputs>;
   /**
    * The per-layer arguments of the native decode step (FusedDecode), with `kv`'s precision set;
-   * undefined where it cannot run these layers (onnx; a dense, shared-expert or latent-attention layer).
+   * undefined where it cannot run these layers (onnx; latent attention).
    */
   decodeLayers?(kv: KvCache): DecodeLayers | undefined;
   /** Logits [T, V] of the T rows of `hidden` ([T, H]). */

@@ -9,8 +9,8 @@
  * ~15 us to enter it, ~25 us of bookkeeping after it (a token).
  *
  * It applies when the model's shape allows (create(): native dense layers and expert kernel, the
- * softmax router with no correction bias, every layer routed, no shared expert, no residual
- * scale) and, per step (run()), when nothing outside it needs the layers one at a time: no
+ * softmax router with no correction bias, no latent attention; shared experts, dense layers and a
+ * residual scale come along) and, per step (run()), when nothing outside it needs the layers one at a time: no
  * routing observers, no hybrid scheduling, and the expert source's residentTable() (a budget
  * that holds every expert, nothing loading or prefetched). A layer that routes to an expert not
  * resident yet (not used before) ends the native part: the loop goes on from that layer's dense
@@ -32,7 +32,7 @@ export class FusedDecode {
   /** [K] scratch: one layer's picks in ascending id. */
   private readonly picked: Int32Array;
   /** [H], [H], [E] scratch: the dense outputs of a layer the step stops at (an expert not resident). */
-  private readonly stopOutputs: { attnOut: Float32Array; moeIn: Float32Array; routerLogits: Float32Array };
+  private readonly stopOutputs: { attnOut: Float32Array; moeIn: Float32Array; routerLogits: Float32Array; sharedOut: Float32Array };
   /** Seconds the last step spent in the dense layers, in routing and combining, in the experts. */
   readonly seconds = new Float64Array(3);
   /**
@@ -53,7 +53,8 @@ export class FusedDecode {
     this.weights = new Float32Array(d.numLayers * d.topK);
     this.probs = new Float32Array(d.numLayers * d.numExperts);
     this.picked = new Int32Array(d.topK);
-    this.stopOutputs = { attnOut: new Float32Array(d.hiddenSize), moeIn: new Float32Array(d.hiddenSize), routerLogits: new Float32Array(d.numExperts) };
+    const H = d.hiddenSize;
+    this.stopOutputs = { attnOut: new Float32Array(H), moeIn: new Float32Array(H), routerLogits: new Float32Array(d.numExperts), sharedOut: new Float32Array(H) };
   }
 
   /** The fused step for this model, or undefined where its shape needs the layer loop. */
@@ -61,8 +62,10 @@ export class FusedDecode {
     const d = dims;
     const f = modelFeatures(d);
     if (!addon || !dense.decodeLayers || !kernel.nativeDecodeCall) return undefined;
-    if (f.router !== "softmax" || f.grouped.correctionBias || f.residualScale !== 1 || d.sharedExpertFfn > 0 || f.mla) return undefined;
-    for (let l = 0; l < d.numLayers; l++) if (!isMoeLayer(d, l)) return undefined;
+    if (f.router !== "softmax" || f.grouped.correctionBias || f.mla) return undefined;
+    let routed = false;
+    for (let l = 0; l < d.numLayers; l++) routed = routed || isMoeLayer(d, l);
+    if (!routed) return undefined;
     return new FusedDecode(addon, d, dense, kernel.nativeDecodeCall(d.numLayers), threads);
   }
 
@@ -80,19 +83,20 @@ export class FusedDecode {
     if (!table || !layers) return undefined;
     if (this.plan?.table !== table || this.plan.layers.specs[0]![17] !== layers.specs[0]![17]) {
       // Specs are shared arrays: a changed cache precision shows in them, and the plan needs it anew.
-      const handle = this.addon.decodePlan(layers.specs, layers.blobs, layers.sections, table as readonly (Uint8Array | null)[], this.call.codes, d.expertFfn, this.call.spec, d.topK, d.normTopkProb ? 1 : 0);
+      const handle = this.addon.decodePlan(layers.specs, layers.blobs, layers.sections, table as readonly (Uint8Array | null)[], this.call.codes, d.expertFfn, this.call.spec, d.topK, d.normTopkProb ? 1 : 0, modelFeatures(d).residualScale);
       this.plan = { handle, table, layers: { ...layers, specs: layers.specs.map((x) => Float64Array.from(x)) } };
     }
     this.seconds.fill(0);
     const next = this.stopOutputs;
     const a = this.addon;
     const p = this.plan.handle;
-    const done = a.decodeStep(p, kv.nativeKeys, kv.nativeValues, kv.capacity, kv.length, rope.cos, rope.sin, hidden, this.threads, this.experts, this.weights, this.probs, this.seconds, next.attnOut, next.moeIn, next.routerLogits);
+    const done = a.decodeStep(p, kv.nativeKeys, kv.nativeValues, kv.capacity, kv.length, rope.cos, rope.sin, hidden, this.threads, this.experts, this.weights, this.probs, this.seconds, next.attnOut, next.moeIn, next.routerLogits, next.sharedOut);
     // The loop's bookkeeping, layer by layer: the policy sees the probabilities, then the hits.
     const E = d.numExperts;
     const K = d.topK;
     const picked = this.picked;
     for (let l = 0; l < done; l++) {
+      if (!isMoeLayer(d, l)) continue; // a dense layer: nothing routed, nothing acquired
       source.observeRouting?.(l, this.probs.subarray(l * E, (l + 1) * E));
       // The layer's picks in ascending id (insertion sort: K is small), the order acquire() goes in.
       for (let k = 0; k < K; k++) {
@@ -105,6 +109,7 @@ export class FusedDecode {
     }
     if (done === d.numLayers) return { layersDone: done };
     // Copies: the loop keeps them (attnOut becomes the hidden state), the scratch is reused.
-    return { layersDone: done, next: { attnOut: next.attnOut.slice(), moeIn: next.moeIn.slice(), routerLogits: next.routerLogits.slice() } };
+    const shared = layers.shared[done] ? next.sharedOut.slice() : undefined;
+    return { layersDone: done, next: { attnOut: next.attnOut.slice(), moeIn: next.moeIn.slice(), routerLogits: next.routerLogits.slice(), ...(shared ? { sharedOut: shared } : {}) } };
   }
 }

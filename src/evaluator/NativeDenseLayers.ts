@@ -244,10 +244,10 @@ export class NativeDenseLayers implements DenseLayers {
 
   decodeLayers(kv: KvCache): DecodeLayers | undefined {
     invariant(!this.disposed, "NativeDenseLayers used after dispose()");
-    if (this.layerBlobs.some((b) => b.experts === 0 || b.sharedFfn > 0) || modelFeatures(this.dims).mla) return undefined;
+    if (modelFeatures(this.dims).mla) return undefined;
     const f16 = kv.precision === "f16" ? 1 : 0;
     for (const s of this.specs) s[17] = f16;
-    this.decodeArgs ??= { specs: this.specs, blobs: this.layerBlobs.map((b) => b.blob), sections: this.layerBlobs.map((b) => b.sections) };
+    this.decodeArgs ??= { specs: this.specs, blobs: this.layerBlobs.map((b) => b.blob), sections: this.layerBlobs.map((b) => b.sections), shared: this.layerBlobs.map((b) => b.sharedFfn > 0) };
     return this.decodeArgs;
   }
 

@@ -84,8 +84,9 @@ export interface NativeAddon {
   /**
    * What decodeStep computes with (native-bindings/src/decode_step.cc), checked once: per layer l
    * denseLayer's spec (its kvF16 set), blob and sections; records[l * E + e] every expert's record
-   * (null where not resident); encs[l] its record code. The plan points into those buffers: keep
-   * them alive while it is used.
+   * (null where not resident or the layer is dense); encs[l] its record code; residualScale the
+   * MLP output's factor before the residual add. The plan points into those buffers: keep them
+   * alive while it is used.
    */
   decodePlan(
     specs: readonly Float64Array[],
@@ -96,7 +97,8 @@ export interface NativeAddon {
     F: number,
     spec: Float64Array | undefined,
     topK: number,
-    normTopkProb: 0 | 1
+    normTopkProb: 0 | 1,
+    residualScale: number
   ): DecodePlanHandle;
   /**
    * One decode token through every layer of `plan`: per layer denseLayer, the softmax router
@@ -104,7 +106,8 @@ export interface NativeAddon {
    * ([H]: the embedding in, the last layer's output out). Writes the routing (experts, weights
    * [L*K], probs [L*E]) and adds the seconds spent in the dense layers, in routing and combining,
    * and in the experts to seconds[0..2]. Returns the layers done: L, or the first layer that routed
-   * to an expert the plan has no record for, its dense outputs in attnOut, moeIn and routerLogits.
+   * to an expert the plan has no record for, its dense outputs in attnOut, moeIn, routerLogits
+   * and (with a shared expert) sharedOut.
    */
   decodeStep(
     plan: DecodePlanHandle,
@@ -122,7 +125,8 @@ export interface NativeAddon {
     seconds: Float64Array,
     attnOut: Float32Array,
     moeIn: Float32Array,
-    routerLogits: Float32Array
+    routerLogits: Float32Array,
+    sharedOut: Float32Array
   ): number;
   /** decodeStep's router for T tokens of E logits (routeTokens' "softmax" rule, to the bit). */
   routeSoftmax(logits: Float32Array, T: number, E: number, K: number, normTopkProb: 0 | 1, experts: Int32Array, weights: Float32Array, probs: Float32Array): void;

@@ -99,7 +99,7 @@ export interface LoadModelOptions {
    * Decode steps of a model whose experts all fit in the device budget run in native code, with
    * no JavaScript between the layers, as far as the experts they route to are resident (the same
    * bits: evaluator/FusedDecode.ts), where the model's shape allows (native dense layers and
-   * kernel, softmax router, every layer routed, no shared expert). Default true; false keeps the
+   * kernel, the softmax router, no latent attention). Default true; false keeps the
    * per-layer loop (for comparisons and profiling).
    */
   fusedDecode?: boolean;
