@@ -1,7 +1,7 @@
 /**
- * A decode step computed whole in native code (native-bindings/src/decode_step.cc): for a model
- * whose experts are all resident, one call runs every layer's dense part, router, experts and
- * residual, where ModelRunner's loop crosses into JavaScript three times a layer. Same operations
+ * A decode step computed in native code (native-bindings/src/decode_step.cc): for a model whose
+ * experts all fit, one call runs every layer's dense part, router, experts and residual, where
+ * ModelRunner's loop crosses into JavaScript three times a layer. Same operations
  * in the same order, so the same bits (test/fused-decode.test.ts); what it saves is the per-layer
  * JavaScript (small calls, promises, typed-array allocations, each a cache miss after a layer's
  * expert stream has swept the caches): ~30 us a layer. 600m int8, in-process A/B against the loop
@@ -10,9 +10,9 @@
  *
  * It applies when the model's shape allows (create(): native dense layers and expert kernel, the
  * softmax router with no correction bias, no latent attention; shared experts, dense layers and a
- * residual scale come along) and, per step (run()), when nothing outside it needs the layers one at a time: no
- * routing observers, no hybrid scheduling, and the expert source's residentTable() (a budget
- * that holds every expert, nothing loading or prefetched). A layer that routes to an expert not
+ * residual scale come along) and, per step (run()), when nothing outside it needs the layers one
+ * at a time: no routing observers, no hybrid scheduling, and the expert source's residentTable()
+ * (a budget that holds every expert, nothing loading or prefetched). A layer that routes to an expert not
  * resident yet (not used before) ends the native part: the loop goes on from that layer's dense
  * outputs and loads it. Each layer done natively is handed to the source as the loop would:
  * observeRouting, then a hit per routed expert in ascending id.
@@ -31,7 +31,7 @@ export class FusedDecode {
   private readonly probs: Float32Array;
   /** [K] scratch: one layer's picks in ascending id. */
   private readonly picked: Int32Array;
-  /** [H], [H], [E] scratch: the dense outputs of a layer the step stops at (an expert not resident). */
+  /** [H], [H], [E], [H] scratch: the dense outputs of a layer the step stops at (an expert not resident). */
   private readonly stopOutputs: { attnOut: Float32Array; moeIn: Float32Array; routerLogits: Float32Array; sharedOut: Float32Array };
   /** Seconds the last step spent in the dense layers, in routing and combining, in the experts. */
   readonly seconds = new Float64Array(3);
