@@ -27,6 +27,7 @@
 
 namespace {
 
+using moe::napi::array_length;
 using moe::napi::kernel_isa_ok;
 using moe::napi::num;
 using moe::napi::typed_data;
@@ -41,14 +42,6 @@ napi_value element(napi_env env, napi_value v, uint32_t i) {
   napi_value out = nullptr;
   napi_get_element(env, v, i, &out);
   return out;
-}
-
-uint32_t array_length(napi_env env, napi_value v) {
-  bool is = false;
-  uint32_t n = 0;
-  napi_is_array(env, v, &is);
-  if (is) napi_get_array_length(env, v, &n);
-  return is ? n : 0;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -83,8 +76,9 @@ napi_value DecodePlanNew(napi_env env, napi_callback_info info) {
   size_t argc = 10;
   napi_value a[10];
   if (napi_get_cb_info(env, info, &argc, a, nullptr, nullptr) != napi_ok || argc < 10) return fail(env, "decodePlan: 10 arguments expected");
-  const uint32_t L = array_length(env, a[0]);
-  if (L == 0 || array_length(env, a[1]) != L || array_length(env, a[2]) != L) return fail(env, "decodePlan: specs, blobs and sections must be arrays of one length (the layers)");
+  const int64_t n_layers = array_length(env, a[0]);
+  if (n_layers <= 0 || array_length(env, a[1]) != n_layers || array_length(env, a[2]) != n_layers) return fail(env, "decodePlan: specs, blobs and sections must be arrays of one length (the layers)");
+  const uint32_t L = uint32_t(n_layers);
   auto plan = std::make_unique<DecodePlan>();
   DecodePlan& p = *plan;
   p.L = L;
@@ -111,13 +105,11 @@ napi_value DecodePlanNew(napi_env env, napi_callback_info info) {
   size_t enc_b;
   if (!typed_data(env, a[4], &enc_p, &enc_b) || enc_b != L * 8) return fail(env, "decodePlan: encs must be a Float64Array of one code per layer");
   for (uint32_t l = 0; l < L; l++) {
-    napi_value code;
-    napi_create_double(env, static_cast<const double*>(enc_p)[l], &code);
     moe::RecordEncs e(moe::Enc::F32);
-    if (!moe::napi::record_encs(env, code, p.H, p.F, "decodePlan", &e)) return nullptr;
+    if (!moe::napi::record_encs(env, static_cast<const double*>(enc_p)[l], p.H, p.F, "decodePlan", &e)) return nullptr;
     p.encs.push_back(e);
   }
-  if (array_length(env, a[3]) != L * p.E) return fail(env, "decodePlan: records must hold every layer's every expert (L * E)");
+  if (array_length(env, a[3]) != int64_t(L * p.E)) return fail(env, "decodePlan: records must hold every layer's every expert (L * E)");
   p.records.resize(L * p.E);
   for (uint32_t i = 0; i < L * p.E; i++) {
     void* r = nullptr;
@@ -158,7 +150,7 @@ napi_value DecodeStep(napi_env env, napi_callback_info info) {
   if (type != napi_external || napi_get_value_external(env, a[0], &plan_p) != napi_ok || !plan_p) return fail(env, "decodeStep: the first argument must be a decodePlan");
   const DecodePlan& p = *static_cast<const DecodePlan*>(plan_p);
   const size_t L = p.L, H = p.H, E = p.E, K = p.K;
-  if (array_length(env, a[1]) != L || array_length(env, a[2]) != L) return fail(env, "decodeStep: kvK and kvV must hold one cache per layer");
+  if (array_length(env, a[1]) != int64_t(L) || array_length(env, a[2]) != int64_t(L)) return fail(env, "decodeStep: kvK and kvV must hold one cache per layer");
   const size_t cap = size_t(num(env, a[3])), past = size_t(num(env, a[4]));
   const int threads = int(num(env, a[8]));
   std::vector<void*> kv_k(L), kv_v(L);
@@ -280,12 +272,11 @@ napi_value RouteSoftmax(napi_env env, napi_callback_info info) {
 namespace moe {
 
 void register_decode(napi_env env, napi_value exports) {
-  const napi_property_descriptor props[] = {
-      {"decodePlan", nullptr, DecodePlanNew, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"decodeStep", nullptr, DecodeStep, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"routeSoftmax", nullptr, RouteSoftmax, nullptr, nullptr, nullptr, napi_default, nullptr},
-  };
-  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  moe::napi::define_functions(env, exports, {
+      {"decodePlan", DecodePlanNew},
+      {"decodeStep", DecodeStep},
+      {"routeSoftmax", RouteSoftmax},
+  });
 }
 
 }  // namespace moe

@@ -27,23 +27,22 @@ namespace moe::napi {
 // (Float64Array [kSectionCount*3: offset (-1 absent), bytes, enc]), each section checked against
 // the shape the spec gives it. False: thrown (`fn` names the call).
 bool dense_weights(napi_env env, napi_value spec_v, napi_value blob_v, napi_value sec_v, const char* fn, moe::DenseSpec* out, moe::WeightRef* w) {
-  const std::string f = fn;
   void *spec_p, *blob_p, *sec_p;
   size_t spec_b, blob_b, sec_b;
   if (!typed_data(env, spec_v, &spec_p, &spec_b) || !typed_data(env, blob_v, &blob_p, &blob_b) || !typed_data(env, sec_v, &sec_p, &sec_b)) {
-    napi_throw_type_error(env, nullptr, (f + ": spec, blob and sections must be typed arrays").c_str());
+    napi_throw_type_error(env, nullptr, (std::string(fn) + ": spec, blob and sections must be typed arrays").c_str());
     return false;
   }
   const double* sp = static_cast<const double*>(spec_p);
-  if (spec_b != 18 * 8 || sec_b != moe::kSectionCount * 3 * 8) return fail(env, f + ": spec or section table has the wrong length"), false;
+  if (spec_b != 18 * 8 || sec_b != moe::kSectionCount * 3 * 8) return fail(env, std::string(fn) + ": spec or section table has the wrong length"), false;
   moe::DenseSpec s{size_t(sp[0]), size_t(sp[1]), size_t(sp[2]),  size_t(sp[3]),  size_t(sp[4]),  size_t(sp[5]),
                    float(sp[6]),  int(sp[7]),     int(sp[8]),      float(sp[9]),   size_t(sp[10]), size_t(sp[11]),
                    size_t(sp[12]), size_t(sp[13]), size_t(sp[14]), size_t(sp[15]), size_t(sp[16]), sp[17] == 1};
   const bool mla = s.kv_rank > 0;
-  if (mla && s.kv_f16) return fail(env, f + ": an MLA latent cache is fp32 only"), false;
-  if (mla && (s.Hkv != 1 || s.hd != s.kv_rank + s.rope_dim || s.rot != s.rope_dim || s.rope_dim % 2)) return fail(env, f + ": inconsistent MLA spec"), false;
+  if (mla && s.kv_f16) return fail(env, std::string(fn) + ": an MLA latent cache is fp32 only"), false;
+  if (mla && (s.Hkv != 1 || s.hd != s.kv_rank + s.rope_dim || s.rot != s.rope_dim || s.rope_dim % 2)) return fail(env, std::string(fn) + ": inconsistent MLA spec"), false;
   if (s.Hkv == 0 || s.Hq % s.Hkv || s.hd % 2 || s.rot % 2 || s.rot > s.hd || s.norm < 0 || s.norm > 1 || !(s.attn_scale > 0))
-    return fail(env, f + ": inconsistent spec"), false;
+    return fail(env, std::string(fn) + ": inconsistent spec"), false;
   const size_t H = s.H, nq = s.Hq * s.hd, nkv = s.Hkv * s.hd;
   // Each section's expected shape: the blob must hold it whole, in the stated encoding.
   struct Shape { size_t rows, cols; bool required; };
@@ -65,21 +64,21 @@ bool dense_weights(napi_env env, napi_value spec_v, napi_value blob_v, napi_valu
     const int enc = int(sec[i * 3 + 2]);
     w[i] = moe::WeightRef{};
     if (off < 0) {
-      if (shapes[i].required) return fail(env, f + ": section " + std::to_string(i) + " is missing"), false;
+      if (shapes[i].required) return fail(env, std::string(fn) + ": section " + std::to_string(i) + " is missing"), false;
       continue;
     }
-    if (enc < 0 || enc >= moe::kEncCount) return fail(env, f + ": bad encoding in section " + std::to_string(i)), false;
+    if (enc < 0 || enc >= moe::kEncCount) return fail(env, std::string(fn) + ": bad encoding in section " + std::to_string(i)), false;
     const auto e = static_cast<moe::Enc>(enc);
     // Matrices go through matmul_rows in any encoding (rows of whole blocks); the rest are read as fp32.
     const bool matrix = i == moe::kQ || i == moe::kK || i == moe::kV || i == moe::kO || i == moe::kRouter || i == moe::kSharedGate || i == moe::kSharedUp ||
                         i == moe::kSharedDown || i == moe::kMlaQA || i == moe::kMlaQB || i == moe::kMlaKvA || i == moe::kMlaUkT || i == moe::kMlaUv;
     if (matrix ? shapes[i].cols % moe::enc_row_multiple(e) != 0 : e != moe::Enc::F32) {
-      return fail(env, f + ": section " + std::to_string(i) + (matrix ? " has rows that are not whole blocks of its encoding" : " must be F32")), false;
+      return fail(env, std::string(fn) + ": section " + std::to_string(i) + (matrix ? " has rows that are not whole blocks of its encoding" : " must be F32")), false;
     }
     // Per-head slices of the MLA up-projections are taken by row offset: whole-row encodings only.
-    if ((i == moe::kMlaUkT || i == moe::kMlaUv) && e != moe::Enc::F32 && e != moe::Enc::F16) return fail(env, f + ": MLA up-projections must be F32 or F16"), false;
+    if ((i == moe::kMlaUkT || i == moe::kMlaUv) && e != moe::Enc::F32 && e != moe::Enc::F16) return fail(env, std::string(fn) + ": MLA up-projections must be F32 or F16"), false;
     if (size_t(bytes) != moe::matrix_bytes(e, shapes[i].rows, shapes[i].cols) || off + bytes > double(blob_b)) {
-      return fail(env, f + ": section " + std::to_string(i) + " does not match its shape or lies outside the blob"), false;
+      return fail(env, std::string(fn) + ": section " + std::to_string(i) + " does not match its shape or lies outside the blob"), false;
     }
     w[i].p = static_cast<const uint8_t*>(blob_p) + size_t(off);
     w[i].enc = e;
@@ -205,14 +204,13 @@ napi_value GatherRows(napi_env env, napi_callback_info info) {
 namespace moe {
 
 void register_dense(napi_env env, napi_value exports) {
-  const napi_property_descriptor props[] = {
-      {"denseLayer", nullptr, DenseLayer, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"rmsNorm", nullptr, RmsNorm, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"layerNorm", nullptr, LayerNorm, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"matmul", nullptr, Matmul, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"gatherRows", nullptr, GatherRows, nullptr, nullptr, nullptr, napi_default, nullptr},
-  };
-  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  moe::napi::define_functions(env, exports, {
+      {"denseLayer", DenseLayer},
+      {"rmsNorm", RmsNorm},
+      {"layerNorm", LayerNorm},
+      {"matmul", Matmul},
+      {"gatherRows", GatherRows},
+  });
 }
 
 }  // namespace moe

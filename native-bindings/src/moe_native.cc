@@ -26,10 +26,9 @@ void register_decode(napi_env env, napi_value exports);  // decode_step.cc
 
 namespace moe::napi {
 
-// The encoding code 0..12 in `v` (Q8/Q4/MX4/Q41/Q50/Q51 only where H and F are multiples of 32,
+// The encoding code 0..12 (Q8/Q4/MX4/Q41/Q50/Q51 only where H and F are multiples of 32,
 // Q2K..Q6K of 256: every row whole blocks); else throws a RangeError.
-static bool kernel_enc(napi_env env, napi_value v, size_t H, size_t F, const char* fn, moe::Enc* enc) {
-  const double code = num(env, v);
+static bool kernel_enc(napi_env env, double code, size_t H, size_t F, const char* fn, moe::Enc* enc) {
   if (!(code >= 0 && code < moe::kEncCount && code == double(int(code)))) {
     napi_throw_range_error(env, nullptr,
                            (std::string(fn) + ": encoding must be 0 (f32), 1 (f16), 2 (int8), 3 (int4), 4 (mxfp4), 5 (q4_k), 6 (q6_k), 7 (q5_k), 8 (q4_1), 9 (q5_0), 10 (q5_1), 11 (q2_k) or 12 (q3_k)").c_str());
@@ -48,11 +47,10 @@ static bool kernel_enc(napi_env env, napi_value v, size_t H, size_t F, const cha
 // kMixedRecord | gate | up << 8 | down << 16 (store/recordEncodings.ts nativeRecordCode), each
 // matrix's rows whole blocks of its own encoding (gate and up rows are H long, down rows F).
 constexpr double kMixedRecord = double(1 << 24);
-bool record_encs(napi_env env, napi_value v, size_t H, size_t F, const char* fn, moe::RecordEncs* encs) {
-  const double code = num(env, v);
+bool record_encs(napi_env env, double code, size_t H, size_t F, const char* fn, moe::RecordEncs* encs) {
   if (code < kMixedRecord) {
     moe::Enc e;
-    if (!kernel_enc(env, v, H, F, fn, &e)) return false;
+    if (!kernel_enc(env, code, H, F, fn, &e)) return false;
     *encs = moe::RecordEncs(e);
     return true;
   }
@@ -107,6 +105,7 @@ bool expert_options(napi_env env, napi_value v, const char* fn, moe::ExpertOptio
 
 namespace {
 
+using moe::napi::array_length;
 using moe::napi::expert_options;
 using moe::napi::kernel_isa_ok;
 using moe::napi::num;
@@ -194,7 +193,7 @@ bool expert_args(napi_env env, napi_callback_info info, const char* fn, ExpertAr
   if (!kernel_isa_ok(env)) return false;
   e->H = size_t(num(env, e->a[2]));
   e->F = size_t(num(env, e->a[3]));
-  if (!record_encs(env, e->a[0], e->H, e->F, fn, &e->enc)) return false;
+  if (!record_encs(env, num(env, e->a[0]), e->H, e->F, fn, &e->enc)) return false;
   return argc < 9 || expert_options(env, e->a[8], fn, &e->opts);
 }
 
@@ -216,15 +215,8 @@ napi_value ExpertsForward(napi_env env, napi_callback_info info) {
   ExpertArgs e;
   if (!expert_args(env, info, "expertsForward", &e)) return nullptr;
   const napi_value* a = e.a;
-  // The length of an array argument; -1 for anything else.
-  const auto length = [env](napi_value v) {
-    bool is = false;
-    uint32_t len = 0;
-    napi_is_array(env, v, &is);
-    return is && napi_get_array_length(env, v, &len) == napi_ok ? int64_t(len) : int64_t(-1);
-  };
-  const int64_t n = length(a[1]);
-  if (n < 0 || length(a[4]) != n || length(a[5]) != n || length(a[6]) != n) {
+  const int64_t n = array_length(env, a[1]);
+  if (n < 0 || array_length(env, a[4]) != n || array_length(env, a[5]) != n || array_length(env, a[6]) != n) {
     return napi_throw_type_error(env, nullptr, "expertsForward: records, xs, Ts and outs must be arrays of one length"), nullptr;
   }
   std::vector<moe::ExpertCall> calls(static_cast<size_t>(n));
@@ -508,23 +500,22 @@ napi_value AllocRange(napi_env env, napi_callback_info info) {
 }
 
 napi_value Init(napi_env env, napi_value exports) {
-  const napi_property_descriptor props[] = {
-      {"expertForward", nullptr, ExpertForward, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"expertsForward", nullptr, ExpertsForward, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"kernelIsa", nullptr, KernelIsa, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"kernelIsas", nullptr, KernelIsas, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"encodeMatrix", nullptr, EncodeMatrix, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"fileResidency", nullptr, FileResidency, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"willNeed", nullptr, WillNeed, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"lowerThreadPriority", nullptr, LowerThreadPriority, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"openForReads", nullptr, OpenForReads, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"closeFd", nullptr, CloseFd, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"readRange", nullptr, ReadRange, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"readRangeAsync", nullptr, ReadRangeAsync, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"releaseRange", nullptr, ReleaseRange, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"allocRange", nullptr, AllocRange, nullptr, nullptr, nullptr, napi_default, nullptr},
-  };
-  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  moe::napi::define_functions(env, exports, {
+      {"expertForward", ExpertForward},
+      {"expertsForward", ExpertsForward},
+      {"kernelIsa", KernelIsa},
+      {"kernelIsas", KernelIsas},
+      {"encodeMatrix", EncodeMatrix},
+      {"fileResidency", FileResidency},
+      {"willNeed", WillNeed},
+      {"lowerThreadPriority", LowerThreadPriority},
+      {"openForReads", OpenForReads},
+      {"closeFd", CloseFd},
+      {"readRange", ReadRange},
+      {"readRangeAsync", ReadRangeAsync},
+      {"releaseRange", ReleaseRange},
+      {"allocRange", AllocRange},
+  });
   moe::register_dense(env, exports);
   moe::register_decode(env, exports);
   return exports;

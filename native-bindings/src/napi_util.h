@@ -3,7 +3,10 @@
 #include <node_api.h>
 
 #include <cstddef>
+#include <initializer_list>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "dense_layer.h"
 #include "expert_kernels.h"
@@ -36,6 +39,21 @@ inline double num(napi_env env, napi_value v) {
   return d;
 }
 
+// Defines each (name, function) pair as a method of `exports`.
+inline void define_functions(napi_env env, napi_value exports, std::initializer_list<std::pair<const char*, napi_callback>> fns) {
+  std::vector<napi_property_descriptor> props;
+  for (const auto& [name, fn] : fns) props.push_back({name, nullptr, fn, nullptr, nullptr, nullptr, napi_default, nullptr});
+  napi_define_properties(env, exports, props.size(), props.data());
+}
+
+// The length of an array argument; -1 for anything else.
+inline int64_t array_length(napi_env env, napi_value v) {
+  bool is = false;
+  uint32_t len = 0;
+  napi_is_array(env, v, &is);
+  return is && napi_get_array_length(env, v, &len) == napi_ok ? int64_t(len) : int64_t(-1);
+}
+
 // False after throwing KERNEL_ISA_UNSUPPORTED when MOE_RUN_KERNEL_ISA names a level this CPU
 // cannot run (the kernels would silently run another); bindings that compute call it first.
 inline bool kernel_isa_ok(napi_env env) {
@@ -48,7 +66,7 @@ inline bool kernel_isa_ok(napi_env env) {
 // moe_native.cc: an expert record's encodings from their code (a plain code 0..12 or a mixed
 // record's; each matrix's rows whole blocks of its encoding), and the optional expert spec
 // (Float64Array [activation, alpha, limit, bias]; undefined or null: the defaults). False: thrown.
-bool record_encs(napi_env env, napi_value v, size_t H, size_t F, const char* fn, moe::RecordEncs* encs);
+bool record_encs(napi_env env, double code, size_t H, size_t F, const char* fn, moe::RecordEncs* encs);
 bool expert_options(napi_env env, napi_value v, const char* fn, moe::ExpertOptions* opts);
 
 // dense_native.cc: a layer's spec, weight blob and section table, each section checked against the
